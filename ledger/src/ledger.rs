@@ -1,0 +1,281 @@
+//! [`Ledger`]: the event store together with its live projection and the
+//! checkpoints that make reopening cheap; plus [`StreamSigner`], which a
+//! machine uses to chain its own events.
+
+use crate::crypto::{CHAIN_KEY_CONTEXT, Hash32, SecretKey, chain_hash};
+use crate::event::EventEnvelope;
+use crate::ids::MachineId;
+use crate::keys::ChainKeys;
+use crate::projection::Projection;
+use crate::store::record::{GENESIS_HASH, LogEntry, SignedEvent};
+use crate::store::{AppendOutcome, LogStore, OpenOptions, StoreError};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A checkpoint is taken after this many new entries by default.
+pub const CHECKPOINT_EVERY_ENTRIES: u64 = 65_536;
+
+/// Signs a machine's events into its keyed hash chain.
+pub struct StreamSigner {
+    chain_key: SecretKey,
+    head_hash: Hash32,
+}
+
+impl StreamSigner {
+    /// `head_hash` is the chain hash of the machine's last event
+    /// ([`GENESIS_HASH`] before the first).
+    pub fn new(machine_key: &SecretKey, head_hash: Hash32) -> StreamSigner {
+        StreamSigner {
+            chain_key: machine_key.derive(CHAIN_KEY_CONTEXT),
+            head_hash,
+        }
+    }
+
+    pub fn genesis(machine_key: &SecretKey) -> StreamSigner {
+        StreamSigner::new(machine_key, GENESIS_HASH)
+    }
+
+    pub fn sign(&mut self, envelope: &EventEnvelope) -> SignedEvent {
+        let bytes = envelope.encode();
+        let hash = chain_hash(&self.chain_key, &self.head_hash, &bytes);
+        self.head_hash = hash;
+        SignedEvent {
+            bytes,
+            chain_hash: hash,
+        }
+    }
+
+    pub fn head_hash(&self) -> Hash32 {
+        self.head_hash
+    }
+}
+
+/// Where a rebuild stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    End,
+    /// Up to and including this gseq.
+    Gseq(u64),
+    /// Events that happened at their machine no later than this time (ms).
+    MachineTime(i64),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    gseq: u64,
+    #[serde(with = "serde_bytes")]
+    hash: Hash32,
+    projection: Projection,
+}
+
+/// The store plus the projection kept current with every append.
+pub struct Ledger {
+    store: LogStore,
+    projection: Projection,
+    checkpoint_every: u64,
+    last_checkpoint_gseq: u64,
+}
+
+impl Ledger {
+    /// Opens the store and brings the projection up to date from the newest
+    /// valid checkpoint, so a restart does not replay from zero.
+    pub fn open(path: &Path, key: &SecretKey, options: OpenOptions) -> Result<Ledger, StoreError> {
+        let store = LogStore::open(path, key, options)?;
+        let head = store.head().gseq;
+        let (projection, last_checkpoint_gseq) = match load_checkpoint(&store, head)? {
+            Some(projection) => {
+                let at = projection.as_of_gseq;
+                (projection, at)
+            }
+            None => (Projection::default(), 0),
+        };
+        let mut ledger = Ledger {
+            store,
+            projection,
+            checkpoint_every: CHECKPOINT_EVERY_ENTRIES,
+            last_checkpoint_gseq,
+        };
+        ledger.catch_up()?;
+        Ok(ledger)
+    }
+
+    fn catch_up(&mut self) -> Result<(), StoreError> {
+        let from = self.projection.as_of_gseq + 1;
+        let mut projection = std::mem::take(&mut self.projection);
+        let result = apply_range(&self.store, &mut projection, from, Until::End, &mut |_| {});
+        self.projection = projection;
+        result
+    }
+
+    pub fn set_checkpoint_every(&mut self, entries: u64) {
+        self.checkpoint_every = entries.max(1);
+    }
+
+    pub fn store(&self) -> &LogStore {
+        &self.store
+    }
+
+    pub fn projection(&self) -> &Projection {
+        &self.projection
+    }
+
+    /// See [`LogStore::append_events`]; new entries are applied to the
+    /// projection (an entry that does not apply is recorded as a projection
+    /// issue, never dropped from the log).
+    pub fn append_events(
+        &mut self,
+        epoch: u64,
+        logged_ms: i64,
+        events: &[SignedEvent],
+        keys: &dyn ChainKeys,
+    ) -> Result<AppendOutcome, StoreError> {
+        let outcome = self.store.append_events(epoch, logged_ms, events, keys)?;
+        for (entry, envelope) in &outcome.new_entries {
+            let _ = self.projection.apply(entry.body.gseq, envelope);
+        }
+        self.maybe_checkpoint()?;
+        Ok(outcome)
+    }
+
+    /// See [`LogStore::append_replicated`].
+    pub fn append_replicated(
+        &mut self,
+        entries: &[LogEntry],
+        keys: &dyn ChainKeys,
+    ) -> Result<(), StoreError> {
+        let envelopes = self.store.append_replicated(entries, keys)?;
+        for (entry, envelope) in entries.iter().zip(&envelopes) {
+            let _ = self.projection.apply(entry.body.gseq, envelope);
+        }
+        self.maybe_checkpoint()
+    }
+
+    /// Drops entries after `to_gseq` and rebuilds the projection.
+    pub fn truncate_after(&mut self, to_gseq: u64) -> Result<u64, StoreError> {
+        let removed = self.store.truncate_after(to_gseq)?;
+        if removed > 0 {
+            self.projection = load_checkpoint(&self.store, to_gseq)?.unwrap_or_default();
+            self.last_checkpoint_gseq = self.projection.as_of_gseq;
+            self.catch_up()?;
+        }
+        Ok(removed)
+    }
+
+    fn maybe_checkpoint(&mut self) -> Result<(), StoreError> {
+        if self.projection.as_of_gseq >= self.last_checkpoint_gseq + self.checkpoint_every {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Saves the projection as a checkpoint at the current head.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let head = self.store.head();
+        if head.gseq == 0 || head.gseq == self.last_checkpoint_gseq {
+            return Ok(());
+        }
+        debug_assert_eq!(self.projection.as_of_gseq, head.gseq);
+        let checkpoint = Checkpoint {
+            gseq: head.gseq,
+            hash: head.hash,
+            projection: self.projection.clone(),
+        };
+        let bytes = rmp_serde::to_vec(&checkpoint).expect("encoding to a Vec cannot fail");
+        self.store.put_checkpoint(head.gseq, &bytes)?;
+        self.last_checkpoint_gseq = head.gseq;
+        Ok(())
+    }
+
+    /// The projection as of `until`, starting from the nearest checkpoint
+    /// when the limit is a gseq, otherwise from the current one or zero.
+    pub fn projection_as_of(&self, until: Until) -> Result<Projection, StoreError> {
+        match until {
+            Until::End => Ok(self.projection.clone()),
+            Until::Gseq(gseq) if gseq >= self.projection.as_of_gseq => Ok(self.projection.clone()),
+            Until::Gseq(gseq) => {
+                let mut projection = load_checkpoint(&self.store, gseq)?.unwrap_or_default();
+                let from = projection.as_of_gseq + 1;
+                apply_range(&self.store, &mut projection, from, until, &mut |_| {})?;
+                Ok(projection)
+            }
+            Until::MachineTime(_) => rebuild(&self.store, until, &mut |_| {}),
+        }
+    }
+
+    /// Takes the machine id's state from the projection (a machine's own
+    /// ledger holds a single machine).
+    pub fn machine_state(&self, machine: &MachineId) -> Option<&crate::state::MachineState> {
+        self.projection.machines.get(machine)
+    }
+
+    pub fn into_store(self) -> LogStore {
+        self.store
+    }
+}
+
+fn load_checkpoint(store: &LogStore, at_or_before: u64) -> Result<Option<Projection>, StoreError> {
+    let Some((gseq, bytes)) = store.checkpoint_at_or_before(at_or_before)? else {
+        return Ok(None);
+    };
+    // A checkpoint that does not decode, or whose hash no longer matches the
+    // log (the log was truncated and rewritten), is ignored: the projection
+    // is rebuilt from the log, which is the source of truth.
+    let Ok(checkpoint) = rmp_serde::from_slice::<Checkpoint>(&bytes) else {
+        return Ok(None);
+    };
+    let matches = store.get(gseq)?.is_some_and(|entry| {
+        entry.hash == checkpoint.hash && checkpoint.projection.as_of_gseq == gseq
+    });
+    Ok(matches.then_some(checkpoint.projection))
+}
+
+/// Rebuilds a projection from the first entry of `store`. `progress` is
+/// called with each applied gseq.
+pub fn rebuild(
+    store: &LogStore,
+    until: Until,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Projection, StoreError> {
+    let mut projection = Projection::default();
+    apply_range(store, &mut projection, 1, until, progress)?;
+    Ok(projection)
+}
+
+fn apply_range(
+    store: &LogStore,
+    projection: &mut Projection,
+    from: u64,
+    until: Until,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), StoreError> {
+    let head = store.head().gseq;
+    let last = match until {
+        Until::Gseq(gseq) => gseq.min(head),
+        _ => head,
+    };
+    // Machines whose clock passed the time limit: their later events are
+    // skipped too, even if the clock went backwards, so a stream is never
+    // applied with a hole in it.
+    let mut stopped: std::collections::HashSet<MachineId> = std::collections::HashSet::new();
+    let decode = |gseq: u64, bytes: &[u8]| -> Result<(u64, EventEnvelope), StoreError> {
+        let envelope = LogEntry::decode_event(bytes).map_err(|e| StoreError::Entry {
+            gseq,
+            problem: format!("undecodable record: {e}"),
+        })?;
+        Ok((gseq, envelope))
+    };
+    crate::store::scan_records(store, from, last, decode, |(gseq, envelope)| {
+        if let Until::MachineTime(limit) = until
+            && (envelope.at_ms > limit || stopped.contains(&envelope.machine_id))
+        {
+            // Later events of other machines may still be in range, so skip
+            // rather than stop; the projection still advances its gseq.
+            stopped.insert(envelope.machine_id);
+            projection.as_of_gseq = gseq;
+            return Ok::<(), StoreError>(());
+        }
+        let _ = projection.apply(gseq, &envelope);
+        progress(gseq);
+        Ok(())
+    })
+}

@@ -1,0 +1,35 @@
+//! vendledger's domain core.
+//!
+//! * [`money`], [`catalog`], [`event`], [`rules`], [`state`], [`posting`],
+//!   [`admin`]: the vending machine as a pure state machine —
+//!   `decide(state, command)` returns events or a rejection, and
+//!   `state.apply(event)` is the only way state changes.
+//! * [`projection`]: inventory, cash and sales derived from the log.
+//! * [`store`], [`ledger`], [`verify`]: the hash-chained, sealed RocksDB
+//!   event store with group commit, segments and checkpoints.
+//! * [`crypto`], [`keys`]: keys, sealing and chain hashes.
+//!
+//! Nothing here opens a socket, draws a window or serves HTTP.
+
+pub mod admin;
+pub mod catalog;
+pub mod crypto;
+pub mod event;
+pub mod ids;
+pub mod keys;
+pub mod ledger;
+pub mod money;
+pub mod posting;
+pub mod projection;
+pub mod rules;
+pub mod state;
+pub mod store;
+pub mod verify;
+pub mod workload;
+
+pub use crate::ledger::{Ledger, StreamSigner, Until};
+pub use event::{Event, EventEnvelope};
+pub use ids::{MachineId, SlotId};
+pub use money::Won;
+pub use rules::{Command, Context, Rejection, decide};
+pub use state::MachineState;

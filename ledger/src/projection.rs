@@ -1,0 +1,316 @@
+//! Projections: what the fleet log says about inventory, cash and sales,
+//! derived only from the log.
+//!
+//! A [`Projection`] is rebuilt by applying log entries in gseq order. It can
+//! stop at any gseq or machine time ("as of"), is serialisable so the store
+//! can checkpoint it, and applies each machine's events with the very same
+//! [`MachineState::apply`] the machine itself uses.
+
+use crate::event::{Event, EventEnvelope};
+use crate::ids::MachineId;
+use crate::money::Won;
+use crate::posting::Balances;
+use crate::state::{ApplyError, MachineState};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Sales are bucketed by Korean calendar days (KST, UTC+9, no daylight
+/// saving time).
+pub const KST_OFFSET_MS: i64 = 9 * 3_600 * 1_000;
+const DAY_MS: i64 = 86_400 * 1_000;
+
+/// Days since 1970-01-01 in KST.
+pub fn kst_day(at_ms: i64) -> i32 {
+    i32::try_from((at_ms + KST_OFFSET_MS).div_euclid(DAY_MS)).unwrap_or(i32::MAX)
+}
+
+/// The KST calendar date of a day number.
+pub fn day_date(day: i32) -> jiff::civil::Date {
+    let epoch = jiff::civil::date(1970, 1, 1);
+    epoch
+        .checked_add(jiff::Span::new().days(i64::from(day)))
+        .unwrap_or(jiff::civil::Date::MAX)
+}
+
+/// Units sold and net revenue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub count: i64,
+    pub won: Won,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.count += other.count;
+        self.won += other.won;
+    }
+}
+
+/// How sales are grouped in a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+    Year,
+}
+
+impl Period {
+    /// The label of the period containing `day`: `2026-11-23`, `2026-W48`,
+    /// `2026-11` or `2026`.
+    pub fn label(self, day: i32) -> String {
+        let date = day_date(day);
+        match self {
+            Period::Day => date.to_string(),
+            Period::Week => {
+                let week = date.iso_week_date();
+                format!("{:04}-W{:02}", week.year(), week.week())
+            }
+            Period::Month => format!("{:04}-{:02}", date.year(), date.month()),
+            Period::Year => format!("{:04}", date.year()),
+        }
+    }
+}
+
+impl std::str::FromStr for Period {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "day" => Ok(Period::Day),
+            "week" => Ok(Period::Week),
+            "month" => Ok(Period::Month),
+            "year" => Ok(Period::Year),
+            other => Err(format!(
+                "unknown period {other:?} (day, week, month or year)"
+            )),
+        }
+    }
+}
+
+/// One line of a sales report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SalesRow {
+    pub period: String,
+    pub machine_id: MachineId,
+    pub product: String,
+    pub count: i64,
+    pub won: Won,
+}
+
+/// Net sales per machine, KST day and product. Weeks, months and years are
+/// rolled up from days when asked, so applying an event touches one tally.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sales {
+    pub days: BTreeMap<MachineId, BTreeMap<i32, BTreeMap<String, Tally>>>,
+}
+
+impl Sales {
+    fn record(&mut self, machine: &MachineId, at_ms: i64, product: &str, delta: Tally) {
+        let days = match self.days.get_mut(machine) {
+            Some(days) => days,
+            None => self.days.entry(machine.clone()).or_default(),
+        };
+        let products = days.entry(kst_day(at_ms)).or_default();
+        match products.get_mut(product) {
+            Some(tally) => tally.add(delta),
+            None => {
+                products.insert(product.to_owned(), delta);
+            }
+        }
+    }
+
+    /// Sales grouped by `period`, machine and product, oldest first.
+    pub fn report(&self, period: Period, machine: Option<&MachineId>) -> Vec<SalesRow> {
+        let mut grouped: BTreeMap<(String, MachineId, String), Tally> = BTreeMap::new();
+        for (machine_id, days) in &self.days {
+            if machine.is_some_and(|m| m != machine_id) {
+                continue;
+            }
+            let mut label_cache: Option<(i32, String)> = None;
+            for (&day, products) in days {
+                let label = match &label_cache {
+                    Some((cached, label)) if *cached == day => label.clone(),
+                    _ => {
+                        let label = period.label(day);
+                        label_cache = Some((day, label.clone()));
+                        label
+                    }
+                };
+                for (product, tally) in products {
+                    grouped
+                        .entry((label.clone(), machine_id.clone(), product.clone()))
+                        .or_default()
+                        .add(*tally);
+                }
+            }
+        }
+        grouped
+            .into_iter()
+            .map(|((period, machine_id, product), t)| SalesRow {
+                period,
+                machine_id,
+                product,
+                count: t.count,
+                won: t.won,
+            })
+            .collect()
+    }
+
+    /// Totals over the whole fleet and all time.
+    pub fn total(&self) -> Tally {
+        let mut total = Tally::default();
+        for days in self.days.values() {
+            for products in days.values() {
+                for tally in products.values() {
+                    total.add(*tally);
+                }
+            }
+        }
+        total
+    }
+}
+
+/// An entry the projection could not apply. Kept (bounded) so `verify`
+/// and the dashboard can name it; the projection continues without it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectionIssue {
+    pub gseq: u64,
+    pub machine_id: MachineId,
+    pub machine_seq: u64,
+    pub problem: String,
+}
+
+/// Most issues a projection remembers (the count keeps going).
+pub const ISSUES_KEPT_MAX: usize = 100;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Projection {
+    /// The last gseq applied (0 for an empty projection).
+    pub as_of_gseq: u64,
+    pub machines: BTreeMap<MachineId, MachineState>,
+    pub sales: Sales,
+    pub entries_applied: u64,
+    pub issue_count: u64,
+    pub issues: Vec<ProjectionIssue>,
+}
+
+/// Fleet-wide sums.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FleetTotals {
+    pub machines: usize,
+    pub purchases: u64,
+    pub cancels: u64,
+    pub sales_won: Won,
+    pub cash_in_machines_won: Won,
+    pub change_owed_won: Won,
+    pub items_in_stock: u64,
+    pub balances: Balances,
+}
+
+impl Projection {
+    /// Applies the entry at `gseq`. An entry that does not apply is recorded
+    /// as an issue and skipped; the error is returned too.
+    pub fn apply(&mut self, gseq: u64, envelope: &EventEnvelope) -> Result<(), ApplyError> {
+        debug_assert!(gseq > self.as_of_gseq, "entries are applied in gseq order");
+        self.as_of_gseq = gseq;
+        let state = match self.machines.get_mut(&envelope.machine_id) {
+            Some(state) => state,
+            None => self
+                .machines
+                .entry(envelope.machine_id.clone())
+                .or_default(),
+        };
+        if let Err(error) = state.apply(envelope) {
+            self.issue_count += 1;
+            if self.issues.len() < ISSUES_KEPT_MAX {
+                self.issues.push(ProjectionIssue {
+                    gseq,
+                    machine_id: envelope.machine_id.clone(),
+                    machine_seq: envelope.machine_seq,
+                    problem: error.to_string(),
+                });
+            }
+            return Err(error);
+        }
+        self.entries_applied += 1;
+        let sale = match &envelope.event {
+            Event::ProductPurchased { product, price, .. } => Some((product, 1, *price)),
+            Event::PurchaseCancelled { product, price, .. } => Some((product, -1, -price)),
+            _ => None,
+        };
+        if let Some((product, count, won)) = sale {
+            self.sales.record(
+                &envelope.machine_id,
+                envelope.at_ms,
+                product,
+                Tally { count, won },
+            );
+        }
+        Ok(())
+    }
+
+    pub fn totals(&self) -> FleetTotals {
+        let mut totals = FleetTotals {
+            machines: self.machines.len(),
+            ..FleetTotals::default()
+        };
+        for state in self.machines.values() {
+            totals.purchases += state.stats.purchases;
+            totals.cancels += state.stats.cancels;
+            totals.sales_won += state.stats.sales_won;
+            totals.cash_in_machines_won += state.balances.physical_total();
+            totals.change_owed_won += state.owed_total();
+            totals.items_in_stock += state
+                .slots
+                .values()
+                .map(|s| u64::from(s.stock))
+                .sum::<u64>();
+            totals.balances.merge(&state.balances);
+        }
+        totals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kst_days_roll_over_at_kst_midnight() {
+        // 2026-11-22T15:00:00Z is 2026-11-23 00:00 KST.
+        let midnight_kst = 1_795_359_600_000;
+        assert_eq!(Period::Day.label(kst_day(midnight_kst)), "2026-11-23");
+        assert_eq!(Period::Day.label(kst_day(midnight_kst - 1)), "2026-11-22");
+        assert_eq!(Period::Week.label(kst_day(midnight_kst)), "2026-W48");
+        assert_eq!(Period::Month.label(kst_day(midnight_kst)), "2026-11");
+        assert_eq!(Period::Year.label(kst_day(midnight_kst)), "2026");
+        assert_eq!(Period::Day.label(kst_day(-1)), "1970-01-01");
+    }
+
+    #[test]
+    fn reports_roll_days_up() {
+        let mut sales = Sales::default();
+        let vm = MachineId::numbered(1);
+        let day1 = 1_795_359_600_000;
+        sales.record(&vm, day1, "Water", Tally { count: 1, won: 450 });
+        sales.record(&vm, day1 + DAY_MS, "Water", Tally { count: 2, won: 900 });
+        sales.record(&vm, day1 + DAY_MS, "Coffee", Tally { count: 1, won: 500 });
+        assert_eq!(sales.report(Period::Day, None).len(), 3);
+        let monthly = sales.report(Period::Month, Some(&vm));
+        assert_eq!(monthly.len(), 2);
+        let water = monthly.iter().find(|r| r.product == "Water").unwrap();
+        assert_eq!((water.count, water.won), (3, 1_350));
+        assert!(
+            sales
+                .report(Period::Year, Some(&MachineId::numbered(2)))
+                .is_empty()
+        );
+        assert_eq!(
+            sales.total(),
+            Tally {
+                count: 4,
+                won: 1_850
+            }
+        );
+    }
+}

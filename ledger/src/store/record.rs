@@ -1,0 +1,177 @@
+//! Log records: one entry of the fleet log, as bytes.
+//!
+//! ```text
+//! record   = version (1 byte, RECORD_FORMAT_VERSION)
+//!            ++ prev_hash (32 bytes: hash of the previous record, zeros first)
+//!            ++ MessagePack(EntryBody)
+//! hash     = blake3(record)
+//! ```
+//!
+//! The record bytes are what is sealed at rest and what replication ships,
+//! so every replica hashes exactly the same bytes. The machine's encoded
+//! event is carried as opaque bytes inside the body: its keyed chain hash is
+//! over those bytes, so it stays verifiable across format upgrades.
+
+use crate::crypto::{Hash32, chain_hash};
+use crate::event::{DecodeError, EVENT_BYTES_MAX, EventEnvelope};
+use crate::ids::MachineId;
+use crate::keys::ChainKeys;
+use serde::{Deserialize, Serialize};
+
+pub const RECORD_FORMAT_VERSION: u8 = 1;
+/// Largest record accepted from outside.
+pub const RECORD_BYTES_MAX: usize = EVENT_BYTES_MAX + 256;
+const HEADER_BYTES: usize = 1 + 32;
+
+/// An event as a machine signed it: its encoded bytes and its chain hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedEvent {
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub chain_hash: Hash32,
+}
+
+impl SignedEvent {
+    pub fn envelope(&self) -> Result<EventEnvelope, DecodeError> {
+        EventEnvelope::decode(&self.bytes)
+    }
+}
+
+/// The fleet-log fields of an entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryBody {
+    pub gseq: u64,
+    /// Epoch of the primary that appended the entry.
+    pub epoch: u64,
+    /// The appending primary's clock, milliseconds since the Unix epoch.
+    pub logged_ms: i64,
+    pub machine_id: MachineId,
+    pub machine_seq: u64,
+    pub event: SignedEvent,
+}
+
+/// A decoded record with its position in the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    pub body: EntryBody,
+    pub prev_hash: Hash32,
+    /// blake3 of the record bytes; the next entry's `prev_hash`.
+    pub hash: Hash32,
+}
+
+impl LogEntry {
+    /// Builds the record for `body` after `prev_hash`; returns the entry and
+    /// its bytes.
+    pub fn seal_body(body: EntryBody, prev_hash: Hash32) -> (LogEntry, Vec<u8>) {
+        let mut bytes = Vec::with_capacity(HEADER_BYTES + 64 + body.event.bytes.len());
+        bytes.push(RECORD_FORMAT_VERSION);
+        bytes.extend_from_slice(&prev_hash);
+        rmp_serde::encode::write(&mut bytes, &body).expect("encoding to a Vec cannot fail");
+        let hash = *blake3::hash(&bytes).as_bytes();
+        (
+            LogEntry {
+                body,
+                prev_hash,
+                hash,
+            },
+            bytes,
+        )
+    }
+
+    /// Decodes record bytes. Structural checks only; chain checks are the
+    /// caller's (see [`check_machine_chain`] and the store).
+    pub fn decode(bytes: &[u8]) -> Result<LogEntry, DecodeError> {
+        let (prev_hash, body) = LogEntry::decode_body(bytes)?;
+        Ok(LogEntry {
+            body,
+            prev_hash,
+            hash: *blake3::hash(bytes).as_bytes(),
+        })
+    }
+
+    /// Decodes the previous hash and body without hashing the record (for
+    /// replays that trust an already verified log).
+    pub fn decode_body(bytes: &[u8]) -> Result<(Hash32, EntryBody), DecodeError> {
+        if bytes.len() > RECORD_BYTES_MAX {
+            return Err(DecodeError::TooLarge(bytes.len()));
+        }
+        let (&version, _) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        if version != RECORD_FORMAT_VERSION {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        if bytes.len() < HEADER_BYTES {
+            return Err(DecodeError::Empty);
+        }
+        let prev_hash: Hash32 = bytes[1..HEADER_BYTES].try_into().expect("32 bytes");
+        let body: EntryBody = rmp_serde::from_slice(&bytes[HEADER_BYTES..])?;
+        Ok((prev_hash, body))
+    }
+
+    pub fn envelope(&self) -> Result<EventEnvelope, DecodeError> {
+        self.body.event.envelope()
+    }
+
+    /// Decodes only the machine's event from record bytes, borrowing instead
+    /// of copying (the replay hot path).
+    pub fn decode_event(bytes: &[u8]) -> Result<EventEnvelope, DecodeError> {
+        #[derive(Deserialize)]
+        struct SignedEventRef<'a> {
+            #[serde(borrow)]
+            bytes: &'a serde_bytes::Bytes,
+            #[allow(dead_code)]
+            #[serde(borrow)]
+            chain_hash: &'a serde_bytes::Bytes,
+        }
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct EntryBodyRef<'a> {
+            gseq: u64,
+            epoch: u64,
+            logged_ms: i64,
+            machine_id: &'a str,
+            machine_seq: u64,
+            #[serde(borrow)]
+            event: SignedEventRef<'a>,
+        }
+        if bytes.len() > RECORD_BYTES_MAX {
+            return Err(DecodeError::TooLarge(bytes.len()));
+        }
+        let (&version, _) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        if version != RECORD_FORMAT_VERSION {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        let body = bytes.get(HEADER_BYTES..).ok_or(DecodeError::Empty)?;
+        let body: EntryBodyRef<'_> = rmp_serde::from_slice(body)?;
+        EventEnvelope::decode(body.event.bytes)
+    }
+}
+
+/// Why an event's machine chain does not check out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("no key for machine {0}")]
+    UnknownMachine(MachineId),
+    #[error("machine chain hash does not match (forged, altered or missing event)")]
+    HashMismatch,
+}
+
+/// Verifies that `event` follows `previous` in the chain of `machine`.
+pub fn check_machine_chain(
+    keys: &dyn ChainKeys,
+    machine: &MachineId,
+    previous: &Hash32,
+    event: &SignedEvent,
+) -> Result<(), ChainError> {
+    let key = keys
+        .chain_key(machine)
+        .ok_or_else(|| ChainError::UnknownMachine(machine.clone()))?;
+    if chain_hash(key, previous, &event.bytes) == event.chain_hash {
+        Ok(())
+    } else {
+        Err(ChainError::HashMismatch)
+    }
+}
+
+/// The chain hash a machine's stream starts from.
+pub const GENESIS_HASH: Hash32 = [0; 32];

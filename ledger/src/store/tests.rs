@@ -1,0 +1,373 @@
+use super::*;
+use crate::crypto::SecretKey;
+use crate::keys::SingleMachineKey;
+use crate::workload::{SIMULATION_START_MS, SimMachine};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    store_key: SecretKey,
+    machine_key: SecretKey,
+    machine: MachineId,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        Fixture {
+            path: dir.path().join("log"),
+            _dir: dir,
+            store_key: SecretKey::generate(),
+            machine_key: SecretKey::generate(),
+            machine: MachineId::numbered(1),
+        }
+    }
+
+    fn open(&self) -> LogStore {
+        self.open_with(4)
+    }
+
+    fn open_with(&self, segment_entries: u64) -> LogStore {
+        LogStore::open(
+            &self.path,
+            &self.store_key,
+            OpenOptions {
+                create: true,
+                segment_entries,
+            },
+        )
+        .unwrap()
+    }
+
+    fn keys(&self) -> SingleMachineKey {
+        SingleMachineKey::new(self.machine.clone(), &self.machine_key)
+    }
+
+    fn events(&self, count: usize) -> Vec<SignedEvent> {
+        let mut sim = SimMachine::new(
+            self.machine.clone(),
+            &self.machine_key,
+            9,
+            SIMULATION_START_MS,
+        );
+        let mut out = Vec::new();
+        while out.len() < count {
+            out.extend(sim.step().into_iter().map(|(_, signed)| signed));
+        }
+        out.truncate(count);
+        out
+    }
+}
+
+fn new_gseqs(outcome: &AppendOutcome) -> Vec<u64> {
+    outcome
+        .results
+        .iter()
+        .filter_map(|r| match r {
+            Appended::New { gseq } => Some(*gseq),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn appends_reads_back_and_survives_reopen() {
+    let fx = Fixture::new();
+    let events = fx.events(10);
+    let head = {
+        let mut store = fx.open();
+        let outcome = store.append_events(1, 5, &events, &fx.keys()).unwrap();
+        assert_eq!(new_gseqs(&outcome), (1..=10).collect::<Vec<_>>());
+        assert_eq!(store.machine_head(&fx.machine).seq, 10);
+        store.head()
+    };
+    let store = fx.open();
+    assert_eq!(store.head(), head);
+    let entries: Vec<LogEntry> = store.entries_from(1).map(Result::unwrap).collect();
+    assert_eq!(entries.len(), 10);
+    for (entry, signed) in entries.iter().zip(&events) {
+        assert_eq!(&entry.body.event, signed);
+        assert_eq!(entry.body.epoch, 1);
+    }
+    for pair in entries.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash);
+    }
+    assert_eq!(store.gseq_of(&fx.machine, 7).unwrap(), Some(7));
+}
+
+#[test]
+fn resends_are_duplicates_and_gaps_conflicts_forgeries_are_rejected() {
+    let fx = Fixture::new();
+    let events = fx.events(6);
+    let mut store = fx.open();
+    store.append_events(1, 0, &events[..3], &fx.keys()).unwrap();
+    // Resend of 2..3 plus new 4: duplicates, then one new entry.
+    let outcome = store
+        .append_events(1, 0, &events[1..4], &fx.keys())
+        .unwrap();
+    assert_eq!(
+        outcome.results,
+        [
+            Appended::Duplicate { gseq: 2 },
+            Appended::Duplicate { gseq: 3 },
+            Appended::New { gseq: 4 }
+        ]
+    );
+    // A gap: #6 without #5.
+    let outcome = store
+        .append_events(1, 0, &events[5..6], &fx.keys())
+        .unwrap();
+    assert_eq!(
+        outcome.results,
+        [Appended::Rejected(EventRejection::Gap {
+            expected: 5,
+            got: 6
+        })]
+    );
+    // Same seq as #4 with different content.
+    let mut altered = events[3].clone();
+    altered.chain_hash[0] ^= 1;
+    let outcome = store.append_events(1, 0, &[altered], &fx.keys()).unwrap();
+    assert_eq!(
+        outcome.results,
+        [Appended::Rejected(EventRejection::Conflict { seq: 4 })]
+    );
+    // #5 with a chain hash its machine's key did not produce.
+    let mut forged_event = events[4].clone();
+    forged_event.chain_hash = [7; 32];
+    let outcome = store
+        .append_events(1, 0, &[forged_event], &fx.keys())
+        .unwrap();
+    assert!(
+        matches!(
+            &outcome.results[0],
+            Appended::Rejected(EventRejection::Chain(_))
+        ),
+        "{outcome:?}"
+    );
+    // Garbage bytes.
+    let garbage = SignedEvent {
+        bytes: vec![1, 2, 3],
+        chain_hash: [0; 32],
+    };
+    let outcome = store.append_events(1, 0, &[garbage], &fx.keys()).unwrap();
+    assert!(matches!(
+        &outcome.results[0],
+        Appended::Rejected(EventRejection::Decode(_))
+    ));
+    assert_eq!(store.head().gseq, 4);
+    // In-batch duplicates.
+    let outcome = store
+        .append_events(1, 0, &[events[4].clone(), events[4].clone()], &fx.keys())
+        .unwrap();
+    assert_eq!(
+        outcome.results,
+        [Appended::New { gseq: 5 }, Appended::Duplicate { gseq: 5 }]
+    );
+}
+
+#[test]
+fn wrong_key_is_a_clear_error() {
+    let fx = Fixture::new();
+    drop(fx.open());
+    let err = LogStore::open(&fx.path, &SecretKey::generate(), OpenOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::WrongKey), "{err}");
+    let missing = LogStore::open(&fx.path.join("nope"), &fx.store_key, OpenOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(missing, StoreError::NotFound(_)), "{missing}");
+}
+
+#[test]
+fn flipped_byte_and_missing_entry_name_the_entry() {
+    let fx = Fixture::new();
+    let mut store = fx.open();
+    let events = fx.events(8);
+    store.append_events(1, 0, &events[..4], &fx.keys()).unwrap();
+    store.append_events(1, 0, &events[4..], &fx.keys()).unwrap();
+    let (first, mut value) = store.raw_chunk(6).unwrap().unwrap();
+    assert_eq!(first, 5, "each batch starts its own chunk");
+    value[30] ^= 0x01;
+    store.overwrite_raw_chunk(5, Some(&value)).unwrap();
+    let err = store.entries_from(1).find_map(Result::err).unwrap();
+    assert!(
+        err.to_string()
+            .starts_with("entry gseq 5: cannot be decrypted"),
+        "{err}"
+    );
+    assert!(
+        store.get(3).unwrap().is_some(),
+        "other chunks stay readable"
+    );
+    // A value moved to another gseq does not open either (key is bound).
+    let (_, moved) = store.raw_chunk(1).unwrap().unwrap();
+    store.overwrite_raw_chunk(5, Some(&moved)).unwrap();
+    assert!(store.get(5).is_err());
+    store.overwrite_raw_chunk(5, None).unwrap();
+    let err = store.entries_from(1).find_map(Result::err).unwrap();
+    assert_eq!(err.to_string(), "entry gseq 5: missing from the log");
+    assert!(store.get(7).is_err());
+}
+
+#[test]
+fn large_batches_split_into_chunks_and_every_entry_reads_back() {
+    let fx = Fixture::new();
+    let mut store = fx.open_with(1_000);
+    let events = fx.events(CHUNK_ENTRIES_MAX * 2 + 5);
+    store.append_events(1, 0, &events, &fx.keys()).unwrap();
+    assert_eq!(
+        store
+            .raw_chunk(CHUNK_ENTRIES_MAX as u64)
+            .unwrap()
+            .unwrap()
+            .0,
+        1
+    );
+    assert_eq!(
+        store
+            .raw_chunk(CHUNK_ENTRIES_MAX as u64 + 1)
+            .unwrap()
+            .unwrap()
+            .0,
+        CHUNK_ENTRIES_MAX as u64 + 1
+    );
+    for gseq in 1..=events.len() as u64 {
+        let entry = store.get(gseq).unwrap().unwrap();
+        assert_eq!(entry.body.gseq, gseq);
+        assert_eq!(entry.body.event, events[gseq as usize - 1]);
+    }
+    assert_eq!(store.get(events.len() as u64 + 1).unwrap(), None);
+    let from_middle: Vec<u64> = store
+        .entries_from(70)
+        .map(|e| e.unwrap().body.gseq)
+        .collect();
+    assert_eq!(from_middle, (70..=events.len() as u64).collect::<Vec<_>>());
+}
+
+#[test]
+fn segments_close_every_n_entries() {
+    let fx = Fixture::new();
+    let mut store = fx.open_with(4);
+    store
+        .append_events(1, 0, &fx.events(10), &fx.keys())
+        .unwrap();
+    let segments = store.segments().unwrap();
+    assert_eq!(segments.len(), 2);
+    assert_eq!((segments[1].first_gseq, segments[1].last_gseq), (5, 8));
+    assert_eq!(segments[1].last_hash, store.get(8).unwrap().unwrap().hash);
+    assert_eq!(
+        segments[1].first_prev_hash,
+        store.get(4).unwrap().unwrap().hash
+    );
+    assert_eq!(
+        (
+            store.open_segment().first_gseq,
+            store.open_segment().last_gseq
+        ),
+        (9, 10)
+    );
+}
+
+#[test]
+fn truncation_rolls_everything_back_and_appending_resumes() {
+    let fx = Fixture::new();
+    let events = fx.events(12);
+    let mut store = fx.open_with(4);
+    store
+        .append_events(1, 0, &events[..10], &fx.keys())
+        .unwrap();
+    let head_at_6 = store.get(6).unwrap().unwrap().hash;
+    assert_eq!(store.truncate_after(6).unwrap(), 4);
+    assert_eq!(store.head().gseq, 6);
+    assert_eq!(store.head().hash, head_at_6);
+    assert_eq!(store.machine_head(&fx.machine).seq, 6);
+    assert_eq!(store.segments().unwrap().len(), 1);
+    assert_eq!(
+        (
+            store.open_segment().first_gseq,
+            store.open_segment().last_gseq
+        ),
+        (5, 6)
+    );
+    assert_eq!(store.gseq_of(&fx.machine, 7).unwrap(), None);
+    let outcome = store
+        .append_events(2, 0, &events[6..12], &fx.keys())
+        .unwrap();
+    assert_eq!(new_gseqs(&outcome), (7..=12).collect::<Vec<_>>());
+    drop(store);
+    let store = fx.open_with(4);
+    assert_eq!(store.head().gseq, 12);
+    assert_eq!(store.segments().unwrap().len(), 3);
+    let summary = crate::verify::verify_log(&store, &fx.keys(), &mut |_| {}).unwrap();
+    assert_eq!(summary.entries, 12);
+}
+
+#[test]
+fn a_follower_replicating_records_ends_with_identical_hashes() {
+    let fx = Fixture::new();
+    let mut primary = fx.open();
+    primary
+        .append_events(3, 77, &fx.events(9), &fx.keys())
+        .unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let follower_key = SecretKey::generate();
+    let mut follower = LogStore::open(
+        &follower_dir.path().join("log"),
+        &follower_key,
+        OpenOptions {
+            create: true,
+            segment_entries: 4,
+        },
+    )
+    .unwrap();
+    let entries: Vec<LogEntry> = primary.entries_from(1).map(Result::unwrap).collect();
+    // Out of order is refused, and nothing is written.
+    let err = follower
+        .append_replicated(&entries[1..3], &fx.keys())
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotContiguous { gseq: 2, .. }),
+        "{err}"
+    );
+    assert_eq!(follower.head().gseq, 0);
+    follower
+        .append_replicated(&entries[..5], &fx.keys())
+        .unwrap();
+    follower
+        .append_replicated(&entries[5..], &fx.keys())
+        .unwrap();
+    assert_eq!(follower.head(), primary.head());
+    assert_eq!(follower.segments().unwrap(), primary.segments().unwrap());
+    // An entry from another history (different prev hash) is refused.
+    let mut forged = entries[8].clone();
+    forged.body.gseq = 10;
+    let err = follower
+        .append_replicated(&[forged], &fx.keys())
+        .unwrap_err();
+    assert!(err.to_string().contains("previous-hash"), "{err}");
+}
+
+#[test]
+fn app_metadata_and_checkpoints_round_trip() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    store
+        .put_app_meta("election", &(7u64, "replica-2"))
+        .unwrap();
+    assert_eq!(
+        store.app_meta::<(u64, String)>("election").unwrap(),
+        Some((7, "replica-2".into()))
+    );
+    assert_eq!(store.app_meta::<u64>("absent").unwrap(), None);
+    for gseq in 1..=(CHECKPOINTS_KEPT as u64 + 3) {
+        store
+            .put_checkpoint(gseq * 10, &gseq.to_be_bytes())
+            .unwrap();
+    }
+    let (at, bytes) = store.checkpoint_at_or_before(55).unwrap().unwrap();
+    assert_eq!((at, bytes), (50, 5u64.to_be_bytes().to_vec()));
+    // The oldest were pruned.
+    assert_eq!(store.checkpoint_at_or_before(25).unwrap(), None);
+}

@@ -1,0 +1,211 @@
+//! Full verification of a log: decryption, both hash chains, sequence
+//! numbers, postings and the store's own metadata. Stops at the first bad
+//! entry and names it.
+
+use crate::crypto::Hash32;
+use crate::ids::MachineId;
+use crate::keys::ChainKeys;
+use crate::projection::Projection;
+use crate::store::record::{GENESIS_HASH, LogEntry, check_machine_chain};
+use crate::store::{LogStore, StoreError, scan_records};
+use std::collections::HashMap;
+
+/// What a clean verification found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifySummary {
+    pub entries: u64,
+    pub machines: usize,
+    pub head_hash: Hash32,
+    pub segments: usize,
+}
+
+/// The first problem found, with the entry it is in when there is one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}{problem}", location(*gseq, machine))]
+pub struct VerifyFailure {
+    pub gseq: Option<u64>,
+    pub machine: Option<(MachineId, u64)>,
+    pub problem: String,
+}
+
+fn location(gseq: Option<u64>, machine: &Option<(MachineId, u64)>) -> String {
+    match (gseq, machine) {
+        (Some(g), Some((m, s))) => format!("entry gseq {g} ({m} #{s}): "),
+        (Some(g), None) => format!("entry gseq {g}: "),
+        _ => String::new(),
+    }
+}
+
+fn fail(
+    gseq: Option<u64>,
+    machine: Option<(MachineId, u64)>,
+    problem: impl Into<String>,
+) -> VerifyFailure {
+    VerifyFailure {
+        gseq,
+        machine,
+        problem: problem.into(),
+    }
+}
+
+impl From<StoreError> for VerifyFailure {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Entry { gseq, problem } => fail(Some(gseq), None, problem),
+            other => fail(None, None, other.to_string()),
+        }
+    }
+}
+
+/// Verifies every entry of `store`. `progress` is called with each gseq.
+pub fn verify_log(
+    store: &LogStore,
+    keys: &dyn ChainKeys,
+    progress: &mut dyn FnMut(u64),
+) -> Result<VerifySummary, VerifyFailure> {
+    let head = store.head();
+    let mut previous_hash = GENESIS_HASH;
+    let mut previous_epoch = 0;
+    let mut machine_heads: HashMap<MachineId, (u64, Hash32)> = HashMap::new();
+    let mut projection = Projection::default();
+    let mut count = 0;
+    let decode = |gseq: u64, bytes: &[u8]| {
+        let entry = LogEntry::decode(bytes).map_err(|e| StoreError::Entry {
+            gseq,
+            problem: format!("undecodable record: {e}"),
+        })?;
+        if entry.body.gseq != gseq {
+            return Err(StoreError::Entry {
+                gseq,
+                problem: format!("record claims gseq {}", entry.body.gseq),
+            });
+        }
+        let envelope = entry
+            .envelope()
+            .map_err(|e| format!("undecodable event: {e}"));
+        Ok((entry, envelope))
+    };
+    scan_records(store, 1, head.gseq, decode, |(entry, envelope)| {
+        let gseq = entry.body.gseq;
+        let machine = entry.body.machine_id.clone();
+        let seq = entry.body.machine_seq;
+        let at = |problem: String| fail(Some(gseq), Some((machine.clone(), seq)), problem);
+        if entry.prev_hash != previous_hash {
+            return Err(at(
+                "fleet chain broken: previous-hash does not match the entry before".into(),
+            ));
+        }
+        if entry.body.epoch < previous_epoch {
+            return Err(at(format!(
+                "epoch {} after epoch {previous_epoch}",
+                entry.body.epoch
+            )));
+        }
+        let (last_seq, last_hash) = machine_heads
+            .get(&machine)
+            .copied()
+            .unwrap_or((0, GENESIS_HASH));
+        if seq != last_seq + 1 {
+            return Err(at(format!(
+                "machine stream jumps from #{last_seq} to #{seq}"
+            )));
+        }
+        check_machine_chain(keys, &machine, &last_hash, &entry.body.event)
+            .map_err(|e| at(e.to_string()))?;
+        let envelope = envelope.map_err(at)?;
+        if envelope.machine_id != machine || envelope.machine_seq != seq {
+            return Err(at("entry and event disagree on machine or sequence".into()));
+        }
+        projection
+            .apply(gseq, &envelope)
+            .map_err(|e| at(format!("event does not apply: {e}")))?;
+        machine_heads.insert(machine, (seq, entry.body.event.chain_hash));
+        previous_hash = entry.hash;
+        previous_epoch = entry.body.epoch;
+        count += 1;
+        progress(gseq);
+        Ok(())
+    })?;
+    if count != head.gseq || previous_hash != head.hash {
+        return Err(fail(
+            None,
+            None,
+            format!(
+                "the log ends at gseq {count} but its head says {}",
+                head.gseq
+            ),
+        ));
+    }
+    check_store_metadata(store, &machine_heads, &projection)?;
+    let segments = check_segments(store)?;
+    Ok(VerifySummary {
+        entries: count,
+        machines: machine_heads.len(),
+        head_hash: previous_hash,
+        segments,
+    })
+}
+
+fn check_store_metadata(
+    store: &LogStore,
+    heads: &HashMap<MachineId, (u64, Hash32)>,
+    projection: &Projection,
+) -> Result<(), VerifyFailure> {
+    if store.machine_heads().len() != heads.len() {
+        return Err(fail(
+            None,
+            None,
+            "the store's machine heads do not match the log",
+        ));
+    }
+    for (machine, &(seq, hash)) in heads {
+        let stored = store.machine_head(machine);
+        if stored.seq != seq || stored.hash != hash {
+            return Err(fail(
+                None,
+                Some((machine.clone(), seq)),
+                "stored machine head does not match the log",
+            ));
+        }
+        if store.gseq_of(machine, seq)? != Some(stored.gseq) {
+            return Err(fail(
+                Some(stored.gseq),
+                Some((machine.clone(), seq)),
+                "machine index row is wrong",
+            ));
+        }
+    }
+    for (machine, state) in &projection.machines {
+        state
+            .check_consistency()
+            .map_err(|problem| fail(None, Some((machine.clone(), state.last_seq)), problem))?;
+    }
+    Ok(())
+}
+
+fn check_segments(store: &LogStore) -> Result<usize, VerifyFailure> {
+    let segments = store.segments()?;
+    let size = store.config().segment_entries;
+    for (expected_index, segment) in segments.iter().enumerate() {
+        let index = expected_index as u64;
+        let first = index * size + 1;
+        let bad = |problem: &str| fail(Some(first), None, format!("segment {index}: {problem}"));
+        if segment.index != index
+            || segment.first_gseq != first
+            || segment.last_gseq != first + size - 1
+        {
+            return Err(bad("summary covers the wrong range"));
+        }
+        let first_entry = store
+            .get(segment.first_gseq)?
+            .ok_or_else(|| bad("first entry missing"))?;
+        let last_entry = store
+            .get(segment.last_gseq)?
+            .ok_or_else(|| bad("last entry missing"))?;
+        if first_entry.prev_hash != segment.first_prev_hash || last_entry.hash != segment.last_hash
+        {
+            return Err(bad("summary hashes do not match the entries"));
+        }
+    }
+    Ok(segments.len())
+}
