@@ -1,0 +1,235 @@
+//! `vendctl bench`: durable append throughput with group commit, and replay
+//! rate, on this machine.
+
+use crate::say;
+use crate::util::rate;
+use anyhow::{Result, bail};
+use ledger::MachineId;
+use ledger::Until;
+use ledger::crypto::SecretKey;
+use ledger::keys::Keyring;
+use ledger::store::record::SignedEvent;
+use ledger::store::{LogStore, OpenOptions};
+use ledger::workload::{SIMULATION_START_MS, SimMachine};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Events to append per measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Machines producing them.
+    #[arg(long, default_value_t = 100)]
+    machines: u32,
+    /// Group-commit batch sizes to measure (events per synced write).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,128,1024,4096")]
+    batch_sizes: Vec<usize>,
+    /// Where to put the scratch logs (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct AppendFigure {
+    batch: usize,
+    events: usize,
+    seconds: f64,
+    events_per_second: f64,
+    syncs_per_second: f64,
+}
+
+#[derive(Serialize)]
+struct Figures {
+    cores: usize,
+    events: usize,
+    machines: u32,
+    mean_record_bytes: f64,
+    append: Vec<AppendFigure>,
+    replay_events_per_second: f64,
+    replay_seconds: f64,
+    verify_events_per_second: f64,
+    reopen_seconds: f64,
+}
+
+/// Batch size 1 pays one fsync per event; measuring a million of them
+/// would take a quarter of an hour, so small batches are measured on a
+/// prefix that still runs for seconds.
+const SMALL_BATCH_EVENTS_PER_BATCH_SIZE: usize = 2_000;
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    if args.events == 0 || args.batch_sizes.is_empty() {
+        bail!("nothing to measure");
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("vendctl-bench-")
+        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    let mut keyring = Keyring::open(&scratch.path().join("keys"), true)?;
+    eprintln!(
+        "generating {} events from {} simulated machines...",
+        args.events, args.machines
+    );
+    let events = generate(&mut keyring, args.machines, args.events)?;
+    let mean_record_bytes =
+        events.iter().map(|e| e.bytes.len() as f64).sum::<f64>() / events.len() as f64;
+    let mut append = Vec::new();
+    let mut last_log = None;
+    for &batch in &args.batch_sizes {
+        let count = events
+            .len()
+            .min(batch.saturating_mul(SMALL_BATCH_EVENTS_PER_BATCH_SIZE))
+            .max(batch.min(events.len()));
+        let dir = scratch.path().join(format!("append-{batch}"));
+        eprintln!("appending {count} events in batches of {batch}...");
+        let (seconds, batches) = measure_append(&dir, &keyring, &events[..count], batch)?;
+        append.push(AppendFigure {
+            batch,
+            events: count,
+            seconds,
+            events_per_second: count as f64 / seconds,
+            syncs_per_second: batches as f64 / seconds,
+        });
+        if count == events.len() {
+            last_log = Some(dir);
+        }
+    }
+    let Some(full_log) = last_log else {
+        bail!(
+            "no batch size appended all {} events; add a larger one",
+            events.len()
+        );
+    };
+    let store = LogStore::open(&full_log, keyring.store_key(), OpenOptions::default())?;
+    eprintln!("replaying {} events...", store.head().gseq);
+    let started = Instant::now();
+    let projection = ledger::ledger::rebuild(&store, Until::End, &mut |_| {})?;
+    let replay_seconds = started.elapsed().as_secs_f64();
+    assert_eq!(
+        projection.entries_applied as usize,
+        events.len(),
+        "replay applies every event"
+    );
+    let started = Instant::now();
+    ledger::verify::verify_log(&store, &keyring, &mut |_| {})
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let verify_elapsed = started.elapsed();
+    drop(store);
+    let started = Instant::now();
+    let ledger = ledger::Ledger::open(&full_log, keyring.store_key(), OpenOptions::default())?;
+    let reopen_seconds = started.elapsed().as_secs_f64();
+    assert_eq!(ledger.projection().as_of_gseq as usize, events.len());
+    let figures = Figures {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        events: events.len(),
+        machines: args.machines,
+        mean_record_bytes,
+        append,
+        replay_events_per_second: events.len() as f64 / replay_seconds,
+        replay_seconds,
+        verify_events_per_second: rate(events.len() as u64, verify_elapsed),
+        reopen_seconds,
+    };
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&figures)?);
+    } else {
+        print_table(&figures);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn generate(keyring: &mut Keyring, machines: u32, total: usize) -> Result<Vec<SignedEvent>> {
+    let mut sims = Vec::new();
+    for n in 1..=machines {
+        let id = MachineId::numbered(n);
+        let key: SecretKey = keyring.ensure_machine(&id)?.clone();
+        sims.push(SimMachine::new(id, &key, u64::from(n), SIMULATION_START_MS));
+    }
+    let mut events = Vec::with_capacity(total + 4);
+    'outer: loop {
+        for sim in &mut sims {
+            for (_, signed) in sim.step() {
+                events.push(signed);
+            }
+            if events.len() >= total {
+                break 'outer;
+            }
+        }
+    }
+    // A decision's events belong together; trimming the tail may split the
+    // last one, which is harmless for a benchmark that appends in order.
+    events.truncate(total);
+    Ok(events)
+}
+
+fn measure_append(
+    dir: &Path,
+    keyring: &Keyring,
+    events: &[SignedEvent],
+    batch: usize,
+) -> Result<(f64, usize)> {
+    let options = OpenOptions {
+        create: true,
+        ..OpenOptions::default()
+    };
+    let mut ledger = ledger::Ledger::open(dir, keyring.store_key(), options)?;
+    let started = Instant::now();
+    let mut batches = 0;
+    for chunk in events.chunks(batch) {
+        let outcome = ledger.append_events(1, SIMULATION_START_MS, chunk, keyring)?;
+        debug_assert!(
+            outcome
+                .results
+                .iter()
+                .all(|r| matches!(r, ledger::store::Appended::New { .. }))
+        );
+        batches += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if ledger.store().head().gseq as usize != events.len() {
+        bail!(
+            "appended {} of {} events",
+            ledger.store().head().gseq,
+            events.len()
+        );
+    }
+    Ok((seconds, batches))
+}
+
+fn print_table(f: &Figures) {
+    say!(
+        "machine: {} cores; {} events from {} machines, mean encoded event {:.0} bytes",
+        f.cores,
+        f.events,
+        f.machines,
+        f.mean_record_bytes
+    );
+    say!();
+    say!("| batch (events/sync) | events | seconds | events/s | syncs/s |");
+    say!("|---:|---:|---:|---:|---:|");
+    for a in &f.append {
+        say!(
+            "| {} | {} | {:.2} | {:.0} | {:.0} |",
+            a.batch,
+            a.events,
+            a.seconds,
+            a.events_per_second,
+            a.syncs_per_second
+        );
+    }
+    say!();
+    say!(
+        "replay (decrypt, decode, apply, from gseq 1): {:.0} events/s ({:.2}s)",
+        f.replay_events_per_second,
+        f.replay_seconds
+    );
+    say!(
+        "verify (replay + both hash chains + metadata): {:.0} events/s",
+        f.verify_events_per_second
+    );
+    say!("reopen with checkpoint: {:.3}s", f.reopen_seconds);
+}

@@ -1,0 +1,65 @@
+//! `vendctl`: the operator's command line for vendledger.
+
+mod bench;
+mod dump;
+mod keys;
+mod replay;
+mod simulate;
+mod util;
+mod verify;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// mimalloc instead of glibc malloc: replays decode on one thread and free
+/// on another, which glibc serves with arena locking and consolidation.
+/// `vendctl bench` measured the difference (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "vendctl",
+    version,
+    about = "Simulate, verify, replay and inspect vendledger fleet logs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Write a realistic fleet log: machines with customers and operators.
+    Simulate(simulate::Args),
+    /// Check every hash chain, decryption and posting of a log.
+    Verify(verify::Args),
+    /// Rebuild projections (inventory, cash, sales) from a log and print them.
+    Replay(replay::Args),
+    /// Print every log entry as one JSON object per line.
+    Dump(dump::Args),
+    /// Create store, cluster and machine keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Measure durable append and replay throughput.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Commands::Simulate(args) => simulate::run(args),
+        Commands::Verify(args) => verify::run(args),
+        Commands::Replay(args) => replay::run(args),
+        Commands::Dump(args) => dump::run(args),
+        Commands::Keys(command) => keys::run(command),
+        Commands::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("vendctl: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! `vendctl replay`: rebuilds the projections from the first entry and
+//! prints inventory, cash and sales.
+
+use crate::say;
+use crate::util::{DataArgs, progress, rate};
+use anyhow::{Context, Result, bail};
+use ledger::money::{Denomination, format_won};
+use ledger::projection::{FleetTotals, Period, Projection, SalesRow};
+use ledger::{MachineId, Until, Won};
+use serde::Serialize;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Stop after this gseq.
+    #[arg(long, conflicts_with = "until")]
+    until_gseq: Option<u64>,
+    /// Only events that happened at their machine by this time: an RFC 3339
+    /// timestamp, or a date or date-time in Korean time (a bare date means
+    /// through the end of that day).
+    #[arg(long)]
+    until: Option<String>,
+    /// Group sales by day, week, month or year.
+    #[arg(long, default_value = "month")]
+    period: Period,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    as_of_gseq: u64,
+    entries_applied: u64,
+    projection_issues: u64,
+    seconds: f64,
+    events_per_second: f64,
+    totals: FleetTotals,
+    machines: Vec<MachineReport>,
+    sales: Vec<SalesRow>,
+}
+
+#[derive(Serialize)]
+struct MachineReport {
+    machine_id: MachineId,
+    last_seq: u64,
+    slots: Vec<SlotReport>,
+    tubes: Vec<(Won, u32)>,
+    cash_box: Won,
+    stacker: Won,
+    escrow: Won,
+    change_owed: Won,
+    exact_change_only: bool,
+    purchases: u64,
+    sales_won: Won,
+}
+
+#[derive(Serialize)]
+struct SlotReport {
+    slot: u16,
+    product: String,
+    category: String,
+    price: Won,
+    stock: u32,
+    capacity: u32,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let until = match (args.until_gseq, &args.until) {
+        (Some(gseq), _) => Until::Gseq(gseq),
+        (None, Some(text)) => Until::MachineTime(parse_until(text)?),
+        (None, None) => Until::End,
+    };
+    let keyring = args.data.keyring(false)?;
+    let store = args.data.open_store(&keyring)?;
+    let bar = progress(store.head().gseq, "replay");
+    let started = Instant::now();
+    let projection = ledger::ledger::rebuild(&store, until, &mut |gseq| {
+        if gseq % 4_096 == 0 {
+            bar.set_position(gseq);
+        }
+    })?;
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let report = build_report(&projection, args.period, elapsed);
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report, args.period);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `--until`: RFC 3339, or a civil date / date-time in KST.
+fn parse_until(text: &str) -> Result<i64> {
+    if let Ok(timestamp) = text.parse::<jiff::Timestamp>() {
+        return Ok(timestamp.as_millisecond());
+    }
+    let kst = jiff::tz::TimeZone::fixed(jiff::tz::offset(9));
+    // A bare date must be read as a date (through its last instant): jiff
+    // would also accept it as a date-time at midnight.
+    let civil = if let Ok(date) = text.parse::<jiff::civil::Date>() {
+        date.at(23, 59, 59, 999_999_999)
+    } else if let Ok(datetime) = text.parse::<jiff::civil::DateTime>() {
+        datetime
+    } else {
+        bail!("--until {text:?}: use an RFC 3339 timestamp, YYYY-MM-DD or YYYY-MM-DDTHH:MM");
+    };
+    let zoned = civil.to_zoned(kst).context("--until is out of range")?;
+    Ok(zoned.timestamp().as_millisecond())
+}
+
+fn build_report(projection: &Projection, period: Period, elapsed: std::time::Duration) -> Report {
+    let machines = projection
+        .machines
+        .iter()
+        .map(|(id, state)| MachineReport {
+            machine_id: id.clone(),
+            last_seq: state.last_seq,
+            slots: state
+                .slots
+                .values()
+                .map(|s| SlotReport {
+                    slot: s.config.slot.0,
+                    product: s.config.product.name.clone(),
+                    category: s.config.product.category.to_string(),
+                    price: s.config.product.price,
+                    stock: s.stock,
+                    capacity: s.config.capacity,
+                })
+                .collect(),
+            tubes: Denomination::COINS
+                .iter()
+                .map(|d| (d.value(), state.tubes.get(*d)))
+                .collect(),
+            cash_box: state.cash_box,
+            stacker: state.stacker_total(),
+            escrow: state.escrow.balance,
+            change_owed: state.owed_total(),
+            exact_change_only: state.exact_change_only(),
+            purchases: state.stats.purchases,
+            sales_won: state.stats.sales_won,
+        })
+        .collect();
+    Report {
+        as_of_gseq: projection.as_of_gseq,
+        entries_applied: projection.entries_applied,
+        projection_issues: projection.issue_count,
+        seconds: elapsed.as_secs_f64(),
+        events_per_second: rate(projection.entries_applied, elapsed),
+        totals: projection.totals(),
+        machines,
+        sales: projection.sales.report(period, None),
+    }
+}
+
+fn print_report(report: &Report, period: Period) {
+    say!(
+        "replayed {} entries (as of gseq {}) in {:.2}s: {:.0} events/s; {} projection issues",
+        report.entries_applied,
+        report.as_of_gseq,
+        report.seconds,
+        report.events_per_second,
+        report.projection_issues
+    );
+    let t = &report.totals;
+    say!(
+        "fleet: {} machines, {} purchases, {} cancels, net sales {} won, cash in machines {} won, change owed {} won, {} items in stock",
+        t.machines,
+        t.purchases,
+        t.cancels,
+        format_won(t.sales_won),
+        format_won(t.cash_in_machines_won),
+        format_won(t.change_owed_won),
+        t.items_in_stock
+    );
+    for machine in &report.machines {
+        say!();
+        say!(
+            "{}  (#{})  sales {} won over {} purchases{}",
+            machine.machine_id,
+            machine.last_seq,
+            format_won(machine.sales_won),
+            machine.purchases,
+            if machine.exact_change_only {
+                "  [EXACT CHANGE ONLY]"
+            } else {
+                ""
+            }
+        );
+        for slot in &machine.slots {
+            let status = if slot.stock == 0 { "  SOLD OUT" } else { "" };
+            say!(
+                "  slot {:>2}  {:<16} {:>7} won  {:>3}/{:<3} {}{}",
+                slot.slot,
+                slot.product,
+                format_won(slot.price),
+                slot.stock,
+                slot.capacity,
+                slot.category,
+                status
+            );
+        }
+        let tubes: Vec<String> = machine
+            .tubes
+            .iter()
+            .map(|(value, n)| format!("{value}x{n}"))
+            .collect();
+        say!(
+            "  tubes {}  cash box {} won  stacker {} won  escrow {} won  change owed {} won",
+            tubes.join(" "),
+            format_won(machine.cash_box),
+            format_won(machine.stacker),
+            format_won(machine.escrow),
+            format_won(machine.change_owed)
+        );
+    }
+    say!();
+    say!("sales by {period:?} (fleet):");
+    let mut by_period: std::collections::BTreeMap<&str, (i64, Won)> =
+        std::collections::BTreeMap::new();
+    for row in &report.sales {
+        let entry = by_period.entry(row.period.as_str()).or_default();
+        entry.0 += row.count;
+        entry.1 += row.won;
+    }
+    for (label, (count, won)) in by_period {
+        say!(
+            "  {label:<10} {count:>8} items  {:>14} won",
+            format_won(won)
+        );
+    }
+}

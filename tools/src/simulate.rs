@@ -1,0 +1,182 @@
+//! `vendctl simulate --offline`: writes a realistic fleet log directly
+//! through the ledger, as a primary would, deterministic for a seed.
+
+use crate::say;
+use crate::util::{DataArgs, hex32, progress, rate};
+use anyhow::{Result, bail};
+use ledger::MachineId;
+use ledger::store::OpenOptions;
+use ledger::store::record::SignedEvent;
+use ledger::workload::{SIMULATION_START_MS, SimMachine, WorkloadStats};
+use ledger::{Ledger, Until};
+use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Write the log directly (no replicas, no network).
+    #[arg(long)]
+    offline: bool,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Number of machines (VM-001, VM-002, ...).
+    #[arg(long, default_value_t = 10)]
+    machines: u32,
+    /// Events each machine produces (a decision's events are never split,
+    /// so a machine may end one or two events over).
+    #[arg(long, default_value_t = 10_000)]
+    events_per_machine: u64,
+    /// Seed for every random choice (customers, operators, clocks).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Events per group commit (one synced write batch).
+    #[arg(long, default_value_t = 4_096)]
+    batch: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    events: u64,
+    machines: u32,
+    seed: u64,
+    head_gseq: u64,
+    head_hash: String,
+    seconds: f64,
+    events_per_second: f64,
+    #[serde(flatten)]
+    stats: WorkloadStats,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    if !args.offline {
+        bail!("only --offline is available until the replication layer exists");
+    }
+    if args.machines == 0 || args.machines > 9_999 {
+        bail!("--machines must be between 1 and 9999");
+    }
+    if !(1..=ledger::store::APPEND_BATCH_MAX).contains(&args.batch) {
+        bail!(
+            "--batch must be between 1 and {}",
+            ledger::store::APPEND_BATCH_MAX
+        );
+    }
+    let mut keyring = args.data.keyring(true)?;
+    let options = OpenOptions {
+        create: true,
+        ..OpenOptions::default()
+    };
+    let mut ledger = Ledger::open(&args.data.log_dir(), keyring.store_key(), options)?;
+    if ledger.store().head().gseq > 0 {
+        bail!(
+            "{} already holds a log of {} entries; simulate into a new directory",
+            args.data.log_dir().display(),
+            ledger.store().head().gseq
+        );
+    }
+    let mut machines = Vec::new();
+    for n in 1..=args.machines {
+        let id = MachineId::numbered(n);
+        let key = keyring.ensure_machine(&id)?.clone();
+        let seed = args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(n);
+        machines.push(SimMachine::new(id, &key, seed, SIMULATION_START_MS));
+    }
+    let total = u64::from(args.machines) * args.events_per_machine;
+    let bar = progress(total, "simulate");
+    let started = Instant::now();
+    let mut stats = WorkloadStats::default();
+    // Always step the machine whose clock is furthest behind, so the log is
+    // (nearly) in time order like a real fleet's.
+    let mut queue: BinaryHeap<Reverse<(i64, usize)>> = (0..machines.len())
+        .map(|i| Reverse((machines[i].clock_ms(), i)))
+        .collect();
+    let mut produced = vec![0u64; machines.len()];
+    let mut batch: Vec<SignedEvent> = Vec::with_capacity(args.batch + 2);
+    let mut batch_logged_ms = SIMULATION_START_MS;
+    while let Some(Reverse((_, index))) = queue.pop() {
+        let machine = &mut machines[index];
+        for (envelope, signed) in machine.step() {
+            stats.record(&envelope.event);
+            batch_logged_ms = batch_logged_ms.max(envelope.at_ms);
+            batch.push(signed);
+            produced[index] += 1;
+        }
+        if produced[index] < args.events_per_machine {
+            queue.push(Reverse((machine.clock_ms(), index)));
+        }
+        if batch.len() >= args.batch || queue.is_empty() {
+            commit(&mut ledger, &keyring, &mut batch, batch_logged_ms)?;
+            bar.set_position(ledger.store().head().gseq);
+        }
+    }
+    ledger.checkpoint()?;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+    let head = ledger.store().head();
+    let projection = ledger.projection_as_of(Until::End)?;
+    if projection.issue_count > 0 {
+        bail!(
+            "the projection reported {} issues; first: {:?}",
+            projection.issue_count,
+            projection.issues.first()
+        );
+    }
+    let summary = Summary {
+        events: head.gseq,
+        machines: args.machines,
+        seed: args.seed,
+        head_gseq: head.gseq,
+        head_hash: hex32(&head.hash),
+        seconds: elapsed.as_secs_f64(),
+        events_per_second: rate(head.gseq, elapsed),
+        stats,
+    };
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        say!(
+            "wrote {} events from {} machines to {} in {:.2}s ({:.0} events/s, durable); head {}",
+            summary.events,
+            summary.machines,
+            args.data.log_dir().display(),
+            summary.seconds,
+            summary.events_per_second,
+            summary.head_hash
+        );
+        say!(
+            "{} purchases, {} cancels, {} rejected inserts, {} change-owed tickets, {} collections",
+            summary.stats.purchases,
+            summary.stats.cancels,
+            summary.stats.rejected_inserts,
+            summary.stats.change_owed,
+            summary.stats.collections
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn commit(
+    ledger: &mut Ledger,
+    keyring: &ledger::keys::Keyring,
+    batch: &mut Vec<SignedEvent>,
+    logged_ms: i64,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let outcome = ledger.append_events(0, logged_ms, batch, keyring)?;
+    if let Some(problem) = outcome
+        .results
+        .iter()
+        .find(|r| !matches!(r, ledger::store::Appended::New { .. }))
+    {
+        bail!("the store refused a simulated event: {problem:?}");
+    }
+    batch.clear();
+    Ok(())
+}

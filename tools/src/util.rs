@@ -1,0 +1,90 @@
+//! Shared helpers: data-directory layout, opening a log, progress bars.
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ledger::keys::Keyring;
+use ledger::store::{LogStore, OpenOptions};
+use std::path::{Path, PathBuf};
+
+/// A data directory holds the RocksDB log under `log/` and, unless told
+/// otherwise, its keys under `keys/`.
+pub const LOG_SUBDIR: &str = "log";
+pub const KEYS_SUBDIR: &str = "keys";
+
+/// Where a command finds a log and its keys.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Data directory (holds `log/` and by default `keys/`).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Key directory, if not `DATA/keys`.
+    #[arg(long, value_name = "DIR")]
+    pub keys: Option<PathBuf>,
+}
+
+impl DataArgs {
+    pub fn log_dir(&self) -> PathBuf {
+        self.data.join(LOG_SUBDIR)
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.keys
+            .clone()
+            .unwrap_or_else(|| self.data.join(KEYS_SUBDIR))
+    }
+
+    pub fn keyring(&self, create: bool) -> Result<Keyring> {
+        let dir = self.keys_dir();
+        Keyring::open(&dir, create).with_context(|| format!("loading keys from {}", dir.display()))
+    }
+
+    /// Opens an existing log read-write (RocksDB has no shared read mode;
+    /// the replica owning it must be stopped).
+    pub fn open_store(&self, keyring: &Keyring) -> Result<LogStore> {
+        open_existing(&self.log_dir(), keyring)
+    }
+}
+
+pub fn open_existing(log_dir: &Path, keyring: &Keyring) -> Result<LogStore> {
+    LogStore::open(log_dir, keyring.store_key(), OpenOptions::default())
+        .with_context(|| format!("opening the log at {}", log_dir.display()))
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal so logs
+/// and pipes stay clean.
+pub fn progress(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+pub fn hex32(hash: &[u8; 32]) -> String {
+    hex::encode(hash)
+}
+
+/// Events per second, guarding against a zero duration.
+pub fn rate(count: u64, elapsed: std::time::Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// Writes a line to stdout. A reader that went away (`vendctl dump | head`)
+/// is not an error worth a panic: the rest of the output is dropped.
+pub fn emit_line(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.write_all(b"\n"));
+}
+
+/// `println!` that tolerates a closed stdout (see [`emit_line`]).
+#[macro_export]
+macro_rules! say {
+    () => { $crate::util::emit_line("") };
+    ($($arg:tt)*) => { $crate::util::emit_line(&format!($($arg)*)) };
+}
