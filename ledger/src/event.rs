@@ -56,10 +56,11 @@ pub enum Source {
     Remote { command_id: u64 },
 }
 
-/// The one-time installation of a machine: its first event.
+/// The one-time installation of a machine: its first event. The slots
+/// follow as `SlotConfigured` events in the same atomic batch, which keeps
+/// every event small enough for one replication datagram.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Installation {
-    pub slots: Vec<SlotConfig>,
     pub tube_capacity: CoinCounts,
     pub stacker_capacity_bills: u32,
     /// argon2id PHC string of the initial admin password.
@@ -219,9 +220,13 @@ pub struct EventEnvelope {
 /// every version ever written so old logs replay after upgrades.
 pub const EVENT_FORMAT_VERSION: u8 = 1;
 
-/// Largest encoded event accepted from outside. Real events are a few
-/// hundred bytes; an installation with 64 slots is a few kilobytes.
-pub const EVENT_BYTES_MAX: usize = 16 * 1024;
+/// Largest encoded event accepted from outside. Every event `decide` can
+/// produce is far smaller (names are at most 40 characters, reasons are cut
+/// to `REASON_CHARS_MAX`), and a log record of this size still fits one
+/// replication datagram of the default 1,400 payload bytes.
+pub const EVENT_BYTES_MAX: usize = 1_024;
+/// Longest explanation carried by a `RemoteCommandRejected` event.
+pub const REASON_CHARS_MAX: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {

@@ -131,7 +131,7 @@ impl Ledger {
     ) -> Result<AppendOutcome, StoreError> {
         let outcome = self.store.append_events(epoch, logged_ms, events, keys)?;
         for (entry, envelope) in &outcome.new_entries {
-            let _ = self.projection.apply(entry.body.gseq, envelope);
+            self.apply_to_projection(entry.body.gseq, Some(envelope));
         }
         self.maybe_checkpoint()?;
         Ok(outcome)
@@ -145,9 +145,33 @@ impl Ledger {
     ) -> Result<(), StoreError> {
         let envelopes = self.store.append_replicated(entries, keys)?;
         for (entry, envelope) in entries.iter().zip(&envelopes) {
-            let _ = self.projection.apply(entry.body.gseq, envelope);
+            self.apply_to_projection(entry.body.gseq, envelope.as_ref());
         }
         self.maybe_checkpoint()
+    }
+
+    /// See [`LogStore::append_marker`].
+    pub fn append_marker(
+        &mut self,
+        epoch: u64,
+        logged_ms: i64,
+        primary: &str,
+    ) -> Result<LogEntry, StoreError> {
+        let entry = self.store.append_marker(epoch, logged_ms, primary)?;
+        self.apply_to_projection(entry.body.gseq, None);
+        self.maybe_checkpoint()?;
+        Ok(entry)
+    }
+
+    fn apply_to_projection(&mut self, gseq: u64, envelope: Option<&EventEnvelope>) {
+        match envelope {
+            // An entry that does not apply is recorded as a projection
+            // issue; the log keeps it.
+            Some(envelope) => {
+                let _ = self.projection.apply(gseq, envelope);
+            }
+            None => self.projection.skip(gseq),
+        }
     }
 
     /// Drops entries after `to_gseq` and rebuilds the projection.
@@ -257,7 +281,7 @@ fn apply_range(
     // skipped too, even if the clock went backwards, so a stream is never
     // applied with a hole in it.
     let mut stopped: std::collections::HashSet<MachineId> = std::collections::HashSet::new();
-    let decode = |gseq: u64, bytes: &[u8]| -> Result<(u64, EventEnvelope), StoreError> {
+    let decode = |gseq: u64, bytes: &[u8]| -> Result<(u64, Option<EventEnvelope>), StoreError> {
         let envelope = LogEntry::decode_event(bytes).map_err(|e| StoreError::Entry {
             gseq,
             problem: format!("undecodable record: {e}"),
@@ -265,13 +289,17 @@ fn apply_range(
         Ok((gseq, envelope))
     };
     crate::store::scan_records(store, from, last, decode, |(gseq, envelope)| {
+        let Some(envelope) = envelope else {
+            projection.skip(gseq);
+            return Ok(());
+        };
         if let Until::MachineTime(limit) = until
             && (envelope.at_ms > limit || stopped.contains(&envelope.machine_id))
         {
             // Later events of other machines may still be in range, so skip
             // rather than stop; the projection still advances its gseq.
             stopped.insert(envelope.machine_id);
-            projection.as_of_gseq = gseq;
+            projection.skip(gseq);
             return Ok::<(), StoreError>(());
         }
         let _ = projection.apply(gseq, &envelope);

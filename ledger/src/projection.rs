@@ -249,6 +249,13 @@ impl Projection {
         Ok(())
     }
 
+    /// Advances past an entry that carries no machine event (an epoch
+    /// marker) or that an as-of limit excludes.
+    pub fn skip(&mut self, gseq: u64) {
+        debug_assert!(gseq > self.as_of_gseq, "entries are applied in gseq order");
+        self.as_of_gseq = gseq;
+    }
+
     pub fn totals(&self) -> FleetTotals {
         let mut totals = FleetTotals {
             machines: self.machines.len(),

@@ -317,20 +317,28 @@ fn decide_install(
     admin::check_policy(admin_password)?;
     let admin_password_hash = admin::hash_password(admin_password, &ctx.salt, ctx.password_params)
         .map_err(|e| Rejection::BadInstallation(e.to_string()))?;
-    let event = Event::Installed(Installation {
-        slots: slots.clone(),
+    if slots.is_empty() || slots.len() > catalog::SLOTS_MAX {
+        return Err(Rejection::BadInstallation(format!(
+            "a machine needs 1 to {} slots",
+            catalog::SLOTS_MAX
+        )));
+    }
+    let mut events = vec![Event::Installed(Installation {
         tube_capacity: *tube_capacity,
         stacker_capacity_bills: *stacker_capacity_bills,
         admin_password_hash,
-    });
+    })];
+    events.extend(slots.iter().cloned().map(Event::SlotConfigured));
     let mut scratch = state.clone();
-    scratch
-        .apply_event(&event, ctx.now_ms)
-        .map_err(|e| match e {
-            ApplyError::Catalog(c) => Rejection::Catalog(c),
-            other => Rejection::BadInstallation(other.to_string()),
-        })?;
-    Ok(vec![event])
+    for event in &events {
+        scratch
+            .apply_event(event, ctx.now_ms)
+            .map_err(|e| match e {
+                ApplyError::Catalog(c) => Rejection::Catalog(c),
+                other => Rejection::BadInstallation(other.to_string()),
+            })?;
+    }
+    Ok(events)
 }
 
 /// An insert always produces an event: accepted, or rejected and returned.
@@ -532,7 +540,11 @@ fn decide_remote(state: &MachineState, remote: &RemoteCommand) -> Vec<Event> {
         Ok(event) => vec![event],
         Err(rejection) => vec![Event::RemoteCommandRejected {
             command_id: remote.command_id,
-            reason: rejection.to_string(),
+            reason: rejection
+                .to_string()
+                .chars()
+                .take(crate::event::REASON_CHARS_MAX)
+                .collect(),
         }],
     }
 }

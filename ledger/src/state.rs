@@ -326,6 +326,11 @@ impl MachineState {
             }
             Event::SlotConfigured(config) => {
                 config.validate()?;
+                if !self.slots.contains_key(&config.slot)
+                    && self.slots.len() >= crate::catalog::SLOTS_MAX
+                {
+                    return Err(ApplyError::Catalog(CatalogError::BadSlot));
+                }
                 if let Some(existing) = self.slots.get(&config.slot)
                     && existing.stock > config.capacity
                 {
@@ -363,16 +368,6 @@ impl MachineState {
             return Err(ApplyError::AlreadyInstalled);
         }
         let bad = |why: &str| ApplyError::BadInstallation(why.to_owned());
-        if installation.slots.is_empty() || installation.slots.len() > crate::catalog::SLOTS_MAX {
-            return Err(bad("a machine needs 1 to 64 slots"));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for config in &installation.slots {
-            config.validate()?;
-            if !seen.insert(config.slot) {
-                return Err(bad("slot numbers repeat"));
-            }
-        }
         let capacities_ok = installation
             .tube_capacity
             .0
@@ -432,15 +427,6 @@ impl MachineState {
         match event {
             Event::Installed(installation) => {
                 self.installed = true;
-                for config in &installation.slots {
-                    self.slots.insert(
-                        config.slot,
-                        Slot {
-                            config: config.clone(),
-                            stock: 0,
-                        },
-                    );
-                }
                 self.tube_capacity = installation.tube_capacity;
                 self.stacker_capacity_bills = installation.stacker_capacity_bills;
                 self.admin.password_hash = installation.admin_password_hash.clone();

@@ -3,10 +3,11 @@
 //! entry and names it.
 
 use crate::crypto::Hash32;
+use crate::event::EventEnvelope;
 use crate::ids::MachineId;
 use crate::keys::ChainKeys;
 use crate::projection::Projection;
-use crate::store::record::{GENESIS_HASH, LogEntry, check_machine_chain};
+use crate::store::record::{GENESIS_HASH, LogEntry, SignedEvent, check_machine_chain};
 use crate::store::{LogStore, StoreError, scan_records};
 use std::collections::HashMap;
 
@@ -68,6 +69,7 @@ pub fn verify_log(
     let mut previous_epoch = 0;
     let mut machine_heads: HashMap<MachineId, (u64, Hash32)> = HashMap::new();
     let mut projection = Projection::default();
+    let mut previous_marker_epoch = 0;
     let mut count = 0;
     let decode = |gseq: u64, bytes: &[u8]| {
         let entry = LogEntry::decode(bytes).map_err(|e| StoreError::Entry {
@@ -87,39 +89,45 @@ pub fn verify_log(
     };
     scan_records(store, 1, head.gseq, decode, |(entry, envelope)| {
         let gseq = entry.body.gseq;
-        let machine = entry.body.machine_id.clone();
-        let seq = entry.body.machine_seq;
-        let at = |problem: String| fail(Some(gseq), Some((machine.clone(), seq)), problem);
         if entry.prev_hash != previous_hash {
-            return Err(at(
-                "fleet chain broken: previous-hash does not match the entry before".into(),
+            return Err(fail(
+                Some(gseq),
+                None,
+                "fleet chain broken: previous-hash does not match the entry before",
             ));
         }
         if entry.body.epoch < previous_epoch {
-            return Err(at(format!(
-                "epoch {} after epoch {previous_epoch}",
-                entry.body.epoch
-            )));
+            return Err(fail(
+                Some(gseq),
+                None,
+                format!("epoch {} after epoch {previous_epoch}", entry.body.epoch),
+            ));
         }
-        let (last_seq, last_hash) = machine_heads
-            .get(&machine)
-            .copied()
-            .unwrap_or((0, GENESIS_HASH));
-        if seq != last_seq + 1 {
-            return Err(at(format!(
-                "machine stream jumps from #{last_seq} to #{seq}"
-            )));
+        match entry.body.machine_event() {
+            None => {
+                if entry.body.epoch <= previous_marker_epoch && previous_marker_epoch > 0 {
+                    return Err(fail(
+                        Some(gseq),
+                        None,
+                        "epoch marker does not open a new epoch",
+                    ));
+                }
+                previous_marker_epoch = entry.body.epoch;
+                projection.skip(gseq);
+            }
+            Some((machine, seq, event)) => {
+                let envelope = envelope
+                    .map_err(|problem| fail(Some(gseq), Some((machine.clone(), seq)), problem))?;
+                check_event_entry(
+                    keys,
+                    &mut machine_heads,
+                    &mut projection,
+                    gseq,
+                    (machine, seq, event),
+                    envelope,
+                )?;
+            }
         }
-        check_machine_chain(keys, &machine, &last_hash, &entry.body.event)
-            .map_err(|e| at(e.to_string()))?;
-        let envelope = envelope.map_err(at)?;
-        if envelope.machine_id != machine || envelope.machine_seq != seq {
-            return Err(at("entry and event disagree on machine or sequence".into()));
-        }
-        projection
-            .apply(gseq, &envelope)
-            .map_err(|e| at(format!("event does not apply: {e}")))?;
-        machine_heads.insert(machine, (seq, entry.body.event.chain_hash));
         previous_hash = entry.hash;
         previous_epoch = entry.body.epoch;
         count += 1;
@@ -144,6 +152,38 @@ pub fn verify_log(
         head_hash: previous_hash,
         segments,
     })
+}
+
+/// Checks one machine event entry against its machine's chain and applies
+/// it to the verifying projection.
+fn check_event_entry(
+    keys: &dyn ChainKeys,
+    machine_heads: &mut HashMap<MachineId, (u64, Hash32)>,
+    projection: &mut Projection,
+    gseq: u64,
+    (machine, seq, event): (&MachineId, u64, &SignedEvent),
+    envelope: Option<EventEnvelope>,
+) -> Result<(), VerifyFailure> {
+    let at = |problem: String| fail(Some(gseq), Some((machine.clone(), seq)), problem);
+    let (last_seq, last_hash) = machine_heads
+        .get(machine)
+        .copied()
+        .unwrap_or((0, GENESIS_HASH));
+    if seq != last_seq + 1 {
+        return Err(at(format!(
+            "machine stream jumps from #{last_seq} to #{seq}"
+        )));
+    }
+    check_machine_chain(keys, machine, &last_hash, event).map_err(|e| at(e.to_string()))?;
+    let envelope = envelope.ok_or_else(|| at("missing event".into()))?;
+    if envelope.machine_id != *machine || envelope.machine_seq != seq {
+        return Err(at("entry and event disagree on machine or sequence".into()));
+    }
+    projection
+        .apply(gseq, &envelope)
+        .map_err(|e| at(format!("event does not apply: {e}")))?;
+    machine_heads.insert(machine.clone(), (seq, event.chain_hash));
+    Ok(())
 }
 
 fn check_store_metadata(

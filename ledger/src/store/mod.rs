@@ -27,7 +27,10 @@ use crate::crypto::{Hash32, SealError, Sealer, SecretKey};
 use crate::event::EventEnvelope;
 use crate::ids::MachineId;
 use crate::keys::ChainKeys;
-use record::{ChainError, EntryBody, LogEntry, SignedEvent, check_machine_chain};
+use record::{
+    ChainError, EntryBody, LogEntry, Payload, REPLICA_NAME_BYTES_MAX, SignedEvent,
+    check_machine_chain,
+};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options,
     WriteBatch, WriteOptions,
@@ -416,7 +419,7 @@ impl LogStore {
         &mut self,
         entries: &[LogEntry],
         keys: &dyn ChainKeys,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
+    ) -> Result<Vec<Option<EventEnvelope>>, StoreError> {
         if entries.len() > APPEND_BATCH_MAX {
             return Err(StoreError::BatchTooLarge(entries.len()));
         }
@@ -442,20 +445,32 @@ impl LogStore {
                     entry.body.epoch, pending.head.epoch
                 )));
             }
-            let envelope = match pending.admit(self, &entry.body.event, keys)? {
-                Admission::Append(envelope) => envelope,
-                Admission::Duplicate(_) => {
-                    return Err(not_contiguous("event is already logged".into()));
+            let envelope = match &entry.body.payload {
+                Payload::EpochStarted { primary } => {
+                    check_marker(pending.head.epoch, entry.body.epoch, primary)
+                        .map_err(not_contiguous)?;
+                    None
                 }
-                Admission::Reject(why) => return Err(not_contiguous(why.to_string())),
+                Payload::Event {
+                    machine_id,
+                    machine_seq,
+                    event,
+                } => {
+                    let envelope = match pending.admit(self, event, keys)? {
+                        Admission::Append(envelope) => envelope,
+                        Admission::Duplicate(_) => {
+                            return Err(not_contiguous("event is already logged".into()));
+                        }
+                        Admission::Reject(why) => return Err(not_contiguous(why.to_string())),
+                    };
+                    if envelope.machine_id != *machine_id || envelope.machine_seq != *machine_seq {
+                        return Err(not_contiguous(
+                            "entry and event disagree on machine or sequence".into(),
+                        ));
+                    }
+                    Some(envelope)
+                }
             };
-            if envelope.machine_id != entry.body.machine_id
-                || envelope.machine_seq != entry.body.machine_seq
-            {
-                return Err(not_contiguous(
-                    "entry and event disagree on machine or sequence".into(),
-                ));
-            }
             let (sealed, bytes) = LogEntry::seal_body(entry.body.clone(), entry.prev_hash);
             debug_assert_eq!(sealed.hash, entry.hash);
             pending.put_record(self, &sealed, &bytes);
@@ -463,6 +478,32 @@ impl LogStore {
         }
         self.commit(pending)?;
         Ok(envelopes)
+    }
+
+    /// Appends the marker with which a newly elected primary opens `epoch`
+    /// (which must be newer than every entry in the log).
+    pub fn append_marker(
+        &mut self,
+        epoch: u64,
+        logged_ms: i64,
+        primary: &str,
+    ) -> Result<LogEntry, StoreError> {
+        let gseq = self.head.gseq + 1;
+        check_marker(self.head.epoch, epoch, primary)
+            .map_err(|problem| StoreError::NotContiguous { gseq, problem })?;
+        let body = EntryBody {
+            gseq,
+            epoch,
+            logged_ms,
+            payload: Payload::EpochStarted {
+                primary: primary.to_owned(),
+            },
+        };
+        let (entry, bytes) = LogEntry::seal_body(body, self.head.hash);
+        let mut pending = PendingBatch::new(self);
+        pending.put_record(self, &entry, &bytes);
+        self.commit(pending)?;
+        Ok(entry)
     }
 
     fn commit(&mut self, mut pending: PendingBatch) -> Result<(), StoreError> {
@@ -740,14 +781,14 @@ impl LogStore {
         for item in self.entries_from(to_gseq + 1) {
             let entry = item?;
             batch.delete_cf(self.cf(CF_LOG), gseq_key(entry.body.gseq));
-            batch.delete_cf(
-                self.cf(CF_MACHINE_SEQ),
-                machine_seq_key(&entry.body.machine_id, entry.body.machine_seq),
-            );
+            let Some((machine, seq, _)) = entry.body.machine_event() else {
+                continue;
+            };
+            batch.delete_cf(self.cf(CF_MACHINE_SEQ), machine_seq_key(machine, seq));
             rolled_back
-                .entry(entry.body.machine_id.clone())
-                .and_modify(|seq| *seq = (*seq).min(entry.body.machine_seq))
-                .or_insert(entry.body.machine_seq);
+                .entry(machine.clone())
+                .and_modify(|first| *first = (*first).min(seq))
+                .or_insert(seq);
         }
         let mut new_heads = HashMap::new();
         for (machine, first_removed) in rolled_back {
@@ -861,7 +902,11 @@ impl LogStore {
             .ok_or_else(|| StoreError::entry(gseq, "missing"))?;
         Ok(MachineHead {
             seq: seq - 1,
-            hash: entry.body.event.chain_hash,
+            hash: entry
+                .body
+                .machine_event()
+                .map(|(_, _, event)| event.chain_hash)
+                .ok_or_else(|| StoreError::entry(gseq, "index row points at an epoch marker"))?,
             gseq,
         })
     }
@@ -994,6 +1039,19 @@ fn decode_entry(gseq: u64, bytes: &[u8]) -> Result<LogEntry, StoreError> {
     Ok(entry)
 }
 
+/// An epoch marker must open a newer epoch than every entry before it.
+fn check_marker(head_epoch: u64, epoch: u64, primary: &str) -> Result<(), String> {
+    if epoch <= head_epoch {
+        return Err(format!(
+            "epoch marker for {epoch} does not follow epoch {head_epoch}"
+        ));
+    }
+    if primary.is_empty() || primary.len() > REPLICA_NAME_BYTES_MAX {
+        return Err("epoch marker names no valid primary".into());
+    }
+    Ok(())
+}
+
 /// Decides what to do with one submitted event.
 enum Admission {
     Append(EventEnvelope),
@@ -1110,9 +1168,11 @@ impl PendingBatch {
             gseq,
             epoch,
             logged_ms,
-            machine_id: envelope.machine_id.clone(),
-            machine_seq: envelope.machine_seq,
-            event,
+            payload: Payload::Event {
+                machine_id: envelope.machine_id.clone(),
+                machine_seq: envelope.machine_seq,
+                event,
+            },
         };
         let (entry, bytes) = LogEntry::seal_body(body, self.head.hash);
         self.put_record(store, &entry, &bytes);
@@ -1133,26 +1193,26 @@ impl PendingBatch {
         if self.chunk_records >= CHUNK_ENTRIES_MAX || self.chunk.len() >= CHUNK_BYTES_MAX {
             self.close_chunk(store);
         }
-        let mut index_value = [0u8; 40];
-        index_value[..8].copy_from_slice(&body.gseq.to_be_bytes());
-        index_value[8..].copy_from_slice(&body.event.chain_hash);
-        self.batch.put_cf(
-            store.cf(CF_MACHINE_SEQ),
-            machine_seq_key(&body.machine_id, body.machine_seq),
-            index_value,
-        );
-        self.in_batch.insert(
-            (body.machine_id.clone(), body.machine_seq),
-            (body.gseq, body.event.chain_hash),
-        );
-        self.machine_heads.insert(
-            body.machine_id.clone(),
-            MachineHead {
-                seq: body.machine_seq,
-                hash: body.event.chain_hash,
-                gseq: body.gseq,
-            },
-        );
+        if let Some((machine, seq, event)) = body.machine_event() {
+            let mut index_value = [0u8; 40];
+            index_value[..8].copy_from_slice(&body.gseq.to_be_bytes());
+            index_value[8..].copy_from_slice(&event.chain_hash);
+            self.batch.put_cf(
+                store.cf(CF_MACHINE_SEQ),
+                machine_seq_key(machine, seq),
+                index_value,
+            );
+            self.in_batch
+                .insert((machine.clone(), seq), (body.gseq, event.chain_hash));
+            self.machine_heads.insert(
+                machine.clone(),
+                MachineHead {
+                    seq,
+                    hash: event.chain_hash,
+                    gseq: body.gseq,
+                },
+            );
+        }
         self.head = Head {
             gseq: body.gseq,
             hash: entry.hash,

@@ -7,6 +7,12 @@
 //! hash     = blake3(record)
 //! ```
 //!
+//! Almost every entry carries a machine's event. The exception is the
+//! marker a newly elected primary appends to open its epoch: it lets the
+//! primary commit entries of earlier epochs (which it may only count once an
+//! entry of its own epoch is replicated) and shows auditors where each
+//! primary's reign began.
+//!
 //! The record bytes are what is sealed at rest and what replication ships,
 //! so every replica hashes exactly the same bytes. The machine's encoded
 //! event is carried as opaque bytes inside the body: its keyed chain hash is
@@ -19,8 +25,9 @@ use crate::keys::ChainKeys;
 use serde::{Deserialize, Serialize};
 
 pub const RECORD_FORMAT_VERSION: u8 = 1;
-/// Largest record accepted from outside.
-pub const RECORD_BYTES_MAX: usize = EVENT_BYTES_MAX + 256;
+/// Largest record accepted from outside: an event of `EVENT_BYTES_MAX`
+/// plus the entry fields (at most about 160 bytes).
+pub const RECORD_BYTES_MAX: usize = EVENT_BYTES_MAX + 176;
 const HEADER_BYTES: usize = 1 + 32;
 
 /// An event as a machine signed it: its encoded bytes and its chain hash.
@@ -46,9 +53,37 @@ pub struct EntryBody {
     pub epoch: u64,
     /// The appending primary's clock, milliseconds since the Unix epoch.
     pub logged_ms: i64,
-    pub machine_id: MachineId,
-    pub machine_seq: u64,
-    pub event: SignedEvent,
+    pub payload: Payload,
+}
+
+/// What an entry records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// A machine's event, exactly as the machine signed it.
+    Event {
+        machine_id: MachineId,
+        machine_seq: u64,
+        event: SignedEvent,
+    },
+    /// A primary was elected for `epoch` (the entry's epoch) and opened it.
+    EpochStarted { primary: String },
+}
+
+/// Longest replica name accepted in an epoch marker.
+pub const REPLICA_NAME_BYTES_MAX: usize = 64;
+
+impl EntryBody {
+    /// The machine event carried, if this is not a marker.
+    pub fn machine_event(&self) -> Option<(&MachineId, u64, &SignedEvent)> {
+        match &self.payload {
+            Payload::Event {
+                machine_id,
+                machine_seq,
+                event,
+            } => Some((machine_id, *machine_seq, event)),
+            Payload::EpochStarted { .. } => None,
+        }
+    }
 }
 
 /// A decoded record with its position in the chain.
@@ -64,7 +99,8 @@ impl LogEntry {
     /// Builds the record for `body` after `prev_hash`; returns the entry and
     /// its bytes.
     pub fn seal_body(body: EntryBody, prev_hash: Hash32) -> (LogEntry, Vec<u8>) {
-        let mut bytes = Vec::with_capacity(HEADER_BYTES + 64 + body.event.bytes.len());
+        let event_bytes = body.machine_event().map_or(0, |(_, _, e)| e.bytes.len());
+        let mut bytes = Vec::with_capacity(HEADER_BYTES + 64 + event_bytes);
         bytes.push(RECORD_FORMAT_VERSION);
         bytes.extend_from_slice(&prev_hash);
         rmp_serde::encode::write(&mut bytes, &body).expect("encoding to a Vec cannot fail");
@@ -108,13 +144,17 @@ impl LogEntry {
         Ok((prev_hash, body))
     }
 
-    pub fn envelope(&self) -> Result<EventEnvelope, DecodeError> {
-        self.body.event.envelope()
+    /// The machine's event, decoded; `None` for an epoch marker.
+    pub fn envelope(&self) -> Result<Option<EventEnvelope>, DecodeError> {
+        self.body
+            .machine_event()
+            .map(|(_, _, event)| event.envelope())
+            .transpose()
     }
 
     /// Decodes only the machine's event from record bytes, borrowing instead
-    /// of copying (the replay hot path).
-    pub fn decode_event(bytes: &[u8]) -> Result<EventEnvelope, DecodeError> {
+    /// of copying (the replay hot path); `None` for an epoch marker.
+    pub fn decode_event(bytes: &[u8]) -> Result<Option<EventEnvelope>, DecodeError> {
         #[derive(Deserialize)]
         struct SignedEventRef<'a> {
             #[serde(borrow)]
@@ -125,14 +165,25 @@ impl LogEntry {
         }
         #[derive(Deserialize)]
         #[allow(dead_code)]
+        enum PayloadRef<'a> {
+            Event {
+                machine_id: &'a str,
+                machine_seq: u64,
+                #[serde(borrow)]
+                event: SignedEventRef<'a>,
+            },
+            EpochStarted {
+                primary: &'a str,
+            },
+        }
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
         struct EntryBodyRef<'a> {
             gseq: u64,
             epoch: u64,
             logged_ms: i64,
-            machine_id: &'a str,
-            machine_seq: u64,
             #[serde(borrow)]
-            event: SignedEventRef<'a>,
+            payload: PayloadRef<'a>,
         }
         if bytes.len() > RECORD_BYTES_MAX {
             return Err(DecodeError::TooLarge(bytes.len()));
@@ -143,7 +194,10 @@ impl LogEntry {
         }
         let body = bytes.get(HEADER_BYTES..).ok_or(DecodeError::Empty)?;
         let body: EntryBodyRef<'_> = rmp_serde::from_slice(body)?;
-        EventEnvelope::decode(body.event.bytes)
+        match body.payload {
+            PayloadRef::Event { event, .. } => EventEnvelope::decode(event.bytes).map(Some),
+            PayloadRef::EpochStarted { .. } => Ok(None),
+        }
     }
 }
 

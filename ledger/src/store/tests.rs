@@ -86,7 +86,7 @@ fn appends_reads_back_and_survives_reopen() {
     let entries: Vec<LogEntry> = store.entries_from(1).map(Result::unwrap).collect();
     assert_eq!(entries.len(), 10);
     for (entry, signed) in entries.iter().zip(&events) {
-        assert_eq!(&entry.body.event, signed);
+        assert_eq!(entry.body.machine_event().unwrap().2, signed);
         assert_eq!(entry.body.epoch, 1);
     }
     for pair in entries.windows(2) {
@@ -236,7 +236,10 @@ fn large_batches_split_into_chunks_and_every_entry_reads_back() {
     for gseq in 1..=events.len() as u64 {
         let entry = store.get(gseq).unwrap().unwrap();
         assert_eq!(entry.body.gseq, gseq);
-        assert_eq!(entry.body.event, events[gseq as usize - 1]);
+        assert_eq!(
+            entry.body.machine_event().unwrap().2,
+            &events[gseq as usize - 1]
+        );
     }
     assert_eq!(store.get(events.len() as u64 + 1).unwrap(), None);
     let from_middle: Vec<u64> = store
@@ -370,4 +373,50 @@ fn app_metadata_and_checkpoints_round_trip() {
     assert_eq!((at, bytes), (50, 5u64.to_be_bytes().to_vec()));
     // The oldest were pruned.
     assert_eq!(store.checkpoint_at_or_before(25).unwrap(), None);
+}
+
+#[test]
+fn epoch_markers_open_epochs_replicate_and_verify() {
+    let fx = Fixture::new();
+    let events = fx.events(6);
+    let mut primary = fx.open();
+    let marker = primary.append_marker(1, 10, "replica-1").unwrap();
+    assert_eq!(marker.body.gseq, 1);
+    assert_eq!(marker.body.machine_event(), None);
+    primary
+        .append_events(1, 11, &events[..3], &fx.keys())
+        .unwrap();
+    // A marker must open a newer epoch than the log's head.
+    let err = primary.append_marker(1, 12, "replica-2").unwrap_err();
+    assert!(err.to_string().contains("does not follow epoch 1"), "{err}");
+    primary.append_marker(3, 12, "replica-2").unwrap();
+    primary
+        .append_events(3, 13, &events[3..], &fx.keys())
+        .unwrap();
+    assert_eq!(primary.head().gseq, 8);
+    assert_eq!(primary.machine_head(&fx.machine).seq, 6);
+    let summary = crate::verify::verify_log(&primary, &fx.keys(), &mut |_| {}).unwrap();
+    assert_eq!((summary.entries, summary.machines), (8, 1));
+
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = LogStore::open(
+        &follower_dir.path().join("log"),
+        &SecretKey::generate(),
+        OpenOptions {
+            create: true,
+            segment_entries: 4,
+        },
+    )
+    .unwrap();
+    let entries: Vec<LogEntry> = primary.entries_from(1).map(Result::unwrap).collect();
+    let envelopes = follower.append_replicated(&entries, &fx.keys()).unwrap();
+    assert_eq!(envelopes.iter().filter(|e| e.is_none()).count(), 2);
+    assert_eq!(follower.head(), primary.head());
+
+    // Truncating back across the second marker restores epoch 1's head.
+    primary.truncate_after(4).unwrap();
+    assert_eq!(primary.head().epoch, 1);
+    assert_eq!(primary.machine_head(&fx.machine).seq, 3);
+    primary.append_marker(2, 14, "replica-3").unwrap();
+    crate::verify::verify_log(&primary, &fx.keys(), &mut |_| {}).unwrap();
 }
