@@ -1,0 +1,344 @@
+//! A replica's configuration: one TOML file per replica. Every field is
+//! documented here and in `docs/replica.example.toml`.
+
+use crate::node::{Member, NodeConfig};
+use crate::transport::TransportKind;
+use crate::wire::{NodeId, PAYLOAD_BYTES_DEFAULT, PAYLOAD_BYTES_MAX, PAYLOAD_BYTES_MIN};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// Shared by the replicas of one cluster; datagrams of other clusters
+    /// are refused.
+    pub cluster_id: u32,
+    /// This replica's number in the cluster (1 to 3), unique.
+    pub id: NodeId,
+    /// A readable name, used in logs, status and epoch markers ("replica-1").
+    pub name: String,
+    /// 2: the preferred primary; 1: may take over (the backup); 0: votes but
+    /// never stands (the sync replica).
+    pub priority: u8,
+    /// Where this replica keeps its RocksDB log (`data_dir/log`).
+    pub data_dir: PathBuf,
+    /// Key directory: `store.key` (this replica's at-rest key),
+    /// `cluster.key` (shared by the cluster) and `machines/*.key`.
+    pub keys_dir: PathBuf,
+    /// TCP address machines connect to.
+    pub machine_listen: SocketAddrV4,
+    /// UDP address replication datagrams are received on (both transports).
+    pub replication_listen: SocketAddrV4,
+    /// HTTP address of the status API and dashboard.
+    pub status_listen: SocketAddrV4,
+    /// `udp` (an ordinary socket) or `raw` (IPv4 and UDP headers built by
+    /// us, sent on a raw socket; needs CAP_NET_RAW).
+    #[serde(default = "default_transport")]
+    pub transport: TransportKind,
+    /// Raw transport: the source address written into every IP header
+    /// (default: `replication_listen`, which then must not be 0.0.0.0).
+    #[serde(default)]
+    pub raw_source: Option<SocketAddrV4>,
+    /// Send datagrams meant for every peer once, to this broadcast address,
+    /// instead of once per peer (peers must listen on its port).
+    #[serde(default)]
+    pub broadcast: Option<SocketAddrV4>,
+    /// Largest datagram payload (1,400 to 60,000 bytes).
+    #[serde(default = "default_payload_bytes")]
+    pub payload_bytes_max: usize,
+    /// How often the primary sends heartbeats (50 to 100 ms is right).
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Election timeouts are drawn from this range; keep it well under a
+    /// second so the backup takes over within one.
+    #[serde(default = "default_election_min_ms")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "default_election_max_ms")]
+    pub election_timeout_max_ms: u64,
+    /// Wait before the first NAK of a gap, doubled per retry up to the max.
+    #[serde(default = "default_nak_delay_ms")]
+    pub nak_delay_ms: u64,
+    #[serde(default = "default_nak_backoff_max_ms")]
+    pub nak_backoff_max_ms: u64,
+    /// The other replicas.
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: NodeId,
+    pub name: String,
+    pub priority: u8,
+    /// Where the peer receives datagrams.
+    pub replication_addr: SocketAddrV4,
+    /// Where the peer accepts machines (sent to machines as a redirect).
+    pub machine_addr: SocketAddrV4,
+}
+
+fn default_transport() -> TransportKind {
+    TransportKind::Udp
+}
+fn default_payload_bytes() -> usize {
+    PAYLOAD_BYTES_DEFAULT
+}
+fn default_heartbeat_ms() -> u64 {
+    50
+}
+fn default_election_min_ms() -> u64 {
+    300
+}
+fn default_election_max_ms() -> u64 {
+    600
+}
+fn default_nak_delay_ms() -> u64 {
+    20
+}
+fn default_nak_backoff_max_ms() -> u64 {
+    400
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl ReplicaConfig {
+    pub fn load(path: &Path) -> Result<ReplicaConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config: ReplicaConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a config always serialises")
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |why: String| Err(ConfigError::Invalid(why));
+        let mut ids: Vec<NodeId> = self.peers.iter().map(|p| p.id).collect();
+        ids.push(self.id);
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.peers.len() + 1 || ids.contains(&0) {
+            return invalid("replica ids must be distinct and non-zero".into());
+        }
+        if self.peers.len() != 2 {
+            return invalid(format!(
+                "a cluster has three replicas; {} peers given",
+                self.peers.len()
+            ));
+        }
+        if self.priority > 2 || self.peers.iter().any(|p| p.priority > 2) {
+            return invalid("priority is 0, 1 or 2".into());
+        }
+        if !(PAYLOAD_BYTES_MIN..=PAYLOAD_BYTES_MAX).contains(&self.payload_bytes_max) {
+            return invalid(format!(
+                "payload_bytes_max must be {PAYLOAD_BYTES_MIN} to {PAYLOAD_BYTES_MAX}"
+            ));
+        }
+        if !(10..=1_000).contains(&self.heartbeat_ms) {
+            return invalid("heartbeat_ms must be 10 to 1000".into());
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_ms * 2
+            || self.election_timeout_max_ms <= self.election_timeout_min_ms
+        {
+            return invalid("election timeouts must exceed two heartbeats and min < max".into());
+        }
+        if self.transport == TransportKind::Raw && self.raw_source().ip().is_unspecified() {
+            return invalid(
+                "the raw transport needs raw_source (or a specific replication_listen address)"
+                    .into(),
+            );
+        }
+        if self.name.is_empty() || self.name.len() > ledger::store::record::REPLICA_NAME_BYTES_MAX {
+            return invalid("name must have 1 to 64 bytes".into());
+        }
+        Ok(())
+    }
+
+    pub fn raw_source(&self) -> SocketAddrV4 {
+        self.raw_source.unwrap_or(self.replication_listen)
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("log")
+    }
+
+    pub fn node_config(&self) -> NodeConfig {
+        let mut members = vec![Member {
+            id: self.id,
+            priority: self.priority,
+        }];
+        members.extend(self.peers.iter().map(|p| Member {
+            id: p.id,
+            priority: p.priority,
+        }));
+        NodeConfig {
+            id: self.id,
+            members,
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+            nak_delay_ms: self.nak_delay_ms,
+            nak_backoff_max_ms: self.nak_backoff_max_ms,
+        }
+    }
+
+    pub fn peer(&self, id: NodeId) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.id == id)
+    }
+
+    /// The role name shown while following: "sync" for priority 0,
+    /// "backup" for priority 1, "follower" for the preferred primary.
+    pub fn follower_role_name(&self) -> &'static str {
+        match self.priority {
+            0 => "sync",
+            1 => "backup",
+            _ => "follower",
+        }
+    }
+}
+
+/// Addresses of a local three-replica cluster on one host.
+pub struct LocalClusterPlan {
+    pub base_port: u16,
+    pub host: std::net::Ipv4Addr,
+}
+
+impl LocalClusterPlan {
+    /// Replica `id` (1-3): machines on base+id, replication on base+10+id,
+    /// status on base+20+id.
+    pub fn machine_addr(&self, id: NodeId) -> SocketAddrV4 {
+        SocketAddrV4::new(self.host, self.base_port + u16::from(id))
+    }
+
+    pub fn replication_addr(&self, id: NodeId) -> SocketAddrV4 {
+        SocketAddrV4::new(self.host, self.base_port + 10 + u16::from(id))
+    }
+
+    pub fn status_addr(&self, id: NodeId) -> SocketAddrV4 {
+        SocketAddrV4::new(self.host, self.base_port + 20 + u16::from(id))
+    }
+
+    /// The standard trio: replica-1 preferred primary, replica-2 sync,
+    /// replica-3 backup.
+    pub fn config(
+        &self,
+        id: NodeId,
+        cluster_id: u32,
+        dir: &Path,
+        transport: TransportKind,
+    ) -> ReplicaConfig {
+        let priority = |id: NodeId| match id {
+            1 => 2,
+            2 => 0,
+            _ => 1,
+        };
+        ReplicaConfig {
+            cluster_id,
+            id,
+            name: format!("replica-{id}"),
+            priority: priority(id),
+            data_dir: dir.join(format!("replica-{id}")),
+            keys_dir: dir.join("keys"),
+            machine_listen: self.machine_addr(id),
+            replication_listen: self.replication_addr(id),
+            status_listen: self.status_addr(id),
+            transport,
+            raw_source: None,
+            broadcast: None,
+            payload_bytes_max: PAYLOAD_BYTES_DEFAULT,
+            heartbeat_ms: default_heartbeat_ms(),
+            election_timeout_min_ms: default_election_min_ms(),
+            election_timeout_max_ms: default_election_max_ms(),
+            nak_delay_ms: default_nak_delay_ms(),
+            nak_backoff_max_ms: default_nak_backoff_max_ms(),
+            peers: [1u8, 2, 3]
+                .into_iter()
+                .filter(|&peer| peer != id)
+                .map(|peer| PeerConfig {
+                    id: peer,
+                    name: format!("replica-{peer}"),
+                    priority: priority(peer),
+                    replication_addr: self.replication_addr(peer),
+                    machine_addr: self.machine_addr(peer),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_planned_config_round_trips_through_toml_and_validates() {
+        let plan = LocalClusterPlan {
+            base_port: 7100,
+            host: std::net::Ipv4Addr::LOCALHOST,
+        };
+        let config = plan.config(3, 9, Path::new("/tmp/c"), TransportKind::Udp);
+        config.validate().unwrap();
+        let parsed: ReplicaConfig = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(parsed, config);
+        assert_eq!(config.follower_role_name(), "backup");
+        assert_eq!(config.node_config().members.len(), 3);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_reasons() {
+        let plan = LocalClusterPlan {
+            base_port: 7100,
+            host: std::net::Ipv4Addr::LOCALHOST,
+        };
+        let mut config = plan.config(1, 9, Path::new("/tmp/c"), TransportKind::Udp);
+        config.peers[0].id = 1;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("distinct")
+        );
+        let mut config = plan.config(1, 9, Path::new("/tmp/c"), TransportKind::Raw);
+        config.replication_listen = SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 7111);
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("raw_source")
+        );
+        let text = plan
+            .config(1, 9, Path::new("/tmp/c"), TransportKind::Udp)
+            .to_toml()
+            + "\nsurprise = 1\n";
+        assert!(
+            toml::from_str::<ReplicaConfig>(&text).is_err(),
+            "unknown fields are refused"
+        );
+    }
+}

@@ -1,0 +1,437 @@
+//! The primary's side of the machine link, without I/O: handshakes, event
+//! submissions grouped for one commit, and acknowledgements of what is
+//! committed — never of anything less.
+//!
+//! The shell moves bytes: it hands every frame payload to [`Ingest`] and
+//! executes the [`IngestAction`]s it returns. Between loop iterations it
+//! takes the accumulated submissions with [`Ingest::take_proposal`] and
+//! proposes them to the node as one group commit.
+
+use crate::link::{
+    Channel, Downstream, Hello, HelloReply, LINK_VERSION, LinkError, SUBMIT_EVENTS_MAX, Side,
+    Upstream, decode_plain, encode_plain,
+};
+use ledger::MachineId;
+use ledger::crypto::{NONCE_BYTES, SecretKey};
+use ledger::store::record::SignedEvent;
+use ledger::store::{APPEND_BATCH_MAX, Appended, EventRejection};
+use std::collections::{BTreeMap, HashMap};
+
+pub type SessionId = u64;
+
+/// Most sessions served at once; more connections are refused.
+pub const SESSIONS_MAX: usize = 4_096;
+/// Most events waiting for the next group commit; a session submitting
+/// beyond that is asked to resend later.
+pub const PENDING_EVENTS_MAX: usize = APPEND_BATCH_MAX / 2;
+/// How far back a committed mark is searched (the uncommitted window is far
+/// smaller in practice).
+const COMMITTED_SEARCH_STEPS_MAX: u64 = 1_000_000;
+
+/// The link keys of provisioned machines.
+pub trait LinkKeys {
+    fn link_key(&self, machine: &MachineId) -> Option<SecretKey>;
+}
+
+impl LinkKeys for ledger::keys::Keyring {
+    fn link_key(&self, machine: &MachineId) -> Option<SecretKey> {
+        ledger::keys::Keyring::link_key(self, machine)
+    }
+}
+
+/// What the log says about machines' streams.
+pub trait MachineIndex {
+    /// The last logged (seq, gseq) of `machine`, (0, 0) if none.
+    fn machine_head(&self, machine: &MachineId) -> (u64, u64);
+    fn gseq_of(&self, machine: &MachineId, seq: u64) -> Option<u64>;
+}
+
+/// The highest seq of `machine` whose entry is at or below `commit`.
+pub fn committed_seq(index: &dyn MachineIndex, machine: &MachineId, commit: u64) -> u64 {
+    let (mut seq, gseq) = index.machine_head(machine);
+    if gseq <= commit {
+        return seq;
+    }
+    for _ in 0..COMMITTED_SEARCH_STEPS_MAX {
+        if seq <= 1 {
+            return 0;
+        }
+        seq -= 1;
+        match index.gseq_of(machine, seq) {
+            Some(gseq) if gseq <= commit => return seq,
+            Some(_) => {}
+            None => return 0,
+        }
+    }
+    0
+}
+
+/// Where the node stands, as the link needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Standing {
+    pub accepts_writes: bool,
+    pub epoch: u64,
+    pub commit_gseq: u64,
+    /// The primary's machine address, when another replica is primary.
+    pub primary_address: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IngestAction {
+    /// Send this frame payload on the session.
+    Send {
+        session: SessionId,
+        payload: Vec<u8>,
+    },
+    /// Close the session (after sending what was queued).
+    Close { session: SessionId, reason: String },
+}
+
+enum SessionState {
+    AwaitingHello,
+    Open {
+        machine: MachineId,
+        channel: Box<Channel>,
+        /// The committed mark last told to the machine.
+        acked: u64,
+    },
+    Closing,
+}
+
+/// Counters for the status page.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IngestCounters {
+    pub sessions_opened: u64,
+    pub frames_rejected: u64,
+    pub events_submitted: u64,
+    pub events_duplicate: u64,
+    pub events_rejected: u64,
+    pub redirects: u64,
+}
+
+pub struct Ingest {
+    sessions: HashMap<SessionId, SessionState>,
+    /// Submissions since the last proposal, oldest first.
+    pending: Vec<(SessionId, Vec<SignedEvent>)>,
+    pending_events: usize,
+    counters: IngestCounters,
+}
+
+impl Default for Ingest {
+    fn default() -> Self {
+        Ingest::new()
+    }
+}
+
+impl Ingest {
+    pub fn new() -> Ingest {
+        Ingest {
+            sessions: HashMap::new(),
+            pending: Vec::new(),
+            pending_events: 0,
+            counters: IngestCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &IngestCounters {
+        &self.counters
+    }
+
+    /// Machines with an open session.
+    pub fn connected_machines(&self) -> Vec<MachineId> {
+        let mut machines: Vec<MachineId> = self
+            .sessions
+            .values()
+            .filter_map(|s| match s {
+                SessionState::Open { machine, .. } => Some(machine.clone()),
+                _ => None,
+            })
+            .collect();
+        machines.sort();
+        machines.dedup();
+        machines
+    }
+
+    /// A connection arrived. `false` when it must be refused (too many).
+    pub fn accept(&mut self, session: SessionId) -> bool {
+        if self.sessions.len() >= SESSIONS_MAX {
+            return false;
+        }
+        self.sessions.insert(session, SessionState::AwaitingHello);
+        true
+    }
+
+    pub fn disconnected(&mut self, session: SessionId) {
+        self.sessions.remove(&session);
+        self.pending.retain(|(s, _)| *s != session);
+        self.pending_events = self.pending.iter().map(|(_, e)| e.len()).sum();
+    }
+
+    /// A frame payload arrived on `session`.
+    pub fn on_frame(
+        &mut self,
+        session: SessionId,
+        payload: &[u8],
+        server_nonce: [u8; NONCE_BYTES],
+        keys: &dyn LinkKeys,
+        standing: &Standing,
+        index: &dyn MachineIndex,
+    ) -> Vec<IngestAction> {
+        let mut out = Vec::new();
+        let result = match self.sessions.get(&session) {
+            Some(SessionState::AwaitingHello) => self.on_hello(
+                &mut out,
+                session,
+                payload,
+                server_nonce,
+                keys,
+                standing,
+                index,
+            ),
+            Some(SessionState::Open { .. }) => {
+                self.on_sealed(&mut out, session, payload, standing, index)
+            }
+            Some(SessionState::Closing) | None => Ok(()),
+        };
+        if let Err(error) = result {
+            self.counters.frames_rejected += 1;
+            self.close(&mut out, session, error.to_string());
+        }
+        out
+    }
+
+    fn close(&mut self, out: &mut Vec<IngestAction>, session: SessionId, reason: String) {
+        self.sessions.insert(session, SessionState::Closing);
+        self.pending.retain(|(s, _)| *s != session);
+        self.pending_events = self.pending.iter().map(|(_, e)| e.len()).sum();
+        out.push(IngestAction::Close { session, reason });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_hello(
+        &mut self,
+        out: &mut Vec<IngestAction>,
+        session: SessionId,
+        payload: &[u8],
+        server_nonce: [u8; NONCE_BYTES],
+        keys: &dyn LinkKeys,
+        standing: &Standing,
+        index: &dyn MachineIndex,
+    ) -> Result<(), LinkError> {
+        let hello: Hello = decode_plain(payload)?;
+        if hello.version != LINK_VERSION {
+            return Err(LinkError::Version(hello.version));
+        }
+        let key = keys
+            .link_key(&hello.machine_id)
+            .ok_or_else(|| LinkError::UnknownMachine(hello.machine_id.to_string()))?;
+        out.push(IngestAction::Send {
+            session,
+            payload: encode_plain(&HelloReply {
+                version: LINK_VERSION,
+                server_nonce,
+            }),
+        });
+        let mut channel = Box::new(Channel::new(
+            &key,
+            &hello.machine_id,
+            &hello.client_nonce,
+            &server_nonce,
+            Side::Replica,
+        ));
+        if !standing.accepts_writes {
+            self.counters.redirects += 1;
+            let payload = channel.seal(&Downstream::Redirect {
+                primary: standing.primary_address.clone(),
+            });
+            out.push(IngestAction::Send { session, payload });
+            self.close(out, session, "not the primary".into());
+            return Ok(());
+        }
+        let acked = committed_seq(index, &hello.machine_id, standing.commit_gseq);
+        let payload = channel.seal(&Downstream::Welcome {
+            committed_seq: acked,
+            epoch: standing.epoch,
+        });
+        out.push(IngestAction::Send { session, payload });
+        self.counters.sessions_opened += 1;
+        self.sessions.insert(
+            session,
+            SessionState::Open {
+                machine: hello.machine_id,
+                channel,
+                acked,
+            },
+        );
+        Ok(())
+    }
+
+    fn on_sealed(
+        &mut self,
+        out: &mut Vec<IngestAction>,
+        session: SessionId,
+        payload: &[u8],
+        standing: &Standing,
+        index: &dyn MachineIndex,
+    ) -> Result<(), LinkError> {
+        let Some(SessionState::Open {
+            machine,
+            channel,
+            acked,
+        }) = self.sessions.get_mut(&session)
+        else {
+            return Ok(());
+        };
+        let message: Upstream = channel.open(payload)?;
+        if !standing.accepts_writes {
+            self.counters.redirects += 1;
+            let payload = channel.seal(&Downstream::Redirect {
+                primary: standing.primary_address.clone(),
+            });
+            out.push(IngestAction::Send { session, payload });
+            self.close(out, session, "no longer the primary".into());
+            return Ok(());
+        }
+        match message {
+            Upstream::Ping => {
+                *acked = committed_seq(index, machine, standing.commit_gseq);
+                let payload = channel.seal(&Downstream::Ack {
+                    committed_seq: *acked,
+                });
+                out.push(IngestAction::Send { session, payload });
+            }
+            Upstream::Submit { events } => {
+                if events.is_empty() || events.len() > SUBMIT_EVENTS_MAX {
+                    return Err(LinkError::Protocol("a submit carries 1 to 128 events"));
+                }
+                for event in &events {
+                    let envelope = event
+                        .envelope()
+                        .map_err(|e| LinkError::Malformed(e.to_string()))?;
+                    if &envelope.machine_id != machine {
+                        return Err(LinkError::Protocol("event of another machine"));
+                    }
+                }
+                if self.pending_events + events.len() > PENDING_EVENTS_MAX {
+                    // Group commit is behind; let the machine come back.
+                    let first = events[0]
+                        .envelope()
+                        .map(|e| e.machine_seq)
+                        .unwrap_or(*acked + 1);
+                    let payload = channel.seal(&Downstream::Resend {
+                        resend_from: first,
+                        reason: "primary busy".into(),
+                    });
+                    out.push(IngestAction::Send { session, payload });
+                    return Ok(());
+                }
+                self.counters.events_submitted += events.len() as u64;
+                self.pending_events += events.len();
+                self.pending.push((session, events));
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything submitted since the last call, for one group commit, with
+    /// the session each event came from.
+    pub fn take_proposal(&mut self) -> Option<(Vec<SignedEvent>, Vec<SessionId>)> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let mut events = Vec::with_capacity(self.pending_events);
+        let mut origins = Vec::with_capacity(self.pending_events);
+        for (session, batch) in self.pending.drain(..) {
+            origins.extend(std::iter::repeat_n(session, batch.len()));
+            events.extend(batch);
+        }
+        self.pending_events = 0;
+        Some((events, origins))
+    }
+
+    /// The outcome of appending a proposal: sessions whose events were
+    /// refused are told where to resume; forgeries close the session.
+    pub fn on_appended(
+        &mut self,
+        results: &[Appended],
+        origins: &[SessionId],
+    ) -> Vec<IngestAction> {
+        let mut out = Vec::new();
+        let mut resume: BTreeMap<SessionId, u64> = BTreeMap::new();
+        let mut closing: BTreeMap<SessionId, String> = BTreeMap::new();
+        for (result, &session) in results.iter().zip(origins) {
+            match result {
+                Appended::New { .. } => {}
+                Appended::Duplicate { .. } => self.counters.events_duplicate += 1,
+                Appended::Rejected(EventRejection::Gap { expected, .. }) => {
+                    self.counters.events_rejected += 1;
+                    resume.entry(session).or_insert(*expected);
+                }
+                Appended::Rejected(other) => {
+                    self.counters.events_rejected += 1;
+                    closing.entry(session).or_insert_with(|| other.to_string());
+                }
+            }
+        }
+        for (session, reason) in closing {
+            self.close(&mut out, session, format!("event refused: {reason}"));
+            resume.remove(&session);
+        }
+        for (session, resend_from) in resume {
+            if let Some(SessionState::Open { channel, .. }) = self.sessions.get_mut(&session) {
+                let payload = channel.seal(&Downstream::Resend {
+                    resend_from,
+                    reason: "gap in the machine's stream".into(),
+                });
+                out.push(IngestAction::Send { session, payload });
+            }
+        }
+        out
+    }
+
+    /// The commit advanced: acknowledge every session whose machine has
+    /// more committed than it was told.
+    pub fn on_commit(&mut self, commit_gseq: u64, index: &dyn MachineIndex) -> Vec<IngestAction> {
+        let mut out = Vec::new();
+        for (&session, state) in &mut self.sessions {
+            if let SessionState::Open {
+                machine,
+                channel,
+                acked,
+            } = state
+            {
+                let committed = committed_seq(index, machine, commit_gseq);
+                if committed > *acked {
+                    *acked = committed;
+                    let payload = channel.seal(&Downstream::Ack {
+                        committed_seq: committed,
+                    });
+                    out.push(IngestAction::Send { session, payload });
+                }
+            }
+        }
+        out
+    }
+
+    /// This replica stopped being the primary: every machine is sent on.
+    pub fn on_demoted(&mut self, primary_address: Option<String>) -> Vec<IngestAction> {
+        let mut out = Vec::new();
+        let open: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| matches!(s, SessionState::Open { .. }))
+            .map(|(&id, _)| id)
+            .collect();
+        for session in open {
+            if let Some(SessionState::Open { channel, .. }) = self.sessions.get_mut(&session) {
+                self.counters.redirects += 1;
+                let payload = channel.seal(&Downstream::Redirect {
+                    primary: primary_address.clone(),
+                });
+                out.push(IngestAction::Send { session, payload });
+            }
+            self.close(&mut out, session, "no longer the primary".into());
+        }
+        out
+    }
+}

@@ -1,0 +1,357 @@
+//! The machine link: length-prefixed frames over TCP, a handshake with fresh
+//! nonces from both sides, then every frame sealed with XChaCha20-Poly1305
+//! under a session key derived from the machine's link key.
+//!
+//! ```text
+//! frame       = length (u32 BE, at most FRAME_BYTES_MAX) ++ payload
+//! handshake   = Hello { version, machine_id, client_nonce }      machine → replica, plaintext
+//!               HelloReply { version, server_nonce }              replica → machine, plaintext
+//! session_key = blake3_keyed(link_key, "vendledger link session v1" ++ machine_id
+//!                                      ++ client_nonce ++ server_nonce)
+//! sealed      = nonce (24) ++ XChaCha20-Poly1305(session_key, nonce,
+//!               aad = machine_id ++ direction (1 byte) ++ counter (u64 BE), msgpack(message)) ++ tag
+//! ```
+//!
+//! The counter is not sent: each side expects the next number, so a
+//! replayed, dropped-and-reinjected or reordered frame fails to open and the
+//! connection is closed. Fresh nonces from both sides make every session's
+//! key new, so frames from an old session cannot be replayed into a new one.
+//! Nothing here does I/O: [`FrameBuffer`] splits a byte stream into frames,
+//! [`Channel`] seals and opens.
+
+use ledger::MachineId;
+use ledger::crypto::{NONCE_BYTES, SealError, Sealer, SecretKey};
+use ledger::rules::RemoteCommand;
+use ledger::store::record::SignedEvent;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+/// Largest frame payload accepted (a full Submit of `SUBMIT_EVENTS_MAX`
+/// largest events fits with room to spare).
+pub const FRAME_BYTES_MAX: usize = 256 * 1024;
+/// Most events in one Submit.
+pub const SUBMIT_EVENTS_MAX: usize = 128;
+pub const LINK_VERSION: u8 = 1;
+const LENGTH_BYTES: usize = 4;
+const SESSION_CONTEXT: &[u8] = b"vendledger link session v1";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("frame of {0} bytes exceeds the limit")]
+    FrameTooLarge(usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("frame failed authentication (replayed, reordered, forged or wrong key)")]
+    Authentication,
+    #[error("unsupported link version {0}")]
+    Version(u8),
+    #[error("unknown machine {0}")]
+    UnknownMachine(String),
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+}
+
+/// Prefixes a payload with its length.
+pub fn encode_frame(payload: &[u8]) -> Vec<u8> {
+    assert!(
+        payload.len() <= FRAME_BYTES_MAX,
+        "we never build frames above the limit"
+    );
+    let mut frame = Vec::with_capacity(LENGTH_BYTES + payload.len());
+    frame.extend_from_slice(&u32::try_from(payload.len()).expect("bounded").to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Accumulates bytes from a stream and yields whole frames. An incomplete
+/// frame is a normal state; an oversized length is an error.
+#[derive(Debug, Default)]
+pub struct FrameBuffer {
+    buffer: Vec<u8>,
+}
+
+impl FrameBuffer {
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame's payload, if one is buffered.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
+        let Some(length) = self.buffer.get(..LENGTH_BYTES) else {
+            return Ok(None);
+        };
+        let length = usize::try_from(u32::from_be_bytes(length.try_into().expect("4 bytes")))
+            .map_err(|_| LinkError::FrameTooLarge(usize::MAX))?;
+        if length > FRAME_BYTES_MAX {
+            return Err(LinkError::FrameTooLarge(length));
+        }
+        if self.buffer.len() < LENGTH_BYTES + length {
+            return Ok(None);
+        }
+        let payload = self.buffer[LENGTH_BYTES..LENGTH_BYTES + length].to_vec();
+        self.buffer.drain(..LENGTH_BYTES + length);
+        Ok(Some(payload))
+    }
+
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u8,
+    pub machine_id: MachineId,
+    #[serde(with = "serde_bytes")]
+    pub client_nonce: [u8; NONCE_BYTES],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub version: u8,
+    #[serde(with = "serde_bytes")]
+    pub server_nonce: [u8; NONCE_BYTES],
+}
+
+/// Messages from a machine to a replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Upstream {
+    /// Events in machine_seq order, continuing from what was acknowledged.
+    Submit { events: Vec<SignedEvent> },
+    /// Keeps an idle session alive and asks for the committed mark.
+    Ping,
+}
+
+/// Messages from a replica to a machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Downstream {
+    /// This replica is the primary: send events after `committed_seq`.
+    Welcome { committed_seq: u64, epoch: u64 },
+    /// Not the primary; try this machine address (if known).
+    Redirect { primary: Option<String> },
+    /// Everything up to `committed_seq` is committed (cumulative).
+    Ack { committed_seq: u64 },
+    /// The events from `resend_from` on were not accepted; resend them.
+    Resend { resend_from: u64, reason: String },
+    /// A command from the dashboard for this machine.
+    Remote(RemoteCommand),
+}
+
+pub fn encode_plain<T: Serialize>(message: &T) -> Vec<u8> {
+    rmp_serde::to_vec(message).expect("encoding to a Vec cannot fail")
+}
+
+pub fn decode_plain<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, LinkError> {
+    rmp_serde::from_slice(payload).map_err(|e| LinkError::Malformed(e.to_string()))
+}
+
+pub fn fresh_nonce() -> [u8; NONCE_BYTES] {
+    let mut nonce = [0; NONCE_BYTES];
+    rand::rng().fill_bytes(&mut nonce);
+    nonce
+}
+
+/// Which way a frame travels (bound into every frame's associated data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Machine,
+    Replica,
+}
+
+impl Side {
+    fn direction_byte(self) -> u8 {
+        match self {
+            Side::Machine => 1,
+            Side::Replica => 2,
+        }
+    }
+
+    fn other(self) -> Side {
+        match self {
+            Side::Machine => Side::Replica,
+            Side::Replica => Side::Machine,
+        }
+    }
+}
+
+/// An established session: seals what this side sends, opens what the
+/// other side sends, each with its own counter.
+pub struct Channel {
+    sealer: Sealer,
+    machine: MachineId,
+    side: Side,
+    sent: u64,
+    received: u64,
+}
+
+impl Channel {
+    pub fn new(
+        link_key: &SecretKey,
+        machine: &MachineId,
+        client_nonce: &[u8; NONCE_BYTES],
+        server_nonce: &[u8; NONCE_BYTES],
+        side: Side,
+    ) -> Channel {
+        let mut hasher = blake3::Hasher::new_keyed(link_key.as_bytes());
+        hasher.update(SESSION_CONTEXT);
+        hasher.update(machine.as_str().as_bytes());
+        hasher.update(client_nonce);
+        hasher.update(server_nonce);
+        let session_key = SecretKey::from_bytes(*hasher.finalize().as_bytes());
+        Channel {
+            sealer: Sealer::new(&session_key),
+            machine: machine.clone(),
+            side,
+            sent: 0,
+            received: 0,
+        }
+    }
+
+    fn aad(&self, side: Side, counter: u64) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(self.machine.as_str().len() + 9);
+        aad.extend_from_slice(self.machine.as_str().as_bytes());
+        aad.push(side.direction_byte());
+        aad.extend_from_slice(&counter.to_be_bytes());
+        aad
+    }
+
+    /// Seals a message into a frame payload.
+    pub fn seal<T: Serialize>(&mut self, message: &T) -> Vec<u8> {
+        self.sent += 1;
+        let aad = self.aad(self.side, self.sent);
+        self.sealer.seal(&aad, &encode_plain(message))
+    }
+
+    /// Opens the next frame payload from the other side.
+    pub fn open<T: for<'a> Deserialize<'a>>(&mut self, payload: &[u8]) -> Result<T, LinkError> {
+        let aad = self.aad(self.side.other(), self.received + 1);
+        let plaintext = self
+            .sealer
+            .open(&aad, payload)
+            .map_err(|e: SealError| match e {
+                SealError::TooShort | SealError::Authentication => LinkError::Authentication,
+            })?;
+        self.received += 1;
+        decode_plain(&plaintext)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pair() -> (Channel, Channel) {
+        let key = SecretKey::from_bytes([5; 32]);
+        let machine = MachineId::numbered(3);
+        let (c, s) = ([1; NONCE_BYTES], [2; NONCE_BYTES]);
+        (
+            Channel::new(&key, &machine, &c, &s, Side::Machine),
+            Channel::new(&key, &machine, &c, &s, Side::Replica),
+        )
+    }
+
+    #[test]
+    fn frames_split_a_stream_at_any_boundary() {
+        let payloads: Vec<Vec<u8>> = vec![vec![], vec![1, 2, 3], vec![9; 1_000]];
+        let stream: Vec<u8> = payloads.iter().flat_map(|p| encode_frame(p)).collect();
+        for chunk in [1, 2, 3, 7, 64, stream.len()] {
+            let mut buffer = FrameBuffer::default();
+            let mut out = Vec::new();
+            for piece in stream.chunks(chunk) {
+                buffer.extend(piece);
+                while let Some(frame) = buffer.next_frame().unwrap() {
+                    out.push(frame);
+                }
+            }
+            assert_eq!(out, payloads);
+            assert_eq!(buffer.buffered_bytes(), 0);
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_buffering() {
+        let mut buffer = FrameBuffer::default();
+        buffer.extend(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            buffer.next_frame(),
+            Err(LinkError::FrameTooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn sealed_messages_flow_both_ways() {
+        let (mut machine, mut replica) = pair();
+        let up = machine.seal(&Upstream::Ping);
+        assert_eq!(replica.open::<Upstream>(&up).unwrap(), Upstream::Ping);
+        let down = replica.seal(&Downstream::Ack { committed_seq: 7 });
+        assert_eq!(
+            machine.open::<Downstream>(&down).unwrap(),
+            Downstream::Ack { committed_seq: 7 }
+        );
+    }
+
+    #[test]
+    fn replayed_reordered_reflected_and_wrong_key_frames_fail() {
+        let (mut machine, mut replica) = pair();
+        let first = machine.seal(&Upstream::Ping);
+        let second = machine.seal(&Upstream::Submit { events: vec![] });
+        assert_eq!(
+            replica.open::<Upstream>(&second),
+            Err(LinkError::Authentication),
+            "reordered"
+        );
+        replica.open::<Upstream>(&first).unwrap();
+        assert_eq!(
+            replica.open::<Upstream>(&first),
+            Err(LinkError::Authentication),
+            "replayed"
+        );
+        replica.open::<Upstream>(&second).unwrap();
+        // A frame sent back to its own sender (reflection) does not open.
+        let down = replica.seal(&Downstream::Ack { committed_seq: 1 });
+        assert_eq!(
+            replica.open::<Upstream>(&down),
+            Err(LinkError::Authentication)
+        );
+        // Another session (new nonces) cannot open this session's frames.
+        let key = SecretKey::from_bytes([5; 32]);
+        let mut other = Channel::new(
+            &key,
+            &MachineId::numbered(3),
+            &[1; NONCE_BYTES],
+            &[3; NONCE_BYTES],
+            Side::Machine,
+        );
+        assert_eq!(
+            other.open::<Downstream>(&down),
+            Err(LinkError::Authentication)
+        );
+        let mut wrong_key = Channel::new(
+            &SecretKey::from_bytes([6; 32]),
+            &MachineId::numbered(3),
+            &[1; NONCE_BYTES],
+            &[2; NONCE_BYTES],
+            Side::Replica,
+        );
+        let up = machine.seal(&Upstream::Ping);
+        assert_eq!(
+            wrong_key.open::<Upstream>(&up),
+            Err(LinkError::Authentication)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            let mut buffer = FrameBuffer::default();
+            buffer.extend(&bytes);
+            while let Ok(Some(frame)) = buffer.next_frame() {
+                let _ = decode_plain::<Hello>(&frame);
+                let _ = decode_plain::<Upstream>(&frame);
+                let (_, mut replica) = pair();
+                let _ = replica.open::<Upstream>(&frame);
+            }
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! The core's reactions, asserted action by action.
+
+use super::*;
+use crate::memlog::MemLog;
+use crate::wire::Datagram;
+use ledger::crypto::SecretKey;
+use ledger::keys::SingleMachineKey;
+use ledger::workload::{SIMULATION_START_MS, SimMachine};
+
+fn config(id: NodeId) -> NodeConfig {
+    NodeConfig {
+        id,
+        members: vec![
+            Member { id: 1, priority: 2 },
+            Member { id: 2, priority: 0 },
+            Member { id: 3, priority: 1 },
+        ],
+        heartbeat_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 500,
+        nak_delay_ms: 20,
+        nak_backoff_max_ms: 400,
+    }
+}
+
+fn datagram(
+    sender: NodeId,
+    epoch: u64,
+    packet_seq: u64,
+    commit_gseq: u64,
+    message: Message,
+) -> Datagram {
+    Datagram {
+        cluster_id: 1,
+        sender,
+        epoch,
+        incarnation: 1,
+        packet_seq,
+        commit_gseq,
+        message,
+    }
+}
+
+fn sends(actions: &[Action]) -> Vec<(Target, Message)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to, message, .. } => Some((*to, message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Elects node 1 in epoch 1 and returns it with its log holding the marker.
+fn elected_primary() -> (Node, MemLog) {
+    let mut node = Node::new(config(1), Restart::default(), 7, 0);
+    let mut log = MemLog::new();
+    let actions = node.tick(1_000, &log);
+    assert_eq!(
+        sends(&actions),
+        [(
+            Target::All,
+            Message::PreVoteRequest {
+                last_gseq: 0,
+                last_epoch: 0
+            }
+        )]
+    );
+    let actions = node.receive(
+        1_001,
+        datagram(2, 1, 1, 0, Message::PreVoteReply { granted: true }),
+        &log,
+    );
+    assert!(actions.contains(&Action::PersistVote {
+        epoch: 1,
+        voted_for: Some(1)
+    }));
+    assert_eq!(node.role(), Role::Candidate);
+    assert_eq!(
+        sends(&actions),
+        [(
+            Target::All,
+            Message::VoteRequest {
+                last_gseq: 0,
+                last_epoch: 0
+            }
+        )]
+    );
+    let actions = node.receive(
+        1_002,
+        datagram(3, 1, 1, 0, Message::VoteReply { granted: true }),
+        &log,
+    );
+    assert!(actions.contains(&Action::AppendMarker { epoch: 1 }));
+    assert_eq!(node.role(), Role::Primary);
+    assert!(!node.accepts_writes(), "not before the marker is stored");
+    log.append_marker(1, 0, "replica-1").unwrap();
+    let actions = node.on_local_append(&log);
+    assert_eq!(
+        actions,
+        [Action::Replicate {
+            to: Target::All,
+            from_gseq: 1,
+            to_gseq: 1,
+            epoch: 1,
+            commit_gseq: 0
+        }]
+    );
+    assert!(node.accepts_writes());
+    (node, log)
+}
+
+#[test]
+fn a_priority_node_wins_an_election_after_a_pre_vote() {
+    elected_primary();
+}
+
+#[test]
+fn the_sync_replica_never_stands() {
+    let mut node = Node::new(config(2), Restart::default(), 7, 0);
+    let log = MemLog::new();
+    for now in (0..10_000).step_by(100) {
+        assert!(sends(&node.tick(now, &log)).is_empty());
+    }
+    assert_eq!(node.role(), Role::Follower);
+}
+
+#[test]
+fn a_voter_grants_one_vote_per_epoch_and_only_to_an_up_to_date_log() {
+    let mut voter = Node::new(config(2), Restart::default(), 7, 0);
+    let mut log = MemLog::new();
+    log.append_marker(3, 0, "replica-1").unwrap();
+    // Candidate 1 with an older log (epoch 2 < 3) is refused.
+    let actions = voter.receive(
+        10,
+        datagram(
+            1,
+            4,
+            1,
+            0,
+            Message::VoteRequest {
+                last_gseq: 5,
+                last_epoch: 2,
+            },
+        ),
+        &log,
+    );
+    assert_eq!(
+        sends(&actions),
+        [(Target::Node(1), Message::VoteReply { granted: false })]
+    );
+    // Candidate 3 with an up-to-date log gets the vote, persisted first.
+    let actions = voter.receive(
+        11,
+        datagram(
+            3,
+            4,
+            1,
+            0,
+            Message::VoteRequest {
+                last_gseq: 1,
+                last_epoch: 3,
+            },
+        ),
+        &log,
+    );
+    let persist = actions
+        .iter()
+        .position(|a| {
+            *a == Action::PersistVote {
+                epoch: 4,
+                voted_for: Some(3),
+            }
+        })
+        .unwrap();
+    let reply = actions
+        .iter()
+        .position(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    message: Message::VoteReply { granted: true },
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    assert!(persist < reply, "the vote is durable before it is sent");
+    // Candidate 1, now up to date, asks in the same epoch: refused.
+    let actions = voter.receive(
+        12,
+        datagram(
+            1,
+            4,
+            2,
+            0,
+            Message::VoteRequest {
+                last_gseq: 1,
+                last_epoch: 3,
+            },
+        ),
+        &log,
+    );
+    assert_eq!(
+        sends(&actions),
+        [(Target::Node(1), Message::VoteReply { granted: false })]
+    );
+    // A restart keeps the vote.
+    let mut restarted = Node::new(
+        config(2),
+        Restart {
+            vote: PersistedVote {
+                epoch: 4,
+                voted_for: Some(3),
+            },
+            commit_hint: 0,
+        },
+        8,
+        0,
+    );
+    let actions = restarted.receive(
+        13,
+        datagram(
+            1,
+            4,
+            3,
+            0,
+            Message::VoteRequest {
+                last_gseq: 1,
+                last_epoch: 3,
+            },
+        ),
+        &log,
+    );
+    assert_eq!(
+        sends(&actions),
+        [(Target::Node(1), Message::VoteReply { granted: false })]
+    );
+}
+
+fn machine_events(count: usize) -> (Vec<SignedEvent>, SingleMachineKey) {
+    let key = SecretKey::from_bytes([1; 32]);
+    let id = ledger::MachineId::numbered(1);
+    let mut sim = SimMachine::new(id.clone(), &key, 3, SIMULATION_START_MS);
+    let mut events = Vec::new();
+    while events.len() < count {
+        events.extend(sim.step().into_iter().map(|(_, signed)| signed));
+    }
+    events.truncate(count);
+    (events, SingleMachineKey::new(id, &key))
+}
+
+#[test]
+fn commit_needs_one_follower_and_an_entry_of_this_epoch() {
+    let (mut primary, mut log) = elected_primary();
+    let (events, keys) = machine_events(3);
+    let actions = primary.propose(events.clone()).unwrap();
+    assert_eq!(
+        actions,
+        [Action::AppendEvents {
+            epoch: 1,
+            events: events.clone()
+        }]
+    );
+    log.append_events(1, 0, &events, &keys);
+    let actions = primary.on_local_append(&log);
+    assert_eq!(
+        actions,
+        [Action::Replicate {
+            to: Target::All,
+            from_gseq: 2,
+            to_gseq: 4,
+            epoch: 1,
+            commit_gseq: 0
+        }]
+    );
+    let (hash_3, _) = log.entry_meta(3).unwrap();
+    let actions = primary.receive(
+        2_000,
+        datagram(
+            2,
+            1,
+            5,
+            0,
+            Message::Ack {
+                tip_gseq: 3,
+                tip_hash: hash_3,
+            },
+        ),
+        &log,
+    );
+    assert_eq!(actions, [Action::CommitAdvanced { commit_gseq: 3 }]);
+    assert_eq!(primary.commit_gseq(), 3);
+    // A wrong hash does not count and asks for a repair instead.
+    let actions = primary.receive(
+        2_001,
+        datagram(
+            3,
+            1,
+            5,
+            0,
+            Message::Ack {
+                tip_gseq: 4,
+                tip_hash: [9; 32],
+            },
+        ),
+        &log,
+    );
+    assert_eq!(
+        actions,
+        [Action::Replicate {
+            to: Target::Node(3),
+            from_gseq: 4,
+            to_gseq: 4,
+            epoch: 1,
+            commit_gseq: 3
+        }]
+    );
+    assert_eq!(primary.commit_gseq(), 3);
+}
+
+#[test]
+fn a_follower_appends_buffers_naks_and_acknowledges_after_writing() {
+    let (mut primary, mut primary_log) = elected_primary();
+    let (events, keys) = machine_events(6);
+    primary.propose(events.clone()).unwrap();
+    primary_log.append_events(1, 0, &events, &keys);
+    let records = primary_log.records(1, 7);
+
+    let mut follower = Node::new(config(2), Restart::default(), 9, 0);
+    let mut log = MemLog::new();
+    // Records 1-2 arrive: written, then acknowledged.
+    let actions = follower.receive(
+        10,
+        datagram(
+            1,
+            1,
+            1,
+            0,
+            Message::Append {
+                first_gseq: 1,
+                records: records[0..2].to_vec(),
+            },
+        ),
+        &log,
+    );
+    assert_eq!(follower.leader(), Some(1));
+    let write = actions
+        .iter()
+        .position(|a| matches!(a, Action::AppendReplicated { records } if records.len() == 2))
+        .unwrap();
+    let ack = actions
+        .iter()
+        .position(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    message: Message::Ack { tip_gseq: 2, .. },
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    assert!(write < ack, "acknowledged only after the write");
+    log.append_replicated(&records[0..2], &keys).unwrap();
+    // Records 5-7 arrive before 3-4: buffered, no write, NAK after the delay.
+    let actions = follower.receive(
+        11,
+        datagram(
+            1,
+            1,
+            2,
+            0,
+            Message::Append {
+                first_gseq: 5,
+                records: records[4..7].to_vec(),
+            },
+        ),
+        &log,
+    );
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::AppendReplicated { .. }))
+    );
+    assert!(
+        sends(&follower.tick(12, &log)).is_empty(),
+        "no NAK before the delay"
+    );
+    let actions = follower.tick(40, &log);
+    assert_eq!(
+        sends(&actions),
+        [(
+            Target::Node(1),
+            Message::Nak {
+                from_gseq: 3,
+                to_gseq: 7
+            }
+        )]
+    );
+    // The retransmission fills the gap and the buffered records follow.
+    let actions = follower.receive(
+        45,
+        datagram(
+            1,
+            1,
+            3,
+            4,
+            Message::Append {
+                first_gseq: 3,
+                records: records[2..4].to_vec(),
+            },
+        ),
+        &log,
+    );
+    let written: Vec<Vec<u8>> = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::AppendReplicated { records } => Some(records.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(written, records[2..7].to_vec());
+    assert!(actions.contains(&Action::CommitAdvanced { commit_gseq: 4 }));
+}
+
+#[test]
+fn a_returning_primary_truncates_its_uncommitted_suffix() {
+    // Node 1 holds epoch 1's marker and two entries nobody else stored.
+    let (events, keys) = machine_events(4);
+    let mut stale = MemLog::new();
+    stale.append_marker(1, 0, "replica-1").unwrap();
+    stale.append_events(1, 0, &events[..2], &keys);
+    // The new primary (node 3, epoch 2) has the marker of epoch 1, then its own.
+    let mut fresh = MemLog::new();
+    fresh.append_marker(1, 0, "replica-1").unwrap();
+    fresh.append_marker(2, 0, "replica-3").unwrap();
+    let mut node = Node::new(
+        config(1),
+        Restart {
+            vote: PersistedVote {
+                epoch: 1,
+                voted_for: Some(1),
+            },
+            commit_hint: 1,
+        },
+        4,
+        0,
+    );
+    let actions = node.receive(
+        10,
+        datagram(
+            3,
+            2,
+            1,
+            2,
+            Message::Append {
+                first_gseq: 2,
+                records: fresh.records(2, 2),
+            },
+        ),
+        &stale,
+    );
+    assert!(actions.contains(&Action::PersistVote {
+        epoch: 2,
+        voted_for: None
+    }));
+    let truncate = actions
+        .iter()
+        .position(|a| *a == Action::TruncateAfter { gseq: 1 })
+        .unwrap();
+    let write = actions
+        .iter()
+        .position(|a| matches!(a, Action::AppendReplicated { .. }))
+        .unwrap();
+    assert!(truncate < write);
+    assert_eq!(node.counters().records_truncated, 2);
+}
+
+#[test]
+fn older_epochs_are_fenced_and_told_about_the_newer_one() {
+    let mut node = Node::new(
+        config(2),
+        Restart {
+            vote: PersistedVote {
+                epoch: 5,
+                voted_for: None,
+            },
+            commit_hint: 0,
+        },
+        4,
+        0,
+    );
+    let log = MemLog::new();
+    let actions = node.receive(
+        10,
+        datagram(
+            1,
+            4,
+            1,
+            0,
+            Message::Heartbeat {
+                tip_gseq: 9,
+                tip_hash: [0; 32],
+            },
+        ),
+        &log,
+    );
+    assert_eq!(node.counters().stale_epoch_dropped, 1);
+    assert_eq!(node.leader(), None);
+    assert!(matches!(
+        actions.as_slice(),
+        [Action::Send {
+            to: Target::Node(1),
+            epoch: 5,
+            message: Message::Ack { .. },
+            ..
+        }]
+    ));
+    // Replays are dropped and counted.
+    let again = node.receive(
+        11,
+        datagram(
+            1,
+            4,
+            1,
+            0,
+            Message::Heartbeat {
+                tip_gseq: 9,
+                tip_hash: [0; 32],
+            },
+        ),
+        &log,
+    );
+    assert!(again.is_empty());
+    assert_eq!(node.counters().replayed_dropped, 1);
+}
+
+#[test]
+fn a_primary_that_hears_nobody_steps_down() {
+    let (mut primary, log) = elected_primary();
+    let mut stepped_down = false;
+    for now in (1_100..3_000).step_by(50) {
+        let actions = primary.tick(now, &log);
+        if actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::RoleChanged {
+                    role: Role::Follower,
+                    ..
+                }
+            )
+        }) {
+            stepped_down = true;
+            break;
+        }
+    }
+    assert!(stepped_down);
+    assert!(primary.propose(Vec::new()).is_err());
+}

@@ -1,0 +1,401 @@
+//! The machine's side of the link, without I/O: which replica to talk to,
+//! when to reconnect, what to send and what is acknowledged.
+//!
+//! A machine keeps every event in its own ledger, so the uplink only needs
+//! the acknowledged mark: after any failure it reconnects (with backoff,
+//! trying every replica address, following redirects to the primary) and
+//! resends from the primary's committed mark. Nothing is lost and the
+//! primary's dedup makes sure nothing doubles. The GUI never waits on it.
+
+use crate::link::{
+    Channel, Downstream, Hello, HelloReply, LINK_VERSION, LinkError, SUBMIT_EVENTS_MAX, Side,
+    Upstream, decode_plain, encode_plain,
+};
+use ledger::MachineId;
+use ledger::crypto::{NONCE_BYTES, SecretKey};
+use ledger::rules::RemoteCommand;
+use ledger::store::record::SignedEvent;
+
+/// Events sent but not yet acknowledged, at most.
+pub const IN_FLIGHT_EVENTS_MAX: u64 = 2_048;
+/// First reconnect delay; doubled per failure up to the maximum.
+pub const RECONNECT_DELAY_MIN_MS: u64 = 50;
+pub const RECONNECT_DELAY_MAX_MS: u64 = 2_000;
+/// An open session with no frame for this long is considered dead.
+pub const SILENCE_TIMEOUT_MS: u64 = 3_000;
+/// Pings keep an idle session alive and refresh the committed mark.
+pub const PING_INTERVAL_MS: u64 = 1_000;
+/// A connection attempt or handshake that takes longer is abandoned.
+pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+
+/// Where the uplink reads the machine's own events.
+pub trait LocalEvents {
+    /// The highest machine_seq stored locally.
+    fn local_tip(&self) -> u64;
+    /// Events `from..` (at most `max`), in order.
+    fn events_from(&self, from: u64, max: usize) -> Vec<SignedEvent>;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UplinkAction {
+    /// Open a TCP connection to this address; report with `on_connected`
+    /// or `on_disconnected`.
+    Connect(String),
+    /// Send this frame payload on the open connection.
+    Send(Vec<u8>),
+    /// Close the connection.
+    Close,
+    /// Everything up to this seq is committed by the fleet (persist it; it
+    /// is also the "unsent" count the screen shows).
+    Acknowledged(u64),
+    /// A command from the dashboard to apply.
+    Remote(RemoteCommand),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    Offline,
+    Connecting,
+    Online,
+}
+
+enum State {
+    Idle {
+        retry_at_ms: u64,
+    },
+    Connecting {
+        since_ms: u64,
+        address: usize,
+    },
+    Handshaking {
+        since_ms: u64,
+        address: usize,
+        client_nonce: [u8; NONCE_BYTES],
+    },
+    Open {
+        channel: Box<Channel>,
+        address: usize,
+        last_heard_ms: u64,
+        last_ping_ms: u64,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UplinkStats {
+    pub connects: u64,
+    pub sessions: u64,
+    /// Times the machine found a different primary than before.
+    pub failovers: u64,
+    pub redirects: u64,
+    /// Events sent again after a reconnect or a resend request.
+    pub events_resent: u64,
+    pub events_sent: u64,
+    pub protocol_errors: u64,
+}
+
+pub struct Uplink {
+    machine: MachineId,
+    link_key: SecretKey,
+    addresses: Vec<String>,
+    state: State,
+    /// Committed mark from the primary.
+    acked: u64,
+    /// Highest seq sent in this session.
+    sent: u64,
+    /// Highest seq ever sent (to count resends).
+    sent_ever: u64,
+    delay_ms: u64,
+    next_address: usize,
+    /// The address of the primary that last welcomed us.
+    primary: Option<String>,
+    stats: UplinkStats,
+}
+
+impl Uplink {
+    /// `acked` is the committed mark saved by the machine before a restart.
+    pub fn new(
+        machine: MachineId,
+        link_key: SecretKey,
+        addresses: Vec<String>,
+        acked: u64,
+    ) -> Uplink {
+        assert!(
+            !addresses.is_empty(),
+            "an uplink needs at least one replica address"
+        );
+        Uplink {
+            machine,
+            link_key,
+            addresses,
+            state: State::Idle { retry_at_ms: 0 },
+            acked,
+            sent: acked,
+            sent_ever: acked,
+            delay_ms: RECONNECT_DELAY_MIN_MS,
+            next_address: 0,
+            primary: None,
+            stats: UplinkStats::default(),
+        }
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    pub fn stats(&self) -> &UplinkStats {
+        &self.stats
+    }
+
+    pub fn state(&self) -> LinkState {
+        match self.state {
+            State::Idle { .. } => LinkState::Offline,
+            State::Connecting { .. } | State::Handshaking { .. } => LinkState::Connecting,
+            State::Open { .. } => LinkState::Online,
+        }
+    }
+
+    pub fn primary(&self) -> Option<&str> {
+        self.primary.as_deref()
+    }
+
+    /// Time passed: reconnects, keepalives, timeouts.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<UplinkAction> {
+        let mut out = Vec::new();
+        match &mut self.state {
+            State::Idle { retry_at_ms } if now_ms >= *retry_at_ms => {
+                let address = self.next_address % self.addresses.len();
+                self.stats.connects += 1;
+                out.push(UplinkAction::Connect(self.addresses[address].clone()));
+                self.state = State::Connecting {
+                    since_ms: now_ms,
+                    address,
+                };
+            }
+            State::Connecting { since_ms, .. } | State::Handshaking { since_ms, .. }
+                if now_ms >= *since_ms + CONNECT_TIMEOUT_MS =>
+            {
+                out.push(UplinkAction::Close);
+                self.fail(now_ms, true);
+            }
+            State::Open {
+                channel,
+                last_heard_ms,
+                last_ping_ms,
+                ..
+            } => {
+                if now_ms >= *last_heard_ms + SILENCE_TIMEOUT_MS {
+                    out.push(UplinkAction::Close);
+                    self.fail(now_ms, true);
+                } else if now_ms >= *last_ping_ms + PING_INTERVAL_MS {
+                    *last_ping_ms = now_ms;
+                    out.push(UplinkAction::Send(channel.seal(&Upstream::Ping)));
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// The connection could not be made, or it ended.
+    pub fn on_disconnected(&mut self, now_ms: u64) {
+        if !matches!(self.state, State::Idle { .. }) {
+            self.fail(now_ms, true);
+        }
+    }
+
+    fn fail(&mut self, now_ms: u64, rotate: bool) {
+        let address = match self.state {
+            State::Connecting { address, .. }
+            | State::Handshaking { address, .. }
+            | State::Open { address, .. } => address,
+            State::Idle { .. } => self.next_address,
+        };
+        if rotate {
+            self.next_address = address + 1;
+        }
+        self.state = State::Idle {
+            retry_at_ms: now_ms + self.delay_ms,
+        };
+        self.delay_ms = (self.delay_ms * 2).min(RECONNECT_DELAY_MAX_MS);
+        self.sent = self.acked;
+    }
+
+    /// The TCP connection is up: say hello with a fresh nonce.
+    pub fn on_connected(
+        &mut self,
+        now_ms: u64,
+        client_nonce: [u8; NONCE_BYTES],
+    ) -> Vec<UplinkAction> {
+        let State::Connecting { address, .. } = self.state else {
+            return vec![UplinkAction::Close];
+        };
+        self.state = State::Handshaking {
+            since_ms: now_ms,
+            address,
+            client_nonce,
+        };
+        vec![UplinkAction::Send(encode_plain(&Hello {
+            version: LINK_VERSION,
+            machine_id: self.machine.clone(),
+            client_nonce,
+        }))]
+    }
+
+    /// A frame payload arrived.
+    pub fn on_frame(
+        &mut self,
+        now_ms: u64,
+        payload: &[u8],
+        local: &dyn LocalEvents,
+    ) -> Vec<UplinkAction> {
+        let mut out = Vec::new();
+        if let Err(error) = self.handle_frame(&mut out, now_ms, payload, local) {
+            let _ = error;
+            self.stats.protocol_errors += 1;
+            out.push(UplinkAction::Close);
+            self.fail(now_ms, true);
+        }
+        out
+    }
+
+    fn handle_frame(
+        &mut self,
+        out: &mut Vec<UplinkAction>,
+        now_ms: u64,
+        payload: &[u8],
+        local: &dyn LocalEvents,
+    ) -> Result<(), LinkError> {
+        match &mut self.state {
+            State::Handshaking {
+                address,
+                client_nonce,
+                ..
+            } => {
+                let reply: HelloReply = decode_plain(payload)?;
+                if reply.version != LINK_VERSION {
+                    return Err(LinkError::Version(reply.version));
+                }
+                let channel = Channel::new(
+                    &self.link_key,
+                    &self.machine,
+                    client_nonce,
+                    &reply.server_nonce,
+                    Side::Machine,
+                );
+                self.state = State::Open {
+                    channel: Box::new(channel),
+                    address: *address,
+                    last_heard_ms: now_ms,
+                    last_ping_ms: now_ms,
+                };
+                Ok(())
+            }
+            State::Open {
+                channel,
+                address,
+                last_heard_ms,
+                ..
+            } => {
+                *last_heard_ms = now_ms;
+                let address = *address;
+                let message: Downstream = channel.open(payload)?;
+                self.on_message(out, now_ms, address, message, local);
+                Ok(())
+            }
+            State::Idle { .. } | State::Connecting { .. } => {
+                Err(LinkError::Protocol("frame without a session"))
+            }
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        out: &mut Vec<UplinkAction>,
+        now_ms: u64,
+        address: usize,
+        message: Downstream,
+        local: &dyn LocalEvents,
+    ) {
+        match message {
+            Downstream::Welcome { committed_seq, .. } => {
+                self.stats.sessions += 1;
+                self.delay_ms = RECONNECT_DELAY_MIN_MS;
+                let here = self.addresses[address].clone();
+                if self.primary.as_ref().is_some_and(|p| *p != here) {
+                    self.stats.failovers += 1;
+                }
+                self.primary = Some(here);
+                self.next_address = address;
+                self.learn_acked(out, committed_seq);
+                self.sent = self.acked;
+                self.pump(out, local);
+            }
+            Downstream::Ack { committed_seq } => {
+                self.learn_acked(out, committed_seq);
+                self.pump(out, local);
+            }
+            Downstream::Resend { resend_from, .. } => {
+                self.sent = resend_from.saturating_sub(1).max(self.acked);
+                self.pump(out, local);
+            }
+            Downstream::Redirect { primary } => {
+                self.stats.redirects += 1;
+                out.push(UplinkAction::Close);
+                match primary.and_then(|p| self.addresses.iter().position(|a| *a == p)) {
+                    Some(index) => {
+                        // Go straight to the named primary.
+                        self.next_address = index;
+                        self.state = State::Idle {
+                            retry_at_ms: now_ms,
+                        };
+                        self.sent = self.acked;
+                    }
+                    None => self.fail(now_ms, true),
+                }
+            }
+            Downstream::Remote(command) => out.push(UplinkAction::Remote(command)),
+        }
+    }
+
+    fn learn_acked(&mut self, out: &mut Vec<UplinkAction>, committed_seq: u64) {
+        // A committed mark never moves back: what was committed stays
+        // committed on every future primary.
+        if committed_seq > self.acked {
+            self.acked = committed_seq;
+            out.push(UplinkAction::Acknowledged(committed_seq));
+        }
+        self.sent = self.sent.max(self.acked);
+    }
+
+    /// New local events were stored.
+    pub fn on_local_append(&mut self, local: &dyn LocalEvents) -> Vec<UplinkAction> {
+        let mut out = Vec::new();
+        self.pump(&mut out, local);
+        out
+    }
+
+    fn pump(&mut self, out: &mut Vec<UplinkAction>, local: &dyn LocalEvents) {
+        let State::Open { channel, .. } = &mut self.state else {
+            return;
+        };
+        let tip = local.local_tip();
+        while self.sent < tip && self.sent - self.acked < IN_FLIGHT_EVENTS_MAX {
+            let room = usize::try_from(IN_FLIGHT_EVENTS_MAX - (self.sent - self.acked))
+                .unwrap_or(usize::MAX);
+            let events = local.events_from(self.sent + 1, SUBMIT_EVENTS_MAX.min(room));
+            if events.is_empty() {
+                break;
+            }
+            let count = events.len() as u64;
+            let resent = self.sent_ever.saturating_sub(self.sent).min(count);
+            self.stats.events_resent += resent;
+            self.stats.events_sent += count;
+            self.sent += count;
+            self.sent_ever = self.sent_ever.max(self.sent);
+            out.push(UplinkAction::Send(
+                channel.seal(&Upstream::Submit { events }),
+            ));
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! Replication datagrams: the header, the messages, sealing with the cluster
+//! key, packing log records into datagrams, and the replay guard.
+//!
+//! ```text
+//! datagram = header (HEADER_BYTES, plaintext, authenticated as AAD)
+//!            ++ nonce (24) ++ XChaCha20-Poly1305(body) ++ tag (16)
+//! header   = magic "VLDG" | version u8 | kind u8 | cluster_id u32 | sender u8
+//!            | reserved u8 | epoch u64 | incarnation u64 | packet_seq u64
+//!            | first_gseq u64 | count u16 | commit_gseq u64      (big-endian)
+//! body     = MessagePack of the message's fields
+//! ```
+//!
+//! Every datagram is authenticated: a forged, corrupted or foreign-cluster
+//! datagram fails to open and is dropped. `incarnation` (strictly increasing
+//! per sender process) and `packet_seq` (increasing per datagram) let a
+//! receiver drop replays with [`ReplayGuard`].
+
+use ledger::crypto::{Hash32, Sealer, SecretKey};
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: [u8; 4] = *b"VLDG";
+pub const WIRE_VERSION: u8 = 1;
+pub const HEADER_BYTES: usize = 4 + 1 + 1 + 4 + 1 + 1 + 8 + 8 + 8 + 8 + 2 + 8;
+/// Default datagram payload budget (everything after the UDP header).
+pub const PAYLOAD_BYTES_DEFAULT: usize = 1_400;
+/// The smallest budget accepted: one largest log record must fit.
+pub const PAYLOAD_BYTES_MIN: usize = 1_400;
+/// The largest budget accepted (keeps IPv4 datagrams well below 64 KiB).
+pub const PAYLOAD_BYTES_MAX: usize = 60_000;
+/// Most records one Append datagram may claim to carry.
+pub const RECORDS_PER_DATAGRAM_MAX: usize = 512;
+/// Context for deriving the datagram key from the cluster key.
+pub const DATAGRAM_KEY_CONTEXT: &str = "vendledger 2026-11 replication datagram v1";
+
+/// A replica's index in the cluster (1, 2, 3).
+pub type NodeId = u8;
+
+/// What a datagram says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Consecutive log records starting at `first_gseq` (primary → followers).
+    Append {
+        first_gseq: u64,
+        records: Vec<Vec<u8>>,
+    },
+    /// The primary's tip, so followers notice a lost tail.
+    Heartbeat {
+        tip_gseq: u64,
+        tip_hash: Hash32,
+    },
+    /// A follower's durable contiguous tip (cumulative acknowledgement).
+    Ack {
+        tip_gseq: u64,
+        tip_hash: Hash32,
+    },
+    /// A follower asks for `from_gseq..=to_gseq` again.
+    Nak {
+        from_gseq: u64,
+        to_gseq: u64,
+    },
+    /// A candidate asks for a vote in the datagram's epoch.
+    VoteRequest {
+        last_gseq: u64,
+        last_epoch: u64,
+    },
+    VoteReply {
+        granted: bool,
+    },
+    /// Would you vote for me in the datagram's epoch? Changes no state on
+    /// either side (Raft's pre-vote).
+    PreVoteRequest {
+        last_gseq: u64,
+        last_epoch: u64,
+    },
+    PreVoteReply {
+        granted: bool,
+    },
+}
+
+impl Message {
+    fn kind(&self) -> u8 {
+        match self {
+            Message::Append { .. } => 1,
+            Message::Heartbeat { .. } => 2,
+            Message::Ack { .. } => 3,
+            Message::Nak { .. } => 4,
+            Message::VoteRequest { .. } => 5,
+            Message::VoteReply { .. } => 6,
+            Message::PreVoteRequest { .. } => 7,
+            Message::PreVoteReply { .. } => 8,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Append { .. } => "append",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::Ack { .. } => "ack",
+            Message::Nak { .. } => "nak",
+            Message::VoteRequest { .. } => "vote_request",
+            Message::VoteReply { .. } => "vote_reply",
+            Message::PreVoteRequest { .. } => "pre_vote_request",
+            Message::PreVoteReply { .. } => "pre_vote_reply",
+        }
+    }
+}
+
+/// A datagram: who sent it, in which epoch, and the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Datagram {
+    pub cluster_id: u32,
+    pub sender: NodeId,
+    pub epoch: u64,
+    pub incarnation: u64,
+    pub packet_seq: u64,
+    pub commit_gseq: u64,
+    pub message: Message,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("datagram of {0} bytes is shorter than a header")]
+    Truncated(usize),
+    #[error("datagram of {0} bytes is larger than any we send")]
+    TooLarge(usize),
+    #[error("not a vendledger datagram (bad magic)")]
+    BadMagic,
+    #[error("unsupported wire version {0}")]
+    BadVersion(u8),
+    #[error("datagram for cluster {0}, not ours")]
+    ForeignCluster(u32),
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    #[error("authentication failed (forged, corrupted or wrong cluster key)")]
+    Authentication,
+    #[error("malformed body: {0}")]
+    Malformed(String),
+}
+
+impl WireError {
+    /// A stable label for counters.
+    pub fn label(&self) -> &'static str {
+        match self {
+            WireError::Truncated(_) | WireError::TooLarge(_) => "bad_size",
+            WireError::BadMagic | WireError::BadVersion(_) | WireError::UnknownKind(_) => {
+                "bad_header"
+            }
+            WireError::ForeignCluster(_) => "foreign_cluster",
+            WireError::Authentication => "unauthenticated",
+            WireError::Malformed(_) => "malformed",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct HashBody {
+    tip_gseq: u64,
+    #[serde(with = "serde_bytes")]
+    tip_hash: Hash32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NakBody {
+    from_gseq: u64,
+    to_gseq: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VoteRequestBody {
+    last_gseq: u64,
+    last_epoch: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VoteReplyBody {
+    granted: bool,
+}
+
+/// Seals and opens datagrams for one cluster.
+pub struct DatagramCodec {
+    cluster_id: u32,
+    sealer: Sealer,
+}
+
+impl DatagramCodec {
+    pub fn new(cluster_id: u32, cluster_key: &SecretKey) -> DatagramCodec {
+        DatagramCodec {
+            cluster_id,
+            sealer: Sealer::new(&cluster_key.derive(DATAGRAM_KEY_CONTEXT)),
+        }
+    }
+
+    pub fn cluster_id(&self) -> u32 {
+        self.cluster_id
+    }
+
+    pub fn encode(&self, datagram: &Datagram) -> Vec<u8> {
+        let (first_gseq, count, body) = match &datagram.message {
+            Message::Append {
+                first_gseq,
+                records,
+            } => {
+                let wrapped: Vec<&serde_bytes::Bytes> =
+                    records.iter().map(|r| serde_bytes::Bytes::new(r)).collect();
+                (*first_gseq, records.len(), to_msgpack(&wrapped))
+            }
+            Message::Heartbeat { tip_gseq, tip_hash } | Message::Ack { tip_gseq, tip_hash } => (
+                *tip_gseq,
+                0,
+                to_msgpack(&HashBody {
+                    tip_gseq: *tip_gseq,
+                    tip_hash: *tip_hash,
+                }),
+            ),
+            Message::Nak { from_gseq, to_gseq } => (
+                *from_gseq,
+                0,
+                to_msgpack(&NakBody {
+                    from_gseq: *from_gseq,
+                    to_gseq: *to_gseq,
+                }),
+            ),
+            Message::VoteRequest {
+                last_gseq,
+                last_epoch,
+            }
+            | Message::PreVoteRequest {
+                last_gseq,
+                last_epoch,
+            } => (
+                *last_gseq,
+                0,
+                to_msgpack(&VoteRequestBody {
+                    last_gseq: *last_gseq,
+                    last_epoch: *last_epoch,
+                }),
+            ),
+            Message::VoteReply { granted } | Message::PreVoteReply { granted } => {
+                (0, 0, to_msgpack(&VoteReplyBody { granted: *granted }))
+            }
+        };
+        let mut header = Vec::with_capacity(HEADER_BYTES);
+        header.extend_from_slice(&MAGIC);
+        header.push(WIRE_VERSION);
+        header.push(datagram.message.kind());
+        header.extend_from_slice(&self.cluster_id.to_be_bytes());
+        header.push(datagram.sender);
+        header.push(0);
+        header.extend_from_slice(&datagram.epoch.to_be_bytes());
+        header.extend_from_slice(&datagram.incarnation.to_be_bytes());
+        header.extend_from_slice(&datagram.packet_seq.to_be_bytes());
+        header.extend_from_slice(&first_gseq.to_be_bytes());
+        let count = u16::try_from(count).expect("packing bounds records per datagram");
+        header.extend_from_slice(&count.to_be_bytes());
+        header.extend_from_slice(&datagram.commit_gseq.to_be_bytes());
+        debug_assert_eq!(header.len(), HEADER_BYTES);
+        let sealed = self.sealer.seal(&header, &body);
+        header.extend_from_slice(&sealed);
+        header
+    }
+
+    /// Opens and decodes a datagram. Never panics on any input.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Datagram, WireError> {
+        if bytes.len() > PAYLOAD_BYTES_MAX {
+            return Err(WireError::TooLarge(bytes.len()));
+        }
+        let (header, sealed) = bytes
+            .split_at_checked(HEADER_BYTES)
+            .ok_or(WireError::Truncated(bytes.len()))?;
+        let mut reader = HeaderReader(header);
+        if reader.take::<4>() != MAGIC {
+            return Err(WireError::BadMagic);
+        }
+        let [version] = reader.take::<1>();
+        if version != WIRE_VERSION {
+            return Err(WireError::BadVersion(version));
+        }
+        let [kind] = reader.take::<1>();
+        let cluster_id = u32::from_be_bytes(reader.take());
+        if cluster_id != self.cluster_id {
+            return Err(WireError::ForeignCluster(cluster_id));
+        }
+        let [sender] = reader.take::<1>();
+        let [_reserved] = reader.take::<1>();
+        let epoch = u64::from_be_bytes(reader.take());
+        let incarnation = u64::from_be_bytes(reader.take());
+        let packet_seq = u64::from_be_bytes(reader.take());
+        let first_gseq = u64::from_be_bytes(reader.take());
+        let count = usize::from(u16::from_be_bytes(reader.take()));
+        let commit_gseq = u64::from_be_bytes(reader.take());
+        let body = self
+            .sealer
+            .open(header, sealed)
+            .map_err(|_| WireError::Authentication)?;
+        let message = decode_body(kind, first_gseq, count, &body)?;
+        Ok(Datagram {
+            cluster_id,
+            sender,
+            epoch,
+            incarnation,
+            packet_seq,
+            commit_gseq,
+            message,
+        })
+    }
+}
+
+fn to_msgpack<T: Serialize>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec(value).expect("encoding to a Vec cannot fail")
+}
+
+fn from_msgpack<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> {
+    rmp_serde::from_slice(body).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+fn decode_body(kind: u8, first_gseq: u64, count: usize, body: &[u8]) -> Result<Message, WireError> {
+    Ok(match kind {
+        1 => {
+            let records: Vec<serde_bytes::ByteBuf> = from_msgpack(body)?;
+            if records.len() != count || count == 0 || count > RECORDS_PER_DATAGRAM_MAX {
+                return Err(WireError::Malformed(format!(
+                    "header says {count} records, body has {}",
+                    records.len()
+                )));
+            }
+            if first_gseq == 0 || first_gseq.checked_add(count as u64).is_none() {
+                return Err(WireError::Malformed("records out of gseq range".into()));
+            }
+            Message::Append {
+                first_gseq,
+                records: records
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::into_vec)
+                    .collect(),
+            }
+        }
+        2 | 3 => {
+            let HashBody { tip_gseq, tip_hash } = from_msgpack(body)?;
+            if kind == 2 {
+                Message::Heartbeat { tip_gseq, tip_hash }
+            } else {
+                Message::Ack { tip_gseq, tip_hash }
+            }
+        }
+        4 => {
+            let NakBody { from_gseq, to_gseq } = from_msgpack(body)?;
+            if from_gseq == 0 || to_gseq < from_gseq {
+                return Err(WireError::Malformed("empty or reversed NAK range".into()));
+            }
+            Message::Nak { from_gseq, to_gseq }
+        }
+        5 | 7 => {
+            let VoteRequestBody {
+                last_gseq,
+                last_epoch,
+            } = from_msgpack(body)?;
+            if kind == 5 {
+                Message::VoteRequest {
+                    last_gseq,
+                    last_epoch,
+                }
+            } else {
+                Message::PreVoteRequest {
+                    last_gseq,
+                    last_epoch,
+                }
+            }
+        }
+        6 | 8 => {
+            let VoteReplyBody { granted } = from_msgpack(body)?;
+            if kind == 6 {
+                Message::VoteReply { granted }
+            } else {
+                Message::PreVoteReply { granted }
+            }
+        }
+        other => return Err(WireError::UnknownKind(other)),
+    })
+}
+
+struct HeaderReader<'a>(&'a [u8]);
+
+impl HeaderReader<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let (head, rest) = self.0.split_at(N);
+        self.0 = rest;
+        head.try_into().expect("the header length was checked")
+    }
+}
+
+/// Bytes the datagram adds around an Append body's records.
+const SEAL_AND_HEADER_BYTES: usize = HEADER_BYTES + ledger::crypto::SEAL_OVERHEAD_BYTES;
+/// MessagePack framing: array header (≤ 5) and a bin header per record (≤ 5).
+const ARRAY_HEADER_BYTES: usize = 5;
+const BIN_HEADER_BYTES: usize = 5;
+
+/// Groups consecutive records into Append messages that fit `payload_bytes`.
+/// Every record must fit alone (the store bounds record size so it does).
+pub fn pack_records(first_gseq: u64, records: Vec<Vec<u8>>, payload_bytes: usize) -> Vec<Message> {
+    let budget = payload_bytes.saturating_sub(SEAL_AND_HEADER_BYTES + ARRAY_HEADER_BYTES);
+    let mut out = Vec::new();
+    let mut current: Vec<Vec<u8>> = Vec::new();
+    let mut current_first = first_gseq;
+    let mut used = 0;
+    for (offset, record) in records.into_iter().enumerate() {
+        let cost = record.len() + BIN_HEADER_BYTES;
+        assert!(cost <= budget, "a log record must fit one datagram");
+        if !current.is_empty()
+            && (used + cost > budget || current.len() == RECORDS_PER_DATAGRAM_MAX)
+        {
+            out.push(Message::Append {
+                first_gseq: current_first,
+                records: std::mem::take(&mut current),
+            });
+            used = 0;
+        }
+        if current.is_empty() {
+            current_first = first_gseq + offset as u64;
+        }
+        used += cost;
+        current.push(record);
+    }
+    if !current.is_empty() {
+        out.push(Message::Append {
+            first_gseq: current_first,
+            records: current,
+        });
+    }
+    out
+}
+
+/// Width of the window of recent packet numbers remembered per sender.
+pub const REPLAY_WINDOW_PACKETS: u64 = 1_024;
+
+/// Drops replayed datagrams: per sender, the newest incarnation seen and a
+/// sliding window of recent packet numbers (like IPsec's anti-replay).
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    senders: std::collections::HashMap<NodeId, SenderWindow>,
+}
+
+#[derive(Debug)]
+struct SenderWindow {
+    incarnation: u64,
+    highest: u64,
+    /// Bit i set: packet `highest - i` was seen.
+    seen: [u64; (REPLAY_WINDOW_PACKETS / 64) as usize],
+}
+
+impl ReplayGuard {
+    /// `true` when the datagram is new and should be processed.
+    pub fn admit(&mut self, sender: NodeId, incarnation: u64, packet_seq: u64) -> bool {
+        let window = self.senders.entry(sender).or_insert(SenderWindow {
+            incarnation,
+            highest: 0,
+            seen: [0; (REPLAY_WINDOW_PACKETS / 64) as usize],
+        });
+        if incarnation < window.incarnation {
+            return false;
+        }
+        if incarnation > window.incarnation {
+            *window = SenderWindow {
+                incarnation,
+                highest: 0,
+                seen: [0; (REPLAY_WINDOW_PACKETS / 64) as usize],
+            };
+        }
+        if packet_seq > window.highest {
+            window.shift(packet_seq - window.highest);
+            window.highest = packet_seq;
+            window.set(0);
+            return true;
+        }
+        let age = window.highest - packet_seq;
+        if age >= REPLAY_WINDOW_PACKETS || window.get(age) {
+            return false;
+        }
+        window.set(age);
+        true
+    }
+}
+
+impl SenderWindow {
+    fn shift(&mut self, by: u64) {
+        if by >= REPLAY_WINDOW_PACKETS {
+            self.seen = [0; (REPLAY_WINDOW_PACKETS / 64) as usize];
+            return;
+        }
+        let words = (by / 64) as usize;
+        let bits = by % 64;
+        let len = self.seen.len();
+        for i in (0..len).rev() {
+            let source = i.checked_sub(words);
+            let high = source.map_or(0, |s| self.seen[s] << bits);
+            let carry = match (bits, source.and_then(|s| s.checked_sub(1))) {
+                (0, _) | (_, None) => 0,
+                (_, Some(s)) => self.seen[s] >> (64 - bits),
+            };
+            self.seen[i] = high | carry;
+        }
+    }
+
+    fn get(&self, age: u64) -> bool {
+        self.seen[(age / 64) as usize] & (1 << (age % 64)) != 0
+    }
+
+    fn set(&mut self, age: u64) {
+        self.seen[(age / 64) as usize] |= 1 << (age % 64);
+    }
+}
+
+#[cfg(test)]
+mod tests;
