@@ -1,0 +1,78 @@
+//! The deterministic simulation over many seeds. `VENDLEDGER_SIM_SEEDS`
+//! sets how many (default 5,000) and `VENDLEDGER_SIM_FIRST_SEED` where to
+//! start; a failure prints the seed, and `VENDLEDGER_SIM_FIRST_SEED=S
+//! VENDLEDGER_SIM_SEEDS=1` replays it exactly.
+
+use tests::sim::{SimReport, run_seed};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn thousands_of_seeds_keep_every_invariant() {
+    let first = env_u64("VENDLEDGER_SIM_FIRST_SEED", 0);
+    let count = env_u64("VENDLEDGER_SIM_SEEDS", 5_000);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4) as u64;
+    let started = std::time::Instant::now();
+    let reports: Vec<Result<SimReport, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (first + t..first + count)
+                        .step_by(threads as usize)
+                        .map(|seed| run_seed(seed).map_err(|v| v.to_string()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("simulation thread"))
+            .collect()
+    });
+    let failures: Vec<&String> = reports.iter().filter_map(|r| r.as_ref().err()).collect();
+    let ok: Vec<&SimReport> = reports.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let sum = |f: fn(&SimReport) -> u64| ok.iter().map(|r| f(r)).sum::<u64>();
+    eprintln!(
+        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-batch), {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs",
+        reports.len(),
+        started.elapsed().as_secs_f64(),
+        sum(|r| r.events),
+        sum(|r| r.acknowledged),
+        sum(|r| r.epochs),
+        sum(|r| r.replica_crashes),
+        sum(|r| r.crashes_mid_batch),
+        sum(|r| r.machine_crashes),
+        sum(|r| r.partitions),
+        sum(|r| r.datagrams_dropped),
+        sum(|r| r.datagrams_sent),
+        sum(|r| r.datagrams_duplicated),
+        sum(|r| r.truncated_records),
+        sum(|r| r.naks),
+    );
+    for failure in failures.iter().take(20) {
+        eprintln!("FAILED {failure}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} seeds failed; first: {}",
+        failures.len(),
+        reports.len(),
+        failures[0]
+    );
+    // The faults must really happen, or the invariants hold vacuously.
+    if count >= 200 {
+        assert!(sum(|r| r.replica_crashes) > count / 4);
+        assert!(sum(|r| r.crashes_mid_batch) > 0);
+        assert!(sum(|r| r.partitions) > count / 10);
+        assert!(sum(|r| r.datagrams_dropped) > 0);
+        assert!(sum(|r| r.truncated_records) > 0);
+        assert!(sum(|r| r.epochs) > count);
+    }
+}
