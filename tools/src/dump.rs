@@ -35,21 +35,31 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .take(usize::try_from(limit).unwrap_or(usize::MAX))
     {
         let entry = item?;
-        let envelope = entry.envelope()?;
-        let line = json!({
-            "gseq": entry.body.gseq,
-            "epoch": entry.body.epoch,
-            "logged_ms": entry.body.logged_ms,
-            "machine_id": entry.body.machine_id,
-            "machine_seq": entry.body.machine_seq,
-            "at_ms": envelope.at_ms,
-            "kind": envelope.event.kind(),
-            "amount": envelope.event.amount(),
-            "event": envelope.event,
-            "hash": hex32(&entry.hash),
-            "prev_hash": hex32(&entry.prev_hash),
-            "chain_hash": hex32(&entry.body.event.chain_hash),
-        });
+        let line = match (entry.body.machine_event(), entry.envelope()?) {
+            (Some((machine_id, machine_seq, event)), Some(envelope)) => json!({
+                "gseq": entry.body.gseq,
+                "epoch": entry.body.epoch,
+                "logged_ms": entry.body.logged_ms,
+                "machine_id": machine_id,
+                "machine_seq": machine_seq,
+                "at_ms": envelope.at_ms,
+                "kind": envelope.event.kind(),
+                "amount": envelope.event.amount(),
+                "event": envelope.event,
+                "hash": hex32(&entry.hash),
+                "prev_hash": hex32(&entry.prev_hash),
+                "chain_hash": hex32(&event.chain_hash),
+            }),
+            _ => json!({
+                "gseq": entry.body.gseq,
+                "epoch": entry.body.epoch,
+                "logged_ms": entry.body.logged_ms,
+                "kind": "epoch_started",
+                "event": entry.body.payload,
+                "hash": hex32(&entry.hash),
+                "prev_hash": hex32(&entry.prev_hash),
+            }),
+        };
         if writeln!(out, "{line}").is_err() {
             // The reader went away (e.g. `| head`): stop quietly.
             return Ok(ExitCode::SUCCESS);
