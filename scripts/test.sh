@@ -15,6 +15,9 @@ cargo fmt --all --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo build (the multi-process tests run the real binaries)"
+cargo build --workspace --locked
+
 step "cargo test"
 cargo test --workspace --locked
 

@@ -1,7 +1,9 @@
 //! `vendctl`: the operator's command line for vendledger.
 
 mod bench;
+mod cluster;
 mod dump;
+mod fleet;
 mod keys;
 mod replay;
 mod simulate;
@@ -41,6 +43,11 @@ enum Commands {
     /// Create store, cluster and machine keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Set up or run a local three-replica cluster.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Show each replica's role, epoch, tip, commit, lag and repair counts.
+    Status(cluster::StatusArgs),
     /// Measure durable append and replay throughput.
     Bench(bench::Args),
 }
@@ -53,6 +60,8 @@ fn main() -> ExitCode {
         Commands::Replay(args) => replay::run(args),
         Commands::Dump(args) => dump::run(args),
         Commands::Keys(command) => keys::run(command),
+        Commands::Cluster(command) => cluster::run(command),
+        Commands::Status(args) => cluster::status(args),
         Commands::Bench(args) => bench::run(args),
     };
     match result {

@@ -17,11 +17,22 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Write the log directly (no replicas, no network).
-    #[arg(long)]
+    /// Write the log directly (no replicas, no network), into --data.
+    #[arg(long, conflicts_with = "cluster", requires = "data")]
     offline: bool,
-    #[command(flatten)]
-    data: DataArgs,
+    /// Drive machines over the real link against the cluster in DIR (see
+    /// `vendctl cluster up`); machines keep their own ledgers in DIR/machines.
+    #[arg(long, value_name = "DIR", conflicts_with = "offline")]
+    cluster: Option<std::path::PathBuf>,
+    /// Data directory for --offline (holds `log/` and `keys/`).
+    #[arg(long, value_name = "DIR")]
+    data: Option<std::path::PathBuf>,
+    /// Key directory for --offline, if not `DATA/keys`.
+    #[arg(long, value_name = "DIR")]
+    keys: Option<std::path::PathBuf>,
+    /// With --cluster: give up when not everything is acknowledged by then.
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
     /// Number of machines (VM-001, VM-002, ...).
     #[arg(long, default_value_t = 10)]
     machines: u32,
@@ -54,28 +65,44 @@ struct Summary {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    if !args.offline {
-        bail!("only --offline is available until the replication layer exists");
-    }
     if args.machines == 0 || args.machines > 9_999 {
         bail!("--machines must be between 1 and 9999");
     }
+    if let Some(cluster) = &args.cluster {
+        return crate::fleet::run(crate::fleet::FleetArgs {
+            cluster: cluster.clone(),
+            machines: args.machines,
+            events_per_machine: args.events_per_machine,
+            seed: args.seed,
+            timeout_s: args.timeout_s,
+        });
+    }
+    let Some(data) = args.data.clone() else {
+        bail!("choose --offline --data DIR or --cluster DIR");
+    };
+    if !args.offline {
+        bail!("--data needs --offline (or use --cluster DIR)");
+    }
+    let data = DataArgs {
+        data,
+        keys: args.keys.clone(),
+    };
     if !(1..=ledger::store::APPEND_BATCH_MAX).contains(&args.batch) {
         bail!(
             "--batch must be between 1 and {}",
             ledger::store::APPEND_BATCH_MAX
         );
     }
-    let mut keyring = args.data.keyring(true)?;
+    let mut keyring = data.keyring(true)?;
     let options = OpenOptions {
         create: true,
         ..OpenOptions::default()
     };
-    let mut ledger = Ledger::open(&args.data.log_dir(), keyring.store_key(), options)?;
+    let mut ledger = Ledger::open(&data.log_dir(), keyring.store_key(), options)?;
     if ledger.store().head().gseq > 0 {
         bail!(
             "{} already holds a log of {} entries; simulate into a new directory",
-            args.data.log_dir().display(),
+            data.log_dir().display(),
             ledger.store().head().gseq
         );
     }
@@ -143,7 +170,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             "wrote {} events from {} machines to {} in {:.2}s ({:.0} events/s, durable); head {}",
             summary.events,
             summary.machines,
-            args.data.log_dir().display(),
+            data.log_dir().display(),
             summary.seconds,
             summary.events_per_second,
             summary.head_hash

@@ -1,0 +1,316 @@
+//! `vendctl cluster init|up` and `vendctl status`: a local three-replica
+//! cluster as child processes, and what each replica says about itself.
+
+use crate::say;
+use anyhow::{Context, Result, bail};
+use dashboard::ReplicaStatus;
+use ledger::keys::Keyring;
+use replica::config::LocalClusterPlan;
+use replica::transport::TransportKind;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+pub const CLUSTER_FILE: &str = "cluster.json";
+
+#[derive(clap::Args, Clone)]
+pub struct ClusterArgs {
+    /// The cluster directory (configs, keys, replica data, logs, cluster.json).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Replication transport: udp, or raw (IPv4+UDP built by hand, needs CAP_NET_RAW).
+    #[arg(long, default_value = "udp")]
+    pub transport: TransportKind,
+    /// Ports: machines on P+1..3, replication on P+11..13, status on P+21..23.
+    #[arg(long, default_value_t = 7100)]
+    pub base_port: u16,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Write the three replicas' configurations and the keys (kept if present).
+    Init(ClusterArgs),
+    /// Start the three replicas in the foreground; Ctrl-C stops them all.
+    Up(ClusterArgs),
+}
+
+/// `DIR/cluster.json`: where everything of a local cluster is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterFile {
+    pub cluster_id: u32,
+    pub transport: TransportKind,
+    pub keys_dir: PathBuf,
+    pub replicas: Vec<ClusterReplica>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterReplica {
+    pub id: String,
+    pub pid: Option<u32>,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub machine_addr: String,
+    pub replication_addr: String,
+    /// host:port of the replica's status API and dashboard.
+    pub dashboard: String,
+}
+
+impl ClusterFile {
+    pub fn load(dir: &Path) -> Result<ClusterFile> {
+        let path = dir.join(CLUSTER_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {} (run `vendctl cluster up` first)",
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(CLUSTER_FILE);
+        let temporary = dir.join(format!("{CLUSTER_FILE}.tmp"));
+        std::fs::write(&temporary, serde_json::to_string_pretty(self)?)?;
+        std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn machine_addresses(&self) -> Vec<String> {
+        self.replicas
+            .iter()
+            .map(|r| r.machine_addr.clone())
+            .collect()
+    }
+}
+
+pub fn run(command: ClusterCommand) -> Result<ExitCode> {
+    match command {
+        ClusterCommand::Init(args) => {
+            let file = init(&args)?;
+            say!(
+                "cluster {} ready in {} ({} transport)",
+                file.cluster_id,
+                args.dir.display(),
+                file.transport
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::Up(args) => up(&args),
+    }
+}
+
+/// Writes configs and keys; keeps an existing cluster id and keys.
+pub fn init(args: &ClusterArgs) -> Result<ClusterFile> {
+    if args.base_port > u16::MAX - 30 {
+        bail!("--base-port leaves no room for the cluster's ports");
+    }
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let dir = std::fs::canonicalize(&args.dir)?;
+    let cluster_id = match ClusterFile::load(&dir) {
+        Ok(existing) => existing.cluster_id,
+        Err(_) => rand::random::<u32>() | 1,
+    };
+    let keys_dir = dir.join("keys");
+    let keyring = Keyring::open(&keys_dir, true)?;
+    keyring.cluster_key(true)?;
+    let plan = LocalClusterPlan {
+        base_port: args.base_port,
+        host: std::net::Ipv4Addr::LOCALHOST,
+    };
+    let mut replicas = Vec::new();
+    for id in 1..=3u8 {
+        let config = plan.config(id, cluster_id, &dir, args.transport);
+        let path = dir.join(format!("replica-{id}.toml"));
+        std::fs::write(&path, config.to_toml())
+            .with_context(|| format!("writing {}", path.display()))?;
+        replicas.push(ClusterReplica {
+            id: config.name.clone(),
+            pid: None,
+            config: path,
+            data_dir: config.data_dir.clone(),
+            machine_addr: config.machine_listen.to_string(),
+            replication_addr: config.replication_listen.to_string(),
+            dashboard: config.status_listen.to_string(),
+        });
+    }
+    let file = ClusterFile {
+        cluster_id,
+        transport: args.transport,
+        keys_dir,
+        replicas,
+    };
+    file.save(&dir)?;
+    Ok(file)
+}
+
+/// The `vend-replica` binary built next to this `vendctl`.
+pub fn replica_binary() -> Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name("vend-replica");
+    if !path.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build -p replica`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+pub fn spawn_replica(binary: &Path, config: &Path, log: &Path) -> Result<Child> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
+/// Sends SIGTERM (a clean stop) to a process.
+pub fn terminate(pid: u32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) with a valid signal number has no memory effects.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}
+
+fn up(args: &ClusterArgs) -> Result<ExitCode> {
+    let mut file = init(args)?;
+    let binary = replica_binary()?;
+    let dir = std::fs::canonicalize(&args.dir)?;
+    let mut children = Vec::new();
+    for replica in &mut file.replicas {
+        let log = dir.join(format!("{}.log", replica.id));
+        let child = spawn_replica(&binary, &replica.config, &log)?;
+        replica.pid = Some(child.id());
+        children.push(child);
+    }
+    file.save(&dir)?;
+    say!(
+        "started {} replicas ({} transport); logs in {}/replica-N.log",
+        children.len(),
+        file.transport,
+        dir.display()
+    );
+    for replica in &file.replicas {
+        say!(
+            "  {}  machines {}  status http://{}/api/v1/status  pid {}",
+            replica.id,
+            replica.machine_addr,
+            replica.dashboard,
+            replica.pid.unwrap_or(0)
+        );
+    }
+    say!("Ctrl-C stops them all.");
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut reported = std::collections::BTreeSet::new();
+    let stop = signals.block_on(async {
+        let mut terminate_signal =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut poll = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok::<_, std::io::Error>(()),
+                _ = terminate_signal.recv() => return Ok(()),
+                _ = poll.tick() => {
+                    for (child, replica) in children.iter_mut().zip(&file.replicas) {
+                        if let Ok(Some(status)) = child.try_wait()
+                            && reported.insert(replica.id.clone())
+                        {
+                            say!("{} exited ({status}); the others carry on", replica.id);
+                        }
+                    }
+                }
+            }
+        }
+    });
+    stop?;
+    say!("stopping the replicas...");
+    for child in &children {
+        terminate(child.id());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for child in &mut children {
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Ok(None) = child.try_wait() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    for replica in &mut file.replicas {
+        replica.pid = None;
+    }
+    file.save(&dir)?;
+    say!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// The cluster directory (reads DIR/cluster.json).
+    #[arg(long, value_name = "DIR")]
+    cluster: PathBuf,
+}
+
+/// One replica as `vendctl status` reports it.
+#[derive(Serialize)]
+struct StatusLine {
+    #[serde(flatten)]
+    status: ReplicaStatus,
+    reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+pub fn fetch_status(dashboard: &str) -> Result<ReplicaStatus> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    let mut response = agent
+        .get(&format!("http://{dashboard}/api/v1/status"))
+        .call()?;
+    let body = response.body_mut().read_to_string()?;
+    Ok(serde_json::from_str(&body)?)
+}
+
+pub fn status(args: StatusArgs) -> Result<ExitCode> {
+    let file = ClusterFile::load(&args.cluster)?;
+    let lines: Vec<StatusLine> = file
+        .replicas
+        .iter()
+        .map(|replica| match fetch_status(&replica.dashboard) {
+            Ok(status) => StatusLine {
+                status,
+                reachable: true,
+                error: None,
+            },
+            Err(error) => StatusLine {
+                status: ReplicaStatus {
+                    id: replica.id.clone(),
+                    role: "down".into(),
+                    ..ReplicaStatus::default()
+                },
+                reachable: false,
+                error: Some(error.to_string()),
+            },
+        })
+        .collect();
+    say!("{}", serde_json::to_string_pretty(&lines)?);
+    Ok(ExitCode::SUCCESS)
+}
