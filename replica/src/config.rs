@@ -342,3 +342,16 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses_and_validates() {
+        let text = include_str!("../../docs/replica.example.toml");
+        let config: ReplicaConfig = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.transport, TransportKind::Raw);
+    }
+}

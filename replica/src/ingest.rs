@@ -161,6 +161,12 @@ impl Ingest {
         true
     }
 
+    /// The shell refused a frame before it could be parsed (an oversized
+    /// length prefix); counted with the other rejected frames.
+    pub fn frame_refused(&mut self) {
+        self.counters.frames_rejected += 1;
+    }
+
     pub fn disconnected(&mut self, session: SessionId) {
         self.sessions.remove(&session);
         self.pending.retain(|(s, _)| *s != session);

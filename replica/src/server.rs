@@ -82,6 +82,9 @@ enum Input {
     SessionClosed {
         session: SessionId,
     },
+    /// The stream carried something that is not a frame (the connection is
+    /// being closed).
+    SessionMalformed,
     Status(std::sync::mpsc::Sender<ReplicaStatus>),
     Shutdown,
 }
@@ -296,6 +299,7 @@ impl Core {
                 self.sessions.remove(&session);
                 self.ingest.disconnected(session);
             }
+            Input::SessionMalformed => self.ingest.frame_refused(),
             Input::Status(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -918,7 +922,10 @@ async fn serve_session(
                     }
                 }
                 Ok(None) => break,
-                Err(_) => break 'read,
+                Err(_) => {
+                    let _ = inputs.try_send(Input::SessionMalformed);
+                    break 'read;
+                }
             }
         }
     }

@@ -13,6 +13,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 pub const CLUSTER_FILE: &str = "cluster.json";
+/// `cluster up` restarts a replica that exits after this pause.
+const RESTART_DELAY: Duration = Duration::from_secs(3);
 
 #[derive(clap::Args, Clone)]
 pub struct ClusterArgs {
@@ -33,6 +35,25 @@ pub enum ClusterCommand {
     Init(ClusterArgs),
     /// Start the three replicas in the foreground; Ctrl-C stops them all.
     Up(ClusterArgs),
+    /// Stop a replica abruptly (SIGKILL) or cleanly (SIGTERM), for
+    /// failover drills: `--primary` picks whichever replica leads now.
+    Kill(KillArgs),
+}
+
+#[derive(clap::Args)]
+pub struct KillArgs {
+    /// The cluster directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// The replica to stop, e.g. replica-1.
+    #[arg(long, conflicts_with = "primary")]
+    replica: Option<String>,
+    /// Stop the current primary.
+    #[arg(long)]
+    primary: bool,
+    /// Stop cleanly (SIGTERM) instead of killing (SIGKILL).
+    #[arg(long)]
+    clean: bool,
 }
 
 /// `DIR/cluster.json`: where everything of a local cluster is.
@@ -96,7 +117,52 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ClusterCommand::Up(args) => up(&args),
+        ClusterCommand::Kill(args) => kill(&args),
     }
+}
+
+fn kill(args: &KillArgs) -> Result<ExitCode> {
+    let file = ClusterFile::load(&args.dir)?;
+    let target = if args.primary {
+        file.replicas
+            .iter()
+            .find(|r| fetch_status(&r.dashboard).is_ok_and(|s| s.role == "primary"))
+            .context("no replica answers as primary")?
+    } else {
+        let name = args
+            .replica
+            .as_deref()
+            .context("name --replica or --primary")?;
+        file.replicas
+            .iter()
+            .find(|r| r.id == name)
+            .with_context(|| format!("no replica {name}"))?
+    };
+    let status = fetch_status(&target.dashboard)
+        .with_context(|| format!("{} does not answer", target.id))?;
+    let pid = libc::pid_t::try_from(status.pid)?;
+    let signal = if args.clean {
+        libc::SIGTERM
+    } else {
+        libc::SIGKILL
+    };
+    // SAFETY: kill(2) with a valid signal number has no memory effects.
+    let result = unsafe { libc::kill(pid, signal) };
+    if result != 0 {
+        bail!(
+            "could not signal {} (pid {pid}): {}",
+            target.id,
+            std::io::Error::last_os_error()
+        );
+    }
+    say!(
+        "{} {} (pid {pid}, {} in epoch {})",
+        if args.clean { "stopped" } else { "killed" },
+        target.id,
+        status.role,
+        status.epoch
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes configs and keys; keeps an existing cluster id and keys.
@@ -209,11 +275,16 @@ fn up(args: &ClusterArgs) -> Result<ExitCode> {
             replica.pid.unwrap_or(0)
         );
     }
-    say!("Ctrl-C stops them all.");
+    say!(
+        "A replica that exits is restarted after {} s. Ctrl-C stops them all.",
+        RESTART_DELAY.as_secs()
+    );
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut reported = std::collections::BTreeSet::new();
+    // A replica that dies is restarted after a pause, like a service
+    // manager would: it rejoins as a follower and catches up.
+    let mut restart_at: Vec<Option<Instant>> = vec![None; children.len()];
     let stop = signals.block_on(async {
         let mut terminate_signal =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -222,15 +293,7 @@ fn up(args: &ClusterArgs) -> Result<ExitCode> {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok::<_, std::io::Error>(()),
                 _ = terminate_signal.recv() => return Ok(()),
-                _ = poll.tick() => {
-                    for (child, replica) in children.iter_mut().zip(&file.replicas) {
-                        if let Ok(Some(status)) = child.try_wait()
-                            && reported.insert(replica.id.clone())
-                        {
-                            say!("{} exited ({status}); the others carry on", replica.id);
-                        }
-                    }
-                }
+                _ = poll.tick() => supervise(&mut children, &mut file, &mut restart_at, &binary, &dir),
             }
         }
     });
@@ -260,11 +323,60 @@ fn up(args: &ClusterArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Restarts replicas that exited, after `RESTART_DELAY`.
+fn supervise(
+    children: &mut [Child],
+    file: &mut ClusterFile,
+    restart_at: &mut [Option<Instant>],
+    binary: &Path,
+    dir: &Path,
+) {
+    let mut changed = false;
+    for (index, child) in children.iter_mut().enumerate() {
+        let replica = &mut file.replicas[index];
+        match restart_at[index] {
+            None => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    say!(
+                        "{} exited ({status}); restarting it in {} s",
+                        replica.id,
+                        RESTART_DELAY.as_secs()
+                    );
+                    restart_at[index] = Some(Instant::now() + RESTART_DELAY);
+                }
+            }
+            Some(at) if Instant::now() >= at => {
+                let log = dir.join(format!("{}.log", replica.id));
+                match spawn_replica(binary, &replica.config, &log) {
+                    Ok(new_child) => {
+                        say!("{} restarted (pid {})", replica.id, new_child.id());
+                        replica.pid = Some(new_child.id());
+                        *child = new_child;
+                        restart_at[index] = None;
+                        changed = true;
+                    }
+                    Err(error) => {
+                        say!("{} could not be restarted: {error:#}", replica.id);
+                        restart_at[index] = Some(Instant::now() + RESTART_DELAY);
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    if changed && let Err(error) = file.save(dir) {
+        say!("could not update cluster.json: {error:#}");
+    }
+}
+
 #[derive(clap::Args)]
 pub struct StatusArgs {
     /// The cluster directory (reads DIR/cluster.json).
     #[arg(long, value_name = "DIR")]
     cluster: PathBuf,
+    /// One line per replica for people, instead of JSON.
+    #[arg(long)]
+    table: bool,
 }
 
 /// One replica as `vendctl status` reports it.
@@ -311,6 +423,28 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
             },
         })
         .collect();
-    say!("{}", serde_json::to_string_pretty(&lines)?);
+    if args.table {
+        for line in &lines {
+            let s = &line.status;
+            match &line.error {
+                Some(error) => say!("{:<10} down      ({error})", s.id),
+                None => say!(
+                    "{:<10} {:<9} epoch {:<3} tip {:<8} commit {:<8} lag {:<6} naks {}/{} retransmitted {} machines {}",
+                    s.id,
+                    s.role,
+                    s.epoch,
+                    s.tip,
+                    s.commit,
+                    s.lag,
+                    s.naks_sent,
+                    s.naks_received,
+                    s.records_retransmitted,
+                    s.machines_connected
+                ),
+            }
+        }
+    } else {
+        say!("{}", serde_json::to_string_pretty(&lines)?);
+    }
     Ok(ExitCode::SUCCESS)
 }

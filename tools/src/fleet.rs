@@ -142,6 +142,15 @@ pub fn run(args: FleetArgs) -> Result<ExitCode> {
             Err(error) => failures.push(format!("{error:#}")),
         }
     }
+    eprintln!(
+        "fleet: {} events, {} acknowledged, {} resent after reconnects, {} failovers seen, {} offline periods, {:.1}s",
+        summary.events,
+        summary.events_acked,
+        summary.events_resent,
+        summary.failovers_seen,
+        summary.offline_periods,
+        summary.seconds
+    );
     say!("{}", serde_json::to_string_pretty(&summary)?);
     if !failures.is_empty() {
         bail!(
