@@ -21,4 +21,14 @@ cargo build --workspace --locked
 step "cargo test"
 cargo test --workspace --locked
 
+step "vend-vm starts and renders under Xvfb"
+shot="$(mktemp --suffix=.png /tmp/vend-vm-smoke-XXXXXX)"
+bash scripts/screenshot-vm.sh "$shot"
+colors="$(identify -format %k "$shot")"
+if [ "$colors" -lt 100 ]; then
+  echo "the vend-vm screenshot has only $colors colours: the window did not draw" >&2
+  exit 1
+fi
+echo "screenshot has $colors colours"
+
 step "all tests passed"

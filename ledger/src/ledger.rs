@@ -15,7 +15,9 @@ use std::path::Path;
 /// A checkpoint is taken after this many new entries by default.
 pub const CHECKPOINT_EVERY_ENTRIES: u64 = 65_536;
 
-/// Signs a machine's events into its keyed hash chain.
+/// Signs a machine's events into its keyed hash chain. Clone it to sign
+/// tentatively and keep the original until the signed events are stored.
+#[derive(Clone)]
 pub struct StreamSigner {
     chain_key: SecretKey,
     head_hash: Hash32,

@@ -1,2 +1,17 @@
-//! `vend-vm`: the vending-machine app. Built in the vm-iced issue; until
-//! then this crate has no code.
+//! `vend-vm`: the vending-machine app.
+//!
+//! * [`machine`]: the machine without a screen — decide, record durably in
+//!   the machine's own ledger, then apply; the background uplink.
+//! * [`app`], [`customer`], [`admin`], [`shortcuts`]: the iced screens.
+//! * [`config`]: the TOML file and flags.
+//!
+//! The app never writes the fleet log: it ships its own events to the
+//! primary, which decides where they go in the fleet's order.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod customer;
+pub mod machine;
+pub mod shortcuts;
+pub mod style;
