@@ -327,3 +327,57 @@ fn collecting_cash_records_over_and_short() {
     assert_eq!(h.notice(), "Collected 990 won: 10 won short");
     assert_eq!(h.app.machine.state().stats.over_short_won, -10);
 }
+
+#[test]
+fn remote_commands_from_the_dashboard_apply_and_show() {
+    use ledger::rules::{RemoteAction, RemoteCommand};
+    use replica::uplink_driver::UplinkReport;
+    let mut h = Harness::new(10);
+    let command = |command_id, action| {
+        Message::Uplink(UplinkReport::Remote(RemoteCommand { command_id, action }))
+    };
+    h.feed(vec![command(
+        7,
+        RemoteAction::SetPrice {
+            slot: SlotId(1),
+            price: 480,
+        },
+    )]);
+    assert_eq!(h.notice(), "Slot 1 now costs 480 won (from the dashboard)");
+    assert!(h.sees("480 won"));
+    h.feed(vec![command(
+        8,
+        RemoteAction::Rename {
+            slot: SlotId(1),
+            name: "Mineral Water".into(),
+        },
+    )]);
+    assert!(h.sees("Mineral Water"));
+    // A resend of an applied command changes nothing; a bad one is refused
+    // with an event the dashboard can show.
+    let before = h.app.machine.state().last_seq;
+    h.feed(vec![command(
+        8,
+        RemoteAction::Rename {
+            slot: SlotId(1),
+            name: "Again".into(),
+        },
+    )]);
+    assert_eq!(h.app.machine.state().last_seq, before);
+    h.feed(vec![command(
+        9,
+        RemoteAction::SetPrice {
+            slot: SlotId(1),
+            price: 455,
+        },
+    )]);
+    assert!(
+        h.notice().starts_with("Remote command 9 refused"),
+        "{}",
+        h.notice()
+    );
+    assert_eq!(
+        h.app.machine.state().slots[&SlotId(1)].config.product.price,
+        480
+    );
+}
