@@ -117,16 +117,21 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Reads and parses a TOML file, naming the file in any error.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 impl ReplicaConfig {
     pub fn load(path: &Path) -> Result<ReplicaConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let config: ReplicaConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let config: ReplicaConfig = read_toml(path)?;
         config.validate()?;
         Ok(config)
     }
@@ -251,11 +256,7 @@ impl LocalClusterPlan {
         dir: &Path,
         transport: TransportKind,
     ) -> ReplicaConfig {
-        let priority = |id: NodeId| match id {
-            1 => 2,
-            2 => 0,
-            _ => 1,
-        };
+        let priority = crate::node::standard_priority;
         ReplicaConfig {
             cluster_id,
             id,

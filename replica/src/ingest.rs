@@ -109,6 +109,18 @@ pub struct IngestCounters {
     pub redirects: u64,
 }
 
+/// The sealed frame that sends a machine on to the primary.
+fn redirect(
+    counters: &mut IngestCounters,
+    channel: &mut Channel,
+    primary: &Option<String>,
+) -> Vec<u8> {
+    counters.redirects += 1;
+    channel.seal(&Downstream::Redirect {
+        primary: primary.clone(),
+    })
+}
+
 pub struct Ingest {
     sessions: HashMap<SessionId, SessionState>,
     /// Submissions since the last proposal, oldest first.
@@ -246,10 +258,7 @@ impl Ingest {
             Side::Replica,
         ));
         if !standing.accepts_writes {
-            self.counters.redirects += 1;
-            let payload = channel.seal(&Downstream::Redirect {
-                primary: standing.primary_address.clone(),
-            });
+            let payload = redirect(&mut self.counters, &mut channel, &standing.primary_address);
             out.push(IngestAction::Send { session, payload });
             self.close(out, session, "not the primary".into());
             return Ok(());
@@ -290,10 +299,7 @@ impl Ingest {
         };
         let message: Upstream = channel.open(payload)?;
         if !standing.accepts_writes {
-            self.counters.redirects += 1;
-            let payload = channel.seal(&Downstream::Redirect {
-                primary: standing.primary_address.clone(),
-            });
+            let payload = redirect(&mut self.counters, channel, &standing.primary_address);
             out.push(IngestAction::Send { session, payload });
             self.close(out, session, "no longer the primary".into());
             return Ok(());
@@ -430,10 +436,7 @@ impl Ingest {
             .collect();
         for session in open {
             if let Some(SessionState::Open { channel, .. }) = self.sessions.get_mut(&session) {
-                self.counters.redirects += 1;
-                let payload = channel.seal(&Downstream::Redirect {
-                    primary: primary_address.clone(),
-                });
+                let payload = redirect(&mut self.counters, channel, &primary_address);
                 out.push(IngestAction::Send { session, payload });
             }
             self.close(&mut out, session, "no longer the primary".into());

@@ -149,7 +149,38 @@ pub struct NodeConfig {
     pub nak_backoff_max_ms: u64,
 }
 
+/// The standard cluster's priority of replica `id`: replica 1 is the
+/// preferred primary (2), replica 2 the sync replica (0, never stands),
+/// replica 3 the backup (1).
+pub fn standard_priority(id: NodeId) -> u8 {
+    match id {
+        1 => 2,
+        2 => 0,
+        _ => 1,
+    }
+}
+
 impl NodeConfig {
+    /// Replica `id` of the standard three-replica cluster with the default
+    /// timings (heartbeats every 50 ms, elections after 300-600 ms, first
+    /// NAK after 20 ms backing off to 400 ms).
+    pub fn standard(id: NodeId) -> NodeConfig {
+        NodeConfig {
+            id,
+            members: (1..=3)
+                .map(|id| Member {
+                    id,
+                    priority: standard_priority(id),
+                })
+                .collect(),
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            nak_delay_ms: 20,
+            nak_backoff_max_ms: 400,
+        }
+    }
+
     pub fn priority(&self) -> u8 {
         self.members
             .iter()

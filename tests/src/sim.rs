@@ -25,9 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use replica::ingest::{Ingest, IngestAction, LinkKeys, SessionId, Standing};
 use replica::link::FrameBuffer;
 use replica::memlog::MemLog;
-use replica::node::{
-    Action, LogView, Member, Node, NodeConfig, PersistedVote, Restart, Role, Target,
-};
+use replica::node::{Action, LogView, Node, NodeConfig, PersistedVote, Restart, Role, Target};
 use replica::uplink::{LocalEvents, Uplink, UplinkAction};
 use replica::wire::{
     Datagram, DatagramCodec, Message, NodeId, PAYLOAD_BYTES_DEFAULT, pack_records,
@@ -252,19 +250,7 @@ pub struct Simulation {
 }
 
 fn node_config(id: NodeId) -> NodeConfig {
-    NodeConfig {
-        id,
-        members: vec![
-            Member { id: 1, priority: 2 },
-            Member { id: 2, priority: 0 },
-            Member { id: 3, priority: 1 },
-        ],
-        heartbeat_ms: 50,
-        election_timeout_min_ms: 300,
-        election_timeout_max_ms: 600,
-        nak_delay_ms: 20,
-        nak_backoff_max_ms: 400,
-    }
+    NodeConfig::standard(id)
 }
 
 fn replica_name(id: NodeId) -> String {

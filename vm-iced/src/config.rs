@@ -57,32 +57,9 @@ fn default_stacker() -> u32 {
     DEFAULT_STACKER_CAPACITY_BILLS
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parse {
-        path: String,
-        #[source]
-        source: toml::de::Error,
-    },
-}
-
 impl MachineConfig {
-    pub fn load(path: &Path) -> Result<MachineConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.display().to_string(),
-            source,
-        })
+    pub fn load(path: &Path) -> Result<MachineConfig, replica::config::ConfigError> {
+        replica::config::read_toml(path)
     }
 
     /// A configuration with defaults for everything but identity and place.

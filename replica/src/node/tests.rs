@@ -8,19 +8,7 @@ use ledger::keys::SingleMachineKey;
 use ledger::workload::{SIMULATION_START_MS, SimMachine};
 
 fn config(id: NodeId) -> NodeConfig {
-    NodeConfig {
-        id,
-        members: vec![
-            Member { id: 1, priority: 2 },
-            Member { id: 2, priority: 0 },
-            Member { id: 3, priority: 1 },
-        ],
-        heartbeat_ms: 50,
-        election_timeout_min_ms: 300,
-        election_timeout_max_ms: 500,
-        nak_delay_ms: 20,
-        nak_backoff_max_ms: 400,
-    }
+    NodeConfig::standard(id)
 }
 
 fn datagram(
