@@ -251,7 +251,7 @@ impl Uplink {
     ) -> Vec<UplinkAction> {
         let mut out = Vec::new();
         if let Err(error) = self.handle_frame(&mut out, now_ms, payload, local) {
-            let _ = error;
+            tracing::warn!(machine = %self.machine, error = %error, "closing the link after a bad frame");
             self.stats.protocol_errors += 1;
             out.push(UplinkAction::Close);
             self.fail(now_ms, true);
