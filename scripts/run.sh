@@ -45,9 +45,9 @@ trap - EXIT
 echo
 for n in 1 2 3; do
   printf 'replica-%s: ' "$n"
-  "$vendctl" verify --data "$dir/replica-$n" --keys "$dir/keys"
+  "$vendctl" verify --data "$dir/replica-$n"
 done
 echo
-"$vendctl" replay --data "$dir/replica-2" --keys "$dir/keys" | head -16
+"$vendctl" replay --data "$dir/replica-2" | head -16
 echo "..."
-echo "Everything is in $dir (replica-N.log, fleet.json; try: $vendctl dump --data $dir/replica-1 --keys $dir/keys | head)"
+echo "Everything is in $dir (replica-N.log, fleet.json; try: $vendctl dump --data $dir/replica-1 | head)"

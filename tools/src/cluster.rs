@@ -187,6 +187,7 @@ pub fn init(args: &ClusterArgs) -> Result<ClusterFile> {
     let mut replicas = Vec::new();
     for id in 1..=3u8 {
         let config = plan.config(id, cluster_id, &dir, args.transport);
+        link_keys(&config.data_dir)?;
         let path = dir.join(format!("replica-{id}.toml"));
         std::fs::write(&path, config.to_toml())
             .with_context(|| format!("writing {}", path.display()))?;
@@ -208,6 +209,22 @@ pub fn init(args: &ClusterArgs) -> Result<ClusterFile> {
     };
     file.save(&dir)?;
     Ok(file)
+}
+
+/// Links `DATA/keys` to the cluster's `keys`, so the log tools find the keys
+/// of a replica's data dir the same way they do for any other data dir.
+fn link_keys(data_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let link = data_dir.join("keys");
+    match std::fs::symlink_metadata(&link) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::os::unix::fs::symlink("../keys", &link)
+                .with_context(|| format!("linking {}", link.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("inspecting {}", link.display())),
+    }
 }
 
 /// The `vend-replica` binary built next to this `vendctl`.
