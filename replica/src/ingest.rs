@@ -15,7 +15,7 @@ use ledger::MachineId;
 use ledger::crypto::{NONCE_BYTES, SecretKey};
 use ledger::store::record::SignedEvent;
 use ledger::store::{APPEND_BATCH_MAX, Appended, EventRejection};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 pub type SessionId = u64;
 
@@ -122,7 +122,9 @@ fn redirect(
 }
 
 pub struct Ingest {
-    sessions: HashMap<SessionId, SessionState>,
+    /// Ordered, so what the sessions are sent does not depend on hashing
+    /// (the simulation replays a seed exactly).
+    sessions: BTreeMap<SessionId, SessionState>,
     /// Submissions since the last proposal, oldest first.
     pending: Vec<(SessionId, Vec<SignedEvent>)>,
     pending_events: usize,
@@ -138,7 +140,7 @@ impl Default for Ingest {
 impl Ingest {
     pub fn new() -> Ingest {
         Ingest {
-            sessions: HashMap::new(),
+            sessions: BTreeMap::new(),
             pending: Vec::new(),
             pending_events: 0,
             counters: IngestCounters::default(),
