@@ -84,13 +84,15 @@ pub enum Action {
         commit_gseq: u64,
         message: Message,
     },
-    /// Send the local records `from_gseq..=to_gseq` as Append datagrams.
+    /// Send the local records `from_gseq..=to_gseq` as Append datagrams
+    /// (as Catchup datagrams when `catchup` is set).
     Replicate {
         to: Target,
         from_gseq: u64,
         to_gseq: u64,
         epoch: u64,
         commit_gseq: u64,
+        catchup: Option<CatchupSource>,
     },
     PersistVote {
         epoch: u64,
@@ -123,6 +125,23 @@ pub enum Action {
         epoch: u64,
         leader: Option<NodeId>,
     },
+}
+
+/// What a candidate says about its log when it asks for a vote.
+#[derive(Clone, Copy, Debug)]
+struct Candidacy {
+    last_gseq: u64,
+    last_epoch: u64,
+    /// The candidate's commit (from the datagram header).
+    commit_gseq: u64,
+}
+
+/// The end of the log a catch-up comes from, which the receiver checks is
+/// more up to date than its own before taking anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CatchupSource {
+    pub last_gseq: u64,
+    pub last_epoch: u64,
 }
 
 /// A replica as the others know it.
@@ -223,6 +242,9 @@ pub struct Counters {
     pub conflicts_below_commit: u64,
     pub elections_started: u64,
     pub votes_granted: u64,
+    /// Records sent to a lagging candidate, and taken from a more up-to-date voter.
+    pub catchup_records_sent: u64,
+    pub catchup_records_taken: u64,
     pub write_failures: u64,
 }
 
@@ -283,6 +305,8 @@ pub struct Node {
     replay: ReplayGuard,
     /// After a failed write the node does not stand for election until then.
     stand_after_ms: u64,
+    /// When a catch-up was last sent to each candidate (rate limit).
+    catchup_sent_ms: BTreeMap<NodeId, u64>,
     counters: Counters,
 }
 
@@ -323,6 +347,7 @@ impl Node {
             nak: None,
             replay: ReplayGuard::default(),
             stand_after_ms: 0,
+            catchup_sent_ms: BTreeMap::new(),
             counters: Counters::default(),
             config,
         };
@@ -629,6 +654,7 @@ impl Node {
                 to_gseq: tip.gseq,
                 epoch: self.epoch,
                 commit_gseq: self.commit,
+                catchup: None,
             });
             self.streamed = tip.gseq;
         }
@@ -673,11 +699,15 @@ impl Node {
             self.counters.replayed_dropped += 1;
             return out;
         }
-        let is_pre_vote = matches!(
+        // Pre-votes and catch-ups carry no authority of an epoch (a catch-up
+        // is judged by how up to date its source log is), so they neither
+        // raise nor are fenced by the receiver's epoch: a candidate that
+        // moved to a newer epoch must still get a voter's records.
+        let outside_epochs = matches!(
             datagram.message,
-            Message::PreVoteRequest { .. } | Message::PreVoteReply { .. }
+            Message::PreVoteRequest { .. } | Message::PreVoteReply { .. } | Message::Catchup { .. }
         );
-        if !is_pre_vote {
+        if !outside_epochs {
             if datagram.epoch > self.epoch {
                 self.adopt_epoch(&mut out, datagram.epoch);
             } else if datagram.epoch < self.epoch {
@@ -709,7 +739,16 @@ impl Node {
             Message::VoteRequest {
                 last_gseq,
                 last_epoch,
-            } => self.on_vote_request(&mut out, sender, last_gseq, last_epoch, log),
+            } => self.on_vote_request(
+                &mut out,
+                sender,
+                Candidacy {
+                    last_gseq,
+                    last_epoch,
+                    commit_gseq: datagram.commit_gseq,
+                },
+                log,
+            ),
             Message::VoteReply { granted } => self.on_vote_reply(&mut out, sender, granted, log),
             Message::PreVoteRequest {
                 last_gseq,
@@ -718,13 +757,31 @@ impl Node {
                 &mut out,
                 sender,
                 datagram.epoch,
-                last_gseq,
-                last_epoch,
+                Candidacy {
+                    last_gseq,
+                    last_epoch,
+                    commit_gseq: datagram.commit_gseq,
+                },
                 log,
             ),
             Message::PreVoteReply { granted } => {
                 self.on_pre_vote_reply(&mut out, sender, datagram.epoch, granted, log)
             }
+            Message::Catchup {
+                first_gseq,
+                records,
+                last_gseq,
+                last_epoch,
+            } => self.on_catchup(
+                &mut out,
+                first_gseq,
+                records,
+                CatchupSource {
+                    last_gseq,
+                    last_epoch,
+                },
+                log,
+            ),
         }
         out
     }
@@ -1024,6 +1081,7 @@ impl Node {
                         to_gseq: to,
                         epoch: self.epoch,
                         commit_gseq: self.commit,
+                        catchup: None,
                     });
                 }
             }
@@ -1086,6 +1144,7 @@ impl Node {
             to_gseq: to,
             epoch: self.epoch,
             commit_gseq: self.commit,
+            catchup: None,
         });
     }
 
@@ -1100,14 +1159,16 @@ impl Node {
         &mut self,
         out: &mut Vec<Action>,
         sender: NodeId,
-        last_gseq: u64,
-        last_epoch: u64,
+        candidacy: Candidacy,
         log: &dyn LogView,
     ) {
         let free = self.voted_for.is_none_or(|v| v == sender);
-        let granted = self.role != Role::Primary
-            && free
-            && self.candidate_is_up_to_date(last_gseq, last_epoch, log);
+        let up_to_date =
+            self.candidate_is_up_to_date(candidacy.last_gseq, candidacy.last_epoch, log);
+        if !up_to_date {
+            self.send_catchup(out, sender, candidacy, log);
+        }
+        let granted = self.role != Role::Primary && free && up_to_date;
         if granted {
             self.voted_for = Some(sender);
             self.counters.votes_granted += 1;
@@ -1141,8 +1202,7 @@ impl Node {
         out: &mut Vec<Action>,
         sender: NodeId,
         proposed_epoch: u64,
-        last_gseq: u64,
-        last_epoch: u64,
+        candidacy: Candidacy,
         log: &dyn LogView,
     ) {
         // Grant only if we would vote for it in that epoch and we have not
@@ -1152,9 +1212,12 @@ impl Node {
             || self
                 .leader_heard_ms
                 .is_some_and(|at| self.now_ms < at + self.config.election_timeout_min_ms);
-        let granted = proposed_epoch > self.epoch
-            && !primary_alive
-            && self.candidate_is_up_to_date(last_gseq, last_epoch, log);
+        let up_to_date =
+            self.candidate_is_up_to_date(candidacy.last_gseq, candidacy.last_epoch, log);
+        if !up_to_date {
+            self.send_catchup(out, sender, candidacy, log);
+        }
+        let granted = proposed_epoch > self.epoch && !primary_alive && up_to_date;
         // A grant echoes the proposed epoch; a refusal carries ours, so a
         // candidate that fell behind in epochs catches up instead of
         // proposing a stale epoch forever.
@@ -1164,6 +1227,125 @@ impl Node {
             commit_gseq: self.commit,
             message: Message::PreVoteReply { granted },
         });
+    }
+
+    /// Sends a candidate whose log is behind ours the records it lacks,
+    /// from just after its commit (a committed prefix is common to every
+    /// log, so any divergence starts after it). Only while no primary is
+    /// alive, and at most once per heartbeat per candidate.
+    fn send_catchup(
+        &mut self,
+        out: &mut Vec<Action>,
+        candidate: NodeId,
+        candidacy: Candidacy,
+        log: &dyn LogView,
+    ) {
+        let primary_alive = self.role == Role::Primary
+            || self
+                .leader_heard_ms
+                .is_some_and(|at| self.now_ms < at + self.config.election_timeout_min_ms);
+        let recently = self
+            .catchup_sent_ms
+            .get(&candidate)
+            .is_some_and(|&at| self.now_ms < at + self.config.heartbeat_ms);
+        let tip = log.tip();
+        if primary_alive || recently || tip.gseq == 0 {
+            return;
+        }
+        let from = (candidacy.commit_gseq + 1)
+            .min(candidacy.last_gseq + 1)
+            .max(1);
+        if from > tip.gseq {
+            return;
+        }
+        let to = tip.gseq.min(from + RETRANSMIT_RECORDS_MAX - 1);
+        self.catchup_sent_ms.insert(candidate, self.now_ms);
+        self.counters.catchup_records_sent += to - from + 1;
+        out.push(Action::Replicate {
+            to: Target::Node(candidate),
+            from_gseq: from,
+            to_gseq: to,
+            epoch: self.epoch,
+            commit_gseq: self.commit,
+            catchup: Some(CatchupSource {
+                last_gseq: tip.gseq,
+                last_epoch: tip.epoch,
+            }),
+        });
+    }
+
+    /// Records from a voter with a more up-to-date log, while no primary is
+    /// alive. Where they differ from ours at the same gseq, ours are not
+    /// committed — a committed entry is in every log that is more up to
+    /// date than one holding it — so they go, never below our commit; the
+    /// rest extends our log so we can win the election.
+    fn on_catchup(
+        &mut self,
+        out: &mut Vec<Action>,
+        first_gseq: u64,
+        records: Vec<Vec<u8>>,
+        source: CatchupSource,
+        log: &dyn LogView,
+    ) {
+        let primary_alive = self.role == Role::Primary
+            || self
+                .leader_heard_ms
+                .is_some_and(|at| self.now_ms < at + self.config.election_timeout_min_ms);
+        let mut tip = log.tip();
+        if primary_alive || (source.last_epoch, source.last_gseq) <= (tip.epoch, tip.gseq) {
+            return;
+        }
+        let mut to_write = Vec::new();
+        for (gseq, record) in (first_gseq..).zip(records) {
+            let Ok(entry) = LogEntry::decode(&record) else {
+                self.counters.malformed_records_dropped += 1;
+                break;
+            };
+            if entry.body.gseq != gseq {
+                self.counters.malformed_records_dropped += 1;
+                break;
+            }
+            if gseq <= tip.gseq {
+                match log.entry_meta(gseq) {
+                    Some((hash, _)) if hash == entry.hash => continue,
+                    _ if !to_write.is_empty() => break,
+                    _ => {
+                        if !self.truncate(out, gseq - 1, log) {
+                            break;
+                        }
+                        tip = log_tip_after_truncate(log, gseq - 1);
+                    }
+                }
+            }
+            if gseq > tip.gseq + 1 {
+                // Datagrams arrive in any order: keep it for when the gap fills.
+                self.buffer(gseq, record);
+                continue;
+            }
+            if entry.prev_hash != tip.hash {
+                // Not connected to our log: the next catch-up starts earlier
+                // (at our commit) and finds where the logs part.
+                break;
+            }
+            tip = Tip {
+                gseq,
+                hash: entry.hash,
+                epoch: entry.body.epoch,
+            };
+            to_write.push(record);
+        }
+        self.drain_reorder(&mut tip, &mut to_write);
+        if !to_write.is_empty() {
+            self.counters.catchup_records_taken += to_write.len() as u64;
+            out.push(Action::AppendReplicated { records: to_write });
+        }
+        if tip.gseq >= source.last_gseq {
+            // Caught up with the voter: stand again soon rather than after
+            // a whole election timeout.
+            self.election_due_ms = self
+                .election_due_ms
+                .min(self.now_ms + self.config.heartbeat_ms);
+        }
     }
 
     fn on_pre_vote_reply(

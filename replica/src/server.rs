@@ -11,7 +11,7 @@ use crate::ingest::{Ingest, IngestAction, MachineIndex, SessionId, Standing};
 use crate::link::{FrameBuffer, Hello, decode_plain, encode_frame};
 use crate::node::{Action, LogView, Node, PersistedVote, Restart, Role, Target, Tip};
 use crate::transport::{DatagramSender, UdpSender, sender};
-use crate::wire::{Datagram, DatagramCodec, Message, NodeId, WireError, pack_records};
+use crate::wire::{Datagram, DatagramCodec, Message, NodeId, WireError, replication_messages};
 use dashboard::{FollowerStatus, ReplicaStatus, StatusSource};
 use ledger::crypto::Hash32;
 use ledger::keys::Keyring;
@@ -444,6 +444,7 @@ impl Core {
                 to_gseq,
                 epoch,
                 commit_gseq,
+                catchup,
             } => {
                 let count = usize::try_from(to_gseq + 1 - from_gseq).unwrap_or(usize::MAX);
                 let records: Vec<Vec<u8>> = self
@@ -453,7 +454,10 @@ impl Core {
                     .take(count)
                     .map(|item| item.map(|(_, record)| record))
                     .collect::<Result<_, _>>()?;
-                for message in pack_records(from_gseq, records, self.config.payload_bytes_max) {
+                let catchup = catchup.map(|c| (c.last_gseq, c.last_epoch));
+                for message in
+                    replication_messages(from_gseq, records, self.config.payload_bytes_max, catchup)
+                {
                     self.send(to, epoch, commit_gseq, message);
                 }
             }

@@ -75,6 +75,17 @@ pub enum Message {
     PreVoteReply {
         granted: bool,
     },
+    /// Records from a voter whose log is more up to date than a candidate's
+    /// (its last entry is `last_epoch`/`last_gseq`), sent while there is no
+    /// primary so the candidate can catch up and win: the sync replica never
+    /// stands, so without this a backup that missed the last entries the
+    /// sync holds could never be elected.
+    Catchup {
+        first_gseq: u64,
+        records: Vec<Vec<u8>>,
+        last_gseq: u64,
+        last_epoch: u64,
+    },
 }
 
 impl Message {
@@ -88,6 +99,7 @@ impl Message {
             Message::VoteReply { .. } => 6,
             Message::PreVoteRequest { .. } => 7,
             Message::PreVoteReply { .. } => 8,
+            Message::Catchup { .. } => 9,
         }
     }
 
@@ -101,6 +113,7 @@ impl Message {
             Message::VoteReply { .. } => "vote_reply",
             Message::PreVoteRequest { .. } => "pre_vote_request",
             Message::PreVoteReply { .. } => "pre_vote_reply",
+            Message::Catchup { .. } => "catchup",
         }
     }
 }
@@ -160,6 +173,14 @@ struct HashBody {
 }
 
 #[derive(Serialize, Deserialize)]
+struct CatchupBody<'a> {
+    #[serde(borrow)]
+    records: Vec<&'a serde_bytes::Bytes>,
+    last_gseq: u64,
+    last_epoch: u64,
+}
+
+#[derive(Serialize, Deserialize)]
 struct NakBody {
     from_gseq: u64,
     to_gseq: u64,
@@ -204,6 +225,20 @@ impl DatagramCodec {
                     records.iter().map(|r| serde_bytes::Bytes::new(r)).collect();
                 (*first_gseq, records.len(), to_msgpack(&wrapped))
             }
+            Message::Catchup {
+                first_gseq,
+                records,
+                last_gseq,
+                last_epoch,
+            } => (
+                *first_gseq,
+                records.len(),
+                to_msgpack(&CatchupBody {
+                    records: records.iter().map(|r| serde_bytes::Bytes::new(r)).collect(),
+                    last_gseq: *last_gseq,
+                    last_epoch: *last_epoch,
+                }),
+            ),
             Message::Heartbeat { tip_gseq, tip_hash } | Message::Ack { tip_gseq, tip_hash } => (
                 *tip_gseq,
                 0,
@@ -313,25 +348,43 @@ fn from_msgpack<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> 
     rmp_serde::from_slice(body).map_err(|e| WireError::Malformed(e.to_string()))
 }
 
+fn check_records(first_gseq: u64, count: usize, found: usize) -> Result<(), WireError> {
+    if found != count || count == 0 || count > RECORDS_PER_DATAGRAM_MAX {
+        return Err(WireError::Malformed(format!(
+            "header says {count} records, body has {found}"
+        )));
+    }
+    if first_gseq == 0 || first_gseq.checked_add(count as u64).is_none() {
+        return Err(WireError::Malformed("records out of gseq range".into()));
+    }
+    Ok(())
+}
+
 fn decode_body(kind: u8, first_gseq: u64, count: usize, body: &[u8]) -> Result<Message, WireError> {
     Ok(match kind {
         1 => {
             let records: Vec<serde_bytes::ByteBuf> = from_msgpack(body)?;
-            if records.len() != count || count == 0 || count > RECORDS_PER_DATAGRAM_MAX {
-                return Err(WireError::Malformed(format!(
-                    "header says {count} records, body has {}",
-                    records.len()
-                )));
-            }
-            if first_gseq == 0 || first_gseq.checked_add(count as u64).is_none() {
-                return Err(WireError::Malformed("records out of gseq range".into()));
-            }
+            check_records(first_gseq, count, records.len())?;
             Message::Append {
                 first_gseq,
                 records: records
                     .into_iter()
                     .map(serde_bytes::ByteBuf::into_vec)
                     .collect(),
+            }
+        }
+        9 => {
+            let CatchupBody {
+                records,
+                last_gseq,
+                last_epoch,
+            } = from_msgpack(body)?;
+            check_records(first_gseq, count, records.len())?;
+            Message::Catchup {
+                first_gseq,
+                records: records.into_iter().map(|r| r.to_vec()).collect(),
+                last_gseq,
+                last_epoch,
             }
         }
         2 | 3 => {
@@ -390,8 +443,9 @@ impl HeaderReader<'_> {
 
 /// Bytes the datagram adds around an Append body's records.
 const SEAL_AND_HEADER_BYTES: usize = HEADER_BYTES + ledger::crypto::SEAL_OVERHEAD_BYTES;
-/// MessagePack framing: array header (≤ 5) and a bin header per record (≤ 5).
-const ARRAY_HEADER_BYTES: usize = 5;
+/// MessagePack framing: array headers and the catch-up fields (≤ 32), and a
+/// bin header per record (≤ 5).
+const ARRAY_HEADER_BYTES: usize = 32;
 const BIN_HEADER_BYTES: usize = 5;
 
 /// Groups consecutive records into Append messages that fit `payload_bytes`.
@@ -427,6 +481,35 @@ pub fn pack_records(first_gseq: u64, records: Vec<Vec<u8>>, payload_bytes: usize
         });
     }
     out
+}
+
+/// The datagrams for records `first_gseq..`: Append messages, or Catchup
+/// messages carrying the end of the sender's log when `catchup` is set.
+pub fn replication_messages(
+    first_gseq: u64,
+    records: Vec<Vec<u8>>,
+    payload_bytes: usize,
+    catchup: Option<(u64, u64)>,
+) -> Vec<Message> {
+    let appends = pack_records(first_gseq, records, payload_bytes);
+    let Some((last_gseq, last_epoch)) = catchup else {
+        return appends;
+    };
+    appends
+        .into_iter()
+        .map(|message| match message {
+            Message::Append {
+                first_gseq,
+                records,
+            } => Message::Catchup {
+                first_gseq,
+                records,
+                last_gseq,
+                last_epoch,
+            },
+            other => other,
+        })
+        .collect()
 }
 
 /// Width of the window of recent packet numbers remembered per sender.

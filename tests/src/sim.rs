@@ -28,12 +28,28 @@ use replica::memlog::MemLog;
 use replica::node::{Action, LogView, Node, NodeConfig, PersistedVote, Restart, Role, Target};
 use replica::uplink::{LocalEvents, Uplink, UplinkAction};
 use replica::wire::{
-    Datagram, DatagramCodec, Message, NodeId, PAYLOAD_BYTES_DEFAULT, pack_records,
+    Datagram, DatagramCodec, Message, NodeId, PAYLOAD_BYTES_DEFAULT, replication_messages,
 };
 use std::collections::{BTreeMap, HashMap};
 
 /// Simulated time advances in steps of this many milliseconds.
 const STEP_MS: u64 = 5;
+/// After the faults stop, the primary is killed and kept down: another
+/// replica must be primary within this long.
+const FAILOVER_LIMIT_MS: u64 = 5_000;
+/// Before that kill, the link between the primary and the other replica
+/// that may stand is cut for this long while the fleet writes, so the
+/// sync replica holds entries the future primary lacks.
+const DRILL_CUT_MS: u64 = 400;
+
+/// The failover drill run once the faults stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drill {
+    Waiting,
+    Cutting { until_ms: u64, primary: NodeId },
+    Killed { at_ms: u64, primary: NodeId },
+    Done,
+}
 const REPLICAS: [NodeId; 3] = [1, 2, 3];
 const CLUSTER_ID: u32 = 77;
 
@@ -117,6 +133,9 @@ pub struct SimReport {
     pub datagrams_duplicated: u64,
     pub truncated_records: u64,
     pub naks: u64,
+    pub catchup_records: u64,
+    /// From killing the primary in the drill to a new primary's open epoch.
+    pub failover_ms: u64,
     pub converged_ms: u64,
 }
 
@@ -231,7 +250,9 @@ pub struct Simulation {
     codec: DatagramCodec,
     replicas: Vec<ReplicaSim>,
     machines: Vec<MachineSim>,
-    conns: HashMap<ConnId, Conn>,
+    /// Ordered: iteration order must not depend on hashing, or a seed
+    /// would not replay exactly.
+    conns: BTreeMap<ConnId, Conn>,
     next_conn: ConnId,
     queue: BTreeMap<(u64, u64), Delivery>,
     queue_seq: u64,
@@ -247,6 +268,7 @@ pub struct Simulation {
     violation: Option<Violation>,
     /// Print a status line every 500 ms (VENDLEDGER_SIM_TRACE=1).
     trace: bool,
+    drill: Drill,
 }
 
 fn node_config(id: NodeId) -> NodeConfig {
@@ -319,7 +341,7 @@ impl Simulation {
             keys,
             replicas,
             machines,
-            conns: HashMap::new(),
+            conns: BTreeMap::new(),
             next_conn: 1,
             queue: BTreeMap::new(),
             queue_seq: 0,
@@ -329,6 +351,7 @@ impl Simulation {
             primaries: BTreeMap::new(),
             violation: None,
             trace: std::env::var_os("VENDLEDGER_SIM_TRACE").is_some(),
+            drill: Drill::Waiting,
         }
     }
 
@@ -382,7 +405,7 @@ impl Simulation {
             if let Some(violation) = self.violation.take() {
                 return Err(violation);
             }
-            if !self.in_fault_phase() && self.converged() {
+            if self.drill == Drill::Done && self.converged() {
                 self.report.converged_ms = self.now_ms;
                 self.final_checks();
                 return match self.violation.take() {
@@ -406,7 +429,7 @@ impl Simulation {
             .iter()
             .map(|r| {
                 format!(
-                    "{}: alive={} role={:?} epoch={} vote={:?} tip={}/e{} commit={} leader={:?}",
+                    "{}: alive={} role={:?} epoch={} vote={:?} tip={}/e{} commit={} leader={:?} catchup={}/{}",
                     r.name,
                     r.alive,
                     r.node.role(),
@@ -415,7 +438,9 @@ impl Simulation {
                     r.log.tip().gseq,
                     r.log.tip().epoch,
                     r.node.commit_gseq(),
-                    r.node.leader()
+                    r.node.leader(),
+                    r.node.counters().catchup_records_sent,
+                    r.node.counters().catchup_records_taken
                 )
             })
             .collect();
@@ -442,6 +467,7 @@ impl Simulation {
         }
         self.heal_and_restart();
         self.inject_faults();
+        self.run_drill();
         self.deliver_due();
         self.generate_events();
         for index in 0..self.replicas.len() {
@@ -465,7 +491,9 @@ impl Simulation {
     fn heal_and_restart(&mut self) {
         let now = self.now_ms;
         let fault_phase = self.in_fault_phase();
-        self.cuts.retain(|_, until| fault_phase && *until > now);
+        let drilling = matches!(self.drill, Drill::Cutting { .. });
+        self.cuts
+            .retain(|_, until| (fault_phase || drilling) && *until > now);
         self.isolated.retain(|_, until| fault_phase && *until > now);
         for index in 0..self.replicas.len() {
             let due = self.replicas[index]
@@ -529,6 +557,75 @@ impl Simulation {
         }
     }
 
+    /// Once the faults stop: cut the primary from the other replica that
+    /// may stand while the fleet writes, kill the primary and keep it down,
+    /// and require a new primary within `FAILOVER_LIMIT_MS`.
+    fn run_drill(&mut self) {
+        if self.in_fault_phase() {
+            return;
+        }
+        match self.drill {
+            Drill::Waiting => {
+                let all_alive = self.replicas.iter().all(|r| r.alive);
+                let primary = self
+                    .replicas
+                    .iter()
+                    .find(|r| r.node.accepts_writes())
+                    .map(|r| r.id);
+                if let (true, Some(primary)) = (all_alive, primary) {
+                    let other = REPLICAS
+                        .iter()
+                        .copied()
+                        .find(|&id| id != primary && replica::node::standard_priority(id) > 0)
+                        .expect("two replicas may stand");
+                    self.cuts
+                        .insert((primary.min(other), primary.max(other)), u64::MAX);
+                    self.drill = Drill::Cutting {
+                        until_ms: self.now_ms + DRILL_CUT_MS,
+                        primary,
+                    };
+                }
+            }
+            Drill::Cutting { until_ms, primary } => {
+                // The fleet keeps selling during the cut.
+                if self.rng.random_bool(0.2) {
+                    let machine = self.rng.random_range(0..self.machines.len());
+                    self.generate_for(machine);
+                }
+                if self.now_ms >= until_ms {
+                    self.cuts.clear();
+                    let index = Self::replica_index(primary);
+                    if self.replicas[index].alive {
+                        self.crash_replica(index);
+                    }
+                    self.replicas[index].restart_at_ms = None;
+                    self.drill = Drill::Killed {
+                        at_ms: self.now_ms,
+                        primary,
+                    };
+                }
+            }
+            Drill::Killed { at_ms, primary } => {
+                if self
+                    .replicas
+                    .iter()
+                    .any(|r| r.id != primary && r.node.accepts_writes())
+                {
+                    self.report.failover_ms = self.now_ms - at_ms;
+                    self.restart_replica(Self::replica_index(primary));
+                    self.drill = Drill::Done;
+                } else if self.now_ms > at_ms + FAILOVER_LIMIT_MS {
+                    let status = self.status_line();
+                    self.violate(
+                        "a new primary takes over when the primary dies",
+                        format!("no primary {FAILOVER_LIMIT_MS} ms after replica-{primary} was killed: {status}"),
+                    );
+                }
+            }
+            Drill::Done => {}
+        }
+    }
+
     fn crash_replica(&mut self, index: usize) {
         self.report.replica_crashes += 1;
         let replica = &mut self.replicas[index];
@@ -542,6 +639,8 @@ impl Simulation {
         let seed = self.rng.random();
         let now = self.now_ms;
         let replica = &mut self.replicas[index];
+        // Counters live in the process; keep what the old one did.
+        self.report.catchup_records += replica.node.counters().catchup_records_taken;
         replica.restart_at_ms = None;
         replica.alive = true;
         replica.incarnation += 1;
@@ -856,20 +955,29 @@ impl Simulation {
     fn generate_events(&mut self) {
         for index in 0..self.machines.len() {
             let target = self.config.events_per_machine;
-            let m = &mut self.machines[index];
+            let m = &self.machines[index];
             if !m.alive || m.events.len() as u64 >= target || !self.rng.random_bool(0.05) {
                 continue;
             }
-            let decided = m.sim.step();
-            self.report.events += decided.len() as u64;
-            m.events
-                .extend(decided.into_iter().map(|(_, signed)| signed));
-            let actions = {
-                let m = &mut self.machines[index];
-                m.uplink.on_local_append(&Local(&m.events))
-            };
-            self.machine_actions(index, actions);
+            self.generate_for(index);
         }
+    }
+
+    /// One decision of one machine: recorded locally, then shipped.
+    fn generate_for(&mut self, index: usize) {
+        let m = &mut self.machines[index];
+        if !m.alive {
+            return;
+        }
+        let decided = m.sim.step();
+        self.report.events += decided.len() as u64;
+        m.events
+            .extend(decided.into_iter().map(|(_, signed)| signed));
+        let actions = {
+            let m = &mut self.machines[index];
+            m.uplink.on_local_append(&Local(&m.events))
+        };
+        self.machine_actions(index, actions);
     }
 
     fn propose(&mut self, index: usize) {
@@ -921,9 +1029,13 @@ impl Simulation {
                 to_gseq,
                 epoch,
                 commit_gseq,
+                catchup,
             } => {
                 let records = self.replicas[index].log.records(from_gseq, to_gseq);
-                for message in pack_records(from_gseq, records, PAYLOAD_BYTES_DEFAULT) {
+                let catchup = catchup.map(|c| (c.last_gseq, c.last_epoch));
+                for message in
+                    replication_messages(from_gseq, records, PAYLOAD_BYTES_DEFAULT, catchup)
+                {
                     self.send_datagram(index, to, epoch, commit_gseq, message);
                 }
             }
@@ -1157,6 +1269,11 @@ impl Simulation {
             .iter()
             .map(|r| r.node.counters().records_truncated)
             .sum();
+        self.report.catchup_records += self
+            .replicas
+            .iter()
+            .map(|r| r.node.counters().catchup_records_taken)
+            .sum::<u64>();
         self.report.naks = self
             .replicas
             .iter()

@@ -40,7 +40,7 @@ fn thousands_of_seeds_keep_every_invariant() {
     let ok: Vec<&SimReport> = reports.iter().filter_map(|r| r.as_ref().ok()).collect();
     let sum = |f: fn(&SimReport) -> u64| ok.iter().map(|r| f(r)).sum::<u64>();
     eprintln!(
-        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-batch), {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs",
+        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-batch), {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs, {} records caught up from a voter; drill failover worst {} ms, mean {} ms",
         reports.len(),
         started.elapsed().as_secs_f64(),
         sum(|r| r.events),
@@ -55,6 +55,9 @@ fn thousands_of_seeds_keep_every_invariant() {
         sum(|r| r.datagrams_duplicated),
         sum(|r| r.truncated_records),
         sum(|r| r.naks),
+        sum(|r| r.catchup_records),
+        ok.iter().map(|r| r.failover_ms).max().unwrap_or(0),
+        sum(|r| r.failover_ms) / (ok.len() as u64).max(1),
     );
     for failure in failures.iter().take(20) {
         eprintln!("FAILED {failure}");
@@ -74,5 +77,9 @@ fn thousands_of_seeds_keep_every_invariant() {
         assert!(sum(|r| r.datagrams_dropped) > 0);
         assert!(sum(|r| r.truncated_records) > 0);
         assert!(sum(|r| r.epochs) > count);
+        assert!(
+            sum(|r| r.catchup_records) > 0,
+            "the drill must exercise catch-up from a voter"
+        );
     }
 }

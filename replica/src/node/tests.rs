@@ -91,7 +91,8 @@ fn elected_primary() -> (Node, MemLog) {
             from_gseq: 1,
             to_gseq: 1,
             epoch: 1,
-            commit_gseq: 0
+            commit_gseq: 0,
+            catchup: None,
         }]
     );
     assert!(node.accepts_writes());
@@ -259,7 +260,8 @@ fn commit_needs_one_follower_and_an_entry_of_this_epoch() {
             from_gseq: 2,
             to_gseq: 4,
             epoch: 1,
-            commit_gseq: 0
+            commit_gseq: 0,
+            catchup: None,
         }]
     );
     let (hash_3, _) = log.entry_meta(3).unwrap();
@@ -301,7 +303,8 @@ fn commit_needs_one_follower_and_an_entry_of_this_epoch() {
             from_gseq: 4,
             to_gseq: 4,
             epoch: 1,
-            commit_gseq: 3
+            commit_gseq: 3,
+            catchup: None,
         }]
     );
     assert_eq!(primary.commit_gseq(), 3);
@@ -545,4 +548,143 @@ fn a_primary_that_hears_nobody_steps_down() {
     }
     assert!(stepped_down);
     assert!(primary.propose(Vec::new()).is_err());
+}
+
+/// The primary dies after the sync replica (never stands) stored entries the
+/// backup lacks: the sync refuses the backup's vote as it must, but sends it
+/// the missing records, and then the backup is up to date and can win.
+#[test]
+fn a_voter_with_more_entries_catches_a_lagging_candidate_up() {
+    let (mut primary, mut full) = elected_primary();
+    let (events, keys) = machine_events(6);
+    primary.propose(events.clone()).unwrap();
+    full.append_events(1, 0, &events, &keys);
+    // The sync (node 2) has all 7 records; the backup (node 3) only 1-3.
+    let mut sync = Node::new(config(2), Restart::default(), 11, 0);
+    let sync_log = full.clone();
+    let mut backup = Node::new(config(3), Restart::default(), 12, 0);
+    let mut backup_log = MemLog::new();
+    backup_log
+        .append_replicated(&full.records(1, 3), &keys)
+        .unwrap();
+
+    let ask = |packet_seq, last_gseq, commit_gseq| {
+        datagram(
+            3,
+            2,
+            packet_seq,
+            commit_gseq,
+            Message::PreVoteRequest {
+                last_gseq,
+                last_epoch: 1,
+            },
+        )
+    };
+    let actions = sync.receive(5_000, ask(1, 3, 1), &sync_log);
+    assert_eq!(
+        sends(&actions),
+        [(Target::Node(3), Message::PreVoteReply { granted: false })]
+    );
+    let source = CatchupSource {
+        last_gseq: 7,
+        last_epoch: 1,
+    };
+    assert!(actions.contains(&Action::Replicate {
+        to: Target::Node(3),
+        from_gseq: 2,
+        to_gseq: 7,
+        epoch: 0,
+        commit_gseq: 0,
+        catchup: Some(source),
+    }));
+    // Asked again within a heartbeat: no second copy.
+    let again = sync.receive(5_001, ask(2, 3, 1), &sync_log);
+    assert!(!again.iter().any(|a| matches!(a, Action::Replicate { .. })));
+
+    // The backup takes 4-7 (2-3 it already holds, same hashes).
+    let catchup = |packet_seq, first_gseq: u64, records| {
+        datagram(
+            2,
+            0,
+            packet_seq,
+            0,
+            Message::Catchup {
+                first_gseq,
+                records,
+                last_gseq: source.last_gseq,
+                last_epoch: source.last_epoch,
+            },
+        )
+    };
+    // Out of order first: 6-7 wait in the reorder buffer for 2-5.
+    let actions = backup.receive(5_002, catchup(3, 6, full.records(6, 7)), &backup_log);
+    assert!(actions.is_empty(), "{actions:?}");
+    let actions = backup.receive(5_003, catchup(4, 2, full.records(2, 5)), &backup_log);
+    assert_eq!(
+        actions,
+        [Action::AppendReplicated {
+            records: full.records(4, 7)
+        }]
+    );
+    backup_log
+        .append_replicated(&full.records(4, 7), &keys)
+        .unwrap();
+    assert_eq!(backup.counters().catchup_records_taken, 4);
+
+    // Now up to date, the backup gets the sync's pre-vote.
+    let actions = sync.receive(5_100, ask(3, 7, 1), &sync_log);
+    assert_eq!(
+        sends(&actions),
+        [(Target::Node(3), Message::PreVoteReply { granted: true })]
+    );
+}
+
+#[test]
+fn a_catchup_is_ignored_while_a_primary_is_alive_or_from_a_shorter_log() {
+    let (mut primary, mut full) = elected_primary();
+    let (events, keys) = machine_events(4);
+    primary.propose(events.clone()).unwrap();
+    full.append_events(1, 0, &events, &keys);
+    let mut node = Node::new(config(3), Restart::default(), 13, 0);
+    let mut log = MemLog::new();
+    log.append_replicated(&full.records(1, 2), &keys).unwrap();
+    let catchup = |packet_seq, last_gseq| {
+        datagram(
+            2,
+            0,
+            packet_seq,
+            0,
+            Message::Catchup {
+                first_gseq: 3,
+                records: full.records(3, 5),
+                last_gseq,
+                last_epoch: 1,
+            },
+        )
+    };
+    // A source that claims no more than we hold is not worth taking.
+    assert!(node.receive(10, catchup(1, 2), &log).is_empty());
+    // A live primary streams to us itself: a voter's copy is not needed.
+    node.receive(
+        20,
+        datagram(
+            1,
+            1,
+            1,
+            2,
+            Message::Heartbeat {
+                tip_gseq: 2,
+                tip_hash: log.entry_meta(2).unwrap().0,
+            },
+        ),
+        &log,
+    );
+    let actions = node.receive(30, catchup(2, 5), &log);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::AppendReplicated { .. })),
+        "{actions:?}"
+    );
+    assert_eq!(node.counters().catchup_records_taken, 0);
 }

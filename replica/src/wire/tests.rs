@@ -45,6 +45,12 @@ fn every_message() -> Vec<Message> {
             last_epoch: 5,
         },
         Message::PreVoteReply { granted: false },
+        Message::Catchup {
+            first_gseq: 40,
+            records: vec![vec![5; 300], vec![6]],
+            last_gseq: 90,
+            last_epoch: 3,
+        },
     ]
 }
 
@@ -151,7 +157,7 @@ proptest! {
     }
 
     #[test]
-    fn decoding_mutated_valid_datagrams_never_panics(index in 0usize..8, at in any::<prop::sample::Index>(), value in any::<u8>()) {
+    fn decoding_mutated_valid_datagrams_never_panics(index in 0usize..9, at in any::<prop::sample::Index>(), value in any::<u8>()) {
         let codec = codec();
         let mut bytes = codec.encode(&datagram(every_message().swap_remove(index)));
         let at = at.index(bytes.len());
