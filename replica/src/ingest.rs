@@ -24,10 +24,6 @@ pub const SESSIONS_MAX: usize = 4_096;
 /// Most events waiting for the next group commit; a session submitting
 /// beyond that is asked to resend later.
 pub const PENDING_EVENTS_MAX: usize = APPEND_BATCH_MAX / 2;
-/// How far back a committed mark is searched (the uncommitted window is far
-/// smaller in practice).
-const COMMITTED_SEARCH_STEPS_MAX: u64 = 1_000_000;
-
 /// The link keys of provisioned machines.
 pub trait LinkKeys {
     fn link_key(&self, machine: &MachineId) -> Option<SecretKey>;
@@ -47,23 +43,27 @@ pub trait MachineIndex {
 }
 
 /// The highest seq of `machine` whose entry is at or below `commit`.
+///
+/// A machine's entries are logged in seq order, so their gseqs increase
+/// with seq: a binary search over the stream finds the mark in about 20
+/// index reads even with thousands of uncommitted events (this runs for
+/// every open session whenever the commit advances). A seq missing from
+/// the index counts as uncommitted, which can only delay an ack.
 pub fn committed_seq(index: &dyn MachineIndex, machine: &MachineId, commit: u64) -> u64 {
-    let (mut seq, gseq) = index.machine_head(machine);
-    if gseq <= commit {
-        return seq;
+    let (head_seq, head_gseq) = index.machine_head(machine);
+    if head_gseq <= commit {
+        return head_seq;
     }
-    for _ in 0..COMMITTED_SEARCH_STEPS_MAX {
-        if seq <= 1 {
-            return 0;
-        }
-        seq -= 1;
-        match index.gseq_of(machine, seq) {
-            Some(gseq) if gseq <= commit => return seq,
-            Some(_) => {}
-            None => return 0,
+    // Invariant: `low` is committed (0 stands for none), `high` is not.
+    let (mut low, mut high) = (0u64, head_seq);
+    while high - low > 1 {
+        let middle = low + (high - low) / 2;
+        match index.gseq_of(machine, middle) {
+            Some(gseq) if gseq <= commit => low = middle,
+            _ => high = middle,
         }
     }
-    0
+    low
 }
 
 /// Where the node stands, as the link needs to know it.
@@ -444,5 +444,37 @@ impl Ingest {
             self.close(&mut out, session, "no longer the primary".into());
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One machine whose seqs 1..=n were logged at gseq 3·seq (interleaved
+    /// with other machines' entries).
+    struct Interleaved(u64);
+
+    impl MachineIndex for Interleaved {
+        fn machine_head(&self, _: &MachineId) -> (u64, u64) {
+            (self.0, 3 * self.0)
+        }
+        fn gseq_of(&self, _: &MachineId, seq: u64) -> Option<u64> {
+            (1..=self.0).contains(&seq).then_some(3 * seq)
+        }
+    }
+
+    #[test]
+    fn the_committed_mark_is_the_last_seq_at_or_below_the_commit() {
+        let machine = MachineId::numbered(1);
+        let index = Interleaved(10_000);
+        assert_eq!(committed_seq(&index, &machine, 0), 0);
+        assert_eq!(committed_seq(&index, &machine, 2), 0);
+        assert_eq!(committed_seq(&index, &machine, 3), 1);
+        assert_eq!(committed_seq(&index, &machine, 3_001), 1_000);
+        assert_eq!(committed_seq(&index, &machine, 29_999), 9_999);
+        assert_eq!(committed_seq(&index, &machine, 30_000), 10_000);
+        assert_eq!(committed_seq(&index, &machine, u64::MAX), 10_000);
+        assert_eq!(committed_seq(&Interleaved(0), &machine, 5), 0);
     }
 }
