@@ -43,6 +43,7 @@ fn open(dir: &Path, keyring: &Keyring) -> LogStore {
         OpenOptions {
             create: true,
             segment_entries: 256,
+            ..OpenOptions::default()
         },
     )
     .expect("store opens")

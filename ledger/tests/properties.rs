@@ -258,7 +258,7 @@ proptest! {
         let machine = MachineId::numbered(1);
         let keys = SingleMachineKey::new(machine.clone(), &machine_key);
         let mut sim = SimMachine::new(machine, &machine_key, 5, SIMULATION_START_MS);
-        let mut store = LogStore::open(&dir.path().join("log"), &store_key, OpenOptions { create: true, segment_entries: 16 }).unwrap();
+        let mut store = LogStore::open(&dir.path().join("log"), &store_key, OpenOptions { create: true, segment_entries: 16, ..OpenOptions::default() }).unwrap();
         for size in batches {
             let mut events = Vec::new();
             while events.len() < size {

@@ -61,6 +61,12 @@ pub struct ReplicaConfig {
     pub nak_delay_ms: u64,
     #[serde(default = "default_nak_backoff_max_ms")]
     pub nak_backoff_max_ms: u64,
+    /// Fault injection for loss drills and benchmarks: drop this share (0
+    /// to 50 percent) of received replication datagrams at random, before
+    /// they are decoded, as a lossy network would. Counted in the status
+    /// as `injected_loss`. Keep it 0 in production.
+    #[serde(default)]
+    pub drop_received_percent: u8,
     /// The other replicas.
     pub peers: Vec<PeerConfig>,
 }
@@ -171,6 +177,9 @@ impl ReplicaConfig {
         {
             return invalid("election timeouts must exceed two heartbeats and min < max".into());
         }
+        if self.drop_received_percent > 50 {
+            return invalid("drop_received_percent must be 0 to 50".into());
+        }
         if self.transport == TransportKind::Raw && self.raw_source().ip().is_unspecified() {
             return invalid(
                 "the raw transport needs raw_source (or a specific replication_listen address)"
@@ -276,6 +285,7 @@ impl LocalClusterPlan {
             election_timeout_max_ms: default_election_max_ms(),
             nak_delay_ms: default_nak_delay_ms(),
             nak_backoff_max_ms: default_nak_backoff_max_ms(),
+            drop_received_percent: 0,
             peers: [1u8, 2, 3]
                 .into_iter()
                 .filter(|&peer| peer != id)

@@ -18,6 +18,7 @@ use ledger::keys::Keyring;
 use ledger::store::record::LogEntry;
 use ledger::store::{OpenOptions, StoreError};
 use ledger::{Ledger, MachineId};
+use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +34,8 @@ pub const INPUT_QUEUE_MAX: usize = 16_384;
 pub const SESSION_WRITE_QUEUE_FRAMES: usize = 1_024;
 /// Inputs handled per core iteration before time is checked again.
 const INPUTS_PER_ROUND_MAX: usize = 4_096;
+/// Requested size of the replication socket's receive buffer.
+const RECEIVE_BUFFER_BYTES: usize = 4 << 20;
 /// The core's clock resolution.
 const TICK_MS: u64 = 5;
 /// The commit hint is saved at most this often.
@@ -182,6 +185,10 @@ struct Core {
     commit_saved: u64,
     commit_saved_at_ms: u64,
     rejected: BTreeMap<&'static str, u64>,
+    receive_drops: Arc<ReceiveDrops>,
+    /// Everything to send this round, held until the round's writes are
+    /// synced (`flush_round`).
+    outbox: Vec<Outgoing>,
     /// The primary's tip as last heard (for the follower's lag).
     primary_tip: u64,
     shutdown: bool,
@@ -193,8 +200,10 @@ impl Core {
         let cluster_key = keyring.cluster_key(true)?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(io_error(format!("creating {}", config.data_dir.display())))?;
+        // One fsync per round of inputs, not per write: see `flush_round`.
         let options = OpenOptions {
             create: true,
+            deferred_sync: true,
             ..OpenOptions::default()
         };
         let ledger = Ledger::open(&config.log_dir(), keyring.store_key(), options)?;
@@ -240,10 +249,31 @@ impl Core {
             commit_saved: commit_hint,
             commit_saved_at_ms: 0,
             rejected: BTreeMap::new(),
+            receive_drops: Arc::default(),
+            outbox: Vec::new(),
             primary_tip: 0,
             shutdown: false,
             config,
         })
+    }
+
+    /// Datagrams dropped before the protocol saw them, by reason.
+    fn datagrams_rejected(&self) -> Vec<(String, u64)> {
+        let mut rejected: Vec<(String, u64)> = self
+            .rejected
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        for (reason, counter) in [
+            ("injected_loss", &self.receive_drops.injected),
+            ("queue_full", &self.receive_drops.queue_full),
+        ] {
+            let count = counter.load(Ordering::Relaxed);
+            if count > 0 {
+                rejected.push((reason.to_owned(), count));
+            }
+        }
+        rejected
     }
 
     fn now_ms(&self) -> u64 {
@@ -278,8 +308,10 @@ impl Core {
                 self.save_commit_hint(false);
                 next_tick = now + TICK_MS;
             }
+            self.flush_round();
         }
         self.save_commit_hint(true);
+        self.flush_round();
         if let Err(e) = self.ledger.checkpoint() {
             tracing::warn!(error = %e, "could not checkpoint the projection at shutdown");
         }
@@ -385,21 +417,13 @@ impl Core {
     fn ingest_actions(&mut self, actions: Vec<IngestAction>) {
         for action in actions {
             match action {
-                IngestAction::Send { session, payload } => {
-                    let delivered = self
-                        .sessions
-                        .get(&session)
-                        .is_some_and(|writer| writer.try_send(encode_frame(&payload)).is_ok());
-                    if !delivered {
-                        // Gone or too slow: drop it; the machine reconnects.
-                        self.sessions.remove(&session);
-                        self.ingest.disconnected(session);
-                    }
-                }
+                IngestAction::Send { session, payload } => self.outbox.push(Outgoing::Frame {
+                    session,
+                    frame: encode_frame(&payload),
+                }),
                 IngestAction::Close { session, reason } => {
                     tracing::debug!(session, reason = %reason, "closing a machine session");
-                    // Dropping the writer lets it flush what is queued, then close.
-                    self.sessions.remove(&session);
+                    self.outbox.push(Outgoing::Close { session });
                 }
             }
         }
@@ -593,10 +617,47 @@ impl Core {
                 message: message.clone(),
             };
             let bytes = self.codec.encode(&datagram);
-            if let Err(error) = self.sender.send(destination, &bytes) {
-                // A lost datagram is repaired by the protocol (NAKs,
-                // heartbeats); log and go on.
-                tracing::debug!(%destination, error = %error, "datagram not sent");
+            self.outbox.push(Outgoing::Datagram { destination, bytes });
+        }
+    }
+
+    /// Ends a round: one fsync makes every write of the round durable, and
+    /// only then does anything leave — acknowledgements, votes, records,
+    /// machine frames — so nothing outside ever depends on a write that a
+    /// crash could take back. If the sync fails nothing is sent.
+    fn flush_round(&mut self) {
+        if let Err(error) = self.ledger.store().sync_deferred() {
+            tracing::error!(replica = %self.config.name, error = %error, "syncing the round's writes failed; sending nothing");
+            self.outbox.clear();
+            let follow_up = self.node.on_write_failed();
+            self.cache = MetaCache::default();
+            self.execute(follow_up, &[]);
+            return;
+        }
+        for outgoing in std::mem::take(&mut self.outbox) {
+            match outgoing {
+                Outgoing::Datagram { destination, bytes } => {
+                    if let Err(error) = self.sender.send(destination, &bytes) {
+                        // A lost datagram is repaired by the protocol (NAKs,
+                        // heartbeats); log and go on.
+                        tracing::debug!(%destination, error = %error, "datagram not sent");
+                    }
+                }
+                Outgoing::Frame { session, frame } => {
+                    let delivered = self
+                        .sessions
+                        .get(&session)
+                        .is_some_and(|writer| writer.try_send(frame).is_ok());
+                    if !delivered {
+                        // Gone or too slow: drop it; the machine reconnects.
+                        self.sessions.remove(&session);
+                        self.ingest.disconnected(session);
+                    }
+                }
+                Outgoing::Close { session } => {
+                    // Dropping the writer lets it flush what is queued, then close.
+                    self.sessions.remove(&session);
+                }
             }
         }
     }
@@ -657,11 +718,7 @@ impl Core {
             naks_received: counters.naks_received,
             records_retransmitted: counters.records_retransmitted,
             datagrams_received: counters.datagrams_received,
-            datagrams_rejected: self
-                .rejected
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), *v))
-                .collect(),
+            datagrams_rejected: self.datagrams_rejected(),
             datagrams_replayed: counters.replayed_dropped,
             datagrams_stale_epoch: counters.stale_epoch_dropped,
             elections_started: counters.elections_started,
@@ -768,12 +825,19 @@ pub fn start(config: ReplicaConfig) -> Result<ReplicaHandle, ServerError> {
     )))?;
     udp.set_read_timeout(Some(Duration::from_millis(100)))
         .map_err(io_error("setting the UDP read timeout"))?;
+    // Room for a full flow-control window of datagrams and then some; the
+    // kernel caps it at net.core.rmem_max.
+    if let Err(error) = socket2::SockRef::from(&udp).set_recv_buffer_size(RECEIVE_BUFFER_BYTES) {
+        tracing::warn!(error = %error, "could not enlarge the UDP receive buffer");
+    }
+    let drops = core.receive_drops.clone();
+    let drop_percent = config.drop_received_percent;
     let udp_thread = {
         let inputs = inputs.clone();
         let stopping = stopping.clone();
         std::thread::Builder::new()
             .name("udp-receive".into())
-            .spawn(move || receive_datagrams(&udp, &inputs, &stopping))
+            .spawn(move || receive_datagrams(&udp, &inputs, &stopping, drop_percent, &drops))
             .map_err(io_error("starting the UDP thread"))?
     };
 
@@ -825,13 +889,51 @@ pub fn start(config: ReplicaConfig) -> Result<ReplicaHandle, ServerError> {
     })
 }
 
+/// What a round sends, once its writes are durable.
+enum Outgoing {
+    Datagram {
+        destination: SocketAddrV4,
+        bytes: Vec<u8>,
+    },
+    Frame {
+        session: SessionId,
+        frame: Vec<u8>,
+    },
+    Close {
+        session: SessionId,
+    },
+}
+
+/// Datagrams the receiving thread dropped before the core saw them.
+#[derive(Default)]
+struct ReceiveDrops {
+    /// By `drop_received_percent` (fault injection).
+    injected: AtomicU64,
+    /// Because the core's input queue was full (the sender repairs them
+    /// like any other loss).
+    queue_full: AtomicU64,
+}
+
 /// The receiving half of both transports: an ordinary UDP socket.
-fn receive_datagrams(socket: &UdpSocket, inputs: &SyncSender<Input>, stopping: &AtomicBool) {
+fn receive_datagrams(
+    socket: &UdpSocket,
+    inputs: &SyncSender<Input>,
+    stopping: &AtomicBool,
+    drop_percent: u8,
+    drops: &ReceiveDrops,
+) {
     let mut buffer = vec![0u8; crate::wire::PAYLOAD_BYTES_MAX + 1];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(rand::random());
     while !stopping.load(Ordering::SeqCst) {
         match socket.recv_from(&mut buffer) {
+            Ok(_) if drop_percent > 0 && rng.random_range(0..100u8) < drop_percent => {
+                drops.injected.fetch_add(1, Ordering::Relaxed);
+            }
             Ok((length, _)) => match inputs.try_send(Input::Datagram(buffer[..length].to_vec())) {
-                Ok(()) | Err(TrySendError::Full(_)) => {}
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    drops.queue_full.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(TrySendError::Disconnected(_)) => return,
             },
             Err(e)

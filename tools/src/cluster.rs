@@ -27,6 +27,10 @@ pub struct ClusterArgs {
     /// Ports: machines on P+1..3, replication on P+11..13, status on P+21..23.
     #[arg(long, default_value_t = 7100)]
     pub base_port: u16,
+    /// Loss drills: each replica drops this percentage (0-50) of the
+    /// replication datagrams it receives, as a lossy network would.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=50))]
+    pub drop_received_percent: u8,
 }
 
 #[derive(clap::Subcommand)]
@@ -186,7 +190,8 @@ pub fn init(args: &ClusterArgs) -> Result<ClusterFile> {
     };
     let mut replicas = Vec::new();
     for id in 1..=3u8 {
-        let config = plan.config(id, cluster_id, &dir, args.transport);
+        let mut config = plan.config(id, cluster_id, &dir, args.transport);
+        config.drop_received_percent = args.drop_received_percent;
         link_keys(&config.data_dir)?;
         let path = dir.join(format!("replica-{id}.toml"));
         std::fs::write(&path, config.to_toml())

@@ -12,7 +12,9 @@
 //!
 //! Every append is one `WriteBatch` written with `sync = true` (group
 //! commit): the entries, their index rows and the new heads land together or
-//! not at all, so a crash never exposes half a batch.
+//! not at all, so a crash never exposes half a batch. A replica opens its
+//! store with `deferred_sync` to commit many batches with one fsync
+//! (`sync_deferred`) before anything that depends on them leaves it.
 //!
 //! Log values are chunks of up to [`CHUNK_ENTRIES_MAX`] consecutive records
 //! (`u32 LE length ++ record`, repeated) sealed with XChaCha20-Poly1305 under
@@ -39,6 +41,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const CF_LOG: &str = "log";
 const CF_MACHINE_SEQ: &str = "machine_seq";
@@ -178,6 +181,12 @@ pub struct AppendOutcome {
 pub struct OpenOptions {
     pub create: bool,
     pub segment_entries: u64,
+    /// Group commit across writes: each write goes to RocksDB's WAL
+    /// without an fsync, and `sync_deferred` syncs them all at once. The
+    /// owner must let nothing that depends on a write leave the process
+    /// (an acknowledgement, a vote) before `sync_deferred` returns. A crash
+    /// before it loses a suffix of whole writes, never part of one.
+    pub deferred_sync: bool,
 }
 
 impl Default for OpenOptions {
@@ -185,6 +194,7 @@ impl Default for OpenOptions {
         OpenOptions {
             create: false,
             segment_entries: SEGMENT_ENTRIES_DEFAULT,
+            deferred_sync: false,
         }
     }
 }
@@ -197,6 +207,9 @@ pub struct LogStore {
     head: Head,
     machine_heads: HashMap<MachineId, MachineHead>,
     open_segment: SegmentSummary,
+    deferred_sync: bool,
+    /// Writes since the last sync (with `deferred_sync`).
+    unsynced: AtomicBool,
 }
 
 fn gseq_key(gseq: u64) -> [u8; 8] {
@@ -267,6 +280,8 @@ impl LogStore {
             head: Head::default(),
             machine_heads: HashMap::new(),
             open_segment: SegmentSummary::default(),
+            deferred_sync: options.deferred_sync,
+            unsynced: AtomicBool::new(false),
         };
         store.load_meta()?;
         Ok(store)
@@ -346,10 +361,28 @@ impl LogStore {
             })
     }
 
+    /// Writes a batch atomically and durably — or, with `deferred_sync`,
+    /// atomically now and durably at the next `sync_deferred`.
     fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut options = WriteOptions::default();
-        options.set_sync(true);
+        options.set_sync(!self.deferred_sync);
         self.db.write_opt(batch, &options)?;
+        if self.deferred_sync {
+            self.unsynced.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable (one fsync of the WAL). A no-op
+    /// when nothing was written since the last sync, or without
+    /// `deferred_sync` (then every write was synced as it was made).
+    pub fn sync_deferred(&self) -> Result<(), StoreError> {
+        if self.unsynced.swap(false, Ordering::AcqRel)
+            && let Err(error) = self.db.flush_wal(true)
+        {
+            self.unsynced.store(true, Ordering::Release);
+            return Err(error.into());
+        }
         Ok(())
     }
 

@@ -34,6 +34,7 @@ impl Fixture {
             OpenOptions {
                 create: true,
                 segment_entries,
+                ..OpenOptions::default()
             },
         )
         .unwrap()
@@ -93,6 +94,38 @@ fn appends_reads_back_and_survives_reopen() {
         assert_eq!(pair[1].prev_hash, pair[0].hash);
     }
     assert_eq!(store.gseq_of(&fx.machine, 7).unwrap(), Some(7));
+}
+
+#[test]
+fn deferred_sync_commits_many_writes_with_one_sync() {
+    let fx = Fixture::new();
+    let events = fx.events(12);
+    let head = {
+        let mut store = LogStore::open(
+            &fx.path,
+            &fx.store_key,
+            OpenOptions {
+                create: true,
+                deferred_sync: true,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        for chunk in events.chunks(3) {
+            store.append_events(1, 5, chunk, &fx.keys()).unwrap();
+        }
+        store.put_app_meta("vote", &7u64).unwrap();
+        assert!(store.unsynced.load(Ordering::Acquire));
+        store.sync_deferred().unwrap();
+        assert!(!store.unsynced.load(Ordering::Acquire));
+        // Nothing written since: no second fsync.
+        store.sync_deferred().unwrap();
+        store.head()
+    };
+    let store = fx.open();
+    assert_eq!(store.head(), head);
+    assert_eq!(store.head().gseq, 12);
+    assert_eq!(store.app_meta::<u64>("vote").unwrap(), Some(7));
 }
 
 #[test]
@@ -322,6 +355,7 @@ fn a_follower_replicating_records_ends_with_identical_hashes() {
         OpenOptions {
             create: true,
             segment_entries: 4,
+            ..OpenOptions::default()
         },
     )
     .unwrap();
@@ -405,6 +439,7 @@ fn epoch_markers_open_epochs_replicate_and_verify() {
         OpenOptions {
             create: true,
             segment_entries: 4,
+            ..OpenOptions::default()
         },
     )
     .unwrap();
