@@ -41,6 +41,11 @@ pub const REORDER_RECORDS_MAX: usize = 8_192;
 pub const NAK_RECORDS_MAX: u64 = 4_096;
 /// Most records retransmitted for one NAK or mismatched acknowledgement.
 pub const RETRANSMIT_RECORDS_MAX: u64 = 4_096;
+/// Most records the primary streams beyond what the most advanced follower
+/// acknowledged: flow control, so a burst of writes cannot overrun the
+/// followers' receive buffers (which would turn into a storm of NAKs and
+/// retransmissions, and lost heartbeats). The rest follows as acks return.
+pub const STREAM_WINDOW_RECORDS: u64 = 2_048;
 
 /// The end of a log: its last entry's gseq, hash and epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -481,15 +486,19 @@ impl Node {
             return;
         }
         if self.now_ms >= self.heartbeat_due_ms {
+            self.stream(out, log);
+            // The tip as streamed so far: records held back by the flow
+            // control window are not a lost tail for followers to NAK.
             let tip = log.tip();
-            self.send(
-                out,
-                Target::All,
-                Message::Heartbeat {
-                    tip_gseq: tip.gseq,
-                    tip_hash: tip.hash,
-                },
-            );
+            let (tip_gseq, tip_hash) = if self.streamed < tip.gseq {
+                match log.entry_meta(self.streamed) {
+                    Some((hash, _)) => (self.streamed, hash),
+                    None => (tip.gseq, tip.hash),
+                }
+            } else {
+                (tip.gseq, tip.hash)
+            };
+            self.send(out, Target::All, Message::Heartbeat { tip_gseq, tip_hash });
             self.heartbeat_due_ms = self.now_ms + self.config.heartbeat_ms;
         }
     }
@@ -647,18 +656,33 @@ impl Node {
         if self.epoch_start_gseq.is_none() && tip.epoch == self.epoch {
             self.epoch_start_gseq = Some(tip.gseq);
         }
-        if tip.gseq > self.streamed {
+        self.stream(&mut out, log);
+        out
+    }
+
+    /// Primary: streams new records to every follower, as far as the flow
+    /// control window allows.
+    fn stream(&mut self, out: &mut Vec<Action>, log: &dyn LogView) {
+        let tip = log.tip().gseq;
+        let acknowledged = self
+            .progress
+            .values()
+            .map(|p| p.match_gseq)
+            .max()
+            .unwrap_or(0);
+        let in_flight = self.streamed.saturating_sub(acknowledged);
+        let to = tip.min(self.streamed + STREAM_WINDOW_RECORDS.saturating_sub(in_flight));
+        if to > self.streamed {
             out.push(Action::Replicate {
                 to: Target::All,
                 from_gseq: self.streamed + 1,
-                to_gseq: tip.gseq,
+                to_gseq: to,
                 epoch: self.epoch,
                 commit_gseq: self.commit,
                 catchup: None,
             });
-            self.streamed = tip.gseq;
+            self.streamed = to;
         }
-        out
     }
 
     /// The shell could not execute a write. The node re-reads its tip; a
@@ -1062,6 +1086,7 @@ impl Node {
         if matches {
             // A follower behind the tip NAKs what it misses by itself.
             progress.match_gseq = progress.match_gseq.max(tip_gseq);
+            self.stream(out, log);
         } else {
             // The follower holds a suffix this log does not: resend from
             // where the logs may still agree, at most once per heartbeat, so
