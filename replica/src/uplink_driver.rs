@@ -88,9 +88,9 @@ struct Connection {
 
 /// Runs the uplink until stopped. Reports go to `reports` (bounded; when
 /// the machine does not read them, state updates are dropped first).
-pub async fn run_uplink(
+pub async fn run_uplink<L: LocalEvents>(
     mut uplink: Uplink,
-    local: LocalLedger,
+    local: L,
     appended: Arc<tokio::sync::Notify>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     reports: tokio::sync::mpsc::Sender<UplinkReport>,
@@ -166,11 +166,11 @@ pub async fn run_uplink(
     uplink.stats().clone()
 }
 
-fn frames_in(
+fn frames_in<L: LocalEvents>(
     uplink: &mut Uplink,
     connection: &mut Option<Connection>,
     bytes: &[u8],
-    local: &LocalLedger,
+    local: &L,
     now_ms: u64,
 ) -> Vec<UplinkAction> {
     let Some(conn) = connection.as_mut() else {
@@ -246,9 +246,9 @@ async fn execute(
 }
 
 /// Starts an uplink on the current tokio runtime.
-pub fn spawn_uplink(
+pub fn spawn_uplink<L: LocalEvents + Send + 'static>(
     uplink: Uplink,
-    local: LocalLedger,
+    local: L,
     reports: tokio::sync::mpsc::Sender<UplinkReport>,
 ) -> (UplinkControl, tokio::task::JoinHandle<UplinkStats>) {
     let appended = Arc::new(tokio::sync::Notify::new());

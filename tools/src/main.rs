@@ -1,6 +1,7 @@
 //! `vendctl`: the operator's command line for vendledger.
 
 mod bench;
+mod bench_replication;
 mod cluster;
 mod dump;
 mod fleet;
@@ -50,6 +51,9 @@ enum Commands {
     Status(cluster::StatusArgs),
     /// Measure durable append and replay throughput.
     Bench(bench::Args),
+    /// Measure a local cluster: committed events/s, ack latency, follower
+    /// lag, throughput under datagram loss, failover time.
+    BenchReplication(bench_replication::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Commands::Cluster(command) => cluster::run(command),
         Commands::Status(args) => cluster::status(args),
         Commands::Bench(args) => bench::run(args),
+        Commands::BenchReplication(args) => bench_replication::run(args),
     };
     match result {
         Ok(code) => code,

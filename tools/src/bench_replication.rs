@@ -1,0 +1,622 @@
+//! `vendctl bench-replication`: what a local three-replica cluster does
+//! under a fleet that is not itself the bottleneck.
+//!
+//! `vendctl simulate --cluster` runs every machine's rules and fsyncs each
+//! decision into the machine's own ledger, as a real machine does, so it
+//! measures the machines. Here the events are generated up front and held
+//! in memory: each machine's uplink (the real one, over the real link)
+//! ships them as fast as the primary acknowledges, or at a fixed rate.
+//! Four runs, each on a fresh cluster of `vend-replica` processes:
+//!
+//! - saturated, no loss: committed events/s, follower lag;
+//! - paced, no loss: ack latency (event released to the uplink → committed
+//!   acknowledgement back at the machine), p50/p99/max;
+//! - saturated, each replica dropping a share of received datagrams:
+//!   committed events/s as a fraction of the loss-free run;
+//! - paced, with the primary SIGKILLed halfway: time from the kill to the
+//!   first acknowledgement from the new primary.
+
+use crate::cluster::{ClusterArgs, ClusterFile, fetch_status, init, replica_binary, spawn_replica};
+use crate::say;
+use anyhow::{Context, Result, bail};
+use ledger::MachineId;
+use ledger::crypto::{LINK_KEY_CONTEXT, SecretKey};
+use ledger::keys::Keyring;
+use ledger::store::record::SignedEvent;
+use ledger::workload::{SIMULATION_START_MS, SimMachine};
+use replica::transport::TransportKind;
+use replica::uplink::{LinkState, LocalEvents, Uplink};
+use replica::uplink_driver::{UplinkReport, spawn_uplink};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitCode};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Simulated machines, each with its own uplink connection.
+    #[arg(long, default_value_t = 20)]
+    machines: u32,
+    /// Events per saturated run (shared among the machines).
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// Offered load of the paced runs, events/s over the whole fleet.
+    #[arg(long, default_value_t = 4_000)]
+    rate: u64,
+    /// Length of each paced run.
+    #[arg(long, default_value_t = 10)]
+    paced_seconds: u64,
+    /// Share of received datagrams each replica drops in the loss run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=50))]
+    loss_percent: u8,
+    /// Replication transport of the clusters.
+    #[arg(long, default_value = "udp")]
+    transport: TransportKind,
+    /// First port of the clusters (each uses 30 from here).
+    #[arg(long, default_value_t = 7300)]
+    base_port: u16,
+    /// Where to put the clusters (default: a temporary directory, removed after).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Give up on a run after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
+    /// Keep the clusters' directories (replica logs, data) for inspection.
+    #[arg(long)]
+    keep: bool,
+    /// Print JSON instead of lines for people.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How a run feeds the machines' uplinks.
+#[derive(Clone, Copy)]
+enum Load {
+    /// Every event is available at the start.
+    Saturated,
+    /// Events become available at this many per second over the fleet.
+    Paced { rate: u64 },
+}
+
+#[derive(Serialize, Default)]
+struct Run {
+    name: String,
+    drop_received_percent: u8,
+    events: u64,
+    seconds: f64,
+    committed_events_per_second: f64,
+    ack_latency_ms_p50: f64,
+    ack_latency_ms_p99: f64,
+    ack_latency_ms_max: f64,
+    /// Entries the slower follower was behind the primary's tip, sampled
+    /// every 100 ms while the run lasted.
+    follower_lag_mean: f64,
+    follower_lag_max: u64,
+    /// After the last acknowledgement, until both followers held the tip.
+    followers_caught_up_ms: f64,
+    naks_sent: u64,
+    records_retransmitted: u64,
+    datagrams_dropped_by_injection: u64,
+    events_resent: u64,
+    failover_ms: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Figures {
+    cores: usize,
+    machines: u32,
+    transport: String,
+    runs: Vec<Run>,
+    loss_throughput_fraction: f64,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    if args.machines == 0 || args.events < u64::from(args.machines) || args.rate == 0 {
+        bail!("nothing to measure: give at least one event per machine and a rate");
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("vendctl-bench-replication-")
+        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    // Dropping the guard removes the clusters; --keep (or a failed run's
+    // message naming its logs) wants them kept.
+    let (_guard, root) = if args.keep {
+        let root = scratch.keep();
+        eprintln!("clusters in {}", root.display());
+        (None, root)
+    } else {
+        let root = scratch.path().to_owned();
+        (Some(scratch), root)
+    };
+    let binary = replica_binary()?;
+    let paced_events = args.rate * args.paced_seconds;
+    let per_machine = args
+        .events
+        .max(paced_events)
+        .div_ceil(u64::from(args.machines));
+    eprintln!(
+        "generating {} events per machine for {} machines...",
+        per_machine, args.machines
+    );
+    let fleet = generate(args.machines, per_machine);
+    let plans = [
+        ("saturated", 0, Load::Saturated, args.events, false),
+        (
+            "paced",
+            0,
+            Load::Paced { rate: args.rate },
+            paced_events,
+            false,
+        ),
+        (
+            "saturated with loss",
+            args.loss_percent,
+            Load::Saturated,
+            args.events,
+            false,
+        ),
+        (
+            "paced, primary killed",
+            0,
+            Load::Paced { rate: args.rate },
+            paced_events,
+            true,
+        ),
+    ];
+    let mut runs = Vec::new();
+    for (index, (name, loss, load, events, kill)) in plans.into_iter().enumerate() {
+        let dir = root.join(format!("run-{}", index + 1));
+        eprintln!("{name}: {events} events, {loss}% datagrams dropped per receiver...");
+        let cluster = ClusterArgs {
+            dir: dir.clone(),
+            transport: args.transport,
+            base_port: args.base_port,
+            drop_received_percent: loss,
+        };
+        let mut run = measure(
+            &cluster,
+            &binary,
+            &fleet,
+            load,
+            events,
+            kill,
+            Duration::from_secs(args.timeout_s),
+        )
+        .with_context(|| format!("run {name:?} (logs in {})", dir.display()))?;
+        run.name = name.to_owned();
+        runs.push(run);
+    }
+    let loss_throughput_fraction =
+        runs[2].committed_events_per_second / runs[0].committed_events_per_second;
+    let figures = Figures {
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
+        machines: args.machines,
+        transport: args.transport.to_string(),
+        runs,
+        loss_throughput_fraction,
+    };
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&figures)?);
+    } else {
+        print_figures(&figures);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_figures(figures: &Figures) {
+    say!(
+        "{} machines over the real link, {} transport, {} cores",
+        figures.machines,
+        figures.transport,
+        figures.cores
+    );
+    for run in &figures.runs {
+        say!(
+            "{:<22} {:>7} events in {:>6.2}s: {:>8.0} committed events/s; ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+             follower lag mean {:.0}, max {}; followers complete {:.0} ms after the last ack; \
+             NAKs {}, retransmitted {}, injected drops {}, resent {}{}",
+            run.name,
+            run.events,
+            run.seconds,
+            run.committed_events_per_second,
+            run.ack_latency_ms_p50,
+            run.ack_latency_ms_p99,
+            run.ack_latency_ms_max,
+            run.follower_lag_mean,
+            run.follower_lag_max,
+            run.followers_caught_up_ms,
+            run.naks_sent,
+            run.records_retransmitted,
+            run.datagrams_dropped_by_injection,
+            run.events_resent,
+            run.failover_ms
+                .map(|ms| format!("; failover {ms:.0} ms"))
+                .unwrap_or_default()
+        );
+    }
+    say!(
+        "throughput with loss: {:.1}% of loss-free",
+        figures.loss_throughput_fraction * 100.0
+    );
+}
+
+/// Each machine's events, generated through the real rules.
+struct FleetEvents {
+    machines: Vec<(MachineId, SecretKey, Arc<Vec<SignedEvent>>)>,
+}
+
+fn generate(machines: u32, per_machine: u64) -> FleetEvents {
+    let machines = (1..=machines)
+        .map(|n| {
+            let id = MachineId::numbered(n);
+            let key = SecretKey::generate();
+            let mut sim = SimMachine::new(id.clone(), &key, u64::from(n), SIMULATION_START_MS);
+            let mut events = Vec::new();
+            while (events.len() as u64) < per_machine {
+                events.extend(sim.step().into_iter().map(|(_, signed)| signed));
+            }
+            (id, key, Arc::new(events))
+        })
+        .collect();
+    FleetEvents { machines }
+}
+
+/// A machine's events held in memory; `released` of them are "stored
+/// locally" and may be shipped.
+#[derive(Clone)]
+struct MemoryEvents {
+    events: Arc<Vec<SignedEvent>>,
+    released: Arc<AtomicU64>,
+}
+
+impl LocalEvents for MemoryEvents {
+    fn local_tip(&self) -> u64 {
+        self.released.load(Ordering::Acquire)
+    }
+
+    fn events_from(&self, from: u64, max: usize) -> Vec<SignedEvent> {
+        let tip = self.local_tip();
+        let start = usize::try_from(from.max(1) - 1).unwrap_or(usize::MAX);
+        let end = usize::try_from(tip).unwrap_or(usize::MAX);
+        if start >= end {
+            return Vec::new();
+        }
+        self.events[start..end.min(start + max)].to_vec()
+    }
+}
+
+/// What the load reports about one machine.
+#[derive(Default)]
+struct MachineResult {
+    latencies_us: Vec<u64>,
+    resent: u64,
+    /// First acknowledgement after the kill that came from another primary.
+    failover_ack: Option<Instant>,
+}
+
+/// The local cluster of one run; its processes are killed when dropped.
+struct LocalCluster {
+    file: ClusterFile,
+    children: Vec<Child>,
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl LocalCluster {
+    fn start(args: &ClusterArgs, binary: &Path, fleet: &FleetEvents) -> Result<LocalCluster> {
+        let file = init(args)?;
+        let keyring = Keyring::open(&file.keys_dir, false)?;
+        for (id, key, _) in &fleet.machines {
+            key.save_new(&keyring.machine_key_path(id))?;
+        }
+        let mut cluster = LocalCluster {
+            children: Vec::new(),
+            file,
+        };
+        for replica in &cluster.file.replicas {
+            let log = args.dir.join(format!("{}.log", replica.id));
+            cluster
+                .children
+                .push(spawn_replica(binary, &replica.config, &log)?);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cluster.primary(true).is_none() {
+            if Instant::now() > deadline {
+                bail!("no primary was elected within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(cluster)
+    }
+
+    /// The dashboard address of the replica that is primary now; with
+    /// `epoch_open`, only once its epoch marker is committed.
+    fn primary(&self, epoch_open: bool) -> Option<String> {
+        self.file.replicas.iter().find_map(|replica| {
+            let status = fetch_status(&replica.dashboard).ok()?;
+            let open = status.tip > 0 && status.commit > 0;
+            (status.role == "primary" && (open || !epoch_open)).then(|| replica.dashboard.clone())
+        })
+    }
+
+    fn statuses(&self) -> Vec<dashboard::ReplicaStatus> {
+        self.file
+            .replicas
+            .iter()
+            .filter_map(|replica| fetch_status(&replica.dashboard).ok())
+            .collect()
+    }
+}
+
+fn measure(
+    args: &ClusterArgs,
+    binary: &Path,
+    fleet: &FleetEvents,
+    load: Load,
+    events: u64,
+    kill_primary: bool,
+    timeout: Duration,
+) -> Result<Run> {
+    let mut cluster = LocalCluster::start(args, binary, fleet)?;
+    let addresses = cluster.file.machine_addresses();
+    let machines = fleet.machines.len() as u64;
+    let per_machine = events.div_ceil(machines);
+    let lag = LagSampler::start(cluster.file.clone());
+    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let loads: Vec<_> = fleet
+        .machines
+        .iter()
+        .map(|(id, key, events)| {
+            let uplink = Uplink::new(
+                id.clone(),
+                key.derive(LINK_KEY_CONTEXT),
+                addresses.clone(),
+                0,
+            );
+            let local = MemoryEvents {
+                events: events.clone(),
+                released: Arc::new(AtomicU64::new(0)),
+            };
+            let rate = match load {
+                Load::Saturated => None,
+                Load::Paced { rate } => Some(rate as f64 / machines as f64),
+            };
+            drive(
+                uplink,
+                local,
+                per_machine,
+                rate,
+                killed_at.clone(),
+                deadline,
+            )
+        })
+        .collect();
+    let killer = kill_primary.then(|| {
+        let half = match load {
+            Load::Paced { rate } => Duration::from_secs_f64(events as f64 / rate as f64 / 2.0),
+            Load::Saturated => Duration::from_secs(2),
+        };
+        (half, killed_at.clone())
+    });
+    let results: Vec<Result<MachineResult>> = runtime.block_on(async {
+        let tasks: Vec<_> = loads.into_iter().map(tokio::spawn).collect();
+        if let Some((after, killed_at)) = killer {
+            tokio::time::sleep(after).await;
+            let primary = tokio::task::block_in_place(|| cluster.primary(false));
+            if let Some(dashboard) = primary {
+                let replica = cluster
+                    .file
+                    .replicas
+                    .iter()
+                    .position(|r| r.dashboard == dashboard)
+                    .expect("the primary is one of ours");
+                let _ = cluster.children[replica].kill();
+                *killed_at.lock().expect("not poisoned") = Some(Instant::now());
+            }
+        }
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.map_err(anyhow::Error::from).and_then(|r| r));
+        }
+        results
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let last_ack = Instant::now();
+    let mut latencies = Vec::new();
+    let mut resent = 0;
+    let mut failover_ack: Option<Instant> = None;
+    for result in results {
+        let result = result?;
+        latencies.extend(result.latencies_us);
+        resent += result.resent;
+        failover_ack = match (failover_ack, result.failover_ack) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    let (lag_mean, lag_max) = lag.stop();
+    // Both followers hold everything (a killed primary is not waited for).
+    let tip = cluster.statuses().iter().map(|s| s.tip).max().unwrap_or(0);
+    while cluster.statuses().iter().filter(|s| s.tip < tip).count() > 0 {
+        if Instant::now() > deadline {
+            bail!("the followers did not reach the primary's tip {tip}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let followers_caught_up_ms = last_ack.elapsed().as_secs_f64() * 1_000.0;
+    let statuses = cluster.statuses();
+    let sum = |f: fn(&dashboard::ReplicaStatus) -> u64| statuses.iter().map(f).sum::<u64>();
+    latencies.sort_unstable();
+    let percentile = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let index = ((latencies.len() - 1) as f64 * p).round() as usize;
+        latencies[index] as f64 / 1_000.0
+    };
+    let failover_ms = killed_at
+        .lock()
+        .expect("not poisoned")
+        .as_ref()
+        .zip(failover_ack)
+        .map(|(killed, ack)| ack.duration_since(*killed).as_secs_f64() * 1_000.0);
+    if kill_primary && failover_ms.is_none() {
+        bail!("the primary was killed but no other replica acknowledged writes");
+    }
+    cluster.children.iter_mut().for_each(|c| {
+        let _ = c.kill();
+    });
+    Ok(Run {
+        name: String::new(),
+        drop_received_percent: args.drop_received_percent,
+        events: per_machine * machines,
+        seconds,
+        committed_events_per_second: (per_machine * machines) as f64 / seconds,
+        ack_latency_ms_p50: percentile(0.5),
+        ack_latency_ms_p99: percentile(0.99),
+        ack_latency_ms_max: percentile(1.0),
+        follower_lag_mean: lag_mean,
+        follower_lag_max: lag_max,
+        followers_caught_up_ms,
+        naks_sent: sum(|s| s.naks_sent),
+        records_retransmitted: sum(|s| s.records_retransmitted),
+        datagrams_dropped_by_injection: statuses
+            .iter()
+            .flat_map(|s| &s.datagrams_rejected)
+            .filter(|(reason, _)| reason == "injected_loss")
+            .map(|(_, count)| count)
+            .sum(),
+        events_resent: resent,
+        failover_ms,
+    })
+}
+
+/// Feeds one machine's uplink and records when each event was released
+/// and when it came back acknowledged.
+async fn drive(
+    uplink: Uplink,
+    local: MemoryEvents,
+    total: u64,
+    rate_per_machine: Option<f64>,
+    killed_at: Arc<Mutex<Option<Instant>>>,
+    deadline: Instant,
+) -> Result<MachineResult> {
+    let total = total.min(local.events.len() as u64);
+    let (reports_tx, mut reports) = tokio::sync::mpsc::channel::<UplinkReport>(1_024);
+    let released_at: Vec<Instant> = Vec::with_capacity(total as usize);
+    let mut released_at = released_at;
+    let started = Instant::now();
+    let release_to = |count: u64, released_at: &mut Vec<Instant>| {
+        let now = Instant::now();
+        while (released_at.len() as u64) < count {
+            released_at.push(now);
+        }
+        local.released.store(count, Ordering::Release);
+    };
+    if rate_per_machine.is_none() {
+        release_to(total, &mut released_at);
+    }
+    let (control, task) = spawn_uplink(uplink, local.clone(), reports_tx);
+    control.appended.notify_one();
+    let mut result = MachineResult::default();
+    let mut acked = 0u64;
+    let mut reconnected_since_kill = false;
+    let mut ticker = tokio::time::interval(Duration::from_millis(5));
+    while acked < total {
+        if Instant::now() > deadline {
+            let _ = control.stop.send(true);
+            bail!("{acked} of {total} events acknowledged when the time ran out");
+        }
+        tokio::select! {
+            _ = ticker.tick() => {
+                if let Some(rate) = rate_per_machine {
+                    let due = ((started.elapsed().as_secs_f64() * rate) as u64).min(total);
+                    if due > released_at.len() as u64 {
+                        release_to(due, &mut released_at);
+                        control.appended.notify_one();
+                    }
+                }
+            }
+            Some(report) = reports.recv() => match report {
+                UplinkReport::Acknowledged(seq) if seq > acked => {
+                    let now = Instant::now();
+                    let seq = seq.min(released_at.len() as u64);
+                    for at in &released_at[acked as usize..seq as usize] {
+                        result.latencies_us.push(now.duration_since(*at).as_micros() as u64);
+                    }
+                    acked = seq;
+                    if reconnected_since_kill && result.failover_ack.is_none() {
+                        result.failover_ack = Some(now);
+                    }
+                }
+                UplinkReport::State { state, stats, .. } => {
+                    result.resent = stats.events_resent;
+                    // The link to the killed primary broke: the next
+                    // acknowledgement comes from its successor.
+                    if state != LinkState::Online && killed_at.lock().expect("not poisoned").is_some() {
+                        reconnected_since_kill = true;
+                    }
+                }
+                UplinkReport::Acknowledged(_) | UplinkReport::Remote(_) => {}
+            },
+        }
+    }
+    let _ = control.stop.send(true);
+    let stats = task.await?;
+    result.resent = stats.events_resent;
+    Ok(result)
+}
+
+/// Polls the primary's status every 100 ms for its followers' lag.
+struct LagSampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl LagSampler {
+    fn start(file: ClusterFile) -> LagSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !stopping.load(Ordering::Relaxed) {
+                let lag = file.replicas.iter().find_map(|replica| {
+                    let status = fetch_status(&replica.dashboard).ok()?;
+                    (status.role == "primary")
+                        .then(|| status.followers.iter().map(|f| f.lag).max().unwrap_or(0))
+                });
+                samples.extend(lag);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            samples
+        });
+        LagSampler { stop, thread }
+    }
+
+    /// Mean and maximum of the samples.
+    fn stop(self) -> (f64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let samples = self.thread.join().unwrap_or_default();
+        let max = samples.iter().copied().max().unwrap_or(0);
+        let mean = if samples.is_empty() {
+            0.0
+        } else {
+            samples.iter().sum::<u64>() as f64 / samples.len() as f64
+        };
+        (mean, max)
+    }
+}
