@@ -27,6 +27,10 @@ pub const SILENCE_TIMEOUT_MS: u64 = 3_000;
 pub const PING_INTERVAL_MS: u64 = 1_000;
 /// A connection attempt or handshake that takes longer is abandoned.
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// After the primary asks for a resend (it is busy, or saw a gap), wait
+/// this long or for its next acknowledgement before sending again, so an
+/// overloaded primary is not answered with the same events at once.
+pub const RESEND_PAUSE_MS: u64 = 50;
 
 /// Where the uplink reads the machine's own events.
 pub trait LocalEvents {
@@ -90,6 +94,8 @@ pub struct UplinkStats {
     pub redirects: u64,
     /// Events sent again after a reconnect or a resend request.
     pub events_resent: u64,
+    /// Times the primary asked for a resend (busy, or a gap).
+    pub resend_requests: u64,
     pub events_sent: u64,
     pub protocol_errors: u64,
 }
@@ -109,6 +115,8 @@ pub struct Uplink {
     next_address: usize,
     /// The address of the primary that last welcomed us.
     primary: Option<String>,
+    /// After a resend request: send nothing until then (or the next ack).
+    paused_until_ms: Option<u64>,
     stats: UplinkStats,
 }
 
@@ -135,6 +143,7 @@ impl Uplink {
             delay_ms: RECONNECT_DELAY_MIN_MS,
             next_address: 0,
             primary: None,
+            paused_until_ms: None,
             stats: UplinkStats::default(),
         }
     }
@@ -159,9 +168,13 @@ impl Uplink {
         self.primary.as_deref()
     }
 
-    /// Time passed: reconnects, keepalives, timeouts.
-    pub fn tick(&mut self, now_ms: u64) -> Vec<UplinkAction> {
+    /// Time passed: reconnects, keepalives, timeouts, the end of a pause.
+    pub fn tick(&mut self, now_ms: u64, local: &dyn LocalEvents) -> Vec<UplinkAction> {
         let mut out = Vec::new();
+        if self.paused_until_ms.is_some_and(|until| now_ms >= until) {
+            self.paused_until_ms = None;
+            self.pump(&mut out, local);
+        }
         match &mut self.state {
             State::Idle { retry_at_ms } if now_ms >= *retry_at_ms => {
                 let address = self.next_address % self.addresses.len();
@@ -219,6 +232,7 @@ impl Uplink {
         };
         self.delay_ms = (self.delay_ms * 2).min(RECONNECT_DELAY_MAX_MS);
         self.sent = self.acked;
+        self.paused_until_ms = None;
     }
 
     /// The TCP connection is up: say hello with a fresh nonce.
@@ -333,11 +347,13 @@ impl Uplink {
             }
             Downstream::Ack { committed_seq } => {
                 self.learn_acked(out, committed_seq);
+                self.paused_until_ms = None;
                 self.pump(out, local);
             }
             Downstream::Resend { resend_from, .. } => {
                 self.sent = resend_from.saturating_sub(1).max(self.acked);
-                self.pump(out, local);
+                self.stats.resend_requests += 1;
+                self.paused_until_ms = Some(now_ms + RESEND_PAUSE_MS);
             }
             Downstream::Redirect { primary } => {
                 self.stats.redirects += 1;
@@ -379,6 +395,9 @@ impl Uplink {
         let State::Open { channel, .. } = &mut self.state else {
             return;
         };
+        if self.paused_until_ms.is_some() {
+            return;
+        }
         let tip = local.local_tip();
         while self.sent < tip && self.sent - self.acked < IN_FLIGHT_EVENTS_MAX {
             let room = usize::try_from(IN_FLIGHT_EVENTS_MAX - (self.sent - self.acked))

@@ -112,7 +112,7 @@ pub async fn run_uplink<L: LocalEvents>(
     loop {
         let actions = tokio::select! {
             _ = stop.changed() => break,
-            _ = ticker.tick() => uplink.tick(now_ms()),
+            _ = ticker.tick() => uplink.tick(now_ms(), &local),
             () = appended.notified() => uplink.on_local_append(&local),
             result = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
                 connecting = None;

@@ -482,7 +482,10 @@ impl Simulation {
         }
         for index in 0..self.machines.len() {
             if self.machines[index].alive {
-                let actions = self.machines[index].uplink.tick(self.now_ms);
+                let actions = {
+                    let m = &mut self.machines[index];
+                    m.uplink.tick(self.now_ms, &Local(&m.events))
+                };
                 self.machine_actions(index, actions);
             }
         }
