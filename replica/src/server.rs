@@ -189,6 +189,11 @@ struct Core {
     /// Everything to send this round, held until the round's writes are
     /// synced (`flush_round`).
     outbox: Vec<Outgoing>,
+    /// Where this round's last acknowledgement to each peer sits in the
+    /// outbox: acks are cumulative, so a newer one replaces it.
+    acks_queued: HashMap<SocketAddrV4, usize>,
+    /// A commit advance not yet announced to the machines.
+    commit_to_announce: Option<u64>,
     /// The primary's tip as last heard (for the follower's lag).
     primary_tip: u64,
     shutdown: bool,
@@ -251,6 +256,8 @@ impl Core {
             rejected: BTreeMap::new(),
             receive_drops: Arc::default(),
             outbox: Vec::new(),
+            acks_queued: HashMap::new(),
+            commit_to_announce: None,
             primary_tip: 0,
             shutdown: false,
             config,
@@ -526,14 +533,9 @@ impl Core {
                 tracing::warn!(replica = %self.config.name, to_gseq = gseq, removed, "truncated an uncommitted suffix");
             }
             Action::CommitAdvanced { commit_gseq } => {
-                let frames = self.ingest.on_commit(
-                    commit_gseq,
-                    &View {
-                        ledger: &self.ledger,
-                        cache: &self.cache,
-                    },
-                );
-                self.ingest_actions(frames);
+                // Machines hear about it once per round (`flush_round`):
+                // under load the commit advances with every follower ack.
+                self.commit_to_announce = Some(commit_gseq);
             }
             Action::RoleChanged {
                 role,
@@ -617,6 +619,12 @@ impl Core {
                 message: message.clone(),
             };
             let bytes = self.codec.encode(&datagram);
+            if matches!(datagram.message, Message::Ack { .. })
+                && let Some(earlier) = self.acks_queued.insert(destination, self.outbox.len())
+            {
+                // Kept in packet order: the newer ack goes last.
+                self.outbox[earlier] = Outgoing::Superseded;
+            }
             self.outbox.push(Outgoing::Datagram { destination, bytes });
         }
     }
@@ -626,14 +634,26 @@ impl Core {
     /// machine frames — so nothing outside ever depends on a write that a
     /// crash could take back. If the sync fails nothing is sent.
     fn flush_round(&mut self) {
+        if let Some(commit_gseq) = self.commit_to_announce.take() {
+            let frames = self.ingest.on_commit(
+                commit_gseq,
+                &View {
+                    ledger: &self.ledger,
+                    cache: &self.cache,
+                },
+            );
+            self.ingest_actions(frames);
+        }
         if let Err(error) = self.ledger.store().sync_deferred() {
             tracing::error!(replica = %self.config.name, error = %error, "syncing the round's writes failed; sending nothing");
             self.outbox.clear();
+            self.acks_queued.clear();
             let follow_up = self.node.on_write_failed();
             self.cache = MetaCache::default();
             self.execute(follow_up, &[]);
             return;
         }
+        self.acks_queued.clear();
         for outgoing in std::mem::take(&mut self.outbox) {
             match outgoing {
                 Outgoing::Datagram { destination, bytes } => {
@@ -658,6 +678,7 @@ impl Core {
                     // Dropping the writer lets it flush what is queued, then close.
                     self.sessions.remove(&session);
                 }
+                Outgoing::Superseded => {}
             }
         }
     }
@@ -902,6 +923,8 @@ enum Outgoing {
     Close {
         session: SessionId,
     },
+    /// An acknowledgement a newer one of the same round replaced.
+    Superseded,
 }
 
 /// Datagrams the receiving thread dropped before the core saw them.
