@@ -273,6 +273,31 @@ struct Nak {
     to_gseq: u64,
     due_ms: u64,
     backoff_ms: u64,
+    /// The end of the range the last NAK asked for (0: none sent yet).
+    asked_to_gseq: u64,
+}
+
+/// Most holes one NAK round asks for; the rest follow in the next round.
+pub const NAK_HOLES_MAX: usize = 32;
+
+/// The missing ranges of `from..=to`, given the records waiting in the
+/// reorder buffer, at most `NAK_HOLES_MAX` of them.
+fn holes(reorder: &BTreeMap<u64, Vec<u8>>, from: u64, to: u64) -> Vec<(u64, u64)> {
+    let mut ranges = Vec::new();
+    let mut next = from;
+    for &held in reorder.range(from..=to).map(|(gseq, _)| gseq) {
+        if ranges.len() == NAK_HOLES_MAX {
+            return ranges;
+        }
+        if held > next {
+            ranges.push((next, held - 1));
+        }
+        next = held + 1;
+    }
+    if next <= to && ranges.len() < NAK_HOLES_MAX {
+        ranges.push((next, to));
+    }
+    ranges
 }
 
 /// Why a proposal was not accepted.
@@ -585,6 +610,14 @@ impl Node {
             self.nak = None;
             return;
         }
+        if nak.asked_to_gseq > 0 && tip >= nak.asked_to_gseq {
+            // What the last NAK asked for arrived: the next hole is a new
+            // loss, asked for after the usual delay, not after a backoff
+            // that grew while the previous one was repaired.
+            nak.asked_to_gseq = 0;
+            nak.backoff_ms = self.config.nak_delay_ms.max(1) * 2;
+            nak.due_ms = nak.due_ms.min(self.now_ms + self.config.nak_delay_ms);
+        }
         if self.now_ms < nak.due_ms {
             return;
         }
@@ -596,14 +629,25 @@ impl Node {
             .to_gseq
             .max(from_gseq)
             .min(from_gseq + NAK_RECORDS_MAX - 1);
+        let ranges = if nak.from_gseq.is_some() {
+            // After a conflict: re-read the whole range, held records too.
+            vec![(from_gseq, to_gseq)]
+        } else {
+            // Ask for the holes only (one NAK each, all at once): what lies
+            // between them already waits in the reorder buffer.
+            holes(&self.reorder, from_gseq, to_gseq)
+        };
         nak.due_ms = self.now_ms + nak.backoff_ms;
         nak.backoff_ms = (nak.backoff_ms * 2).min(self.config.nak_backoff_max_ms);
-        self.counters.naks_sent += 1;
-        self.send(
-            out,
-            Target::Node(leader),
-            Message::Nak { from_gseq, to_gseq },
-        );
+        nak.asked_to_gseq = ranges.last().map_or(to_gseq, |&(_, to)| to);
+        for (from_gseq, to_gseq) in ranges {
+            self.counters.naks_sent += 1;
+            self.send(
+                out,
+                Target::Node(leader),
+                Message::Nak { from_gseq, to_gseq },
+            );
+        }
     }
 
     /// Notes that records up to `to_gseq` are missing; the NAK goes out
@@ -617,6 +661,7 @@ impl Node {
                     to_gseq,
                     due_ms: self.now_ms + self.config.nak_delay_ms,
                     backoff_ms: self.config.nak_delay_ms.max(1) * 2,
+                    asked_to_gseq: 0,
                 })
             }
         }

@@ -378,6 +378,7 @@ fn a_follower_appends_buffers_naks_and_acknowledges_after_writing() {
         sends(&follower.tick(12, &log)).is_empty(),
         "no NAK before the delay"
     );
+    // The NAK asks for the hole only: 5-7 wait in the buffer.
     let actions = follower.tick(40, &log);
     assert_eq!(
         sends(&actions),
@@ -385,7 +386,7 @@ fn a_follower_appends_buffers_naks_and_acknowledges_after_writing() {
             Target::Node(1),
             Message::Nak {
                 from_gseq: 3,
-                to_gseq: 7
+                to_gseq: 4
             }
         )]
     );
@@ -687,4 +688,22 @@ fn a_catchup_is_ignored_while_a_primary_is_alive_or_from_a_shorter_log() {
         "{actions:?}"
     );
     assert_eq!(node.counters().catchup_records_taken, 0);
+}
+
+#[test]
+fn a_nak_round_asks_for_each_hole_and_not_for_what_is_buffered() {
+    let held = |gseqs: &[u64]| -> BTreeMap<u64, Vec<u8>> {
+        gseqs.iter().map(|&g| (g, Vec::new())).collect()
+    };
+    // Tip 2; 5-6 and 9 wait; the heartbeat said 12.
+    assert_eq!(holes(&held(&[5, 6, 9]), 3, 12), [(3, 4), (7, 8), (10, 12)]);
+    // The buffer ends the wanted range: no trailing hole.
+    assert_eq!(holes(&held(&[4, 5]), 3, 5), [(3, 3)]);
+    assert_eq!(holes(&held(&[]), 3, 7), [(3, 7)]);
+    // Bounded: every other record missing yields at most NAK_HOLES_MAX.
+    let every_other: Vec<u64> = (1..=200).map(|n| 2 * n).collect();
+    let ranges = holes(&held(&every_other), 1, 400);
+    assert_eq!(ranges.len(), NAK_HOLES_MAX);
+    assert_eq!(ranges[0], (1, 1));
+    assert_eq!(ranges[NAK_HOLES_MAX - 1], (63, 63));
 }
