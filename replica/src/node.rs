@@ -45,7 +45,9 @@ pub const RETRANSMIT_RECORDS_MAX: u64 = 4_096;
 /// acknowledged: flow control, so a burst of writes cannot overrun the
 /// followers' receive buffers (which would turn into a storm of NAKs and
 /// retransmissions, and lost heartbeats). The rest follows as acks return.
-pub const STREAM_WINDOW_RECORDS: u64 = 2_048;
+/// A live follower that keeps up is also never left more than
+/// `REORDER_RECORDS_MAX` behind.
+pub const STREAM_WINDOW_RECORDS: u64 = 4_096;
 
 /// The end of a log: its last entry's gseq, hash and epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -715,8 +717,19 @@ impl Node {
             .map(|p| p.match_gseq)
             .max()
             .unwrap_or(0);
-        let in_flight = self.streamed.saturating_sub(acknowledged);
-        let to = tip.min(self.streamed + STREAM_WINDOW_RECORDS.saturating_sub(in_flight));
+        let mut to = tip.min(acknowledged + STREAM_WINDOW_RECORDS);
+        // A live follower that keeps up is not left more than its reorder
+        // buffer behind (it would drop what it cannot hold and fetch it
+        // again record by record); one that is silent or catching up from
+        // far behind never holds the stream back.
+        let lead = REORDER_RECORDS_MAX as u64;
+        for progress in self.progress.values() {
+            let live = self.now_ms.saturating_sub(progress.last_heard_ms)
+                < self.config.election_timeout_min_ms;
+            if live && self.streamed.saturating_sub(progress.match_gseq) <= lead {
+                to = to.min(progress.match_gseq + lead);
+            }
+        }
         if to > self.streamed {
             out.push(Action::Replicate {
                 to: Target::All,

@@ -848,8 +848,19 @@ pub fn start(config: ReplicaConfig) -> Result<ReplicaHandle, ServerError> {
         .map_err(io_error("setting the UDP read timeout"))?;
     // Room for a full flow-control window of datagrams and then some; the
     // kernel caps it at net.core.rmem_max.
-    if let Err(error) = socket2::SockRef::from(&udp).set_recv_buffer_size(RECEIVE_BUFFER_BYTES) {
-        tracing::warn!(error = %error, "could not enlarge the UDP receive buffer");
+    let socket = socket2::SockRef::from(&udp);
+    match socket
+        .set_recv_buffer_size(RECEIVE_BUFFER_BYTES)
+        .and_then(|()| socket.recv_buffer_size())
+    {
+        // Linux reports twice what it grants (bookkeeping included).
+        Ok(granted) if granted < RECEIVE_BUFFER_BYTES => tracing::warn!(
+            granted,
+            wanted = RECEIVE_BUFFER_BYTES,
+            "the UDP receive buffer is smaller than wanted (raise net.core.rmem_max);              bursts will be repaired by NAKs"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(error = %error, "could not enlarge the UDP receive buffer"),
     }
     let drops = core.receive_drops.clone();
     let drop_percent = config.drop_received_percent;
