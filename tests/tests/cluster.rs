@@ -489,3 +489,60 @@ fn raw_sockets_in_network_namespaces_survive_a_killed_primary() {
     run_failover_scenario(&dir, Topology { prefixes, configs });
     drop(namespaces);
 }
+
+/// `vendctl bench-replication` end to end on a small load: four fresh
+/// clusters (saturated, paced, with injected datagram loss, with the
+/// primary killed) each run until every event is acknowledged. Checks what
+/// the figures must show, not how fast: loss was injected and repaired, and
+/// the killed primary's successor acknowledged writes.
+#[test]
+fn the_replication_benchmark_runs_through_loss_and_a_killed_primary() {
+    let temp = tempfile::tempdir().unwrap();
+    // Apart from `base_port()`'s ranges, so the tests can run together.
+    let port = (40_000 + u16::try_from(std::process::id() % 800).unwrap() * 30).to_string();
+    let output = vendctl(&[
+        "bench-replication",
+        "--machines",
+        "3",
+        "--events",
+        "900",
+        "--rate",
+        "300",
+        "--paced-seconds",
+        "2",
+        "--loss-percent",
+        "20",
+        "--base-port",
+        &port,
+        "--timeout-s",
+        "120",
+        "--dir",
+        temp.path().to_str().unwrap(),
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench-replication failed: {stderr}"
+    );
+    let figures: Value = serde_json::from_slice(&output.stdout).expect("JSON figures");
+    let runs = figures["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 4, "{figures}");
+    for run in runs {
+        assert!(run["events"].as_u64().unwrap() >= 600, "{run}");
+        assert!(run["committed_events_per_second"].as_f64().unwrap() > 0.0);
+    }
+    let lossy = &runs[2];
+    assert_eq!(lossy["drop_received_percent"], 20);
+    assert!(
+        lossy["datagrams_dropped_by_injection"].as_u64().unwrap() > 0,
+        "{lossy}"
+    );
+    assert!(lossy["naks_sent"].as_u64().unwrap() > 0, "{lossy}");
+    assert!(
+        lossy["records_retransmitted"].as_u64().unwrap() > 0,
+        "{lossy}"
+    );
+    assert!(runs[3]["failover_ms"].as_f64().is_some(), "{}", runs[3]);
+    assert!(runs[1]["ack_latency_ms_p99"].as_f64().unwrap() > 0.0);
+}
