@@ -942,14 +942,9 @@ impl Node {
         let mut to_write: Vec<Vec<u8>> = Vec::new();
         let last_gseq = first_gseq + records.len() as u64 - 1;
         for (gseq, record) in (first_gseq..).zip(records) {
-            let Ok(entry) = LogEntry::decode(&record) else {
-                self.counters.malformed_records_dropped += 1;
+            let Some(entry) = self.decode_record(gseq, &record) else {
                 return;
             };
-            if entry.body.gseq != gseq {
-                self.counters.malformed_records_dropped += 1;
-                return;
-            }
             if gseq <= tip.gseq {
                 // Already stored: records of one datagram rise in gseq and
                 // only pending writes raise `tip`, so `gseq` is on disk. The
@@ -1015,6 +1010,18 @@ impl Node {
             self.want(last_gseq);
         }
         self.acknowledge(out, tip);
+    }
+
+    /// A replicated record that decodes and sits where the datagram says;
+    /// anything else is counted and refused.
+    fn decode_record(&mut self, gseq: u64, record: &[u8]) -> Option<LogEntry> {
+        match LogEntry::decode(record) {
+            Ok(entry) if entry.body.gseq == gseq => Some(entry),
+            _ => {
+                self.counters.malformed_records_dropped += 1;
+                None
+            }
+        }
     }
 
     fn buffer(&mut self, gseq: u64, record: Vec<u8>) {
@@ -1231,6 +1238,15 @@ impl Node {
         });
     }
 
+    /// This node is the primary, or heard one within the shortest election
+    /// timeout.
+    fn primary_alive(&self) -> bool {
+        self.role == Role::Primary
+            || self
+                .leader_heard_ms
+                .is_some_and(|at| self.now_ms < at + self.config.election_timeout_min_ms)
+    }
+
     /// Raft's rule: a log is at least as up to date when its last entry has
     /// a newer epoch, or the same epoch and at least as many entries.
     fn candidate_is_up_to_date(&self, last_gseq: u64, last_epoch: u64, log: &dyn LogView) -> bool {
@@ -1291,10 +1307,7 @@ impl Node {
         // Grant only if we would vote for it in that epoch and we have not
         // heard from a live primary recently (a healthy primary keeps its
         // followers from granting, which protects it from a returning node).
-        let primary_alive = self.role == Role::Primary
-            || self
-                .leader_heard_ms
-                .is_some_and(|at| self.now_ms < at + self.config.election_timeout_min_ms);
+        let primary_alive = self.primary_alive();
         let up_to_date =
             self.candidate_is_up_to_date(candidacy.last_gseq, candidacy.last_epoch, log);
         if !up_to_date {
@@ -1323,10 +1336,7 @@ impl Node {
         candidacy: Candidacy,
         log: &dyn LogView,
     ) {
-        let primary_alive = self.role == Role::Primary
-            || self
-                .leader_heard_ms
-                .is_some_and(|at| self.now_ms < at + self.config.election_timeout_min_ms);
+        let primary_alive = self.primary_alive();
         let recently = self
             .catchup_sent_ms
             .get(&candidate)
@@ -1370,24 +1380,16 @@ impl Node {
         source: CatchupSource,
         log: &dyn LogView,
     ) {
-        let primary_alive = self.role == Role::Primary
-            || self
-                .leader_heard_ms
-                .is_some_and(|at| self.now_ms < at + self.config.election_timeout_min_ms);
+        let primary_alive = self.primary_alive();
         let mut tip = log.tip();
         if primary_alive || (source.last_epoch, source.last_gseq) <= (tip.epoch, tip.gseq) {
             return;
         }
         let mut to_write = Vec::new();
         for (gseq, record) in (first_gseq..).zip(records) {
-            let Ok(entry) = LogEntry::decode(&record) else {
-                self.counters.malformed_records_dropped += 1;
+            let Some(entry) = self.decode_record(gseq, &record) else {
                 break;
             };
-            if entry.body.gseq != gseq {
-                self.counters.malformed_records_dropped += 1;
-                break;
-            }
             if gseq <= tip.gseq {
                 match log.entry_meta(gseq) {
                     Some((hash, _)) if hash == entry.hash => continue,

@@ -451,7 +451,7 @@ fn measure(
     let (lag_mean, lag_max) = lag.stop();
     // Both followers hold everything (a killed primary is not waited for).
     let tip = cluster.statuses().iter().map(|s| s.tip).max().unwrap_or(0);
-    while cluster.statuses().iter().filter(|s| s.tip < tip).count() > 0 {
+    while cluster.statuses().iter().any(|s| s.tip < tip) {
         if Instant::now() > deadline {
             bail!("the followers did not reach the primary's tip {tip}");
         }
@@ -477,9 +477,6 @@ fn measure(
     if kill_primary && failover_ms.is_none() {
         bail!("the primary was killed but no other replica acknowledged writes");
     }
-    cluster.children.iter_mut().for_each(|c| {
-        let _ = c.kill();
-    });
     Ok(Run {
         name: String::new(),
         drop_received_percent: args.drop_received_percent,
@@ -517,8 +514,7 @@ async fn drive(
 ) -> Result<MachineResult> {
     let total = total.min(local.events.len() as u64);
     let (reports_tx, mut reports) = tokio::sync::mpsc::channel::<UplinkReport>(1_024);
-    let released_at: Vec<Instant> = Vec::with_capacity(total as usize);
-    let mut released_at = released_at;
+    let mut released_at: Vec<Instant> = Vec::with_capacity(total as usize);
     let started = Instant::now();
     let release_to = |count: u64, released_at: &mut Vec<Instant>| {
         let now = Instant::now();
