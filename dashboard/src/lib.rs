@@ -3,16 +3,18 @@
 //! logins of the dashboard issue build on this router).
 //!
 //! This crate knows HTTP and the API's JSON types; it learns about a
-//! replica only through [`StatusSource`].
+//! replica only through its read ports ([`ports::ReadPorts`]), which never
+//! wait on the replica's core.
+
+pub mod ports;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use ports::ReadPorts;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
-use std::sync::Arc;
 
 /// What a replica reports about itself (`GET /api/v1/status`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,35 +66,26 @@ pub struct FollowerStatus {
     pub lag: u64,
 }
 
-/// Where the API gets its data. Implementations may block briefly (they
-/// are called on a blocking thread).
-pub trait StatusSource: Send + Sync + 'static {
-    fn status(&self) -> Result<ReplicaStatus, String>;
-}
-
-/// The API router.
-pub fn router(source: Arc<dyn StatusSource>) -> Router {
+/// The API router, reading the replica only through its [`ReadPorts`].
+pub fn router(ports: ReadPorts) -> Router {
     Router::new()
         .route("/api/v1/status", get(status))
-        .with_state(source)
+        .with_state(ports)
 }
 
-async fn status(State(source): State<Arc<dyn StatusSource>>) -> Response {
-    let result = tokio::task::spawn_blocking(move || source.status()).await;
-    match result {
-        Ok(Ok(status)) => axum::Json(status).into_response(),
-        Ok(Err(problem)) => (StatusCode::SERVICE_UNAVAILABLE, problem).into_response(),
-        Err(join) => (StatusCode::INTERNAL_SERVER_ERROR, join.to_string()).into_response(),
-    }
+/// The newest published status: never waits on the replica's core.
+async fn status(State(ports): State<ReadPorts>) -> Response {
+    let snapshot = ports.snapshot.borrow().clone();
+    axum::Json(snapshot.status.clone()).into_response()
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    source: Arc<dyn StatusSource>,
+    ports: ReadPorts,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(source))
+    axum::serve(listener, router(ports))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -100,35 +93,49 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ports::{LogEntryView, LogReader, ReadError, Snapshot};
+    use std::sync::Arc;
 
-    struct Fixed(ReplicaStatus);
+    struct NoLog;
 
-    impl StatusSource for Fixed {
-        fn status(&self) -> Result<ReplicaStatus, String> {
-            Ok(self.0.clone())
+    impl LogReader for NoLog {
+        fn entries(&self, _: u64, _: u64) -> Result<Vec<LogEntryView>, ReadError> {
+            Ok(Vec::new())
         }
     }
 
-    struct Down;
-
-    impl StatusSource for Down {
-        fn status(&self) -> Result<ReplicaStatus, String> {
-            Err("replica core not answering".into())
-        }
+    /// Read ports over a fixed snapshot; the sender keeps it alive.
+    fn ports(status: ReplicaStatus) -> (ReadPorts, tokio::sync::watch::Sender<Arc<Snapshot>>) {
+        let (publish, snapshot) = tokio::sync::watch::channel(Arc::new(Snapshot {
+            status,
+            ..Snapshot::default()
+        }));
+        let (actions, _) = tokio::sync::mpsc::channel(1);
+        let ports = ReadPorts {
+            snapshot,
+            log: Arc::new(NoLog),
+            committed: tokio::sync::broadcast::channel(4).0,
+            actions,
+        };
+        (ports, publish)
     }
 
-    async fn start(source: Arc<dyn StatusSource>) -> (String, tokio::sync::oneshot::Sender<()>) {
+    async fn start(ports: ReadPorts) -> (String, tokio::sync::oneshot::Sender<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, source, async {
+        tokio::spawn(serve(listener, ports, async {
             let _ = stopped.await;
         }));
         (format!("http://{address}"), stop)
     }
 
+    fn get_text(url: String) -> Result<String, ureq::Error> {
+        ureq::get(&url).call()?.body_mut().read_to_string()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn serves_status_as_json_and_errors_as_503() {
+    async fn serves_the_newest_published_status_as_json() {
         let status = ReplicaStatus {
             id: "replica-2".into(),
             role: "sync".into(),
@@ -137,32 +144,38 @@ mod tests {
             commit: 9,
             ..ReplicaStatus::default()
         };
-        let (base, stop) = start(Arc::new(Fixed(status.clone()))).await;
-        let fetched = tokio::task::spawn_blocking(move || {
-            let mut response = ureq::get(&format!("{base}/api/v1/status")).call().unwrap();
-            let body = response.body_mut().read_to_string().unwrap();
-            let missing = ureq::get(&format!("{base}/nope")).call();
-            (body, missing.is_err())
+        let (ports, publish) = ports(status.clone());
+        let (base, stop) = start(ports).await;
+        let url = format!("{base}/api/v1/status");
+        let first = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || get_text(url).unwrap()
         })
         .await
         .unwrap();
         assert_eq!(
-            serde_json::from_str::<ReplicaStatus>(&fetched.0).unwrap(),
+            serde_json::from_str::<ReplicaStatus>(&first).unwrap(),
             status
         );
-        assert!(fetched.1, "unknown paths are 404");
-        let _ = stop.send(());
-
-        let (base, stop) = start(Arc::new(Down)).await;
-        let code = tokio::task::spawn_blocking(move || {
-            match ureq::get(&format!("{base}/api/v1/status")).call() {
-                Err(ureq::Error::StatusCode(code)) => code,
-                other => panic!("expected an error status, got {other:?}"),
-            }
+        // A newer snapshot is what the next request sees.
+        let newer = ReplicaStatus { tip: 11, ..status };
+        publish.send_replace(Arc::new(Snapshot {
+            status: newer.clone(),
+            ..Snapshot::default()
+        }));
+        let (second, missing) = tokio::task::spawn_blocking(move || {
+            (
+                get_text(url).unwrap(),
+                get_text(format!("{base}/nope")).is_err(),
+            )
         })
         .await
         .unwrap();
-        assert_eq!(code, 503);
+        assert_eq!(
+            serde_json::from_str::<ReplicaStatus>(&second).unwrap(),
+            newer
+        );
+        assert!(missing, "unknown paths are 404");
         let _ = stop.send(());
     }
 }

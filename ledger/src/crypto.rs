@@ -131,6 +131,7 @@ pub enum SealError {
 /// Seals and opens values with XChaCha20-Poly1305. The 192-bit nonce is
 /// random per value, which is safe for any number of values under one key.
 /// Layout: `nonce (24) ++ ciphertext ++ tag (16)`.
+#[derive(Clone)]
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
 }

@@ -7,7 +7,9 @@ use crate::event::EventEnvelope;
 use crate::ids::MachineId;
 use crate::keys::ChainKeys;
 use crate::projection::Projection;
-use crate::store::record::{GENESIS_HASH, LogEntry, SignedEvent};
+use crate::store::backend::Backend;
+use crate::store::record::{GENESIS_HASH, LogEntry, ReplicatedRecord, SignedEvent};
+use crate::store::rocks::RocksBackend;
 use crate::store::{AppendOutcome, LogStore, OpenOptions, StoreError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -71,18 +73,24 @@ struct Checkpoint {
 }
 
 /// The store plus the projection kept current with every append.
-pub struct Ledger {
-    store: LogStore,
+pub struct Ledger<B: Backend = RocksBackend> {
+    store: LogStore<B>,
     projection: Projection,
     checkpoint_every: u64,
     last_checkpoint_gseq: u64,
 }
 
-impl Ledger {
-    /// Opens the store and brings the projection up to date from the newest
-    /// valid checkpoint, so a restart does not replay from zero.
+impl Ledger<RocksBackend> {
+    /// Opens the RocksDB store at `path` (see [`Ledger::with_store`]).
     pub fn open(path: &Path, key: &SecretKey, options: OpenOptions) -> Result<Ledger, StoreError> {
-        let store = LogStore::open(path, key, options)?;
+        Ledger::with_store(LogStore::open(path, key, options)?)
+    }
+}
+
+impl<B: Backend> Ledger<B> {
+    /// Takes an opened store and brings the projection up to date from the
+    /// newest valid checkpoint, so a restart does not replay from zero.
+    pub fn with_store(store: LogStore<B>) -> Result<Ledger<B>, StoreError> {
         let head = store.head().gseq;
         let (projection, last_checkpoint_gseq) = match load_checkpoint(&store, head)? {
             Some(projection) => {
@@ -113,8 +121,15 @@ impl Ledger {
         self.checkpoint_every = entries.max(1);
     }
 
-    pub fn store(&self) -> &LogStore {
+    pub fn store(&self) -> &LogStore<B> {
         &self.store
+    }
+
+    /// The store, for what changes no entry: application metadata, syncs,
+    /// tests' hooks. Entries change only through the ledger's own methods,
+    /// which keep the projection current.
+    pub fn store_mut(&mut self) -> &mut LogStore<B> {
+        &mut self.store
     }
 
     pub fn projection(&self) -> &Projection {
@@ -142,12 +157,12 @@ impl Ledger {
     /// See [`LogStore::append_replicated`].
     pub fn append_replicated(
         &mut self,
-        entries: &[LogEntry],
+        records: &[ReplicatedRecord],
         keys: &dyn ChainKeys,
     ) -> Result<(), StoreError> {
-        let envelopes = self.store.append_replicated(entries, keys)?;
-        for (entry, envelope) in entries.iter().zip(&envelopes) {
-            self.apply_to_projection(entry.body.gseq, envelope.as_ref());
+        let envelopes = self.store.append_replicated(records, keys)?;
+        for (record, envelope) in records.iter().zip(&envelopes) {
+            self.apply_to_projection(record.gseq(), envelope.as_ref());
         }
         self.maybe_checkpoint()
     }
@@ -234,12 +249,15 @@ impl Ledger {
         self.projection.machines.get(machine)
     }
 
-    pub fn into_store(self) -> LogStore {
+    pub fn into_store(self) -> LogStore<B> {
         self.store
     }
 }
 
-fn load_checkpoint(store: &LogStore, at_or_before: u64) -> Result<Option<Projection>, StoreError> {
+fn load_checkpoint<B: Backend>(
+    store: &LogStore<B>,
+    at_or_before: u64,
+) -> Result<Option<Projection>, StoreError> {
     let Some((gseq, bytes)) = store.checkpoint_at_or_before(at_or_before)? else {
         return Ok(None);
     };
@@ -257,8 +275,8 @@ fn load_checkpoint(store: &LogStore, at_or_before: u64) -> Result<Option<Project
 
 /// Rebuilds a projection from the first entry of `store`. `progress` is
 /// called with each applied gseq.
-pub fn rebuild(
-    store: &LogStore,
+pub fn rebuild<B: Backend>(
+    store: &LogStore<B>,
     until: Until,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Projection, StoreError> {
@@ -267,8 +285,8 @@ pub fn rebuild(
     Ok(projection)
 }
 
-fn apply_range(
-    store: &LogStore,
+fn apply_range<B: Backend>(
+    store: &LogStore<B>,
     projection: &mut Projection,
     from: u64,
     until: Until,

@@ -85,6 +85,9 @@ pub enum IngestAction {
     },
     /// Close the session (after sending what was queued).
     Close { session: SessionId, reason: String },
+    /// A machine without a key knocked: the key directory may need a
+    /// reload (a machine provisioned after the replica started).
+    UnknownMachine(MachineId),
 }
 
 enum SessionState {
@@ -242,9 +245,10 @@ impl Ingest {
         if hello.version != LINK_VERSION {
             return Err(LinkError::Version(hello.version));
         }
-        let key = keys
-            .link_key(&hello.machine_id)
-            .ok_or_else(|| LinkError::UnknownMachine(hello.machine_id.to_string()))?;
+        let Some(key) = keys.link_key(&hello.machine_id) else {
+            out.push(IngestAction::UnknownMachine(hello.machine_id.clone()));
+            return Err(LinkError::UnknownMachine(hello.machine_id.to_string()));
+        };
         out.push(IngestAction::Send {
             session,
             payload: encode_plain(&HelloReply {
@@ -425,6 +429,23 @@ impl Ingest {
             }
         }
         out
+    }
+
+    /// Seals a dashboard command for `machine` on its open session, if it
+    /// has one (the newest, when it reconnected and the old one lingers).
+    pub fn remote(
+        &mut self,
+        machine: &MachineId,
+        command: &ledger::rules::RemoteCommand,
+    ) -> Option<Vec<IngestAction>> {
+        let (&session, state) = self.sessions.iter_mut().rev().find(
+            |(_, state)| matches!(state, SessionState::Open { machine: m, .. } if m == machine),
+        )?;
+        let SessionState::Open { channel, .. } = state else {
+            return None;
+        };
+        let payload = channel.seal(&Downstream::Remote(command.clone()));
+        Some(vec![IngestAction::Send { session, payload }])
     }
 
     /// This replica stopped being the primary: every machine is sent on.

@@ -10,8 +10,8 @@
 pub mod config;
 pub mod ingest;
 pub mod link;
-pub mod memlog;
 pub mod node;
+pub mod round;
 pub mod server;
 pub mod transport;
 pub mod uplink;

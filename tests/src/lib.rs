@@ -2,4 +2,5 @@
 //! library so its tests (and a failing seed) can be run on their own; the
 //! multi-process and network-namespace tests are in `tests/`.
 
+pub mod faults;
 pub mod sim;

@@ -40,14 +40,16 @@ fn thousands_of_seeds_keep_every_invariant() {
     let ok: Vec<&SimReport> = reports.iter().filter_map(|r| r.as_ref().ok()).collect();
     let sum = |f: fn(&SimReport) -> u64| ok.iter().map(|r| f(r)).sum::<u64>();
     eprintln!(
-        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-batch), {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs, {} records caught up from a voter; drill failover worst {} ms, mean {} ms",
+        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-round), {} failed writes, {} failed syncs, {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs, {} records caught up from a voter; drill failover worst {} ms, mean {} ms",
         reports.len(),
         started.elapsed().as_secs_f64(),
         sum(|r| r.events),
         sum(|r| r.acknowledged),
         sum(|r| r.epochs),
         sum(|r| r.replica_crashes),
-        sum(|r| r.crashes_mid_batch),
+        sum(|r| r.crashes_mid_round),
+        sum(|r| r.writes_failed),
+        sum(|r| r.syncs_failed),
         sum(|r| r.machine_crashes),
         sum(|r| r.partitions),
         sum(|r| r.datagrams_dropped),
@@ -72,7 +74,9 @@ fn thousands_of_seeds_keep_every_invariant() {
     // The faults must really happen, or the invariants hold vacuously.
     if count >= 200 {
         assert!(sum(|r| r.replica_crashes) > count / 4);
-        assert!(sum(|r| r.crashes_mid_batch) > 0);
+        assert!(sum(|r| r.crashes_mid_round) > 0);
+        assert!(sum(|r| r.writes_failed) > 0);
+        assert!(sum(|r| r.syncs_failed) > 0);
         assert!(sum(|r| r.partitions) > count / 10);
         assert!(sum(|r| r.datagrams_dropped) > 0);
         assert!(sum(|r| r.truncated_records) > 0);

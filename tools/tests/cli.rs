@@ -138,7 +138,7 @@ fn verify_names_a_tampered_entry_and_rejects_a_wrong_key() {
     simulate(&data, "2", "400", "3");
     {
         let keyring = Keyring::open(&data.join("keys"), false).unwrap();
-        let store = LogStore::open(
+        let mut store = LogStore::open(
             &data.join("log"),
             keyring.store_key(),
             OpenOptions::default(),

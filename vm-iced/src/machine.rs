@@ -197,8 +197,8 @@ impl Machine {
             return;
         }
         self.acked = seq;
-        if let Ok(ledger) = self.ledger.lock()
-            && let Err(e) = ledger.store().put_app_meta(ACKED_META, &seq)
+        if let Ok(mut ledger) = self.ledger.lock()
+            && let Err(e) = ledger.store_mut().put_app_meta(ACKED_META, &seq)
         {
             tracing::warn!(error = %e, "could not save the acknowledged mark (it is learned again from the primary)");
         }

@@ -229,3 +229,36 @@ pub fn check_machine_chain(
 
 /// The chain hash a machine's stream starts from.
 pub const GENESIS_HASH: Hash32 = [0; 32];
+
+/// A record received from another replica: its bytes and what they decode
+/// to, hash included. Built only by [`ReplicatedRecord::decode`], so the
+/// two always agree and a record is decoded and hashed once on its way
+/// from the datagram to the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicatedRecord {
+    entry: LogEntry,
+    bytes: Vec<u8>,
+}
+
+impl ReplicatedRecord {
+    pub fn decode(bytes: Vec<u8>) -> Result<ReplicatedRecord, DecodeError> {
+        let entry = LogEntry::decode(&bytes)?;
+        Ok(ReplicatedRecord { entry, bytes })
+    }
+
+    pub fn entry(&self) -> &LogEntry {
+        &self.entry
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn gseq(&self) -> u64 {
+        self.entry.body.gseq
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}

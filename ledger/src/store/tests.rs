@@ -1,7 +1,9 @@
 use super::*;
 use crate::crypto::SecretKey;
 use crate::keys::SingleMachineKey;
+use crate::store::record::ReplicatedRecord;
 use crate::workload::{SIMULATION_START_MS, SimMachine};
+use std::path::PathBuf;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -60,6 +62,14 @@ impl Fixture {
     }
 }
 
+/// Every record of `store`, as a follower receives them.
+fn replicated(store: &LogStore) -> Vec<ReplicatedRecord> {
+    store
+        .records_from(1)
+        .map(|item| ReplicatedRecord::decode(item.unwrap().1).unwrap())
+        .collect()
+}
+
 fn new_gseqs(outcome: &AppendOutcome) -> Vec<u64> {
     outcome
         .results
@@ -115,9 +125,9 @@ fn deferred_sync_commits_many_writes_with_one_sync() {
             store.append_events(1, 5, chunk, &fx.keys()).unwrap();
         }
         store.put_app_meta("vote", &7u64).unwrap();
-        assert!(store.unsynced.load(Ordering::Acquire));
+        assert!(store.backend().has_unsynced_writes());
         store.sync_deferred().unwrap();
-        assert!(!store.unsynced.load(Ordering::Acquire));
+        assert!(!store.backend().has_unsynced_writes());
         // Nothing written since: no second fsync.
         store.sync_deferred().unwrap();
         store.head()
@@ -359,7 +369,7 @@ fn a_follower_replicating_records_ends_with_identical_hashes() {
         },
     )
     .unwrap();
-    let entries: Vec<LogEntry> = primary.entries_from(1).map(Result::unwrap).collect();
+    let entries = replicated(&primary);
     // Out of order is refused, and nothing is written.
     let err = follower
         .append_replicated(&entries[1..3], &fx.keys())
@@ -378,8 +388,10 @@ fn a_follower_replicating_records_ends_with_identical_hashes() {
     assert_eq!(follower.head(), primary.head());
     assert_eq!(follower.segments().unwrap(), primary.segments().unwrap());
     // An entry from another history (different prev hash) is refused.
-    let mut forged = entries[8].clone();
-    forged.body.gseq = 10;
+    let mut body = entries[8].entry().body.clone();
+    body.gseq = 10;
+    let (_, bytes) = LogEntry::seal_body(body, entries[8].entry().prev_hash);
+    let forged = ReplicatedRecord::decode(bytes).unwrap();
     let err = follower
         .append_replicated(&[forged], &fx.keys())
         .unwrap_err();
@@ -389,7 +401,7 @@ fn a_follower_replicating_records_ends_with_identical_hashes() {
 #[test]
 fn app_metadata_and_checkpoints_round_trip() {
     let fx = Fixture::new();
-    let store = fx.open();
+    let mut store = fx.open();
     store
         .put_app_meta("election", &(7u64, "replica-2"))
         .unwrap();
@@ -443,7 +455,7 @@ fn epoch_markers_open_epochs_replicate_and_verify() {
         },
     )
     .unwrap();
-    let entries: Vec<LogEntry> = primary.entries_from(1).map(Result::unwrap).collect();
+    let entries = replicated(&primary);
     let envelopes = follower.append_replicated(&entries, &fx.keys()).unwrap();
     assert_eq!(envelopes.iter().filter(|e| e.is_none()).count(), 2);
     assert_eq!(follower.head(), primary.head());

@@ -1,11 +1,101 @@
 //! The core's reactions, asserted action by action.
 
 use super::*;
-use crate::memlog::MemLog;
 use crate::wire::Datagram;
-use ledger::crypto::SecretKey;
+use following::{NAK_HOLES_MAX, holes};
+use ledger::Ledger;
+use ledger::crypto::{Hash32, SecretKey};
 use ledger::keys::SingleMachineKey;
+use ledger::store::memory::MemBackend;
+use ledger::store::{LogStore, SEGMENT_ENTRIES_DEFAULT};
 use ledger::workload::{SIMULATION_START_MS, SimMachine};
+
+/// A log for the node to read: the store's rules over the memory backend.
+struct TestLog(Ledger<MemBackend>);
+
+impl TestLog {
+    fn new() -> TestLog {
+        let store = LogStore::with_backend(MemBackend::new(), SEGMENT_ENTRIES_DEFAULT).unwrap();
+        TestLog(Ledger::with_store(store).unwrap())
+    }
+
+    fn append_events(
+        &mut self,
+        epoch: u64,
+        at_ms: i64,
+        events: &[SignedEvent],
+        keys: &SingleMachineKey,
+    ) {
+        self.0.append_events(epoch, at_ms, events, keys).unwrap();
+    }
+
+    fn append_marker(&mut self, epoch: u64, at_ms: i64, primary: &str) -> Result<(), String> {
+        self.0
+            .append_marker(epoch, at_ms, primary)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn append_replicated(
+        &mut self,
+        records: &[Vec<u8>],
+        keys: &SingleMachineKey,
+    ) -> Result<(), String> {
+        let records = decoded(records);
+        self.0
+            .append_replicated(&records, keys)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Record bytes `from..=to`.
+    fn records(&self, from: u64, to: u64) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        self.0
+            .store()
+            .for_each_record(from, to, |_, record| {
+                out.push(record.to_vec());
+                Ok(true)
+            })
+            .unwrap();
+        out
+    }
+
+    /// A follower's copy of this log.
+    fn copy(&self) -> TestLog {
+        let mut copy = TestLog::new();
+        let records = decoded(&self.records(1, self.tip().gseq));
+        let keys = self.keys();
+        copy.0.append_replicated(&records, &keys).unwrap();
+        copy
+    }
+
+    fn keys(&self) -> SingleMachineKey {
+        machine_events(0).1
+    }
+}
+
+fn decoded(records: &[Vec<u8>]) -> Vec<ReplicatedRecord> {
+    records
+        .iter()
+        .map(|r| ReplicatedRecord::decode(r.clone()).unwrap())
+        .collect()
+}
+
+impl LogView for TestLog {
+    fn tip(&self) -> Tip {
+        let head = self.0.store().head();
+        Tip {
+            gseq: head.gseq,
+            hash: head.hash,
+            epoch: head.epoch,
+        }
+    }
+
+    fn entry_meta(&self, gseq: u64) -> Option<(Hash32, u64)> {
+        let entry = self.0.store().get(gseq).ok().flatten()?;
+        Some((entry.hash, entry.body.epoch))
+    }
+}
 
 fn config(id: NodeId) -> NodeConfig {
     NodeConfig::standard(id)
@@ -40,9 +130,9 @@ fn sends(actions: &[Action]) -> Vec<(Target, Message)> {
 }
 
 /// Elects node 1 in epoch 1 and returns it with its log holding the marker.
-fn elected_primary() -> (Node, MemLog) {
+fn elected_primary() -> (Node, TestLog) {
     let mut node = Node::new(config(1), Restart::default(), 7, 0);
-    let mut log = MemLog::new();
+    let mut log = TestLog::new();
     let actions = node.tick(1_000, &log);
     assert_eq!(
         sends(&actions),
@@ -107,7 +197,7 @@ fn a_priority_node_wins_an_election_after_a_pre_vote() {
 #[test]
 fn the_sync_replica_never_stands() {
     let mut node = Node::new(config(2), Restart::default(), 7, 0);
-    let log = MemLog::new();
+    let log = TestLog::new();
     for now in (0..10_000).step_by(100) {
         assert!(sends(&node.tick(now, &log)).is_empty());
     }
@@ -117,7 +207,7 @@ fn the_sync_replica_never_stands() {
 #[test]
 fn a_voter_grants_one_vote_per_epoch_and_only_to_an_up_to_date_log() {
     let mut voter = Node::new(config(2), Restart::default(), 7, 0);
-    let mut log = MemLog::new();
+    let mut log = TestLog::new();
     log.append_marker(3, 0, "replica-1").unwrap();
     // Candidate 1 with an older log (epoch 2 < 3) is refused.
     let actions = voter.receive(
@@ -319,7 +409,7 @@ fn a_follower_appends_buffers_naks_and_acknowledges_after_writing() {
     let records = primary_log.records(1, 7);
 
     let mut follower = Node::new(config(2), Restart::default(), 9, 0);
-    let mut log = MemLog::new();
+    let mut log = TestLog::new();
     // Records 1-2 arrive: written, then acknowledged.
     let actions = follower.receive(
         10,
@@ -405,14 +495,14 @@ fn a_follower_appends_buffers_naks_and_acknowledges_after_writing() {
         ),
         &log,
     );
-    let written: Vec<Vec<u8>> = actions
+    let written: Vec<ReplicatedRecord> = actions
         .iter()
         .find_map(|a| match a {
             Action::AppendReplicated { records } => Some(records.clone()),
             _ => None,
         })
         .unwrap();
-    assert_eq!(written, records[2..7].to_vec());
+    assert_eq!(written, decoded(&records[2..7]));
     assert!(actions.contains(&Action::CommitAdvanced { commit_gseq: 4 }));
 }
 
@@ -420,11 +510,11 @@ fn a_follower_appends_buffers_naks_and_acknowledges_after_writing() {
 fn a_returning_primary_truncates_its_uncommitted_suffix() {
     // Node 1 holds epoch 1's marker and two entries nobody else stored.
     let (events, keys) = machine_events(4);
-    let mut stale = MemLog::new();
+    let mut stale = TestLog::new();
     stale.append_marker(1, 0, "replica-1").unwrap();
     stale.append_events(1, 0, &events[..2], &keys);
     // The new primary (node 3, epoch 2) has the marker of epoch 1, then its own.
-    let mut fresh = MemLog::new();
+    let mut fresh = TestLog::new();
     fresh.append_marker(1, 0, "replica-1").unwrap();
     fresh.append_marker(2, 0, "replica-3").unwrap();
     let mut node = Node::new(
@@ -483,7 +573,7 @@ fn older_epochs_are_fenced_and_told_about_the_newer_one() {
         4,
         0,
     );
-    let log = MemLog::new();
+    let log = TestLog::new();
     let actions = node.receive(
         10,
         datagram(
@@ -562,9 +652,9 @@ fn a_voter_with_more_entries_catches_a_lagging_candidate_up() {
     full.append_events(1, 0, &events, &keys);
     // The sync (node 2) has all 7 records; the backup (node 3) only 1-3.
     let mut sync = Node::new(config(2), Restart::default(), 11, 0);
-    let sync_log = full.clone();
+    let sync_log = full.copy();
     let mut backup = Node::new(config(3), Restart::default(), 12, 0);
-    let mut backup_log = MemLog::new();
+    let mut backup_log = TestLog::new();
     backup_log
         .append_replicated(&full.records(1, 3), &keys)
         .unwrap();
@@ -624,7 +714,7 @@ fn a_voter_with_more_entries_catches_a_lagging_candidate_up() {
     assert_eq!(
         actions,
         [Action::AppendReplicated {
-            records: full.records(4, 7)
+            records: decoded(&full.records(4, 7))
         }]
     );
     backup_log
@@ -647,7 +737,7 @@ fn a_catchup_is_ignored_while_a_primary_is_alive_or_from_a_shorter_log() {
     primary.propose(events.clone()).unwrap();
     full.append_events(1, 0, &events, &keys);
     let mut node = Node::new(config(3), Restart::default(), 13, 0);
-    let mut log = MemLog::new();
+    let mut log = TestLog::new();
     log.append_replicated(&full.records(1, 2), &keys).unwrap();
     let catchup = |packet_seq, last_gseq| {
         datagram(

@@ -1,0 +1,204 @@
+//! How the dashboard reads a replica without ever waiting on it.
+//!
+//! A replica's core thread decides everything; if a page had to queue a
+//! request on it, a slow page would slow replication and a busy core would
+//! stall pages. So readers get their own paths, defined here and
+//! implemented by `replica`:
+//!
+//! * [`Snapshot`]: after each round the core publishes an immutable
+//!   snapshot (status, per-machine summaries, fleet totals) through a
+//!   `tokio::sync::watch` channel; a page borrows the newest one.
+//! * [`LogReader`]: reads entries of the log from any thread (the RocksDB
+//!   backend reads through its own snapshot), bounded by the tip the
+//!   newest snapshot names.
+//! * [`CommittedEntry`] on a bounded `tokio::sync::broadcast` channel: every
+//!   entry once it is committed, for live pages. A subscriber that falls
+//!   more than the channel's capacity behind loses entries and is told so
+//!   (`RecvError::Lagged`); it never slows the core.
+//! * [`OperatorRequest`] on a bounded `tokio::sync::mpsc` channel: what an
+//!   operator asks a replica to do, answered through a oneshot channel.
+
+use crate::ReplicaStatus;
+use ledger::MachineId;
+use ledger::rules::RemoteCommand;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Committed entries buffered for live pages; a subscriber further behind
+/// is dropped (it reconnects and resumes from the log).
+pub const COMMITTED_FEED_ENTRIES_MAX: usize = 4_096;
+/// Operator requests waiting for the core; more are refused at once.
+pub const OPERATOR_REQUESTS_MAX: usize = 64;
+/// Most entries one [`LogReader`] call returns.
+pub const READ_ENTRIES_MAX: usize = 1_000;
+
+/// What a replica is doing, as roles are shown to operators.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Candidate,
+    /// Following, and never stands for election (priority 0).
+    Sync,
+    /// Following, and takes over when the primary dies.
+    Backup,
+    /// Following (the preferred primary, while another leads).
+    #[default]
+    Follower,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Candidate => "candidate",
+            Role::Sync => "sync",
+            Role::Backup => "backup",
+            Role::Follower => "follower",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One machine as the replica knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineSummary {
+    pub machine: MachineId,
+    /// The machine's last event in this replica's log.
+    pub last_seq: u64,
+    pub last_gseq: u64,
+    /// The machine's clock at its last event (ms since the Unix epoch).
+    pub last_event_ms: i64,
+    /// Whether a machine session is open on this replica (only the primary
+    /// holds sessions).
+    pub connected: bool,
+    /// Events of the machine this replica holds but has not seen committed.
+    pub uncommitted: u64,
+    pub cash_held_won: i64,
+    pub stock_units: u64,
+}
+
+/// Fleet-wide figures from the projection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetTotals {
+    pub machines: usize,
+    pub entries_applied: u64,
+    pub projection_issues: u64,
+    pub purchases: u64,
+    pub sales_won: i64,
+    pub cash_held_won: i64,
+    pub change_owed_won: i64,
+    pub items_in_stock: u64,
+}
+
+/// What the core published after a round.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub status: ReplicaStatus,
+    pub role: Role,
+    pub machines: Vec<MachineSummary>,
+    pub totals: FleetTotals,
+}
+
+/// The newest snapshot, always available.
+pub type SnapshotReceiver = tokio::sync::watch::Receiver<Arc<Snapshot>>;
+
+/// An entry of the log as pages show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntryView {
+    pub gseq: u64,
+    pub epoch: u64,
+    /// The appending primary's clock.
+    pub logged_ms: i64,
+    /// blake3 of the record, hex.
+    pub hash: String,
+    pub prev_hash: String,
+    pub kind: EntryKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EntryKind {
+    Event {
+        machine: MachineId,
+        seq: u64,
+        /// The machine's clock.
+        at_ms: i64,
+        /// The event's kind, e.g. `product_purchased`.
+        event: String,
+    },
+    EpochStarted {
+        primary: String,
+    },
+    /// A record that does not decode (reported, never hidden).
+    Unreadable {
+        problem: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("entry {gseq} is not in this replica's log (it holds up to {tip})")]
+    BeyondTip { gseq: u64, tip: u64 },
+    #[error("the log could not be read: {0}")]
+    Storage(String),
+}
+
+/// Reads a replica's log from any thread without involving its core.
+pub trait LogReader: Send + Sync + 'static {
+    /// Entries `from_gseq..=to_gseq`, at most [`READ_ENTRIES_MAX`].
+    fn entries(&self, from_gseq: u64, to_gseq: u64) -> Result<Vec<LogEntryView>, ReadError>;
+}
+
+/// An entry that became committed, for live pages. `gseq` is the
+/// resumption point (SSE's Last-Event-ID).
+pub type CommittedEntry = Arc<LogEntryView>;
+
+/// What an operator asks of a replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// Deliver a command to a machine over its link (the machine applies it
+    /// and records the outcome as its own event).
+    Remote {
+        machine: MachineId,
+        command: RemoteCommand,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    #[error("this replica is not the primary; ask {primary:?}")]
+    NotPrimary { primary: Option<String> },
+    #[error("machine {0} is not connected; the command was not delivered")]
+    MachineOffline(MachineId),
+    #[error("the replica is shutting down")]
+    Stopped,
+}
+
+/// What happened to a request that was carried out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ActionReceipt {
+    /// Sent to the machine; its own event will say what it did.
+    Delivered,
+}
+
+pub struct OperatorRequest {
+    /// Who asked (recorded with what it causes).
+    pub operator: String,
+    pub action: OperatorAction,
+    pub reply: tokio::sync::oneshot::Sender<Result<ActionReceipt, ActionError>>,
+}
+
+/// Everything the dashboard reads a replica through.
+#[derive(Clone)]
+pub struct ReadPorts {
+    pub snapshot: SnapshotReceiver,
+    pub log: Arc<dyn LogReader>,
+    pub committed: tokio::sync::broadcast::Sender<CommittedEntry>,
+    pub actions: tokio::sync::mpsc::Sender<OperatorRequest>,
+}

@@ -1,0 +1,675 @@
+//! The RocksDB backend: what ships. Column families:
+//!
+//! ```text
+//! log          first gseq (u64 BE)           -> seal(chunk)         consecutive entries
+//! machine_seq  len(id) ++ id ++ seq (u64 BE)  -> gseq (u64 BE) ++ chain hash (32)
+//! meta         name                           -> MessagePack value   heads, config, segments
+//! checkpoints  gseq (u64 BE)                  -> seal(projection)
+//! ```
+//!
+//! Every [`Batch`] is one `WriteBatch` written with `sync = true` (group
+//! commit): the entries, their index rows and the new heads land together or
+//! not at all, so a crash never exposes half a batch. With `deferred_sync`
+//! each batch goes to the WAL without an fsync and [`Backend::sync`] makes
+//! them all durable at once.
+//!
+//! Log values are chunks of up to [`CHUNK_ENTRIES_MAX`] consecutive records
+//! (`u32 LE length ++ record`, repeated) sealed with XChaCha20-Poly1305 under
+//! the store key, with `"log/" ++ first gseq` as associated data so a value
+//! moved to another key fails to open. Sealing per chunk rather than per
+//! entry amortises the cipher's per-message setup, which costs more than
+//! encrypting a whole small record (see BENCHMARKS.md).
+
+use super::backend::{Backend, Batch, RecordVisitor, StoredState, Truncation};
+use super::{MachineHead, OpenOptions, SegmentSummary, StoreConfig, StoreError};
+use crate::crypto::{Hash32, SealError, Sealer, SecretKey};
+use crate::ids::MachineId;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options,
+    WriteBatch, WriteOptions,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const CF_LOG: &str = "log";
+const CF_MACHINE_SEQ: &str = "machine_seq";
+const CF_META: &str = "meta";
+const CF_CHECKPOINTS: &str = "checkpoints";
+const COLUMN_FAMILIES: [&str; 4] = [CF_LOG, CF_MACHINE_SEQ, CF_META, CF_CHECKPOINTS];
+
+const META_CONFIG: &[u8] = b"config";
+const META_HEAD: &[u8] = b"head";
+const META_KEY_CHECK: &[u8] = b"key_check";
+const META_OPEN_SEGMENT: &[u8] = b"open_segment";
+const META_MACHINE_HEAD_PREFIX: &[u8] = b"mh/";
+const META_SEGMENT_PREFIX: &[u8] = b"seg/";
+const META_APP_PREFIX: &[u8] = b"app/";
+const KEY_CHECK_PLAINTEXT: &[u8] = b"vendledger store key check v1";
+
+/// Most records sealed together in one log value.
+pub const CHUNK_ENTRIES_MAX: usize = 64;
+/// A chunk is closed early once its plaintext reaches this size.
+pub const CHUNK_BYTES_MAX: usize = 64 * 1024;
+const CHUNK_LENGTH_BYTES: usize = 4;
+
+/// The first gseq of a chunk and the records of it that are kept.
+type ChunkPrefix = (u64, Vec<Vec<u8>>);
+
+pub struct RocksBackend {
+    db: Arc<DB>,
+    path: PathBuf,
+    sealer: Sealer,
+    deferred_sync: bool,
+    /// Writes since the last sync (with `deferred_sync`).
+    unsynced: bool,
+}
+
+fn gseq_key(gseq: u64) -> [u8; 8] {
+    gseq.to_be_bytes()
+}
+
+fn machine_seq_key(machine: &MachineId, seq: u64) -> Vec<u8> {
+    let id = machine.as_str().as_bytes();
+    let mut key = Vec::with_capacity(1 + id.len() + 8);
+    key.push(u8::try_from(id.len()).expect("machine ids are at most 32 bytes"));
+    key.extend_from_slice(id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn log_aad(gseq: u64) -> [u8; 12] {
+    let mut aad = [0u8; 12];
+    aad[..4].copy_from_slice(b"log/");
+    aad[4..].copy_from_slice(&gseq.to_be_bytes());
+    aad
+}
+
+fn checkpoint_aad(gseq: u64) -> [u8; 19] {
+    let mut aad = [0u8; 19];
+    aad[..11].copy_from_slice(b"checkpoint/");
+    aad[11..].copy_from_slice(&gseq.to_be_bytes());
+    aad
+}
+
+fn encode_meta<T: Serialize>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec(value).expect("encoding to a Vec cannot fail")
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+fn machine_head_key(machine: &MachineId) -> Vec<u8> {
+    [META_MACHINE_HEAD_PREFIX, machine.as_str().as_bytes()].concat()
+}
+
+fn segment_key(index: u64) -> Vec<u8> {
+    [META_SEGMENT_PREFIX, &index.to_be_bytes()[..]].concat()
+}
+
+fn app_key(name: &str) -> Vec<u8> {
+    [META_APP_PREFIX, name.as_bytes()].concat()
+}
+
+pub(super) fn push_chunk_record(chunk: &mut Vec<u8>, record: &[u8]) {
+    let length = u32::try_from(record.len()).expect("records are bounded far below 4 GiB");
+    chunk.extend_from_slice(&length.to_le_bytes());
+    chunk.extend_from_slice(record);
+}
+
+/// Splits the next record off a chunk's plaintext. Lengths come from disk,
+/// so every one is bounds-checked.
+fn next_chunk_record(gseq: u64, plaintext: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
+    let malformed = || StoreError::entry(gseq, "chunk framing is malformed");
+    let (length, rest) = plaintext
+        .split_at_checked(CHUNK_LENGTH_BYTES)
+        .ok_or_else(malformed)?;
+    let length = usize::try_from(u32::from_le_bytes(length.try_into().expect("4 bytes")))
+        .map_err(|_| malformed())?;
+    rest.split_at_checked(length).ok_or_else(malformed)
+}
+
+fn open_chunk_plaintext(
+    sealer: &Sealer,
+    first_gseq: u64,
+    sealed: &[u8],
+    plaintext: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    sealer
+        .open_into(&log_aad(first_gseq), sealed, plaintext)
+        .map_err(|e| {
+            let why = match e {
+                SealError::TooShort => "sealed value is truncated",
+                SealError::Authentication => "cannot be decrypted: wrong key or corrupted bytes",
+            };
+            StoreError::entry(
+                first_gseq,
+                format!("{why} (the chunk starting here is unreadable)"),
+            )
+        })
+}
+
+/// Visits records `from..=last` in order, opening each chunk once. A
+/// RocksDB iterator reads one consistent point in time, so a reader on
+/// another thread never sees half of a write.
+fn read_records(
+    db: &DB,
+    sealer: &Sealer,
+    from: u64,
+    last: u64,
+    visit: &mut RecordVisitor<'_>,
+) -> Result<(), StoreError> {
+    if from > last {
+        return Ok(());
+    }
+    let cf = db
+        .cf_handle(CF_LOG)
+        .expect("column families are created at open");
+    let mut raw = db.raw_iterator_cf(cf);
+    let mut expected = from.max(1);
+    raw.seek_for_prev(gseq_key(expected));
+    if !raw.valid() {
+        raw.seek(gseq_key(expected));
+    }
+    let mut plaintext = Vec::new();
+    while expected <= last {
+        let (Some(first), Some(sealed)) = (raw.key().and_then(be_u64), raw.value()) else {
+            raw.status()?;
+            return Err(StoreError::entry(expected, "missing from the log"));
+        };
+        if first > expected {
+            return Err(StoreError::entry(expected, "missing from the log"));
+        }
+        open_chunk_plaintext(sealer, first, sealed, &mut plaintext)?;
+        let mut rest = plaintext.as_slice();
+        let mut gseq = first;
+        while !rest.is_empty() {
+            let (record, after) = next_chunk_record(gseq, rest)?;
+            rest = after;
+            if gseq >= expected {
+                if gseq > last || !visit(gseq, record)? {
+                    return Ok(());
+                }
+                expected += 1;
+            }
+            gseq += 1;
+        }
+        raw.next();
+    }
+    Ok(())
+}
+
+/// Reads a RocksDB store's records from any thread, beside the writer that
+/// owns it (the dashboard's log pages). Cheap to clone.
+#[derive(Clone)]
+pub struct RocksReader {
+    db: Arc<DB>,
+    sealer: Sealer,
+}
+
+impl RocksReader {
+    /// Visits records `from..=last`; the caller bounds `last` by a tip it
+    /// knows is written (the reader does not know the writer's head).
+    pub fn for_each_record(
+        &self,
+        from: u64,
+        last: u64,
+        visit: &mut RecordVisitor<'_>,
+    ) -> Result<(), StoreError> {
+        read_records(&self.db, &self.sealer, from, last, visit)
+    }
+}
+
+impl RocksBackend {
+    /// A reader for other threads.
+    pub fn reader(&self) -> RocksReader {
+        RocksReader {
+            db: self.db.clone(),
+            sealer: self.sealer.clone(),
+        }
+    }
+
+    /// Opens (or with `options.create`, creates) the RocksDB database at
+    /// `path` and checks that `key` is the one it was sealed with.
+    pub fn open(
+        path: &Path,
+        key: &SecretKey,
+        options: OpenOptions,
+    ) -> Result<RocksBackend, StoreError> {
+        if !options.create && !path.join("CURRENT").exists() {
+            return Err(StoreError::NotFound(path.display().to_string()));
+        }
+        let mut db_options = Options::default();
+        db_options.create_if_missing(options.create);
+        db_options.create_missing_column_families(true);
+        db_options.set_compression_type(DBCompressionType::None);
+        db_options.set_max_open_files(512);
+        db_options.set_keep_log_file_num(4);
+        let descriptors = COLUMN_FAMILIES.map(|name| {
+            let mut cf_options = Options::default();
+            cf_options.set_compression_type(DBCompressionType::None);
+            ColumnFamilyDescriptor::new(name, cf_options)
+        });
+        let db = DB::open_cf_descriptors(&db_options, path, descriptors)?;
+        let mut backend = RocksBackend {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+            sealer: Sealer::new(key),
+            deferred_sync: options.deferred_sync,
+            unsynced: false,
+        };
+        backend.check_key()?;
+        Ok(backend)
+    }
+
+    /// Proves the key on a sealed constant, recording it in a new store.
+    fn check_key(&mut self) -> Result<(), StoreError> {
+        match self.db.get_cf(self.cf(CF_META), META_KEY_CHECK)? {
+            Some(sealed) => self
+                .sealer
+                .open(META_KEY_CHECK, &sealed)
+                .map(drop)
+                .map_err(|_| StoreError::WrongKey),
+            None => {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(
+                    self.cf(CF_META),
+                    META_KEY_CHECK,
+                    self.sealer.seal(META_KEY_CHECK, KEY_CHECK_PLAINTEXT),
+                );
+                self.write_batch(batch, true)
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether writes are waiting for a sync (with `deferred_sync`).
+    pub fn has_unsynced_writes(&self) -> bool {
+        self.unsynced
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, name: &[u8]) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = self.db.get_cf(self.cf(CF_META), name)? else {
+            return Ok(None);
+        };
+        rmp_serde::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Meta {
+                name: String::from_utf8_lossy(name).into_owned(),
+                problem: e.to_string(),
+            })
+    }
+
+    /// Writes a batch atomically and durably — or, with `deferred_sync`
+    /// and unless `force_sync`, atomically now and durably at the next sync.
+    fn write_batch(&mut self, batch: WriteBatch, force_sync: bool) -> Result<(), StoreError> {
+        let sync = force_sync || !self.deferred_sync;
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        self.db.write_opt(batch, &options)?;
+        if !sync {
+            self.unsynced = true;
+        }
+        Ok(())
+    }
+
+    fn load_machine_heads(&self) -> Result<HashMap<MachineId, MachineHead>, StoreError> {
+        let mut heads = HashMap::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(META_MACHINE_HEAD_PREFIX, Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item?;
+            let Some(id) = key.strip_prefix(META_MACHINE_HEAD_PREFIX) else {
+                break;
+            };
+            let bad = |problem: String| StoreError::Meta {
+                name: String::from_utf8_lossy(&key).into_owned(),
+                problem,
+            };
+            let id = std::str::from_utf8(id)
+                .ok()
+                .and_then(|id| MachineId::new(id).ok())
+                .ok_or_else(|| bad("bad machine id".into()))?;
+            let head: MachineHead =
+                rmp_serde::from_slice(&value).map_err(|e| bad(e.to_string()))?;
+            heads.insert(id, head);
+        }
+        Ok(heads)
+    }
+
+    fn seal_chunk(&self, first_gseq: u64, records: &[Vec<u8>]) -> Vec<u8> {
+        let mut plaintext = Vec::new();
+        for record in records {
+            push_chunk_record(&mut plaintext, record);
+        }
+        self.sealer.seal(&log_aad(first_gseq), &plaintext)
+    }
+
+    /// Adds the batch's records to `rocks` as sealed chunks.
+    fn put_chunks(&self, rocks: &mut WriteBatch, batch: &Batch) {
+        let mut chunk = Vec::new();
+        let mut chunk_first = batch.first_gseq;
+        let mut chunk_records = 0;
+        for (gseq, record) in (batch.first_gseq..).zip(&batch.records) {
+            if chunk_records == 0 {
+                chunk_first = gseq;
+            }
+            push_chunk_record(&mut chunk, record);
+            chunk_records += 1;
+            if chunk_records >= CHUNK_ENTRIES_MAX || chunk.len() >= CHUNK_BYTES_MAX {
+                let sealed = self.sealer.seal(&log_aad(chunk_first), &chunk);
+                rocks.put_cf(self.cf(CF_LOG), gseq_key(chunk_first), sealed);
+                chunk.clear();
+                chunk_records = 0;
+            }
+        }
+        if chunk_records > 0 {
+            let sealed = self.sealer.seal(&log_aad(chunk_first), &chunk);
+            rocks.put_cf(self.cf(CF_LOG), gseq_key(chunk_first), sealed);
+        }
+    }
+
+    /// Opens the chunk stored under `first_gseq` into its records.
+    fn open_chunk(&self, first_gseq: u64, sealed: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut plaintext = Vec::new();
+        self.open_chunk_plaintext(first_gseq, sealed, &mut plaintext)?;
+        let mut records = Vec::new();
+        let mut rest = plaintext.as_slice();
+        while !rest.is_empty() {
+            let (record, after) = next_chunk_record(first_gseq + records.len() as u64, rest)?;
+            records.push(record.to_vec());
+            rest = after;
+        }
+        if records.is_empty() {
+            return Err(StoreError::entry(first_gseq, "chunk holds no records"));
+        }
+        Ok(records)
+    }
+
+    fn open_chunk_plaintext(
+        &self,
+        first_gseq: u64,
+        sealed: &[u8],
+        plaintext: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        open_chunk_plaintext(&self.sealer, first_gseq, sealed, plaintext)
+    }
+
+    /// The chunk holding `last_kept` when it also holds later records:
+    /// its first gseq and the records up to `last_kept`.
+    fn chunk_prefix(&self, last_kept: u64) -> Result<Option<ChunkPrefix>, StoreError> {
+        if last_kept == 0 {
+            return Ok(None);
+        }
+        let Some((first, sealed)) = self.raw_chunk(last_kept)? else {
+            return Err(StoreError::entry(last_kept, "missing from the log"));
+        };
+        let mut records = self.open_chunk(first, &sealed)?;
+        let keep = usize::try_from(last_kept - first + 1).unwrap_or(usize::MAX);
+        if records.len() <= keep {
+            return Ok(None);
+        }
+        records.truncate(keep);
+        Ok(Some((first, records)))
+    }
+
+    /// The first gseq of the chunk holding `gseq`, and its raw sealed value.
+    fn raw_chunk(&self, gseq: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let mut raw = self.db.raw_iterator_cf(self.cf(CF_LOG));
+        raw.seek_for_prev(gseq_key(gseq));
+        raw.status()?;
+        Ok(raw
+            .key()
+            .and_then(be_u64)
+            .zip(raw.value().map(<[u8]>::to_vec)))
+    }
+
+    /// Flushes memtables so a following open is fast (used before backups
+    /// and by tools).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        for cf in COLUMN_FAMILIES {
+            self.db.flush_cf(self.cf(cf))?;
+        }
+        Ok(())
+    }
+}
+
+impl Backend for RocksBackend {
+    fn load(&self) -> Result<Option<StoredState>, StoreError> {
+        let Some(config) = self.read_meta::<StoreConfig>(META_CONFIG)? else {
+            return Ok(None);
+        };
+        Ok(Some(StoredState {
+            config,
+            head: self.read_meta(META_HEAD)?.unwrap_or_default(),
+            open_segment: self.read_meta(META_OPEN_SEGMENT)?.unwrap_or_default(),
+            machine_heads: self.load_machine_heads()?,
+        }))
+    }
+
+    fn init(&mut self, config: &StoreConfig) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), META_CONFIG, encode_meta(config));
+        self.write_batch(batch, true)
+    }
+
+    fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let mut rocks = WriteBatch::default();
+        self.put_chunks(&mut rocks, batch);
+        for row in &batch.index {
+            let mut value = [0u8; 40];
+            value[..8].copy_from_slice(&row.gseq.to_be_bytes());
+            value[8..].copy_from_slice(&row.chain_hash);
+            rocks.put_cf(
+                self.cf(CF_MACHINE_SEQ),
+                machine_seq_key(&row.machine, row.seq),
+                value,
+            );
+        }
+        let meta = self.cf(CF_META);
+        rocks.put_cf(meta, META_HEAD, encode_meta(&batch.head));
+        rocks.put_cf(meta, META_OPEN_SEGMENT, encode_meta(&batch.open_segment));
+        for (machine, head) in &batch.machine_heads {
+            rocks.put_cf(meta, machine_head_key(machine), encode_meta(head));
+        }
+        for segment in &batch.closed_segments {
+            rocks.put_cf(meta, segment_key(segment.index), encode_meta(segment));
+        }
+        self.write_batch(rocks, false)
+    }
+
+    fn truncate(&mut self, cut: &Truncation) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        // Chunks after the cut go; the chunk the cut falls into is rewritten
+        // with the records it keeps.
+        batch.delete_range_cf(
+            self.cf(CF_LOG),
+            gseq_key(cut.to_gseq + 1),
+            gseq_key(u64::MAX),
+        );
+        if let Some((first, kept)) = self.chunk_prefix(cut.to_gseq)? {
+            batch.put_cf(
+                self.cf(CF_LOG),
+                gseq_key(first),
+                self.seal_chunk(first, &kept),
+            );
+        }
+        for (machine, seq) in &cut.removed_index {
+            batch.delete_cf(self.cf(CF_MACHINE_SEQ), machine_seq_key(machine, *seq));
+        }
+        let meta = self.cf(CF_META);
+        for (machine, head) in &cut.machine_heads {
+            match head {
+                Some(head) => batch.put_cf(meta, machine_head_key(machine), encode_meta(head)),
+                None => batch.delete_cf(meta, machine_head_key(machine)),
+            }
+        }
+        for segment in self.segments()? {
+            if segment.index >= cut.first_removed_segment {
+                batch.delete_cf(meta, segment_key(segment.index));
+            }
+        }
+        batch.delete_range_cf(
+            self.cf(CF_CHECKPOINTS),
+            gseq_key(cut.to_gseq + 1),
+            gseq_key(u64::MAX),
+        );
+        batch.put_cf(meta, META_HEAD, encode_meta(&cut.head));
+        batch.put_cf(meta, META_OPEN_SEGMENT, encode_meta(&cut.open_segment));
+        self.write_batch(batch, false)
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        if self.unsynced {
+            self.db.flush_wal(true)?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    fn for_each_record(
+        &self,
+        from: u64,
+        last: u64,
+        visit: &mut RecordVisitor<'_>,
+    ) -> Result<(), StoreError> {
+        read_records(&self.db, &self.sealer, from, last, visit)
+    }
+
+    fn index_row(
+        &self,
+        machine: &MachineId,
+        seq: u64,
+    ) -> Result<Option<(u64, Hash32)>, StoreError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_MACHINE_SEQ), machine_seq_key(machine, seq))?
+            .and_then(|v| Some((be_u64(&v)?, v.get(8..40)?.try_into().ok()?))))
+    }
+
+    fn segments(&self) -> Result<Vec<SegmentSummary>, StoreError> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(META_SEGMENT_PREFIX, Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item?;
+            if !key.starts_with(META_SEGMENT_PREFIX) {
+                break;
+            }
+            out.push(rmp_serde::from_slice(&value).map_err(|e| StoreError::Meta {
+                name: String::from_utf8_lossy(&key).into_owned(),
+                problem: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    fn app_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_META), app_key(name))?)
+    }
+
+    fn put_app_meta(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), app_key(name), value);
+        self.write_batch(batch, false)
+    }
+
+    fn put_checkpoint(&mut self, gseq: u64, bytes: &[u8], keep: usize) -> Result<(), StoreError> {
+        let cf = self.cf(CF_CHECKPOINTS);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            cf,
+            gseq_key(gseq),
+            self.sealer.seal(&checkpoint_aad(gseq), bytes),
+        );
+        let existing: Vec<Box<[u8]>> = self
+            .db
+            .iterator_cf(cf, IteratorMode::Start)
+            .map(|item| item.map(|(key, _)| key))
+            .collect::<Result<_, _>>()?;
+        let excess = (existing.len() + 1).saturating_sub(keep);
+        for key in existing.iter().take(excess) {
+            batch.delete_cf(cf, key);
+        }
+        self.write_batch(batch, false)
+    }
+
+    fn checkpoint_at_or_before(&self, gseq: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let cf = self.cf(CF_CHECKPOINTS);
+        let mut iter = self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&gseq_key(gseq), Direction::Reverse));
+        let Some(item) = iter.next() else {
+            return Ok(None);
+        };
+        let (key, value) = item?;
+        let at = be_u64(&key).ok_or_else(|| StoreError::Meta {
+            name: "checkpoint".into(),
+            problem: "bad key".into(),
+        })?;
+        let plaintext =
+            self.sealer
+                .open(&checkpoint_aad(at), &value)
+                .map_err(|_| StoreError::Meta {
+                    name: format!("checkpoint {at}"),
+                    problem: "cannot be decrypted".into(),
+                })?;
+        Ok(Some((at, plaintext)))
+    }
+}
+
+/// Hooks that rewrite history behind the store's back, so tests can prove
+/// that tampering and damage are detected. Not part of the product.
+#[cfg(any(test, feature = "testing"))]
+impl RocksBackend {
+    /// The first gseq of the chunk holding `gseq`, and its raw sealed value.
+    pub fn testing_raw_chunk(&self, gseq: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.raw_chunk(gseq)
+    }
+
+    /// Replaces (or with `None` deletes) the raw value of a chunk, durably.
+    pub fn testing_overwrite_raw_chunk(
+        &mut self,
+        first_gseq: u64,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        match value {
+            Some(value) => batch.put_cf(self.cf(CF_LOG), gseq_key(first_gseq), value),
+            None => batch.delete_cf(self.cf(CF_LOG), gseq_key(first_gseq)),
+        }
+        self.write_batch(batch, true)
+    }
+
+    /// Reseals the chunk holding `gseq` with `record` in its place (someone
+    /// holding the key rewriting history).
+    pub fn testing_overwrite_record(&mut self, gseq: u64, record: &[u8]) -> Result<(), StoreError> {
+        let Some((first, sealed)) = self.raw_chunk(gseq)? else {
+            return Err(StoreError::entry(gseq, "missing from the log"));
+        };
+        let mut records = self.open_chunk(first, &sealed)?;
+        let index = usize::try_from(gseq - first).unwrap_or(usize::MAX);
+        let slot = records
+            .get_mut(index)
+            .ok_or_else(|| StoreError::entry(gseq, "missing from the log"))?;
+        *slot = record.to_vec();
+        let value = self.seal_chunk(first, &records);
+        self.testing_overwrite_raw_chunk(first, Some(&value))
+    }
+}

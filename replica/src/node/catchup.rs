@@ -1,0 +1,261 @@
+//! Records from a more up-to-date voter (catch-up), and what every
+//! received record goes through: decoding, fitting against the log
+//! (compare, or truncate a stale suffix), and the reorder buffer.
+//!
+//! Why catch-up exists: the sync replica never stands, so a backup whose
+//! log is behind the sync's could never win an election. While no primary
+//! is alive, a voter that refuses a candidate for being behind also sends
+//! it the records it lacks, and the candidate stands again as soon as it
+//! has caught up.
+
+use super::{
+    Action, Candidacy, CatchupSource, LogView, Node, NodeId, REORDER_RECORDS_MAX,
+    RETRANSMIT_RECORDS_MAX, Target, Tip,
+};
+use ledger::store::record::{GENESIS_HASH, ReplicatedRecord};
+
+/// Where a received record stands against the log (and the records
+/// accepted before it in the same batch).
+pub(super) enum Fit {
+    /// The log already holds this very record.
+    Stored,
+    /// It continues the log: write it.
+    Next,
+    /// A gap lies before it: buffer it.
+    Ahead,
+    /// It sits right after the tip but does not link to it.
+    Unlinked,
+    /// Stop taking this batch (a conflict after records already accepted,
+    /// or a truncation that would drop a committed entry).
+    Stop,
+}
+
+impl Tip {
+    pub(super) fn of(entry: &ledger::store::record::LogEntry) -> Tip {
+        Tip {
+            gseq: entry.body.gseq,
+            hash: entry.hash,
+            epoch: entry.body.epoch,
+        }
+    }
+}
+
+impl Node {
+    /// A replicated record that decodes and sits where the datagram says;
+    /// anything else is counted and refused. Decoding hashes the record:
+    /// this is the only place a received record is decoded.
+    pub(super) fn decode_record(&mut self, gseq: u64, record: Vec<u8>) -> Option<ReplicatedRecord> {
+        match ReplicatedRecord::decode(record) {
+            Ok(record) if record.gseq() == gseq => Some(record),
+            _ => {
+                self.counters.malformed_records_dropped += 1;
+                None
+            }
+        }
+    }
+
+    /// Fits a received record against the log. A record at or below the
+    /// tip is compared with the log's: the same hash means it is stored; a
+    /// different one is a suffix from another history, which goes (never
+    /// below the commit) so the record can take its place. `accepting` says
+    /// records of this batch were already accepted: then `tip` includes
+    /// them, and a conflict means the sender's own records disagree.
+    pub(super) fn fit(
+        &mut self,
+        out: &mut Vec<Action>,
+        record: &ReplicatedRecord,
+        tip: &mut Tip,
+        accepting: bool,
+        log: &dyn LogView,
+    ) -> Fit {
+        let entry = record.entry();
+        let gseq = entry.body.gseq;
+        if gseq <= tip.gseq {
+            // Records of one datagram rise in gseq and only pending writes
+            // raise `tip`, so with nothing accepted yet `gseq` is on disk.
+            match log.entry_meta(gseq) {
+                Some((hash, _)) if hash == entry.hash => return Fit::Stored,
+                _ if accepting => return Fit::Stop,
+                _ => {
+                    if !self.truncate(out, gseq - 1, log) {
+                        return Fit::Stop;
+                    }
+                    *tip = log_tip_after_truncate(log, gseq - 1);
+                }
+            }
+        }
+        if gseq > tip.gseq + 1 {
+            Fit::Ahead
+        } else if entry.prev_hash != tip.hash {
+            Fit::Unlinked
+        } else {
+            Fit::Next
+        }
+    }
+
+    pub(super) fn buffer(&mut self, gseq: u64, record: ReplicatedRecord) {
+        if self.reorder.len() >= REORDER_RECORDS_MAX && !self.reorder.contains_key(&gseq) {
+            // Keep the records closest to the tip; a far one will be NAKed.
+            match self.reorder.last_key_value() {
+                Some((&far, _)) if far > gseq => {
+                    self.reorder.remove(&far);
+                }
+                _ => {
+                    self.counters.reorder_overflow_dropped += 1;
+                    return;
+                }
+            }
+            self.counters.reorder_overflow_dropped += 1;
+        }
+        self.reorder.insert(gseq, record);
+    }
+
+    /// Moves the buffered records that now continue the log to `to_write`.
+    pub(super) fn drain_reorder(&mut self, tip: &mut Tip, to_write: &mut Vec<ReplicatedRecord>) {
+        // Drop what is already stored.
+        while let Some(entry) = self.reorder.first_entry() {
+            if *entry.key() > tip.gseq {
+                break;
+            }
+            entry.remove();
+        }
+        while let Some(record) = self.reorder.remove(&(tip.gseq + 1)) {
+            if record.entry().prev_hash != tip.hash {
+                // A buffered record from an older view of the log; the NAK
+                // path fetches the right one.
+                self.reorder.clear();
+                break;
+            }
+            *tip = Tip::of(record.entry());
+            to_write.push(record);
+        }
+    }
+
+    /// Truncates to `to_gseq` unless that would drop a committed entry.
+    pub(super) fn truncate(
+        &mut self,
+        out: &mut Vec<Action>,
+        to_gseq: u64,
+        log: &dyn LogView,
+    ) -> bool {
+        if to_gseq < self.commit {
+            // The primary disagrees with something this node holds as
+            // committed: that is a safety violation somewhere. Refuse.
+            self.counters.conflicts_below_commit += 1;
+            return false;
+        }
+        let tip = log.tip().gseq;
+        if to_gseq < tip {
+            self.counters.truncations += 1;
+            self.counters.records_truncated += tip - to_gseq;
+            out.push(Action::TruncateAfter { gseq: to_gseq });
+            self.reorder.clear();
+            self.verified = self.verified.min(to_gseq);
+        }
+        true
+    }
+
+    /// Sends a candidate whose log is behind ours the records it lacks,
+    /// from just after its commit (a committed prefix is common to every
+    /// log, so any divergence starts after it). Only while no primary is
+    /// alive, and at most once per heartbeat per candidate.
+    pub(super) fn send_catchup(
+        &mut self,
+        out: &mut Vec<Action>,
+        candidate: NodeId,
+        candidacy: Candidacy,
+        log: &dyn LogView,
+    ) {
+        let primary_alive = self.primary_alive();
+        let recently = self
+            .catchup_sent_ms
+            .get(&candidate)
+            .is_some_and(|&at| self.now_ms < at + self.config.heartbeat_ms);
+        let tip = log.tip();
+        if primary_alive || recently || tip.gseq == 0 {
+            return;
+        }
+        let from = (candidacy.commit_gseq + 1)
+            .min(candidacy.last_gseq + 1)
+            .max(1);
+        if from > tip.gseq {
+            return;
+        }
+        let to = tip.gseq.min(from + RETRANSMIT_RECORDS_MAX - 1);
+        self.catchup_sent_ms.insert(candidate, self.now_ms);
+        self.counters.catchup_records_sent += to - from + 1;
+        out.push(Action::Replicate {
+            to: Target::Node(candidate),
+            from_gseq: from,
+            to_gseq: to,
+            epoch: self.epoch,
+            commit_gseq: self.commit,
+            catchup: Some(CatchupSource {
+                last_gseq: tip.gseq,
+                last_epoch: tip.epoch,
+            }),
+        });
+    }
+
+    /// Records from a voter with a more up-to-date log, while no primary is
+    /// alive. Where they differ from ours at the same gseq, ours are not
+    /// committed — a committed entry is in every log that is more up to
+    /// date than one holding it — so they go, never below our commit; the
+    /// rest extends our log so we can win the election.
+    pub(super) fn on_catchup(
+        &mut self,
+        out: &mut Vec<Action>,
+        first_gseq: u64,
+        records: Vec<Vec<u8>>,
+        source: CatchupSource,
+        log: &dyn LogView,
+    ) {
+        let mut tip = log.tip();
+        if self.primary_alive() || (source.last_epoch, source.last_gseq) <= (tip.epoch, tip.gseq) {
+            return;
+        }
+        let mut to_write = Vec::new();
+        for (gseq, record) in (first_gseq..).zip(records) {
+            let Some(record) = self.decode_record(gseq, record) else {
+                break;
+            };
+            match self.fit(out, &record, &mut tip, !to_write.is_empty(), log) {
+                Fit::Stored => continue,
+                // Not connected to our log: the next catch-up starts earlier
+                // (at our commit) and finds where the logs part.
+                Fit::Stop | Fit::Unlinked => break,
+                // Datagrams arrive in any order: keep it for when the gap fills.
+                Fit::Ahead => self.buffer(gseq, record),
+                Fit::Next => {
+                    tip = Tip::of(record.entry());
+                    to_write.push(record);
+                }
+            }
+        }
+        self.drain_reorder(&mut tip, &mut to_write);
+        if !to_write.is_empty() {
+            self.counters.catchup_records_taken += to_write.len() as u64;
+            out.push(Action::AppendReplicated { records: to_write });
+        }
+        if tip.gseq >= source.last_gseq {
+            // Caught up with the voter: stand again soon rather than after
+            // a whole election timeout.
+            self.election_due_ms = self
+                .election_due_ms
+                .min(self.now_ms + self.config.heartbeat_ms);
+        }
+    }
+}
+
+/// The tip after truncating to `gseq` (read back from the log view, which
+/// the shell updates when it executes the truncation).
+fn log_tip_after_truncate(log: &dyn LogView, gseq: u64) -> Tip {
+    match log.entry_meta(gseq) {
+        Some((hash, epoch)) => Tip { gseq, hash, epoch },
+        None => Tip {
+            gseq: 0,
+            hash: GENESIS_HASH,
+            epoch: 0,
+        },
+    }
+}

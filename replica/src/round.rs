@@ -1,0 +1,724 @@
+//! The one executor of a replica's protocol cores, without I/O.
+//!
+//! [`Round`] owns the replication node ([`Node`]), the machine ingest
+//! ([`Ingest`]), the ledger (over any storage [`Backend`]) and the outbox.
+//! A shell drives it in rounds:
+//!
+//! ```text
+//! round.begin(now_ms, wall_ms);
+//! round.input(..); round.input(..); ...   // datagrams, machine frames, sessions
+//! round.tick();                            // timers
+//! round.seal();                            // propose what machines sent, announce commits
+//! let synced = round.sync();               // one fsync for every write of the round
+//! for outgoing in round.finish(synced) { .. send it .. }
+//! ```
+//!
+//! The node's actions run here and nowhere else, in order and iteratively
+//! (follow-up actions go to the front of the queue). Nothing the round
+//! produces — acknowledgements, votes, records, machine frames — leaves
+//! before `finish` is handed a successful sync: nothing outside ever
+//! depends on a write that a crash could take back. If the sync fails the
+//! round sends nothing. The tokio server and the deterministic simulation
+//! both drive this type; neither executes an action itself.
+
+use crate::ingest::{Ingest, IngestAction, LinkKeys, MachineIndex, SessionId, Standing};
+use crate::node::{Action, LogView, Node, NodeConfig, PersistedVote, Restart, Role, Target, Tip};
+use crate::wire::{Datagram, DatagramCodec, Message, NodeId, WireError, replication_messages};
+use ledger::crypto::Hash32;
+use ledger::keys::ChainKeys;
+use ledger::store::StoreError;
+use ledger::store::backend::Backend;
+use ledger::store::record::ReplicatedRecord;
+use ledger::{Ledger, MachineId};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use std::collections::{BTreeMap, VecDeque};
+
+/// The commit hint is saved at most this often.
+pub const COMMIT_HINT_EVERY_MS: u64 = 250;
+/// Recent entries whose hash and epoch are kept in memory.
+pub const META_CACHE_ENTRIES: usize = 65_536;
+/// A replica that meets a machine it has no key for asks its shell to
+/// reload the key directory at most this often.
+pub const KEY_RELOAD_INTERVAL_MS: u64 = 1_000;
+
+const META_VOTE: &str = "vote";
+const META_COMMIT: &str = "commit_hint";
+const META_INCARNATION: &str = "incarnation";
+
+/// The keys a replica needs: machines' chain keys (to check their
+/// streams) and link keys (to open their sessions).
+pub trait FleetKeys: ChainKeys + LinkKeys {}
+impl<T: ChainKeys + LinkKeys> FleetKeys for T {}
+
+/// What the shell hands the round.
+pub enum Input<K> {
+    /// A datagram's bytes as received (the round opens and checks it).
+    Datagram(Vec<u8>),
+    SessionOpened(SessionId),
+    SessionFrame {
+        session: SessionId,
+        payload: Vec<u8>,
+    },
+    SessionClosed(SessionId),
+    /// The stream carried something that is not a frame (the shell closes
+    /// the connection); counted.
+    SessionMalformed(SessionId),
+    /// A freshly loaded key directory (after [`Outgoing::LoadKeys`]).
+    Keys(K),
+}
+
+/// What a round releases once its writes are durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outgoing {
+    Datagram {
+        to: Target,
+        bytes: Vec<u8>,
+    },
+    /// A frame payload for a machine session (the shell frames it).
+    Frame {
+        session: SessionId,
+        payload: Vec<u8>,
+    },
+    /// Close the session after sending what is queued for it.
+    Close {
+        session: SessionId,
+    },
+    /// Load the key directory again (off the core thread) and hand it back
+    /// as [`Input::Keys`]: a machine without a key was met.
+    LoadKeys,
+}
+
+/// What a round needs to know about its cluster.
+#[derive(Clone, Debug)]
+pub struct RoundConfig {
+    pub node: NodeConfig,
+    /// This replica's name (in epoch markers and status).
+    pub name: String,
+    pub cluster_id: u32,
+    pub payload_bytes_max: usize,
+    /// Each member's machine address, for redirecting machines.
+    pub machine_addresses: BTreeMap<NodeId, String>,
+}
+
+/// Hash and epoch of the most recent entries, so acknowledgements and
+/// conflict checks do not read (and decrypt) the log.
+#[derive(Default)]
+struct MetaCache {
+    first_gseq: u64,
+    metas: VecDeque<(Hash32, u64)>,
+}
+
+impl MetaCache {
+    fn push(&mut self, gseq: u64, hash: Hash32, epoch: u64) {
+        if self.metas.is_empty() || gseq != self.first_gseq + self.metas.len() as u64 {
+            self.metas.clear();
+            self.first_gseq = gseq;
+        }
+        self.metas.push_back((hash, epoch));
+        if self.metas.len() > META_CACHE_ENTRIES {
+            self.metas.pop_front();
+            self.first_gseq += 1;
+        }
+    }
+
+    fn truncate_after(&mut self, gseq: u64) {
+        while !self.metas.is_empty() && self.first_gseq + self.metas.len() as u64 - 1 > gseq {
+            self.metas.pop_back();
+        }
+    }
+
+    fn get(&self, gseq: u64) -> Option<(Hash32, u64)> {
+        let offset = usize::try_from(gseq.checked_sub(self.first_gseq)?).ok()?;
+        self.metas.get(offset).copied()
+    }
+}
+
+/// A [`View`] built from the round's fields, so it can be lent while
+/// another field (the node, the ingest) is borrowed mutably.
+macro_rules! view {
+    ($round:ident) => {
+        View {
+            ledger: &$round.ledger,
+            cache: &$round.cache,
+        }
+    };
+}
+
+/// The node's and the ingest's view of the log.
+struct View<'a, B: Backend> {
+    ledger: &'a Ledger<B>,
+    cache: &'a MetaCache,
+}
+
+impl<B: Backend> LogView for View<'_, B> {
+    fn tip(&self) -> Tip {
+        let head = self.ledger.store().head();
+        Tip {
+            gseq: head.gseq,
+            hash: head.hash,
+            epoch: head.epoch,
+        }
+    }
+
+    fn entry_meta(&self, gseq: u64) -> Option<(Hash32, u64)> {
+        if gseq == 0 || gseq > self.ledger.store().head().gseq {
+            return None;
+        }
+        self.cache.get(gseq).or_else(|| {
+            let entry = self.ledger.store().get(gseq).ok().flatten()?;
+            Some((entry.hash, entry.body.epoch))
+        })
+    }
+}
+
+impl<B: Backend> MachineIndex for View<'_, B> {
+    fn machine_head(&self, machine: &MachineId) -> (u64, u64) {
+        let head = self.ledger.store().machine_head(machine);
+        (head.seq, head.gseq)
+    }
+
+    fn gseq_of(&self, machine: &MachineId, seq: u64) -> Option<u64> {
+        self.ledger.store().gseq_of(machine, seq).ok().flatten()
+    }
+}
+
+/// Counts of what the round refused or could not do, for the status page.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoundCounters {
+    /// Datagrams dropped before the protocol saw them, by reason.
+    pub datagrams_rejected: BTreeMap<&'static str, u64>,
+    pub write_failures: u64,
+    pub sync_failures: u64,
+    pub key_reloads_requested: u64,
+}
+
+pub struct Round<B: Backend, K: FleetKeys> {
+    config: RoundConfig,
+    node: Node,
+    ingest: Ingest,
+    ledger: Ledger<B>,
+    keys: K,
+    codec: DatagramCodec,
+    cache: MetaCache,
+    incarnation: u64,
+    packet_seq: u64,
+    now_ms: u64,
+    wall_ms: i64,
+    /// Everything to send this round, held until the round's writes are
+    /// synced (`None`: an acknowledgement a newer one replaced).
+    outbox: Vec<Option<Outgoing>>,
+    /// Handshake nonces (seeded from the OS by a server, from the seed by
+    /// the simulation, so a seed replays exactly).
+    nonces: ChaCha20Rng,
+    /// Where this round's last acknowledgement to each peer sits in the
+    /// outbox: acks are cumulative, so a newer one replaces it.
+    acks_queued: BTreeMap<NodeId, usize>,
+    /// The sessions each event of the proposal being appended came from.
+    proposal_origins: Vec<SessionId>,
+    /// A commit advance not yet announced to the machines.
+    commit_to_announce: Option<u64>,
+    commit_saved: u64,
+    commit_saved_at_ms: u64,
+    /// The primary's tip as last heard (for the follower's lag).
+    primary_tip: u64,
+    keys_requested_at_ms: Option<u64>,
+    counters: RoundCounters,
+}
+
+impl<B: Backend, K: FleetKeys> Round<B, K> {
+    /// Starts a replica on an opened ledger: the vote, the commit hint and
+    /// the incarnation come from the ledger's metadata. The incarnation
+    /// (which peers' replay guards go by) becomes the larger of the saved
+    /// one plus one and `incarnation_floor` (a server passes its wall
+    /// clock, so a replica whose metadata was lost still moves forward).
+    pub fn open(
+        config: RoundConfig,
+        mut ledger: Ledger<B>,
+        keys: K,
+        codec: DatagramCodec,
+        incarnation_floor: u64,
+        seed: u64,
+    ) -> Result<Round<B, K>, StoreError> {
+        let store = ledger.store();
+        let vote: PersistedVote = store.app_meta(META_VOTE)?.unwrap_or_default();
+        let commit_hint: u64 = store
+            .app_meta::<u64>(META_COMMIT)?
+            .unwrap_or(0)
+            .min(store.head().gseq);
+        let previous: u64 = store.app_meta(META_INCARNATION)?.unwrap_or(0);
+        let incarnation = (previous + 1).max(incarnation_floor);
+        ledger
+            .store_mut()
+            .put_app_meta(META_INCARNATION, &incarnation)?;
+        ledger.store_mut().sync_deferred()?;
+        let node = Node::new(
+            config.node.clone(),
+            Restart { vote, commit_hint },
+            seed ^ incarnation,
+            0,
+        );
+        tracing::info!(
+            replica = %config.name,
+            epoch = vote.epoch,
+            tip = ledger.store().head().gseq,
+            commit_hint,
+            incarnation,
+            "replica opened its log"
+        );
+        Ok(Round {
+            config,
+            node,
+            ingest: Ingest::new(),
+            ledger,
+            keys,
+            codec,
+            cache: MetaCache::default(),
+            incarnation,
+            packet_seq: 0,
+            now_ms: 0,
+            wall_ms: 0,
+            outbox: Vec::new(),
+            nonces: ChaCha20Rng::seed_from_u64(seed),
+            acks_queued: BTreeMap::new(),
+            proposal_origins: Vec::new(),
+            commit_to_announce: None,
+            commit_saved: commit_hint,
+            commit_saved_at_ms: 0,
+            primary_tip: 0,
+            keys_requested_at_ms: None,
+            counters: RoundCounters::default(),
+        })
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    pub fn ingest(&self) -> &Ingest {
+        &self.ingest
+    }
+
+    pub fn ledger(&self) -> &Ledger<B> {
+        &self.ledger
+    }
+
+    pub fn config(&self) -> &RoundConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> &RoundCounters {
+        &self.counters
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The primary's tip as last heard in a heartbeat.
+    pub fn primary_tip(&self) -> u64 {
+        self.primary_tip
+    }
+
+    /// The highest seq of `machine` whose entry is at or below `commit_gseq`.
+    pub fn committed_seq(&self, machine: &MachineId, commit_gseq: u64) -> u64 {
+        crate::ingest::committed_seq(&view!(self), machine, commit_gseq)
+    }
+
+    /// Delivers an operator's command to `machine` over its open session
+    /// (released with the round, like every frame).
+    pub fn send_remote(
+        &mut self,
+        machine: &MachineId,
+        command: &ledger::rules::RemoteCommand,
+    ) -> Result<(), dashboard::ports::ActionError> {
+        if !self.node.accepts_writes() {
+            return Err(dashboard::ports::ActionError::NotPrimary {
+                primary: self.standing().primary_address,
+            });
+        }
+        let actions = self
+            .ingest
+            .remote(machine, command)
+            .ok_or_else(|| dashboard::ports::ActionError::MachineOffline(machine.clone()))?;
+        self.ingest_actions(actions);
+        Ok(())
+    }
+
+    /// Gives the ledger back (the round is over for good).
+    pub fn into_ledger(self) -> Ledger<B> {
+        self.ledger
+    }
+
+    /// Starts a round at `now_ms` (the replica's monotonic clock, for
+    /// timers) and `wall_ms` (milliseconds since the Unix epoch, written
+    /// into new entries).
+    pub fn begin(&mut self, now_ms: u64, wall_ms: i64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.wall_ms = wall_ms;
+    }
+
+    pub fn input(&mut self, input: Input<K>) {
+        match input {
+            Input::Datagram(bytes) => self.on_datagram(&bytes),
+            Input::SessionOpened(session) => {
+                if !self.ingest.accept(session) {
+                    self.outbox.push(Some(Outgoing::Close { session }));
+                }
+            }
+            Input::SessionFrame { session, payload } => self.on_session_frame(session, &payload),
+            Input::SessionClosed(session) => self.ingest.disconnected(session),
+            Input::SessionMalformed(session) => {
+                self.ingest.frame_refused();
+                self.ingest.disconnected(session);
+            }
+            Input::Keys(keys) => self.keys = keys,
+        }
+    }
+
+    /// Time passed: heartbeats, elections, NAK retries.
+    pub fn tick(&mut self) {
+        let actions = self.node.tick(self.now_ms, &view!(self));
+        self.execute(actions);
+    }
+
+    /// Ends the round's work: what machines submitted is proposed as one
+    /// group commit, machines hear about the commit, and the commit hint is
+    /// saved when due. After this, only [`sync`](Self::sync) and
+    /// [`finish`](Self::finish).
+    pub fn seal(&mut self) {
+        if let Some((events, origins)) = self.ingest.take_proposal() {
+            // Not the primary any more: the sessions were redirected when
+            // the role changed, and machines resend to the new one.
+            if let Ok(actions) = self.node.propose(events) {
+                self.proposal_origins = origins;
+                self.execute(actions);
+                self.proposal_origins.clear();
+            }
+        }
+        if let Some(commit_gseq) = self.commit_to_announce.take() {
+            let actions = self.ingest.on_commit(commit_gseq, &view!(self));
+            self.ingest_actions(actions);
+        }
+        self.save_commit_hint(false);
+    }
+
+    /// Makes the round's writes durable (one fsync). A shell may instead
+    /// sync on another thread and pass the result to `finish`.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        self.ledger.store_mut().sync_deferred()
+    }
+
+    /// Ends a round: after a successful sync, everything the round produced
+    /// is released; after a failed one, nothing is, and the node learns
+    /// that its writes may be lost.
+    pub fn finish(&mut self, synced: Result<(), StoreError>) -> Vec<Outgoing> {
+        self.acks_queued.clear();
+        if let Err(error) = synced {
+            tracing::error!(replica = %self.config.name, error = %error, "syncing the round's writes failed; sending nothing");
+            self.counters.sync_failures += 1;
+            self.outbox.clear();
+            self.write_failed();
+            // What the failure produced (a role change, redirects) waits
+            // for the next round's sync.
+            return Vec::new();
+        }
+        self.outbox.drain(..).flatten().collect()
+    }
+
+    /// Checkpoints the projection (at shutdown), durably at the next sync.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.ledger.checkpoint()
+    }
+
+    /// Saves the commit hint now (at shutdown), durably at the next sync.
+    pub fn save_commit_hint_now(&mut self) {
+        self.save_commit_hint(true);
+    }
+
+    fn on_datagram(&mut self, bytes: &[u8]) {
+        let datagram = match self.codec.decode(bytes) {
+            Ok(datagram) => datagram,
+            Err(error) => return self.count_rejected(&error),
+        };
+        if datagram.sender == self.config.node.id {
+            // Our own broadcast, looped back.
+            return;
+        }
+        if let Message::Heartbeat { tip_gseq, .. } = datagram.message {
+            self.primary_tip = tip_gseq;
+        }
+        let actions = self.node.receive(self.now_ms, datagram, &view!(self));
+        self.execute(actions);
+    }
+
+    fn count_rejected(&mut self, error: &WireError) {
+        *self
+            .counters
+            .datagrams_rejected
+            .entry(error.label())
+            .or_insert(0) += 1;
+        tracing::debug!(error = %error, "dropped a datagram");
+    }
+
+    fn standing(&self) -> Standing {
+        Standing {
+            accepts_writes: self.node.accepts_writes(),
+            epoch: self.node.epoch(),
+            commit_gseq: self.node.commit_gseq(),
+            primary_address: self
+                .node
+                .leader()
+                .filter(|&leader| leader != self.config.node.id)
+                .and_then(|leader| self.config.machine_addresses.get(&leader).cloned()),
+        }
+    }
+
+    fn on_session_frame(&mut self, session: SessionId, payload: &[u8]) {
+        let standing = self.standing();
+        let nonce = self.nonces.random();
+        let actions =
+            self.ingest
+                .on_frame(session, payload, nonce, &self.keys, &standing, &view!(self));
+        self.ingest_actions(actions);
+    }
+
+    fn ingest_actions(&mut self, actions: Vec<IngestAction>) {
+        for action in actions {
+            match action {
+                IngestAction::Send { session, payload } => {
+                    self.outbox.push(Some(Outgoing::Frame { session, payload }))
+                }
+                IngestAction::Close { session, reason } => {
+                    tracing::debug!(session, reason = %reason, "closing a machine session");
+                    self.outbox.push(Some(Outgoing::Close { session }));
+                }
+                IngestAction::UnknownMachine(machine) => self.request_keys(&machine),
+            }
+        }
+    }
+
+    /// Asks the shell to reload the key directory, at most once per
+    /// `KEY_RELOAD_INTERVAL_MS` (a machine provisioned after the replica
+    /// started, or a stranger knocking).
+    fn request_keys(&mut self, machine: &MachineId) {
+        let due = self
+            .keys_requested_at_ms
+            .is_none_or(|at| self.now_ms >= at + KEY_RELOAD_INTERVAL_MS);
+        if due {
+            tracing::info!(replica = %self.config.name, %machine, "no key for a machine; reloading the key directory");
+            self.keys_requested_at_ms = Some(self.now_ms);
+            self.counters.key_reloads_requested += 1;
+            self.outbox.push(Some(Outgoing::LoadKeys));
+        }
+    }
+
+    /// Runs actions in order; an action's follow-ups run before the rest.
+    /// A failed write drops what was still queued (it may depend on the
+    /// write) and runs the node's reaction instead.
+    fn execute(&mut self, actions: Vec<Action>) {
+        let mut queue = VecDeque::from(actions);
+        while let Some(action) = queue.pop_front() {
+            match self.execute_one(action) {
+                Ok(follow_up) => {
+                    for action in follow_up.into_iter().rev() {
+                        queue.push_front(action);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(replica = %self.config.name, error = %error, "a write failed");
+                    self.counters.write_failures += 1;
+                    queue.clear();
+                    queue.extend(self.write_failed_actions());
+                }
+            }
+        }
+        self.node.assert_invariants(&view!(self));
+    }
+
+    fn write_failed(&mut self) {
+        let actions = self.write_failed_actions();
+        self.execute(actions);
+    }
+
+    fn write_failed_actions(&mut self) -> Vec<Action> {
+        // The log may hold less than the cache says: forget it.
+        self.cache = MetaCache::default();
+        self.node.on_write_failed(&view!(self))
+    }
+
+    /// Executes one action; returns the node's follow-up actions.
+    fn execute_one(&mut self, action: Action) -> Result<Vec<Action>, StoreError> {
+        match action {
+            Action::Send {
+                to,
+                epoch,
+                commit_gseq,
+                message,
+            } => self.send(to, epoch, commit_gseq, message),
+            Action::Replicate {
+                to,
+                from_gseq,
+                to_gseq,
+                epoch,
+                commit_gseq,
+                catchup,
+            } => self.replicate(to, from_gseq, to_gseq, epoch, commit_gseq, catchup)?,
+            Action::PersistVote { epoch, voted_for } => self
+                .ledger
+                .store_mut()
+                .put_app_meta(META_VOTE, &PersistedVote { epoch, voted_for })?,
+            Action::AppendEvents { epoch, events } => return self.append_events(epoch, &events),
+            Action::AppendMarker { epoch } => return self.append_marker(epoch),
+            Action::AppendReplicated { records } => self.append_replicated(&records)?,
+            Action::TruncateAfter { gseq } => {
+                let removed = self.ledger.truncate_after(gseq)?;
+                self.cache.truncate_after(gseq);
+                tracing::warn!(replica = %self.config.name, to_gseq = gseq, removed, "truncated an uncommitted suffix");
+            }
+            Action::CommitAdvanced { commit_gseq } => {
+                debug_assert!(commit_gseq <= self.ledger.store().head().gseq);
+                // Machines hear about it once per round (`seal`): under
+                // load the commit advances with every follower ack.
+                self.commit_to_announce = Some(commit_gseq);
+            }
+            Action::RoleChanged {
+                role,
+                epoch,
+                leader,
+            } => self.role_changed(role, epoch, leader),
+        }
+        Ok(Vec::new())
+    }
+
+    fn replicate(
+        &mut self,
+        to: Target,
+        from_gseq: u64,
+        to_gseq: u64,
+        epoch: u64,
+        commit_gseq: u64,
+        catchup: Option<crate::node::CatchupSource>,
+    ) -> Result<(), StoreError> {
+        let mut records = Vec::new();
+        self.ledger
+            .store()
+            .for_each_record(from_gseq, to_gseq, |_, record| {
+                records.push(record.to_vec());
+                Ok(true)
+            })?;
+        let catchup = catchup.map(|c| (c.last_gseq, c.last_epoch));
+        for message in
+            replication_messages(from_gseq, records, self.config.payload_bytes_max, catchup)
+        {
+            self.send(to, epoch, commit_gseq, message);
+        }
+        Ok(())
+    }
+
+    fn append_events(
+        &mut self,
+        epoch: u64,
+        events: &[ledger::store::record::SignedEvent],
+    ) -> Result<Vec<Action>, StoreError> {
+        let outcome = self
+            .ledger
+            .append_events(epoch, self.wall_ms, events, &self.keys)?;
+        for (entry, _) in &outcome.new_entries {
+            self.cache
+                .push(entry.body.gseq, entry.hash, entry.body.epoch);
+        }
+        let origins = std::mem::take(&mut self.proposal_origins);
+        let frames = self.ingest.on_appended(&outcome.results, &origins);
+        self.ingest_actions(frames);
+        Ok(self.node.on_local_append(&view!(self)))
+    }
+
+    fn append_marker(&mut self, epoch: u64) -> Result<Vec<Action>, StoreError> {
+        let entry = self
+            .ledger
+            .append_marker(epoch, self.wall_ms, &self.config.name)?;
+        self.cache
+            .push(entry.body.gseq, entry.hash, entry.body.epoch);
+        tracing::info!(replica = %self.config.name, epoch, gseq = entry.body.gseq, "opened the epoch as primary");
+        Ok(self.node.on_local_append(&view!(self)))
+    }
+
+    fn append_replicated(&mut self, records: &[ReplicatedRecord]) -> Result<(), StoreError> {
+        let unknown = records.iter().find_map(|record| {
+            record
+                .entry()
+                .body
+                .machine_event()
+                .map(|(machine, _, _)| machine)
+                .filter(|machine| self.keys.chain_key(machine).is_none())
+                .cloned()
+        });
+        if let Some(machine) = unknown {
+            // Its key may have been provisioned since the keys were loaded;
+            // the records come again after the reload (NAK).
+            self.request_keys(&machine);
+            return Err(StoreError::NotContiguous {
+                gseq: records.first().map_or(0, ReplicatedRecord::gseq),
+                problem: format!("no key for machine {machine} yet"),
+            });
+        }
+        self.ledger.append_replicated(records, &self.keys)?;
+        for record in records {
+            let entry = record.entry();
+            self.cache
+                .push(entry.body.gseq, entry.hash, entry.body.epoch);
+        }
+        Ok(())
+    }
+
+    fn role_changed(&mut self, role: Role, epoch: u64, leader: Option<NodeId>) {
+        tracing::info!(replica = %self.config.name, ?role, epoch, ?leader, "role changed");
+        if role != Role::Primary {
+            // Every machine session is sent on to the primary, if known
+            // (a replica that never led has none open: nothing to do).
+            let primary = leader
+                .filter(|&l| l != self.config.node.id)
+                .and_then(|l| self.config.machine_addresses.get(&l).cloned());
+            let frames = self.ingest.on_demoted(primary);
+            self.ingest_actions(frames);
+        }
+    }
+
+    fn send(&mut self, to: Target, epoch: u64, commit_gseq: u64, message: Message) {
+        self.packet_seq += 1;
+        let is_ack = matches!(message, Message::Ack { .. });
+        let datagram = Datagram {
+            cluster_id: self.config.cluster_id,
+            sender: self.config.node.id,
+            epoch,
+            incarnation: self.incarnation,
+            packet_seq: self.packet_seq,
+            commit_gseq,
+            message,
+        };
+        let bytes = self.codec.encode(&datagram);
+        if is_ack
+            && let Target::Node(peer) = to
+            && let Some(earlier) = self.acks_queued.insert(peer, self.outbox.len())
+        {
+            // Acks are cumulative: the newer one goes, last, in its place.
+            self.outbox[earlier] = None;
+        }
+        self.outbox.push(Some(Outgoing::Datagram { to, bytes }));
+    }
+
+    fn save_commit_hint(&mut self, force: bool) {
+        let commit = self.node.commit_gseq();
+        let due = force || self.now_ms >= self.commit_saved_at_ms + COMMIT_HINT_EVERY_MS;
+        if commit > self.commit_saved && due {
+            match self.ledger.store_mut().put_app_meta(META_COMMIT, &commit) {
+                Ok(()) => {
+                    self.commit_saved = commit;
+                    self.commit_saved_at_ms = self.now_ms;
+                }
+                Err(e) => tracing::warn!(error = %e, "could not save the commit hint"),
+            }
+        }
+    }
+}

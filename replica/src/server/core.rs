@@ -1,0 +1,202 @@
+//! The core thread: drives the replica's [`Round`] with what the network
+//! delivered, and carries out what each round releases. It is the only
+//! thread that touches the ledger for writing; RocksDB writes are
+//! synchronous, so a round is simply: take the queued inputs, tick, seal,
+//! fsync, send.
+
+use super::status::Publisher;
+use super::{ReceiveDrops, SessionWriter};
+use crate::config::ReplicaConfig;
+use crate::ingest::SessionId;
+use crate::node::Target;
+use crate::round::{Input, Outgoing, Round};
+use crate::transport::DatagramSender;
+use dashboard::ports::{ActionReceipt, OperatorAction, OperatorRequest};
+use ledger::keys::Keyring;
+use ledger::store::rocks::RocksBackend;
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Inputs waiting for the core, at most; beyond it datagrams are dropped
+/// (and repaired by NAKs) and new connections refused.
+pub const INPUT_QUEUE_MAX: usize = 16_384;
+/// Inputs handled per round before time is checked again.
+pub const INPUTS_PER_ROUND_MAX: usize = 4_096;
+/// The core's clock resolution.
+const TICK_MS: u64 = 5;
+
+/// What reaches the core thread.
+pub enum CoreInput {
+    Round(Input<Keyring>),
+    /// A machine connection was accepted; frames for it go to `writer`.
+    SessionOpened {
+        session: SessionId,
+        writer: SessionWriter,
+    },
+    Operator(OperatorRequest),
+    Shutdown,
+}
+
+pub(super) fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The core: everything the replica decides, on one thread.
+pub(super) struct Core {
+    pub(super) config: ReplicaConfig,
+    pub(super) round: Round<RocksBackend, Keyring>,
+    pub(super) sender: Box<dyn DatagramSender>,
+    pub(super) sessions: HashMap<SessionId, SessionWriter>,
+    pub(super) started: Instant,
+    pub(super) receive_drops: Arc<ReceiveDrops>,
+    /// Asks the key loader thread for a fresh key directory (capacity 1:
+    /// a request already waiting covers the next one).
+    pub(super) load_keys: SyncSender<()>,
+    pub(super) shutdown: bool,
+}
+
+impl Core {
+    pub(super) fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub(super) fn run(&mut self, inputs: &Receiver<CoreInput>, publisher: &mut Publisher) {
+        let mut next_tick_ms = self.now_ms();
+        while !self.shutdown {
+            let wait = next_tick_ms.saturating_sub(self.now_ms());
+            let first = match inputs.recv_timeout(Duration::from_millis(wait)) {
+                Ok(input) => Some(input),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let now_ms = self.now_ms();
+            self.round.begin(now_ms, wall_ms());
+            if let Some(input) = first {
+                self.handle(input);
+                for input in inputs.try_iter().take(INPUTS_PER_ROUND_MAX) {
+                    self.handle(input);
+                }
+            }
+            if now_ms >= next_tick_ms {
+                self.round.tick();
+                next_tick_ms = now_ms + TICK_MS;
+            }
+            self.end_round(publisher);
+        }
+        self.round.begin(self.now_ms(), wall_ms());
+        self.round.save_commit_hint_now();
+        if let Err(e) = self.round.checkpoint() {
+            tracing::warn!(error = %e, "could not checkpoint the projection at shutdown");
+        }
+        self.end_round(publisher);
+        tracing::info!(replica = %self.config.name, "replica stopped");
+    }
+
+    /// Seals the round, makes it durable with one fsync, and only then
+    /// sends what it produced.
+    fn end_round(&mut self, publisher: &mut Publisher) {
+        self.round.seal();
+        let synced = self.round.sync();
+        for outgoing in self.round.finish(synced) {
+            self.deliver(outgoing);
+        }
+        publisher.publish(self);
+    }
+
+    fn handle(&mut self, input: CoreInput) {
+        match input {
+            CoreInput::Round(input) => {
+                if let Input::SessionClosed(session) | Input::SessionMalformed(session) = &input {
+                    self.sessions.remove(session);
+                }
+                self.round.input(input);
+            }
+            CoreInput::SessionOpened { session, writer } => {
+                self.sessions.insert(session, writer);
+                self.round.input(Input::SessionOpened(session));
+            }
+            CoreInput::Operator(request) => self.operator(request),
+            CoreInput::Shutdown => self.shutdown = true,
+        }
+    }
+
+    /// Carries out an operator's request against the round.
+    fn operator(&mut self, request: OperatorRequest) {
+        let OperatorRequest {
+            operator,
+            action,
+            reply,
+        } = request;
+        let result = match action {
+            OperatorAction::Remote { machine, command } => {
+                match self.round.send_remote(&machine, &command) {
+                    Ok(()) => {
+                        tracing::info!(%operator, %machine, command_id = command.command_id, "delivered a remote command");
+                        Ok(ActionReceipt::Delivered)
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+        };
+        // The requester may have given up waiting; nothing to do then.
+        let _ = reply.send(result);
+    }
+
+    fn destinations(&self, to: Target) -> Vec<SocketAddrV4> {
+        match (to, self.config.broadcast) {
+            (Target::All, Some(broadcast)) => vec![broadcast],
+            (Target::All, None) => self
+                .config
+                .peers
+                .iter()
+                .map(|p| p.replication_addr)
+                .collect(),
+            (Target::Node(id), _) => self
+                .config
+                .peer(id)
+                .map(|p| p.replication_addr)
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn deliver(&mut self, outgoing: Outgoing) {
+        match outgoing {
+            Outgoing::Datagram { to, bytes } => {
+                for destination in self.destinations(to) {
+                    if let Err(error) = self.sender.send(destination, &bytes) {
+                        // A lost datagram is repaired by the protocol (NAKs,
+                        // heartbeats); log and go on.
+                        tracing::debug!(%destination, error = %error, "datagram not sent");
+                    }
+                }
+            }
+            Outgoing::Frame { session, payload } => {
+                let delivered = self
+                    .sessions
+                    .get(&session)
+                    .is_some_and(|writer| writer.try_send(payload).is_ok());
+                if !delivered {
+                    // Gone or too slow: drop it; the machine reconnects.
+                    self.sessions.remove(&session);
+                    self.round.input(Input::SessionClosed(session));
+                }
+            }
+            Outgoing::Close { session } => {
+                // Dropping the writer lets it flush what is queued, then close.
+                self.sessions.remove(&session);
+            }
+            Outgoing::LoadKeys => match self.load_keys.try_send(()) {
+                Ok(()) | Err(TrySendError::Full(())) => {}
+                Err(TrySendError::Disconnected(())) => {
+                    tracing::warn!("the key loader has stopped; keys are not reloaded")
+                }
+            },
+        }
+    }
+}

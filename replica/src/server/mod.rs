@@ -1,0 +1,420 @@
+//! The I/O shell of a replica, in four parts:
+//!
+//! * [`core`]: the core thread, which drives the replica's
+//!   [`Round`](crate::round::Round) and carries out what each round
+//!   releases (datagrams, machine frames);
+//! * [`udp`]: the thread that receives replication datagrams;
+//! * [`sessions`]: machine connections (a bounded accept loop and a task per
+//!   session);
+//! * [`status`]: the read ports the dashboard uses (a snapshot published
+//!   after rounds, a log reader, the live feed of committed entries).
+//!
+//! [`run`] serves a replica on listeners the caller bound (tests bind port
+//! 0) until a shutdown future completes; [`start`] binds from the
+//! configuration and runs it in the background.
+
+mod core;
+mod sessions;
+mod status;
+mod udp;
+
+pub use self::core::{INPUT_QUEUE_MAX, INPUTS_PER_ROUND_MAX};
+pub use sessions::{MACHINE_CONNECTIONS_MAX, SESSION_WRITE_QUEUE_FRAMES};
+
+use self::core::{Core, CoreInput};
+use crate::config::ReplicaConfig;
+use crate::round::{Input, Round, RoundConfig};
+use crate::transport::{DatagramSender, UdpSender, sender};
+use crate::wire::DatagramCodec;
+use dashboard::ports::{
+    COMMITTED_FEED_ENTRIES_MAX, OPERATOR_REQUESTS_MAX, OperatorRequest, ReadPorts, Snapshot,
+};
+use ledger::Ledger;
+use ledger::keys::Keyring;
+use ledger::store::{OpenOptions, StoreError};
+use status::{Publisher, ReadableTip, StoreLogReader};
+use std::future::Future;
+use std::net::{SocketAddrV4, TcpListener, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("keys: {0}")]
+    Keys(#[from] ledger::keys::KeyringError),
+    #[error("log: {0}")]
+    Store(#[from] StoreError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("transport: {0}")]
+    Transport(#[from] crate::transport::TransportError),
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let context = context.into();
+    move |source| ServerError::Io { context, source }
+}
+
+/// Where frames for one machine session go (to its writing task).
+pub type SessionWriter = tokio::sync::mpsc::Sender<Vec<u8>>;
+
+/// Datagrams the receiving thread dropped before the core saw them.
+#[derive(Default)]
+pub struct ReceiveDrops {
+    /// By `drop_received_percent` (fault injection).
+    pub injected: AtomicU64,
+    /// Because the core's input queue was full (the sender repairs them
+    /// like any other loss).
+    pub queue_full: AtomicU64,
+}
+
+/// The sockets a replica serves on.
+pub struct Listeners {
+    pub machine: TcpListener,
+    pub status: TcpListener,
+    pub replication: UdpSocket,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub fn bind(config: &ReplicaConfig) -> Result<Listeners, ServerError> {
+        let bind_tcp = |address: SocketAddrV4, what: &str| {
+            TcpListener::bind(address)
+                .map_err(io_error(format!("binding the {what} port {address}")))
+        };
+        Ok(Listeners {
+            machine: bind_tcp(config.machine_listen, "machine")?,
+            status: bind_tcp(config.status_listen, "status")?,
+            replication: UdpSocket::bind(config.replication_listen).map_err(io_error(format!(
+                "binding the replication port {}",
+                config.replication_listen
+            )))?,
+        })
+    }
+}
+
+/// Completes when the stop flag is raised (or its sender is gone).
+async fn until_stopped(stopped: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *stopped.borrow_and_update() {
+            return;
+        }
+        if stopped.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Opens the replica's log and builds its core.
+fn open_core(
+    config: &ReplicaConfig,
+    load_keys: SyncSender<()>,
+) -> Result<(Core, ledger::store::rocks::RocksReader), ServerError> {
+    let keyring = Keyring::open(&config.keys_dir, true)?;
+    let cluster_key = keyring.cluster_key(true)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(io_error(format!("creating {}", config.data_dir.display())))?;
+    // One fsync per round of inputs, not per write: see `Round`.
+    let options = OpenOptions {
+        create: true,
+        deferred_sync: true,
+        ..OpenOptions::default()
+    };
+    let ledger = Ledger::open(&config.log_dir(), keyring.store_key(), options)?;
+    let reader = ledger.store().backend().reader();
+    let sender: Box<dyn DatagramSender> = match config.transport {
+        crate::transport::TransportKind::Udp => {
+            let local = SocketAddrV4::new(*config.replication_listen.ip(), 0);
+            Box::new(UdpSender::bind(local)?)
+        }
+        kind => sender(kind, config.raw_source())?,
+    };
+    let round_config = RoundConfig {
+        node: config.node_config(),
+        name: config.name.clone(),
+        cluster_id: config.cluster_id,
+        payload_bytes_max: config.payload_bytes_max,
+        machine_addresses: std::iter::once((config.id, config.machine_listen.to_string()))
+            .chain(
+                config
+                    .peers
+                    .iter()
+                    .map(|p| (p.id, p.machine_addr.to_string())),
+            )
+            .collect(),
+    };
+    let incarnation_floor = u64::try_from(self::core::wall_ms()).unwrap_or(0);
+    let codec = DatagramCodec::new(config.cluster_id, &cluster_key);
+    let round = Round::open(
+        round_config,
+        ledger,
+        keyring,
+        codec,
+        incarnation_floor,
+        rand::random(),
+    )?;
+    tracing::info!(replica = %config.name, transport = %config.transport, "replica ready");
+    Ok((
+        Core {
+            config: config.clone(),
+            round,
+            sender,
+            sessions: std::collections::HashMap::new(),
+            started: Instant::now(),
+            receive_drops: Arc::default(),
+            load_keys,
+            shutdown: false,
+        },
+        reader,
+    ))
+}
+
+/// Reloads the key directory when the core asks, off the core thread
+/// (a directory of thousands of machine keys takes a while to read).
+fn load_keys_on_request(
+    keys_dir: std::path::PathBuf,
+    requests: Receiver<()>,
+    inputs: SyncSender<CoreInput>,
+) {
+    for () in requests {
+        match Keyring::open(&keys_dir, false) {
+            Ok(keyring) => {
+                if inputs.send(CoreInput::Round(Input::Keys(keyring))).is_err() {
+                    return;
+                }
+            }
+            Err(error) => tracing::warn!(error = %error, "could not reload the key directory"),
+        }
+    }
+}
+
+/// The threads of a running replica, joined at shutdown.
+struct Threads {
+    core: std::thread::JoinHandle<()>,
+    udp: std::thread::JoinHandle<()>,
+    keys: std::thread::JoinHandle<()>,
+}
+
+/// Starts the core, the UDP receiver and the key loader threads.
+fn spawn_threads(
+    config: &ReplicaConfig,
+    replication: UdpSocket,
+    stopping: &Arc<AtomicBool>,
+) -> Result<(Threads, SyncSender<CoreInput>, ReadPorts), ServerError> {
+    let (inputs, receiver) = std::sync::mpsc::sync_channel::<CoreInput>(INPUT_QUEUE_MAX);
+    let (load_keys, key_requests) = std::sync::mpsc::sync_channel::<()>(1);
+    let (snapshot_tx, snapshot) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+    let (committed, _) = tokio::sync::broadcast::channel(COMMITTED_FEED_ENTRIES_MAX);
+    let readable_tip = Arc::new(ReadableTip::default());
+    let (mut core, reader) = open_core(config, load_keys)?;
+    let mut publisher = Publisher::new(
+        snapshot_tx,
+        committed.clone(),
+        readable_tip.clone(),
+        core.round.node().commit_gseq(),
+    );
+    udp::prepare_socket(&replication).map_err(io_error("preparing the replication socket"))?;
+    let drops = core.receive_drops.clone();
+    let drop_percent = config.drop_received_percent;
+    let spawn = |name: &str| std::thread::Builder::new().name(name.into());
+    let udp = {
+        let (inputs, stopping) = (inputs.clone(), stopping.clone());
+        spawn("udp-receive")
+            .spawn(move || {
+                udp::receive_datagrams(&replication, &inputs, &stopping, drop_percent, &drops)
+            })
+            .map_err(io_error("starting the UDP thread"))?
+    };
+    let keys = {
+        let (inputs, dir) = (inputs.clone(), config.keys_dir.clone());
+        spawn("key-loader")
+            .spawn(move || load_keys_on_request(dir, key_requests, inputs))
+            .map_err(io_error("starting the key loader"))?
+    };
+    let (actions, operator_requests) = tokio::sync::mpsc::channel(OPERATOR_REQUESTS_MAX);
+    forward_operator_requests(operator_requests, inputs.clone());
+    let core = spawn("replica-core")
+        .spawn(move || core.run(&receiver, &mut publisher))
+        .map_err(io_error("starting the core thread"))?;
+    let ports = ReadPorts {
+        snapshot,
+        log: Arc::new(StoreLogReader {
+            reader,
+            readable_tip,
+        }),
+        committed,
+        actions,
+    };
+    Ok((Threads { core, udp, keys }, inputs, ports))
+}
+
+/// Operator requests arrive on a tokio channel (the dashboard is async);
+/// a small thread moves them into the core's queue.
+fn forward_operator_requests(
+    mut requests: tokio::sync::mpsc::Receiver<OperatorRequest>,
+    inputs: SyncSender<CoreInput>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("operator-requests".into())
+        .spawn(move || {
+            while let Some(request) = requests.blocking_recv() {
+                if inputs.send(CoreInput::Operator(request)).is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(error = %error, "operator requests cannot reach the core");
+    }
+}
+
+/// Serves a replica on `listeners` until `shutdown` completes, then stops
+/// every part of it (the core saves its commit hint and a checkpoint).
+pub async fn run(
+    config: ReplicaConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (threads, inputs, ports) = {
+        let config = config.clone();
+        let stopping = stopping.clone();
+        tokio::task::spawn_blocking(move || {
+            spawn_threads(&config, listeners.replication, &stopping)
+        })
+        .await
+        .map_err(|e| io_error("starting the replica")(std::io::Error::other(e)))??
+    };
+    let (stop_network, network_stopped) = tokio::sync::watch::channel(false);
+    let to_tokio = |listener: TcpListener, what: &str| {
+        listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+            .map_err(io_error(format!("serving the {what} port")))
+    };
+    let machine = to_tokio(listeners.machine, "machine")?;
+    let status = to_tokio(listeners.status, "status")?;
+    let accept = tokio::spawn(sessions::accept_machines(
+        machine,
+        inputs.clone(),
+        network_stopped.clone(),
+    ));
+    let mut status_stopped = network_stopped.clone();
+    let http = tokio::spawn(async move {
+        let shutdown = async move { until_stopped(&mut status_stopped).await };
+        if let Err(e) = dashboard::serve(status, ports, shutdown).await {
+            tracing::error!(error = %e, "status API stopped");
+        }
+    });
+    shutdown.await;
+    tracing::info!(replica = %config.name, "stopping");
+    let _ = stop_network.send(true);
+    let _ = inputs.send(CoreInput::Shutdown);
+    stopping.store(true, Ordering::SeqCst);
+    drop(inputs);
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = threads.core.join();
+        let _ = threads.udp.join();
+        let _ = threads.keys.join();
+    })
+    .await;
+    let _ = accept.await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    Ok(())
+}
+
+/// A replica running in the background (see [`start`]).
+pub struct ReplicaHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+    done: Option<tokio::task::JoinHandle<Result<(), ServerError>>>,
+}
+
+impl ReplicaHandle {
+    /// Stops the replica and waits for it.
+    pub fn shutdown(mut self) {
+        self.stop_and_wait();
+    }
+
+    fn stop_and_wait(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let (Some(runtime), Some(done)) = (self.runtime.take(), self.done.take()) {
+            match runtime.block_on(done) {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::error!(error = %error, "the replica stopped with an error")
+                }
+                Err(error) => tracing::error!(error = %error, "the replica's task failed"),
+            }
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+impl Drop for ReplicaHandle {
+    fn drop(&mut self) {
+        self.stop_and_wait();
+    }
+}
+
+/// Binds the configured addresses and runs the replica on a runtime of its
+/// own until the handle is shut down or dropped.
+pub fn start(config: ReplicaConfig) -> Result<ReplicaHandle, ServerError> {
+    config.validate()?;
+    let listeners = Listeners::bind(&config)?;
+    start_with(config, listeners)
+}
+
+/// Like [`start`], on listeners the caller bound.
+pub fn start_with(
+    config: ReplicaConfig,
+    listeners: Listeners,
+) -> Result<ReplicaHandle, ServerError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("replica-io")
+        .build()
+        .map_err(io_error("starting the async runtime"))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let done = runtime.spawn(async move {
+        let shutdown = async move {
+            let _ = started_tx.send(());
+            let _ = stopped.await;
+        };
+        run(config, listeners, shutdown).await
+    });
+    let mut handle = ReplicaHandle {
+        stop: Some(stop),
+        runtime: Some(runtime),
+        done: Some(done),
+    };
+    // `run` awaits the shutdown future only once every part is up: an
+    // error before that (the log, the keys, a socket) is returned here.
+    if started.recv().is_err() {
+        let runtime = handle.runtime.take().expect("set above");
+        let done = handle.done.take().expect("set above");
+        return match runtime.block_on(done) {
+            Ok(Ok(())) => Err(io_error("starting the replica")(std::io::Error::other(
+                "stopped while starting",
+            ))),
+            Ok(Err(error)) => Err(error),
+            Err(join) => Err(io_error("starting the replica")(std::io::Error::other(
+                join,
+            ))),
+        };
+    }
+    Ok(handle)
+}

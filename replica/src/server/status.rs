@@ -1,0 +1,318 @@
+//! The replica's read ports: what the core publishes after its rounds
+//! (a snapshot, the committed entries) and how pages read the log, so the
+//! dashboard never queues anything on the core.
+
+use super::core::Core;
+use crate::node::Role as NodeRole;
+use dashboard::ports::{
+    COMMITTED_FEED_ENTRIES_MAX, CommittedEntry, EntryKind, FleetTotals, LogEntryView, LogReader,
+    MachineSummary, READ_ENTRIES_MAX, ReadError, Role, Snapshot,
+};
+use dashboard::{FollowerStatus, ReplicaStatus};
+use ledger::store::record::{LogEntry, Payload};
+use ledger::store::rocks::RocksReader;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{broadcast, watch};
+
+/// A snapshot is rebuilt at most this often (building one walks every
+/// machine); a role change publishes at once.
+const SNAPSHOT_EVERY_MS: u64 = 50;
+
+/// The tip a [`StoreLogReader`] may read up to: the core raises it after
+/// each round (a reader never sees a write its round has not finished).
+#[derive(Default)]
+pub(super) struct ReadableTip(AtomicU64);
+
+/// Publishes the core's state for readers.
+pub(super) struct Publisher {
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    committed: broadcast::Sender<CommittedEntry>,
+    readable_tip: Arc<ReadableTip>,
+    /// The last committed gseq handed to the live feed.
+    fed_commit: u64,
+    published_at_ms: Option<u64>,
+    published_role: (Role, u64),
+}
+
+impl Publisher {
+    pub(super) fn new(
+        snapshot: watch::Sender<Arc<Snapshot>>,
+        committed: broadcast::Sender<CommittedEntry>,
+        readable_tip: Arc<ReadableTip>,
+        commit_gseq: u64,
+    ) -> Publisher {
+        Publisher {
+            snapshot,
+            committed,
+            readable_tip,
+            fed_commit: commit_gseq,
+            published_at_ms: None,
+            published_role: (Role::Follower, 0),
+        }
+    }
+
+    /// After a round: the readable tip moves, newly committed entries go to
+    /// live subscribers, and the snapshot is renewed when due.
+    pub(super) fn publish(&mut self, core: &Core) {
+        let tip = core.round.ledger().store().head().gseq;
+        self.readable_tip.0.store(tip, Ordering::Release);
+        self.feed_committed(core);
+        let now_ms = core.now_ms();
+        let role = (role(core), core.round.node().epoch());
+        let due = self
+            .published_at_ms
+            .is_none_or(|at| now_ms >= at + SNAPSHOT_EVERY_MS);
+        if due || role != self.published_role {
+            self.published_at_ms = Some(now_ms);
+            self.published_role = role;
+            self.snapshot.send_replace(Arc::new(snapshot(core)));
+        }
+    }
+
+    /// Hands entries that became committed to the live feed, at most
+    /// `COMMITTED_FEED_ENTRIES_MAX` per round (the rest next round). With
+    /// no subscriber nothing is read.
+    fn feed_committed(&mut self, core: &Core) {
+        let commit = core.round.node().commit_gseq();
+        if commit <= self.fed_commit {
+            // A truncation or a restart can only move the commit forward,
+            // but be safe: never feed an entry twice.
+            return;
+        }
+        if self.committed.receiver_count() == 0 {
+            self.fed_commit = commit;
+            return;
+        }
+        let last = commit.min(self.fed_commit + COMMITTED_FEED_ENTRIES_MAX as u64);
+        let store = core.round.ledger().store();
+        let result = store.for_each_record(self.fed_commit + 1, last, |gseq, record| {
+            // A send fails only when every subscriber left; keep going.
+            let _ = self.committed.send(Arc::new(entry_view(gseq, record)));
+            Ok(true)
+        });
+        match result {
+            Ok(()) => self.fed_commit = last,
+            Err(error) => {
+                tracing::warn!(error = %error, "could not read committed entries for the live feed");
+                self.fed_commit = commit;
+            }
+        }
+    }
+}
+
+fn role(core: &Core) -> Role {
+    match core.round.node().role() {
+        NodeRole::Primary => Role::Primary,
+        NodeRole::Candidate => Role::Candidate,
+        NodeRole::Follower => match core.config.priority {
+            0 => Role::Sync,
+            1 => Role::Backup,
+            _ => Role::Follower,
+        },
+    }
+}
+
+/// An entry as pages show it; a record that does not decode is shown as
+/// such, never hidden.
+pub(super) fn entry_view(gseq: u64, record: &[u8]) -> LogEntryView {
+    match LogEntry::decode(record) {
+        Ok(entry) => {
+            let kind = match &entry.body.payload {
+                Payload::EpochStarted { primary } => EntryKind::EpochStarted {
+                    primary: primary.clone(),
+                },
+                Payload::Event {
+                    machine_id,
+                    machine_seq,
+                    event,
+                } => match event.envelope() {
+                    Ok(envelope) => EntryKind::Event {
+                        machine: machine_id.clone(),
+                        seq: *machine_seq,
+                        at_ms: envelope.at_ms,
+                        event: envelope.event.kind().to_owned(),
+                    },
+                    Err(error) => EntryKind::Unreadable {
+                        problem: error.to_string(),
+                    },
+                },
+            };
+            LogEntryView {
+                gseq,
+                epoch: entry.body.epoch,
+                logged_ms: entry.body.logged_ms,
+                hash: hex::encode(entry.hash),
+                prev_hash: hex::encode(entry.prev_hash),
+                kind,
+            }
+        }
+        Err(error) => LogEntryView {
+            gseq,
+            epoch: 0,
+            logged_ms: 0,
+            hash: hex::encode(blake3::hash(record).as_bytes()),
+            prev_hash: String::new(),
+            kind: EntryKind::Unreadable {
+                problem: error.to_string(),
+            },
+        },
+    }
+}
+
+fn snapshot(core: &Core) -> Snapshot {
+    let status = status(core);
+    let projection = core.round.ledger().projection();
+    let store = core.round.ledger().store();
+    let connected = core.round.ingest().connected_machines();
+    let commit = core.round.node().commit_gseq();
+    let machines = projection
+        .machines
+        .iter()
+        .map(|(machine, state)| {
+            let head = store.machine_head(machine);
+            let committed = core.round.committed_seq(machine, commit);
+            MachineSummary {
+                machine: machine.clone(),
+                last_seq: head.seq,
+                last_gseq: head.gseq,
+                last_event_ms: state.last_at_ms,
+                connected: connected.binary_search(machine).is_ok(),
+                uncommitted: head.seq.saturating_sub(committed),
+                cash_held_won: state.balances.physical_total(),
+                stock_units: state.slots.values().map(|s| u64::from(s.stock)).sum(),
+            }
+        })
+        .collect();
+    let totals = projection.totals();
+    Snapshot {
+        role: role(core),
+        machines,
+        totals: FleetTotals {
+            machines: totals.machines,
+            entries_applied: projection.entries_applied,
+            projection_issues: projection.issue_count,
+            purchases: totals.purchases,
+            sales_won: totals.sales_won,
+            cash_held_won: totals.cash_in_machines_won,
+            change_owed_won: totals.change_owed_won,
+            items_in_stock: totals.items_in_stock,
+        },
+        status,
+    }
+}
+
+fn member_name(core: &Core, id: crate::wire::NodeId) -> String {
+    if id == core.config.id {
+        return core.config.name.clone();
+    }
+    core.config
+        .peer(id)
+        .map_or_else(|| format!("replica-{id}"), |p| p.name.clone())
+}
+
+/// Datagrams dropped before the protocol saw them, by reason.
+fn datagrams_rejected(core: &Core) -> Vec<(String, u64)> {
+    let mut rejected: Vec<(String, u64)> = core
+        .round
+        .counters()
+        .datagrams_rejected
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), *v))
+        .collect();
+    for (reason, counter) in [
+        ("injected_loss", &core.receive_drops.injected),
+        ("queue_full", &core.receive_drops.queue_full),
+    ] {
+        let count = counter.load(Ordering::Relaxed);
+        if count > 0 {
+            rejected.push((reason.to_owned(), count));
+        }
+    }
+    rejected
+}
+
+fn status(core: &Core) -> ReplicaStatus {
+    let node = core.round.node();
+    let counters = node.counters();
+    let ingest = core.round.ingest().counters();
+    let tip = core.round.ledger().store().head().gseq;
+    let primary = node.role() == NodeRole::Primary;
+    let followers = if primary {
+        node.follower_matches()
+            .into_iter()
+            .map(|(id, matched)| FollowerStatus {
+                id: member_name(core, id),
+                matched,
+                lag: tip.saturating_sub(matched),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let projection = core.round.ledger().projection();
+    ReplicaStatus {
+        id: core.config.name.clone(),
+        node_id: core.config.id,
+        role: role(core).to_string(),
+        epoch: node.epoch(),
+        leader: node.leader().map(|l| member_name(core, l)),
+        tip,
+        commit: node.commit_gseq(),
+        lag: if primary {
+            0
+        } else {
+            core.round.primary_tip().saturating_sub(tip)
+        },
+        followers,
+        naks_sent: counters.naks_sent,
+        naks_received: counters.naks_received,
+        records_retransmitted: counters.records_retransmitted,
+        datagrams_received: counters.datagrams_received,
+        datagrams_rejected: datagrams_rejected(core),
+        datagrams_replayed: counters.replayed_dropped,
+        datagrams_stale_epoch: counters.stale_epoch_dropped,
+        elections_started: counters.elections_started,
+        truncated_records: counters.records_truncated,
+        machines_connected: core.round.ingest().connected_machines().len(),
+        events_submitted: ingest.events_submitted,
+        events_duplicate: ingest.events_duplicate,
+        events_rejected: ingest.events_rejected,
+        frames_rejected: ingest.frames_rejected,
+        projection_entries: projection.entries_applied,
+        projection_issues: projection.issue_count,
+        transport: core.config.transport.to_string(),
+        pid: std::process::id(),
+        uptime_ms: core.now_ms(),
+    }
+}
+
+/// Reads the replica's log for pages, from any thread.
+pub(super) struct StoreLogReader {
+    pub(super) reader: RocksReader,
+    pub(super) readable_tip: Arc<ReadableTip>,
+}
+
+impl LogReader for StoreLogReader {
+    fn entries(&self, from_gseq: u64, to_gseq: u64) -> Result<Vec<LogEntryView>, ReadError> {
+        let tip = self.readable_tip.0.load(Ordering::Acquire);
+        if from_gseq > tip {
+            return Err(ReadError::BeyondTip {
+                gseq: from_gseq,
+                tip,
+            });
+        }
+        let from = from_gseq.max(1);
+        let last = to_gseq
+            .min(tip)
+            .min(from.saturating_add(READ_ENTRIES_MAX as u64 - 1));
+        let mut out = Vec::new();
+        self.reader
+            .for_each_record(from, last, &mut |gseq, record| {
+                out.push(entry_view(gseq, record));
+                Ok(true)
+            })
+            .map_err(|e| ReadError::Storage(e.to_string()))?;
+        Ok(out)
+    }
+}
