@@ -54,6 +54,11 @@ pub struct ReplicaStatus {
     pub frames_rejected: u64,
     pub projection_entries: u64,
     pub projection_issues: u64,
+    /// Writes and syncs of the log that failed since the replica started.
+    pub storage_failures: u64,
+    /// The last storage failure, while the log cannot be written (a full
+    /// disk); `None` once writes succeed again.
+    pub storage_error: Option<String>,
     pub transport: String,
     pub pid: u32,
     pub uptime_ms: u64,

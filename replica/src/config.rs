@@ -67,6 +67,12 @@ pub struct ReplicaConfig {
     /// as `injected_loss`. Keep it 0 in production.
     #[serde(default)]
     pub drop_received_percent: u8,
+    /// RocksDB's write buffer per column family, in MiB (1 to 1024). Its
+    /// WAL files are preallocated to about this size, and after a full
+    /// disk it resumes only once there is room to flush every buffer (five
+    /// of them), so small disks want small buffers.
+    #[serde(default = "default_log_memtable_mib")]
+    pub log_memtable_mib: u32,
     /// The other replicas.
     pub peers: Vec<PeerConfig>,
 }
@@ -85,6 +91,9 @@ pub struct PeerConfig {
 
 fn default_transport() -> TransportKind {
     TransportKind::Udp
+}
+fn default_log_memtable_mib() -> u32 {
+    u32::try_from(ledger::store::MEMTABLE_BYTES_DEFAULT >> 20).expect("64")
 }
 fn default_payload_bytes() -> usize {
     PAYLOAD_BYTES_DEFAULT
@@ -179,6 +188,9 @@ impl ReplicaConfig {
         }
         if self.drop_received_percent > 50 {
             return invalid("drop_received_percent must be 0 to 50".into());
+        }
+        if !(1..=1_024).contains(&self.log_memtable_mib) {
+            return invalid("log_memtable_mib must be 1 to 1024".into());
         }
         if self.transport == TransportKind::Raw && self.raw_source().ip().is_unspecified() {
             return invalid(
@@ -286,6 +298,7 @@ impl LocalClusterPlan {
             nak_delay_ms: default_nak_delay_ms(),
             nak_backoff_max_ms: default_nak_backoff_max_ms(),
             drop_received_percent: 0,
+            log_memtable_mib: default_log_memtable_mib(),
             peers: [1u8, 2, 3]
                 .into_iter()
                 .filter(|&peer| peer != id)

@@ -38,6 +38,8 @@ use std::collections::{BTreeMap, VecDeque};
 pub const COMMIT_HINT_EVERY_MS: u64 = 250;
 /// Recent entries whose hash and epoch are kept in memory.
 pub const META_CACHE_ENTRIES: usize = 65_536;
+/// Storage failures are logged at most this often (with a count).
+pub const STORAGE_ERROR_LOG_EVERY_MS: u64 = 5_000;
 /// A replica that meets a machine it has no key for asks its shell to
 /// reload the key directory at most this often.
 pub const KEY_RELOAD_INTERVAL_MS: u64 = 1_000;
@@ -183,9 +185,26 @@ impl<B: Backend> MachineIndex for View<'_, B> {
     }
 }
 
+/// Why an action was not carried out.
+enum NotDone {
+    /// The log refused the write (I/O, a full disk, a record that does
+    /// not continue it).
+    Storage(StoreError),
+    /// Replicated events of a machine whose key is not loaded yet.
+    KeyMissing,
+}
+
+impl From<StoreError> for NotDone {
+    fn from(error: StoreError) -> NotDone {
+        NotDone::Storage(error)
+    }
+}
+
 /// Counts of what the round refused or could not do, for the status page.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RoundCounters {
+    /// The last storage failure, until a sync succeeds again.
+    pub storage_error: Option<String>,
     /// Datagrams dropped before the protocol saw them, by reason.
     pub datagrams_rejected: BTreeMap<&'static str, u64>,
     pub write_failures: u64,
@@ -223,6 +242,11 @@ pub struct Round<B: Backend, K: FleetKeys> {
     /// The primary's tip as last heard (for the follower's lag).
     primary_tip: u64,
     keys_requested_at_ms: Option<u64>,
+    storage_failure_logged_at_ms: Option<u64>,
+    storage_failures_unlogged: u64,
+    /// A write of this round succeeded (so a successful sync proves the log
+    /// can be written again).
+    wrote_this_round: bool,
     counters: RoundCounters,
 }
 
@@ -287,6 +311,9 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             commit_saved_at_ms: 0,
             primary_tip: 0,
             keys_requested_at_ms: None,
+            storage_failure_logged_at_ms: None,
+            storage_failures_unlogged: 0,
+            wrote_this_round: false,
             counters: RoundCounters::default(),
         })
     }
@@ -415,13 +442,22 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
     pub fn finish(&mut self, synced: Result<(), StoreError>) -> Vec<Outgoing> {
         self.acks_queued.clear();
         if let Err(error) = synced {
-            tracing::error!(replica = %self.config.name, error = %error, "syncing the round's writes failed; sending nothing");
+            self.wrote_this_round = false;
             self.counters.sync_failures += 1;
+            self.storage_failed(
+                "syncing the round's writes failed; nothing of the round is sent",
+                &error,
+            );
             self.outbox.clear();
             self.write_failed();
             // What the failure produced (a role change, redirects) waits
             // for the next round's sync.
             return Vec::new();
+        }
+        if std::mem::take(&mut self.wrote_this_round)
+            && self.counters.storage_error.take().is_some()
+        {
+            tracing::info!(replica = %self.config.name, "the log can be written again");
         }
         self.outbox.drain(..).flatten().collect()
     }
@@ -519,21 +555,48 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
     fn execute(&mut self, actions: Vec<Action>) {
         let mut queue = VecDeque::from(actions);
         while let Some(action) = queue.pop_front() {
+            let writes = action.writes();
             match self.execute_one(action) {
                 Ok(follow_up) => {
+                    self.wrote_this_round |= writes;
                     for action in follow_up.into_iter().rev() {
                         queue.push_front(action);
                     }
                 }
-                Err(error) => {
-                    tracing::error!(replica = %self.config.name, error = %error, "a write failed");
-                    self.counters.write_failures += 1;
+                Err(not_done) => {
+                    if let NotDone::Storage(error) = not_done {
+                        self.counters.write_failures += 1;
+                        self.storage_failed("a write to the log failed; it was not made", &error);
+                    }
+                    // What follows may depend on the write (an ack of what it
+                    // stored): drop it, and let the node re-read its log.
                     queue.clear();
                     queue.extend(self.write_failed_actions());
                 }
             }
         }
         self.node.assert_invariants(&view!(self));
+    }
+
+    /// Says that storage failed — the first time at once, then at most
+    /// every `STORAGE_ERROR_LOG_EVERY_MS` with how many failures there were
+    /// (a full disk fails every round until space is freed).
+    fn storage_failed(&mut self, what: &str, error: &StoreError) {
+        self.counters.storage_error = Some(error.to_string());
+        self.storage_failures_unlogged += 1;
+        let due = self
+            .storage_failure_logged_at_ms
+            .is_none_or(|at| self.now_ms >= at + STORAGE_ERROR_LOG_EVERY_MS);
+        if due {
+            tracing::error!(
+                replica = %self.config.name,
+                error = %error,
+                failures = self.storage_failures_unlogged,
+                "{what}; this replica refuses writes and does not vote or acknowledge until its log can be written again (status is still served)"
+            );
+            self.storage_failure_logged_at_ms = Some(self.now_ms);
+            self.storage_failures_unlogged = 0;
+        }
     }
 
     fn write_failed(&mut self) {
@@ -548,7 +611,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
     }
 
     /// Executes one action; returns the node's follow-up actions.
-    fn execute_one(&mut self, action: Action) -> Result<Vec<Action>, StoreError> {
+    fn execute_one(&mut self, action: Action) -> Result<Vec<Action>, NotDone> {
         match action {
             Action::Send {
                 to,
@@ -568,8 +631,10 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
                 .ledger
                 .store_mut()
                 .put_app_meta(META_VOTE, &PersistedVote { epoch, voted_for })?,
-            Action::AppendEvents { epoch, events } => return self.append_events(epoch, &events),
-            Action::AppendMarker { epoch } => return self.append_marker(epoch),
+            Action::AppendEvents { epoch, events } => {
+                return Ok(self.append_events(epoch, &events)?);
+            }
+            Action::AppendMarker { epoch } => return Ok(self.append_marker(epoch)?),
             Action::AppendReplicated { records } => self.append_replicated(&records)?,
             Action::TruncateAfter { gseq } => {
                 let removed = self.ledger.truncate_after(gseq)?;
@@ -644,7 +709,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
         Ok(self.node.on_local_append(&view!(self)))
     }
 
-    fn append_replicated(&mut self, records: &[ReplicatedRecord]) -> Result<(), StoreError> {
+    fn append_replicated(&mut self, records: &[ReplicatedRecord]) -> Result<(), NotDone> {
         let unknown = records.iter().find_map(|record| {
             record
                 .entry()
@@ -658,10 +723,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             // Its key may have been provisioned since the keys were loaded;
             // the records come again after the reload (NAK).
             self.request_keys(&machine);
-            return Err(StoreError::NotContiguous {
-                gseq: records.first().map_or(0, ReplicatedRecord::gseq),
-                problem: format!("no key for machine {machine} yet"),
-            });
+            return Err(NotDone::KeyMissing);
         }
         self.ledger.append_replicated(records, &self.keys)?;
         for record in records {

@@ -8,170 +8,22 @@
 //! the raw transport in three network namespaces on a bridge (needs root;
 //! skipped with a message otherwise).
 
+mod common;
+
+use common::{
+    Cluster, Topology, acked_per_machine, base_port, check_replica_holds, finish_fleet,
+    init_cluster, primaries, start_fleet, vendctl,
+};
 use replica::config::{LocalClusterPlan, PeerConfig, ReplicaConfig};
 use replica::transport::TransportKind;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MACHINES: u32 = 4;
 const EVENTS_PER_MACHINE: u64 = 1_500;
-
-/// The binaries built by `cargo test --workspace` (or `cargo build`).
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace` (scripts/test.sh does)",
-        path.display()
-    );
-    path
-}
-
-fn vendctl(args: &[&str]) -> Output {
-    Command::new(binary("vendctl"))
-        .args(args)
-        .output()
-        .expect("vendctl runs")
-}
-
-/// How replicas are laid out and started.
-struct Topology {
-    /// Command prefix per replica (e.g. `ip netns exec NS`), empty on loopback.
-    prefixes: Vec<Vec<String>>,
-    configs: Vec<PathBuf>,
-}
-
-struct Cluster {
-    dir: PathBuf,
-    topology: Topology,
-    children: Vec<Option<Child>>,
-}
-
-impl Cluster {
-    fn start(dir: &Path, topology: Topology) -> Cluster {
-        let mut cluster = Cluster {
-            dir: dir.to_path_buf(),
-            topology,
-            children: vec![None, None, None],
-        };
-        for index in 0..3 {
-            cluster.spawn(index);
-        }
-        cluster
-    }
-
-    fn spawn(&mut self, index: usize) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("replica-{}.log", index + 1)))
-            .expect("log file");
-        let prefix = &self.topology.prefixes[index];
-        let mut command = match prefix.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(binary("vend-replica"));
-                command
-            }
-            None => Command::new(binary("vend-replica")),
-        };
-        let child = command
-            .arg("--config")
-            .arg(&self.topology.configs[index])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("vend-replica starts");
-        self.children[index] = Some(child);
-    }
-
-    fn kill(&mut self, index: usize) {
-        if let Some(mut child) = self.children[index].take() {
-            let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
-        }
-    }
-
-    fn stop_all(&mut self) {
-        for child in self.children.iter_mut().flatten() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                // SAFETY: kill(2) has no memory effects.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        for slot in &mut self.children {
-            if let Some(child) = slot.as_mut() {
-                while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            *slot = None;
-        }
-    }
-
-    fn status(&self) -> Vec<Value> {
-        let out = vendctl(&["status", "--cluster", self.dir.to_str().unwrap()]);
-        serde_json::from_slice(&out.stdout).unwrap_or_default()
-    }
-
-    /// Polls status until `done` holds; panics with the last status and the
-    /// replicas' logs after `limit`.
-    fn wait_for(&self, what: &str, limit: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let status = self.status();
-            if done(&status) {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let logs: String = (1..=3)
-                    .map(|i| {
-                        std::fs::read_to_string(self.dir.join(format!("replica-{i}.log")))
-                            .unwrap_or_default()
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n----\n");
-                panic!("timed out waiting for {what}; last status: {status:#?}\nlogs:\n{logs}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for slot in &mut self.children {
-            if let Some(mut child) = slot.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-fn primaries(status: &[Value]) -> Vec<(usize, u64)> {
-    status
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s["role"] == "primary")
-        .map(|(i, s)| (i, s["epoch"].as_u64().unwrap_or(0)))
-        .collect()
-}
 
 fn run_failover_scenario(dir: &Path, topology: Topology) {
     let mut cluster = Cluster::start(dir, topology);
@@ -179,25 +31,7 @@ fn run_failover_scenario(dir: &Path, topology: Topology) {
         primaries(s).len() == 1
     });
     let (primary, epoch) = primaries(&status)[0];
-
-    let fleet = Command::new(binary("vendctl"))
-        .args([
-            "simulate",
-            "--cluster",
-            dir.to_str().unwrap(),
-            "--machines",
-            &MACHINES.to_string(),
-            "--events-per-machine",
-            &EVENTS_PER_MACHINE.to_string(),
-            "--seed",
-            "7",
-            "--timeout-s",
-            "240",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("vendctl simulate starts");
+    let fleet = start_fleet(dir, MACHINES, EVENTS_PER_MACHINE, 240);
 
     // Kill the primary while the fleet is writing.
     cluster.wait_for("the fleet to be writing", Duration::from_secs(60), |s| {
@@ -219,17 +53,7 @@ fn run_failover_scenario(dir: &Path, topology: Topology) {
     std::thread::sleep(Duration::from_secs(2));
     cluster.spawn(primary);
 
-    let output = fleet.wait_with_output().expect("vendctl simulate finishes");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "simulate failed: {stderr}\n{}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    let summary: Value = serde_json::from_slice(&output.stdout).expect("simulate prints JSON");
-    let total = u64::from(MACHINES) * EVENTS_PER_MACHINE;
-    assert!(summary["events"].as_u64().unwrap() >= total, "{summary}");
-    assert_eq!(summary["events_acked"], summary["events"], "{summary}");
+    let summary = finish_fleet(fleet, u64::from(MACHINES) * EVENTS_PER_MACHINE);
     assert!(
         summary["failovers_seen"].as_u64().unwrap() >= 1,
         "machines saw the failover: {summary}"
@@ -244,102 +68,22 @@ fn run_failover_scenario(dir: &Path, topology: Topology) {
     });
     cluster.stop_all();
 
-    let acked: BTreeMap<String, u64> = summary["per_machine"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["id"].as_str().unwrap().to_owned(),
-                m["acked"].as_u64().unwrap(),
-            )
-        })
+    let acked = acked_per_machine(&summary);
+    let heads: Vec<Option<String>> = (1..=3)
+        .map(|index| check_replica_holds(dir, index, &acked))
         .collect();
-    let mut heads = Vec::new();
-    for index in 1..=3 {
-        let data = dir.join(format!("replica-{index}"));
-        let keys = dir.join("keys");
-        let verify = vendctl(&[
-            "verify",
-            "--data",
-            data.to_str().unwrap(),
-            "--keys",
-            keys.to_str().unwrap(),
-        ]);
-        let verdict = String::from_utf8_lossy(&verify.stdout);
-        assert!(
-            verify.status.success(),
-            "replica-{index}: {verdict}{}",
-            String::from_utf8_lossy(&verify.stderr)
-        );
-        heads.push(verdict.split("head ").nth(1).map(|h| h[..64].to_owned()));
-        let dump = vendctl(&[
-            "dump",
-            "--data",
-            data.to_str().unwrap(),
-            "--keys",
-            keys.to_str().unwrap(),
-        ]);
-        assert!(dump.status.success());
-        let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        for line in String::from_utf8_lossy(&dump.stdout).lines() {
-            let entry: Value = serde_json::from_str(line).unwrap();
-            if let Some(machine) = entry["machine_id"].as_str() {
-                seen.entry(machine.to_owned())
-                    .or_default()
-                    .push(entry["machine_seq"].as_u64().unwrap());
-            }
-        }
-        for (machine, &count) in &acked {
-            let seqs = seen.get(machine).cloned().unwrap_or_default();
-            let expected: Vec<u64> = (1..=count).collect();
-            assert_eq!(
-                seqs, expected,
-                "replica-{index}: {machine} must hold 1..={count} exactly once, in order"
-            );
-        }
-    }
     assert!(
         heads.windows(2).all(|w| w[0] == w[1]),
         "identical hash chains: {heads:?}"
     );
 }
 
-fn base_port() -> u16 {
-    // Spread concurrent runs apart; ports above 20000 stay clear of services.
-    20_000 + u16::try_from(std::process::id() % 1_500).unwrap() * 30
-}
-
 #[test]
 fn udp_on_loopback_survives_a_killed_primary() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("cluster");
-    let port = base_port().to_string();
-    let init = vendctl(&[
-        "cluster",
-        "init",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--transport",
-        "udp",
-        "--base-port",
-        &port,
-    ]);
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let configs = (1..=3)
-        .map(|i| dir.join(format!("replica-{i}.toml")))
-        .collect();
-    run_failover_scenario(
-        &dir,
-        Topology {
-            prefixes: vec![Vec::new(); 3],
-            configs,
-        },
-    );
+    let topology = init_cluster(&dir, base_port());
+    run_failover_scenario(&dir, topology);
 }
 
 /// Three namespaces on a bridge, removed again on drop.

@@ -109,6 +109,9 @@ fn open_rocks(path: &Path, key: &SecretKey) -> Ledger {
         create: true,
         segment_entries: SEGMENT_ENTRIES,
         deferred_sync: true,
+        // Small memtables: hundreds of stores are opened, each a few
+        // hundred entries.
+        memtable_bytes: 1 << 20,
     };
     let mut ledger = Ledger::open(path, key, options).unwrap();
     ledger.set_checkpoint_every(16);
@@ -308,6 +311,19 @@ fn compare_everything(pair: &mut Pair, fleet: &Fleet) -> Result<(), TestCaseErro
     Ok(())
 }
 
+/// A directory for one case's RocksDB: in memory (/dev/shm) where the
+/// machine has it, since creating and reopening databases is all fsyncs
+/// and the test is about the store's rules, not the disk.
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().unwrap()
+}
+
 fn cases() -> u32 {
     std::env::var("VENDLEDGER_MODEL_CASES")
         .ok()
@@ -323,7 +339,7 @@ proptest! {
         thread_local! {
             static FLEET: Fleet = fleet();
         }
-        let dir = tempfile::tempdir().unwrap();
+        let dir = scratch_dir();
         let mut pair = Pair::new(dir.path());
         FLEET.with(|fleet| {
             for op in &ops {

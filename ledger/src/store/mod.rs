@@ -186,7 +186,14 @@ pub struct OpenOptions {
     /// (an acknowledgement, a vote) before `sync_deferred` returns. A crash
     /// before it loses a suffix of whole writes, never part of one.
     pub deferred_sync: bool,
+    /// RocksDB's write buffer per column family (and so the size its WAL
+    /// files are preallocated to). Replicas keep the default; a machine's
+    /// own small ledger and tests that open many stores need far less.
+    pub memtable_bytes: usize,
 }
+
+/// RocksDB's own default write buffer.
+pub const MEMTABLE_BYTES_DEFAULT: usize = 64 << 20;
 
 impl Default for OpenOptions {
     fn default() -> Self {
@@ -194,6 +201,7 @@ impl Default for OpenOptions {
             create: false,
             segment_entries: SEGMENT_ENTRIES_DEFAULT,
             deferred_sync: false,
+            memtable_bytes: MEMTABLE_BYTES_DEFAULT,
         }
     }
 }

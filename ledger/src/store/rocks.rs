@@ -248,11 +248,19 @@ impl RocksBackend {
         db_options.set_compression_type(DBCompressionType::None);
         db_options.set_max_open_files(512);
         db_options.set_keep_log_file_num(4);
-        let descriptors = COLUMN_FAMILIES.map(|name| {
-            let mut cf_options = Options::default();
-            cf_options.set_compression_type(DBCompressionType::None);
-            ColumnFamilyDescriptor::new(name, cf_options)
-        });
+        db_options.set_write_buffer_size(options.memtable_bytes);
+        // RocksDB's "default" column family is listed too, with the same
+        // options: it is always open, and its write buffer sets how large
+        // WAL files are preallocated.
+        let descriptors = [rocksdb::DEFAULT_COLUMN_FAMILY_NAME]
+            .into_iter()
+            .chain(COLUMN_FAMILIES)
+            .map(|name| {
+                let mut cf_options = Options::default();
+                cf_options.set_compression_type(DBCompressionType::None);
+                cf_options.set_write_buffer_size(options.memtable_bytes);
+                ColumnFamilyDescriptor::new(name, cf_options)
+            });
         let db = DB::open_cf_descriptors(&db_options, path, descriptors)?;
         let mut backend = RocksBackend {
             db: Arc::new(db),

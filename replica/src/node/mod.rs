@@ -152,6 +152,20 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// Whether executing the action writes to the log or its metadata.
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            Action::PersistVote { .. }
+                | Action::AppendEvents { .. }
+                | Action::AppendMarker { .. }
+                | Action::AppendReplicated { .. }
+                | Action::TruncateAfter { .. }
+        )
+    }
+}
+
 /// What a candidate says about its log when it asks for a vote.
 #[derive(Clone, Copy, Debug)]
 struct Candidacy {

@@ -126,6 +126,7 @@ fn open_core(
     let options = OpenOptions {
         create: true,
         deferred_sync: true,
+        memtable_bytes: usize::try_from(config.log_memtable_mib).unwrap_or(1) << 20,
         ..OpenOptions::default()
     };
     let ledger = Ledger::open(&config.log_dir(), keyring.store_key(), options)?;

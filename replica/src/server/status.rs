@@ -281,6 +281,9 @@ fn status(core: &Core) -> ReplicaStatus {
         frames_rejected: ingest.frames_rejected,
         projection_entries: projection.entries_applied,
         projection_issues: projection.issue_count,
+        storage_failures: core.round.counters().write_failures
+            + core.round.counters().sync_failures,
+        storage_error: core.round.counters().storage_error.clone(),
         transport: core.config.transport.to_string(),
         pid: std::process::id(),
         uptime_ms: core.now_ms(),
