@@ -7,7 +7,7 @@
 //! change owed are liabilities and hold credit balances, never below zero.
 
 use crate::event::{Destination, Event};
-use crate::money::{Denomination, Won};
+use crate::money::{CoinCounts, Denomination, Won};
 use arrayvec::ArrayVec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -125,15 +125,7 @@ pub fn postings(event: &Event) -> Postings {
         Event::MoneyInserted {
             denomination,
             destination,
-        } => {
-            let account = match destination {
-                Destination::Tube => Account::Tube(*denomination),
-                Destination::CashBox => Account::CashBox,
-                Destination::Stacker => Account::BillStacker,
-            };
-            let value = denomination.value();
-            postings_of([post(account, value), post(Account::CustomerEscrow, -value)])
-        }
+        } => insert_postings(*denomination, *destination),
         Event::ProductPurchased { price, .. } => postings_of([
             post(Account::CustomerEscrow, *price),
             post(Account::SalesRevenue, -price),
@@ -142,15 +134,7 @@ pub fn postings(event: &Event) -> Postings {
             post(Account::SalesRevenue, *price),
             post(Account::CustomerEscrow, -price),
         ]),
-        Event::ChangeReturned { coins, paid } => {
-            let mut out = postings_of([post(Account::CustomerEscrow, *paid)]);
-            for (coin, &count) in Denomination::COINS.iter().zip(&coins.0) {
-                if count > 0 {
-                    out.push(post(Account::Tube(*coin), -coin.value() * Won::from(count)));
-                }
-            }
-            out
-        }
+        Event::ChangeReturned { coins, paid } => change_postings(coins, *paid),
         Event::ChangeOwed { amount, .. } => postings_of([
             post(Account::CustomerEscrow, *amount),
             post(Account::ChangeOwed, -amount),
@@ -192,6 +176,29 @@ pub fn postings(event: &Event) -> Postings {
         | Event::AdminPasswordChanged { .. }
         | Event::RemoteCommandRejected { .. } => Postings::new(),
     }
+}
+
+/// Inserted money is the machine's (in the holder it went to) and owed to
+/// the customer until spent or returned.
+fn insert_postings(denomination: Denomination, destination: Destination) -> Postings {
+    let account = match destination {
+        Destination::Tube => Account::Tube(denomination),
+        Destination::CashBox => Account::CashBox,
+        Destination::Stacker => Account::BillStacker,
+    };
+    let value = denomination.value();
+    postings_of([post(account, value), post(Account::CustomerEscrow, -value)])
+}
+
+/// Change paid settles escrow out of the tubes, one posting per tube used.
+fn change_postings(coins: &CoinCounts, paid: Won) -> Postings {
+    let mut out = postings_of([post(Account::CustomerEscrow, paid)]);
+    for (coin, &count) in Denomination::COINS.iter().zip(&coins.0) {
+        if count > 0 {
+            out.push(post(Account::Tube(*coin), -coin.value() * Won::from(count)));
+        }
+    }
+    out
 }
 
 /// Why a set of postings or balances is not acceptable.

@@ -181,6 +181,16 @@ pub fn decide(
     if let Command::Install { .. } = command {
         return decide_install(state, command, ctx);
     }
+    check_access(state, command)?;
+    let events = decide_installed(state, command, ctx)?;
+    verify_applies(state, &events, ctx.now_ms)?;
+    Ok(events)
+}
+
+/// Pre-conditions shared by every command to an installed machine: it is
+/// installed, and operator commands need a logged-in admin and no customer
+/// in the middle of a session (whose escrow they could disturb).
+fn check_access(state: &MachineState, command: &Command) -> Result<(), Rejection> {
     if !state.installed {
         return Err(Rejection::NotInstalled);
     }
@@ -192,94 +202,42 @@ pub fn decide(
             return Err(Rejection::CustomerSessionActive);
         }
     }
-    let events = match command {
-        Command::Install { .. } => unreachable!("handled above"),
+    Ok(())
+}
+
+/// The events of one command to an installed machine whose access checks
+/// passed; each command's rules live in its own function.
+fn decide_installed(
+    state: &MachineState,
+    command: &Command,
+    ctx: &Context,
+) -> Result<Vec<Event>, Rejection> {
+    Ok(match command {
+        Command::Install { .. } => unreachable!("decide handles Install first"),
         Command::Insert { kind, value } => vec![decide_insert(state, *kind, *value)],
         Command::Purchase { slot } => decide_purchase(state, *slot)?,
-        Command::CancelLastPurchase => {
-            let last = state
-                .escrow
-                .purchases
-                .last()
-                .ok_or(Rejection::NothingToCancel)?;
-            vec![Event::PurchaseCancelled {
-                slot: last.slot,
-                product: last.product.clone(),
-                price: last.price,
-            }]
-        }
+        Command::CancelLastPurchase => vec![decide_cancel(state)?],
         Command::ReturnChange => decide_return_change(state)?,
         Command::AdminLogin { password } => decide_login(state, password, ctx)?,
-        Command::AdminLogout => {
-            if state.admin.logged_in {
-                vec![Event::AdminLoggedOut]
-            } else {
-                Vec::new()
-            }
-        }
+        Command::AdminLogout => decide_logout(state),
         Command::ChangePassword { current, new } => {
-            if !admin::verify_password(current, &state.admin.password_hash) {
-                return Err(Rejection::WrongPassword);
-            }
-            admin::check_policy(new)?;
-            let password_hash = admin::hash_password(new, &ctx.salt, ctx.password_params)
-                .map_err(|e| Rejection::BadInstallation(e.to_string()))?;
-            vec![Event::AdminPasswordChanged { password_hash }]
+            vec![decide_password_change(state, current, new, ctx)?]
         }
         Command::Refill { slot, count } => vec![decide_refill(state, *slot, *count)?],
-        Command::RefillAll => {
-            let events: Vec<Event> = state
-                .slots
-                .values()
-                .filter(|s| s.stock < s.config.capacity)
-                .map(|s| Event::SlotRefilled {
-                    slot: s.config.slot,
-                    added: s.config.capacity - s.stock,
-                })
-                .collect();
-            if events.is_empty() {
-                return Err(Rejection::NothingToRefill);
-            }
-            events
-        }
+        Command::RefillAll => decide_refill_all(state)?,
         Command::LoadTube {
             denomination,
             count,
         } => vec![decide_load_tube(state, *denomination, *count)?],
-        Command::CollectCash { counted } => {
-            if !(0..=COUNTED_CASH_MAX).contains(counted) {
-                return Err(Rejection::BadCount);
-            }
-            if state.cash_box == 0 && state.stacker_bills == 0 && *counted == 0 {
-                return Err(Rejection::NothingToCollect);
-            }
-            vec![Event::CashCollected {
-                cash_box: state.cash_box,
-                stacker: state.stacker_total(),
-                counted: *counted,
-            }]
-        }
+        Command::CollectCash { counted } => vec![decide_collect(state, *counted)?],
         Command::SetPrice { slot, price } => {
             vec![price_event(state, *slot, *price, Source::Local)?]
         }
         Command::Rename { slot, name } => vec![rename_event(state, *slot, name, Source::Local)?],
-        Command::ConfigureSlot(config) => {
-            config.validate()?;
-            if let Some(existing) = state.slots.get(&config.slot)
-                && existing.stock > config.capacity
-            {
-                return Err(Rejection::StockAboveCapacity {
-                    slot: config.slot,
-                    stock: existing.stock,
-                });
-            }
-            vec![Event::SlotConfigured(config.clone())]
-        }
+        Command::ConfigureSlot(config) => vec![decide_configure_slot(state, config)?],
         Command::SettleChangeOwed { ticket } => vec![settle_event(state, *ticket, Source::Local)?],
         Command::Remote(remote) => decide_remote(state, remote),
-    };
-    verify_applies(state, &events, ctx.now_ms)?;
-    Ok(events)
+    })
 }
 
 /// Post-condition: what `decide` returns applies cleanly. A failure here is
@@ -392,6 +350,20 @@ fn decide_purchase(state: &MachineState, slot: SlotId) -> Result<Vec<Event>, Rej
     }])
 }
 
+/// Cancel walks back the most recent purchase of the session.
+fn decide_cancel(state: &MachineState) -> Result<Event, Rejection> {
+    let last = state
+        .escrow
+        .purchases
+        .last()
+        .ok_or(Rejection::NothingToCancel)?;
+    Ok(Event::PurchaseCancelled {
+        slot: last.slot,
+        product: last.product.clone(),
+        price: last.price,
+    })
+}
+
 fn decide_return_change(state: &MachineState) -> Result<Vec<Event>, Rejection> {
     if !state.escrow.active {
         return Err(Rejection::NothingToReturn);
@@ -437,6 +409,32 @@ fn decide_login(
     Ok(events)
 }
 
+/// Logging out twice records nothing the second time.
+fn decide_logout(state: &MachineState) -> Vec<Event> {
+    if state.admin.logged_in {
+        vec![Event::AdminLoggedOut]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The current password must be given again, and the new one must meet
+/// the policy; only its argon2id hash goes into the event.
+fn decide_password_change(
+    state: &MachineState,
+    current: &str,
+    new: &str,
+    ctx: &Context,
+) -> Result<Event, Rejection> {
+    if !admin::verify_password(current, &state.admin.password_hash) {
+        return Err(Rejection::WrongPassword);
+    }
+    admin::check_policy(new)?;
+    let password_hash = admin::hash_password(new, &ctx.salt, ctx.password_params)
+        .map_err(|e| Rejection::BadInstallation(e.to_string()))?;
+    Ok(Event::AdminPasswordChanged { password_hash })
+}
+
 fn decide_refill(
     state: &MachineState,
     slot: SlotId,
@@ -458,6 +456,23 @@ fn decide_refill(
     Ok(Event::SlotRefilled { slot, added })
 }
 
+/// One refill event per slot that has room, filling it to capacity.
+fn decide_refill_all(state: &MachineState) -> Result<Vec<Event>, Rejection> {
+    let events: Vec<Event> = state
+        .slots
+        .values()
+        .filter(|s| s.stock < s.config.capacity)
+        .map(|s| Event::SlotRefilled {
+            slot: s.config.slot,
+            added: s.config.capacity - s.stock,
+        })
+        .collect();
+    if events.is_empty() {
+        return Err(Rejection::NothingToRefill);
+    }
+    Ok(events)
+}
+
 fn decide_load_tube(
     state: &MachineState,
     denomination: Denomination,
@@ -477,6 +492,36 @@ fn decide_load_tube(
         denomination,
         count,
     })
+}
+
+/// The event records what the ledger expected next to what the operator
+/// counted, so the over/short is visible to auditors.
+fn decide_collect(state: &MachineState, counted: Won) -> Result<Event, Rejection> {
+    if !(0..=COUNTED_CASH_MAX).contains(&counted) {
+        return Err(Rejection::BadCount);
+    }
+    if state.cash_box == 0 && state.stacker_bills == 0 && counted == 0 {
+        return Err(Rejection::NothingToCollect);
+    }
+    Ok(Event::CashCollected {
+        cash_box: state.cash_box,
+        stacker: state.stacker_total(),
+        counted,
+    })
+}
+
+/// A reconfigured slot keeps its stock, which must fit the new capacity.
+fn decide_configure_slot(state: &MachineState, config: &SlotConfig) -> Result<Event, Rejection> {
+    config.validate()?;
+    if let Some(existing) = state.slots.get(&config.slot)
+        && existing.stock > config.capacity
+    {
+        return Err(Rejection::StockAboveCapacity {
+            slot: config.slot,
+            stock: existing.stock,
+        });
+    }
+    Ok(Event::SlotConfigured(config.clone()))
 }
 
 fn price_event(

@@ -65,125 +65,168 @@ pub fn verify_log(
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifySummary, VerifyFailure> {
     let head = store.head();
-    let mut previous_hash = GENESIS_HASH;
-    let mut previous_epoch = 0;
-    let mut machine_heads: HashMap<MachineId, (u64, Hash32)> = HashMap::new();
-    let mut projection = Projection::default();
-    let mut previous_marker_epoch = 0;
-    let mut count = 0;
-    let decode = |gseq: u64, bytes: &[u8]| {
-        let entry = LogEntry::decode(bytes).map_err(|e| StoreError::Entry {
-            gseq,
-            problem: format!("undecodable record: {e}"),
-        })?;
-        if entry.body.gseq != gseq {
-            return Err(StoreError::Entry {
-                gseq,
-                problem: format!("record claims gseq {}", entry.body.gseq),
-            });
-        }
-        let envelope = entry
-            .envelope()
-            .map_err(|e| format!("undecodable event: {e}"));
-        Ok((entry, envelope))
-    };
-    scan_records(store, 1, head.gseq, decode, |(entry, envelope)| {
+    let mut walk = ChainWalk::new(keys);
+    scan_records(store, 1, head.gseq, decode_record, |(entry, envelope)| {
         let gseq = entry.body.gseq;
-        if entry.prev_hash != previous_hash {
+        walk.entry(&entry, envelope)?;
+        progress(gseq);
+        Ok::<(), VerifyFailure>(())
+    })?;
+    if walk.count != head.gseq || walk.previous_hash != head.hash {
+        return Err(fail(
+            None,
+            None,
+            format!(
+                "the log ends at gseq {} but its head says {}",
+                walk.count, head.gseq
+            ),
+        ));
+    }
+    check_store_metadata(store, &walk.machine_heads, &walk.projection)?;
+    let segments = check_segments(store)?;
+    Ok(VerifySummary {
+        entries: walk.count,
+        machines: walk.machine_heads.len(),
+        head_hash: walk.previous_hash,
+        segments,
+    })
+}
+
+/// Decodes one record on the scan's reader thread. A record that does not
+/// decode, or sits at the wrong gseq, stops the scan; an event that does
+/// not decode is reported by the walk, which knows the machine it is from.
+fn decode_record(
+    gseq: u64,
+    bytes: &[u8],
+) -> Result<(LogEntry, Result<Option<EventEnvelope>, String>), StoreError> {
+    let entry = LogEntry::decode(bytes).map_err(|e| StoreError::Entry {
+        gseq,
+        problem: format!("undecodable record: {e}"),
+    })?;
+    if entry.body.gseq != gseq {
+        return Err(StoreError::Entry {
+            gseq,
+            problem: format!("record claims gseq {}", entry.body.gseq),
+        });
+    }
+    let envelope = entry
+        .envelope()
+        .map_err(|e| format!("undecodable event: {e}"));
+    Ok((entry, envelope))
+}
+
+/// What verification has established so far, walking the log in order.
+struct ChainWalk<'k> {
+    keys: &'k dyn ChainKeys,
+    previous_hash: Hash32,
+    previous_epoch: u64,
+    /// The epoch of the last epoch marker (0 before the first).
+    previous_marker_epoch: u64,
+    machine_heads: HashMap<MachineId, (u64, Hash32)>,
+    /// Every event applied, so an impossible one (an overdrawn tube) is
+    /// found and the balances can be cross-checked at the end.
+    projection: Projection,
+    count: u64,
+}
+
+impl<'k> ChainWalk<'k> {
+    fn new(keys: &'k dyn ChainKeys) -> ChainWalk<'k> {
+        ChainWalk {
+            keys,
+            previous_hash: GENESIS_HASH,
+            previous_epoch: 0,
+            previous_marker_epoch: 0,
+            machine_heads: HashMap::new(),
+            projection: Projection::default(),
+            count: 0,
+        }
+    }
+
+    /// Checks the next entry: the fleet chain and epochs, then the marker or
+    /// the machine event it carries.
+    fn entry(
+        &mut self,
+        entry: &LogEntry,
+        envelope: Result<Option<EventEnvelope>, String>,
+    ) -> Result<(), VerifyFailure> {
+        let gseq = entry.body.gseq;
+        if entry.prev_hash != self.previous_hash {
             return Err(fail(
                 Some(gseq),
                 None,
                 "fleet chain broken: previous-hash does not match the entry before",
             ));
         }
-        if entry.body.epoch < previous_epoch {
+        if entry.body.epoch < self.previous_epoch {
             return Err(fail(
                 Some(gseq),
                 None,
-                format!("epoch {} after epoch {previous_epoch}", entry.body.epoch),
+                format!(
+                    "epoch {} after epoch {}",
+                    entry.body.epoch, self.previous_epoch
+                ),
             ));
         }
         match entry.body.machine_event() {
-            None => {
-                if entry.body.epoch <= previous_marker_epoch && previous_marker_epoch > 0 {
-                    return Err(fail(
-                        Some(gseq),
-                        None,
-                        "epoch marker does not open a new epoch",
-                    ));
-                }
-                previous_marker_epoch = entry.body.epoch;
-                projection.skip(gseq);
-            }
+            None => self.epoch_marker(gseq, entry.body.epoch)?,
             Some((machine, seq, event)) => {
                 let envelope = envelope
                     .map_err(|problem| fail(Some(gseq), Some((machine.clone(), seq)), problem))?;
-                check_event_entry(
-                    keys,
-                    &mut machine_heads,
-                    &mut projection,
-                    gseq,
-                    (machine, seq, event),
-                    envelope,
-                )?;
+                self.event_entry(gseq, (machine, seq, event), envelope)?;
             }
         }
-        previous_hash = entry.hash;
-        previous_epoch = entry.body.epoch;
-        count += 1;
-        progress(gseq);
+        self.previous_hash = entry.hash;
+        self.previous_epoch = entry.body.epoch;
+        self.count += 1;
         Ok(())
-    })?;
-    if count != head.gseq || previous_hash != head.hash {
-        return Err(fail(
-            None,
-            None,
-            format!(
-                "the log ends at gseq {count} but its head says {}",
-                head.gseq
-            ),
-        ));
     }
-    check_store_metadata(store, &machine_heads, &projection)?;
-    let segments = check_segments(store)?;
-    Ok(VerifySummary {
-        entries: count,
-        machines: machine_heads.len(),
-        head_hash: previous_hash,
-        segments,
-    })
-}
 
-/// Checks one machine event entry against its machine's chain and applies
-/// it to the verifying projection.
-fn check_event_entry(
-    keys: &dyn ChainKeys,
-    machine_heads: &mut HashMap<MachineId, (u64, Hash32)>,
-    projection: &mut Projection,
-    gseq: u64,
-    (machine, seq, event): (&MachineId, u64, &SignedEvent),
-    envelope: Option<EventEnvelope>,
-) -> Result<(), VerifyFailure> {
-    let at = |problem: String| fail(Some(gseq), Some((machine.clone(), seq)), problem);
-    let (last_seq, last_hash) = machine_heads
-        .get(machine)
-        .copied()
-        .unwrap_or((0, GENESIS_HASH));
-    if seq != last_seq + 1 {
-        return Err(at(format!(
-            "machine stream jumps from #{last_seq} to #{seq}"
-        )));
+    /// Each marker opens a newer epoch than the one before.
+    fn epoch_marker(&mut self, gseq: u64, epoch: u64) -> Result<(), VerifyFailure> {
+        if epoch <= self.previous_marker_epoch && self.previous_marker_epoch > 0 {
+            return Err(fail(
+                Some(gseq),
+                None,
+                "epoch marker does not open a new epoch",
+            ));
+        }
+        self.previous_marker_epoch = epoch;
+        self.projection.skip(gseq);
+        Ok(())
     }
-    check_machine_chain(keys, machine, &last_hash, event).map_err(|e| at(e.to_string()))?;
-    let envelope = envelope.ok_or_else(|| at("missing event".into()))?;
-    if envelope.machine_id != *machine || envelope.machine_seq != seq {
-        return Err(at("entry and event disagree on machine or sequence".into()));
+
+    /// Checks one machine event entry against its machine's chain and
+    /// applies it to the verifying projection.
+    fn event_entry(
+        &mut self,
+        gseq: u64,
+        (machine, seq, event): (&MachineId, u64, &SignedEvent),
+        envelope: Option<EventEnvelope>,
+    ) -> Result<(), VerifyFailure> {
+        let at = |problem: String| fail(Some(gseq), Some((machine.clone(), seq)), problem);
+        let (last_seq, last_hash) = self
+            .machine_heads
+            .get(machine)
+            .copied()
+            .unwrap_or((0, GENESIS_HASH));
+        if seq != last_seq + 1 {
+            return Err(at(format!(
+                "machine stream jumps from #{last_seq} to #{seq}"
+            )));
+        }
+        check_machine_chain(self.keys, machine, &last_hash, event)
+            .map_err(|e| at(e.to_string()))?;
+        let envelope = envelope.ok_or_else(|| at("missing event".into()))?;
+        if envelope.machine_id != *machine || envelope.machine_seq != seq {
+            return Err(at("entry and event disagree on machine or sequence".into()));
+        }
+        self.projection
+            .apply(gseq, &envelope)
+            .map_err(|e| at(format!("event does not apply: {e}")))?;
+        self.machine_heads
+            .insert(machine.clone(), (seq, event.chain_hash));
+        Ok(())
     }
-    projection
-        .apply(gseq, &envelope)
-        .map_err(|e| at(format!("event does not apply: {e}")))?;
-    machine_heads.insert(machine.clone(), (seq, event.chain_hash));
-    Ok(())
 }
 
 fn check_store_metadata(

@@ -4,7 +4,7 @@
 //! ```text
 //! datagram = header (HEADER_BYTES, plaintext, authenticated as AAD)
 //!            ++ nonce (24) ++ XChaCha20-Poly1305(body) ++ tag (16)
-//! header   = magic "VLDG" | version u8 | kind u8 | cluster_id u32 | sender u8
+//! header   = magic "VLDG" | version u8 | kind u8 (MessageKind) | cluster_id u32 | sender u8
 //!            | reserved u8 | epoch u64 | incarnation u64 | packet_seq u64
 //!            | first_gseq u64 | count u16 | commit_gseq u64      (big-endian)
 //! body     = MessagePack of the message's fields
@@ -14,6 +14,8 @@
 //! datagram fails to open and is dropped. `incarnation` (strictly increasing
 //! per sender process) and `packet_seq` (increasing per datagram) let a
 //! receiver drop replays with [`ReplayGuard`].
+//!
+//! `docs/FORMATS.md` documents every byte, and `tests/golden.rs` pins them.
 
 use ledger::crypto::{Hash32, Sealer, SecretKey};
 use serde::{Deserialize, Serialize};
@@ -88,33 +90,89 @@ pub enum Message {
     },
 }
 
-impl Message {
-    fn kind(&self) -> u8 {
+/// The kind byte of a datagram header. This enum is the one place the
+/// numbers are defined: they are part of the wire format
+/// (`docs/FORMATS.md`), so a number is never changed or reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MessageKind {
+    Append = 1,
+    Heartbeat = 2,
+    Ack = 3,
+    Nak = 4,
+    VoteRequest = 5,
+    VoteReply = 6,
+    PreVoteRequest = 7,
+    PreVoteReply = 8,
+    Catchup = 9,
+}
+
+impl MessageKind {
+    /// Every kind, in the order of their numbers.
+    pub const ALL: [MessageKind; 9] = [
+        MessageKind::Append,
+        MessageKind::Heartbeat,
+        MessageKind::Ack,
+        MessageKind::Nak,
+        MessageKind::VoteRequest,
+        MessageKind::VoteReply,
+        MessageKind::PreVoteRequest,
+        MessageKind::PreVoteReply,
+        MessageKind::Catchup,
+    ];
+
+    /// A stable lowercase label (for logs and counters).
+    pub fn name(self) -> &'static str {
         match self {
-            Message::Append { .. } => 1,
-            Message::Heartbeat { .. } => 2,
-            Message::Ack { .. } => 3,
-            Message::Nak { .. } => 4,
-            Message::VoteRequest { .. } => 5,
-            Message::VoteReply { .. } => 6,
-            Message::PreVoteRequest { .. } => 7,
-            Message::PreVoteReply { .. } => 8,
-            Message::Catchup { .. } => 9,
+            MessageKind::Append => "append",
+            MessageKind::Heartbeat => "heartbeat",
+            MessageKind::Ack => "ack",
+            MessageKind::Nak => "nak",
+            MessageKind::VoteRequest => "vote_request",
+            MessageKind::VoteReply => "vote_reply",
+            MessageKind::PreVoteRequest => "pre_vote_request",
+            MessageKind::PreVoteReply => "pre_vote_reply",
+            MessageKind::Catchup => "catchup",
+        }
+    }
+}
+
+impl From<MessageKind> for u8 {
+    fn from(kind: MessageKind) -> u8 {
+        kind as u8
+    }
+}
+
+impl TryFrom<u8> for MessageKind {
+    type Error = WireError;
+
+    /// The kind a header byte names; the byte comes from the network, so an
+    /// unknown number is an error, never a panic.
+    fn try_from(byte: u8) -> Result<MessageKind, WireError> {
+        MessageKind::ALL
+            .into_iter()
+            .find(|&kind| u8::from(kind) == byte)
+            .ok_or(WireError::UnknownKind(byte))
+    }
+}
+
+impl Message {
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Message::Append { .. } => MessageKind::Append,
+            Message::Heartbeat { .. } => MessageKind::Heartbeat,
+            Message::Ack { .. } => MessageKind::Ack,
+            Message::Nak { .. } => MessageKind::Nak,
+            Message::VoteRequest { .. } => MessageKind::VoteRequest,
+            Message::VoteReply { .. } => MessageKind::VoteReply,
+            Message::PreVoteRequest { .. } => MessageKind::PreVoteRequest,
+            Message::PreVoteReply { .. } => MessageKind::PreVoteReply,
+            Message::Catchup { .. } => MessageKind::Catchup,
         }
     }
 
     pub fn name(&self) -> &'static str {
-        match self {
-            Message::Append { .. } => "append",
-            Message::Heartbeat { .. } => "heartbeat",
-            Message::Ack { .. } => "ack",
-            Message::Nak { .. } => "nak",
-            Message::VoteRequest { .. } => "vote_request",
-            Message::VoteReply { .. } => "vote_reply",
-            Message::PreVoteRequest { .. } => "pre_vote_request",
-            Message::PreVoteReply { .. } => "pre_vote_reply",
-            Message::Catchup { .. } => "catchup",
-        }
+        self.kind().name()
     }
 }
 
@@ -197,6 +255,93 @@ struct VoteReplyBody {
     granted: bool,
 }
 
+/// A message as it goes on the wire: the header's `first_gseq` and
+/// `count` fields and the MessagePack body that is sealed after the header.
+/// Messages without records put their main gseq in `first_gseq`, so the
+/// header alone says what a datagram is about (handy in packet captures).
+struct EncodedBody {
+    first_gseq: u64,
+    count: u16,
+    plaintext: Vec<u8>,
+}
+
+impl EncodedBody {
+    fn of(message: &Message) -> EncodedBody {
+        match message {
+            Message::Append {
+                first_gseq,
+                records,
+            } => EncodedBody::with_records(*first_gseq, records, &as_byte_slices(records)),
+            Message::Catchup {
+                first_gseq,
+                records,
+                last_gseq,
+                last_epoch,
+            } => EncodedBody::with_records(
+                *first_gseq,
+                records,
+                &CatchupBody {
+                    records: as_byte_slices(records),
+                    last_gseq: *last_gseq,
+                    last_epoch: *last_epoch,
+                },
+            ),
+            Message::Heartbeat { tip_gseq, tip_hash } | Message::Ack { tip_gseq, tip_hash } => {
+                let body = HashBody {
+                    tip_gseq: *tip_gseq,
+                    tip_hash: *tip_hash,
+                };
+                EncodedBody::without_records(*tip_gseq, &body)
+            }
+            Message::Nak { from_gseq, to_gseq } => {
+                let body = NakBody {
+                    from_gseq: *from_gseq,
+                    to_gseq: *to_gseq,
+                };
+                EncodedBody::without_records(*from_gseq, &body)
+            }
+            Message::VoteRequest {
+                last_gseq,
+                last_epoch,
+            }
+            | Message::PreVoteRequest {
+                last_gseq,
+                last_epoch,
+            } => {
+                let body = VoteRequestBody {
+                    last_gseq: *last_gseq,
+                    last_epoch: *last_epoch,
+                };
+                EncodedBody::without_records(*last_gseq, &body)
+            }
+            Message::VoteReply { granted } | Message::PreVoteReply { granted } => {
+                EncodedBody::without_records(0, &VoteReplyBody { granted: *granted })
+            }
+        }
+    }
+
+    fn with_records<T: Serialize>(first_gseq: u64, records: &[Vec<u8>], body: &T) -> EncodedBody {
+        EncodedBody {
+            first_gseq,
+            count: u16::try_from(records.len()).expect("packing bounds records per datagram"),
+            plaintext: to_msgpack(body),
+        }
+    }
+
+    fn without_records<T: Serialize>(first_gseq: u64, body: &T) -> EncodedBody {
+        EncodedBody {
+            first_gseq,
+            count: 0,
+            plaintext: to_msgpack(body),
+        }
+    }
+}
+
+/// Records as MessagePack `bin` values (not arrays of integers).
+fn as_byte_slices(records: &[Vec<u8>]) -> Vec<&serde_bytes::Bytes> {
+    records.iter().map(|r| serde_bytes::Bytes::new(r)).collect()
+}
+
 /// Seals and opens datagrams for one cluster.
 pub struct DatagramCodec {
     cluster_id: u32,
@@ -215,82 +360,35 @@ impl DatagramCodec {
         self.cluster_id
     }
 
+    /// The datagram's bytes: the plaintext header, then the message body
+    /// sealed with the header as associated data.
     pub fn encode(&self, datagram: &Datagram) -> Vec<u8> {
-        let (first_gseq, count, body) = match &datagram.message {
-            Message::Append {
-                first_gseq,
-                records,
-            } => {
-                let wrapped: Vec<&serde_bytes::Bytes> =
-                    records.iter().map(|r| serde_bytes::Bytes::new(r)).collect();
-                (*first_gseq, records.len(), to_msgpack(&wrapped))
-            }
-            Message::Catchup {
-                first_gseq,
-                records,
-                last_gseq,
-                last_epoch,
-            } => (
-                *first_gseq,
-                records.len(),
-                to_msgpack(&CatchupBody {
-                    records: records.iter().map(|r| serde_bytes::Bytes::new(r)).collect(),
-                    last_gseq: *last_gseq,
-                    last_epoch: *last_epoch,
-                }),
-            ),
-            Message::Heartbeat { tip_gseq, tip_hash } | Message::Ack { tip_gseq, tip_hash } => (
-                *tip_gseq,
-                0,
-                to_msgpack(&HashBody {
-                    tip_gseq: *tip_gseq,
-                    tip_hash: *tip_hash,
-                }),
-            ),
-            Message::Nak { from_gseq, to_gseq } => (
-                *from_gseq,
-                0,
-                to_msgpack(&NakBody {
-                    from_gseq: *from_gseq,
-                    to_gseq: *to_gseq,
-                }),
-            ),
-            Message::VoteRequest {
-                last_gseq,
-                last_epoch,
-            }
-            | Message::PreVoteRequest {
-                last_gseq,
-                last_epoch,
-            } => (
-                *last_gseq,
-                0,
-                to_msgpack(&VoteRequestBody {
-                    last_gseq: *last_gseq,
-                    last_epoch: *last_epoch,
-                }),
-            ),
-            Message::VoteReply { granted } | Message::PreVoteReply { granted } => {
-                (0, 0, to_msgpack(&VoteReplyBody { granted: *granted }))
-            }
-        };
-        let mut header = Vec::with_capacity(HEADER_BYTES);
+        let body = EncodedBody::of(&datagram.message);
+        let mut bytes = self.encode_header(datagram, &body);
+        let sealed = self.sealer.seal(&bytes, &body.plaintext);
+        bytes.extend_from_slice(&sealed);
+        bytes
+    }
+
+    /// The header stays plaintext so a receiver can drop a foreign or
+    /// malformed datagram before decrypting anything; sealing it as
+    /// associated data means nobody without the key can change a field.
+    fn encode_header(&self, datagram: &Datagram, body: &EncodedBody) -> Vec<u8> {
+        let capacity = HEADER_BYTES + ledger::crypto::SEAL_OVERHEAD_BYTES + body.plaintext.len();
+        let mut header = Vec::with_capacity(capacity);
         header.extend_from_slice(&MAGIC);
         header.push(WIRE_VERSION);
-        header.push(datagram.message.kind());
+        header.push(datagram.message.kind().into());
         header.extend_from_slice(&self.cluster_id.to_be_bytes());
         header.push(datagram.sender);
         header.push(0);
         header.extend_from_slice(&datagram.epoch.to_be_bytes());
         header.extend_from_slice(&datagram.incarnation.to_be_bytes());
         header.extend_from_slice(&datagram.packet_seq.to_be_bytes());
-        header.extend_from_slice(&first_gseq.to_be_bytes());
-        let count = u16::try_from(count).expect("packing bounds records per datagram");
-        header.extend_from_slice(&count.to_be_bytes());
+        header.extend_from_slice(&body.first_gseq.to_be_bytes());
+        header.extend_from_slice(&body.count.to_be_bytes());
         header.extend_from_slice(&datagram.commit_gseq.to_be_bytes());
         debug_assert_eq!(header.len(), HEADER_BYTES);
-        let sealed = self.sealer.seal(&header, &body);
-        header.extend_from_slice(&sealed);
         header
     }
 
@@ -327,7 +425,9 @@ impl DatagramCodec {
             .sealer
             .open(header, sealed)
             .map_err(|_| WireError::Authentication)?;
-        let message = decode_body(kind, first_gseq, count, &body)?;
+        // The kind is checked only after authentication, so a forged
+        // datagram is counted as unauthenticated whatever its kind byte.
+        let message = decode_body(MessageKind::try_from(kind)?, first_gseq, count, &body)?;
         Ok(Datagram {
             cluster_id,
             sender,
@@ -360,9 +460,17 @@ fn check_records(first_gseq: u64, count: usize, found: usize) -> Result<(), Wire
     Ok(())
 }
 
-fn decode_body(kind: u8, first_gseq: u64, count: usize, body: &[u8]) -> Result<Message, WireError> {
+/// Decodes the opened body of a datagram whose header says `kind`. The
+/// header's `first_gseq` and `count` must agree with the body, so a record
+/// count cannot be smuggled past the packing bounds.
+fn decode_body(
+    kind: MessageKind,
+    first_gseq: u64,
+    count: usize,
+    body: &[u8],
+) -> Result<Message, WireError> {
     Ok(match kind {
-        1 => {
+        MessageKind::Append => {
             let records: Vec<serde_bytes::ByteBuf> = from_msgpack(body)?;
             check_records(first_gseq, count, records.len())?;
             Message::Append {
@@ -373,61 +481,63 @@ fn decode_body(kind: u8, first_gseq: u64, count: usize, body: &[u8]) -> Result<M
                     .collect(),
             }
         }
-        9 => {
-            let CatchupBody {
-                records,
-                last_gseq,
-                last_epoch,
-            } = from_msgpack(body)?;
-            check_records(first_gseq, count, records.len())?;
-            Message::Catchup {
-                first_gseq,
-                records: records.into_iter().map(|r| r.to_vec()).collect(),
-                last_gseq,
-                last_epoch,
-            }
-        }
-        2 | 3 => {
+        MessageKind::Catchup => decode_catchup(first_gseq, count, body)?,
+        MessageKind::Heartbeat => {
             let HashBody { tip_gseq, tip_hash } = from_msgpack(body)?;
-            if kind == 2 {
-                Message::Heartbeat { tip_gseq, tip_hash }
-            } else {
-                Message::Ack { tip_gseq, tip_hash }
-            }
+            Message::Heartbeat { tip_gseq, tip_hash }
         }
-        4 => {
+        MessageKind::Ack => {
+            let HashBody { tip_gseq, tip_hash } = from_msgpack(body)?;
+            Message::Ack { tip_gseq, tip_hash }
+        }
+        MessageKind::Nak => {
             let NakBody { from_gseq, to_gseq } = from_msgpack(body)?;
             if from_gseq == 0 || to_gseq < from_gseq {
                 return Err(WireError::Malformed("empty or reversed NAK range".into()));
             }
             Message::Nak { from_gseq, to_gseq }
         }
-        5 | 7 => {
+        MessageKind::VoteRequest => {
             let VoteRequestBody {
                 last_gseq,
                 last_epoch,
             } = from_msgpack(body)?;
-            if kind == 5 {
-                Message::VoteRequest {
-                    last_gseq,
-                    last_epoch,
-                }
-            } else {
-                Message::PreVoteRequest {
-                    last_gseq,
-                    last_epoch,
-                }
+            Message::VoteRequest {
+                last_gseq,
+                last_epoch,
             }
         }
-        6 | 8 => {
-            let VoteReplyBody { granted } = from_msgpack(body)?;
-            if kind == 6 {
-                Message::VoteReply { granted }
-            } else {
-                Message::PreVoteReply { granted }
+        MessageKind::PreVoteRequest => {
+            let VoteRequestBody {
+                last_gseq,
+                last_epoch,
+            } = from_msgpack(body)?;
+            Message::PreVoteRequest {
+                last_gseq,
+                last_epoch,
             }
         }
-        other => return Err(WireError::UnknownKind(other)),
+        MessageKind::VoteReply => Message::VoteReply {
+            granted: from_msgpack::<VoteReplyBody>(body)?.granted,
+        },
+        MessageKind::PreVoteReply => Message::PreVoteReply {
+            granted: from_msgpack::<VoteReplyBody>(body)?.granted,
+        },
+    })
+}
+
+fn decode_catchup(first_gseq: u64, count: usize, body: &[u8]) -> Result<Message, WireError> {
+    let CatchupBody {
+        records,
+        last_gseq,
+        last_epoch,
+    } = from_msgpack(body)?;
+    check_records(first_gseq, count, records.len())?;
+    Ok(Message::Catchup {
+        first_gseq,
+        records: records.into_iter().map(|r| r.to_vec()).collect(),
+        last_gseq,
+        last_epoch,
     })
 }
 

@@ -112,23 +112,45 @@ struct Figures {
     loss_throughput_fraction: f64,
 }
 
+/// One of the four runs of a benchmark.
+struct RunPlan {
+    name: &'static str,
+    /// Share of received datagrams each replica drops.
+    loss_percent: u8,
+    load: Load,
+    events: u64,
+    kill_primary: bool,
+}
+
+fn plans(args: &Args) -> [RunPlan; 4] {
+    let paced = Load::Paced { rate: args.rate };
+    let paced_events = args.rate * args.paced_seconds;
+    let plan = |name, loss_percent, load, events, kill_primary| RunPlan {
+        name,
+        loss_percent,
+        load,
+        events,
+        kill_primary,
+    };
+    [
+        plan("saturated", 0, Load::Saturated, args.events, false),
+        plan("paced", 0, paced, paced_events, false),
+        plan(
+            "saturated with loss",
+            args.loss_percent,
+            Load::Saturated,
+            args.events,
+            false,
+        ),
+        plan("paced, primary killed", 0, paced, paced_events, true),
+    ]
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
     if args.machines == 0 || args.events < u64::from(args.machines) || args.rate == 0 {
         bail!("nothing to measure: give at least one event per machine and a rate");
     }
-    let scratch = tempfile::Builder::new()
-        .prefix("vendctl-bench-replication-")
-        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    // Dropping the guard removes the clusters; --keep (or a failed run's
-    // message naming its logs) wants them kept.
-    let (_guard, root) = if args.keep {
-        let root = scratch.keep();
-        eprintln!("clusters in {}", root.display());
-        (None, root)
-    } else {
-        let root = scratch.path().to_owned();
-        (Some(scratch), root)
-    };
+    let (_guard, root) = scratch_root(&args)?;
     let binary = replica_binary()?;
     let paced_events = args.rate * args.paced_seconds;
     let per_machine = args
@@ -140,33 +162,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         per_machine, args.machines
     );
     let fleet = generate(args.machines, per_machine);
-    let plans = [
-        ("saturated", 0, Load::Saturated, args.events, false),
-        (
-            "paced",
-            0,
-            Load::Paced { rate: args.rate },
-            paced_events,
-            false,
-        ),
-        (
-            "saturated with loss",
-            args.loss_percent,
-            Load::Saturated,
-            args.events,
-            false,
-        ),
-        (
-            "paced, primary killed",
-            0,
-            Load::Paced { rate: args.rate },
-            paced_events,
-            true,
-        ),
-    ];
     let mut runs = Vec::new();
-    for (index, (name, loss, load, events, kill)) in plans.into_iter().enumerate() {
+    for (index, plan) in plans(&args).into_iter().enumerate() {
         let dir = root.join(format!("run-{}", index + 1));
+        let (name, loss, events) = (plan.name, plan.loss_percent, plan.events);
         eprintln!("{name}: {events} events, {loss}% datagrams dropped per receiver...");
         let cluster = ClusterArgs {
             dir: dir.clone(),
@@ -174,16 +173,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             base_port: args.base_port,
             drop_received_percent: loss,
         };
-        let mut run = measure(
-            &cluster,
-            &binary,
-            &fleet,
-            load,
-            events,
-            kill,
-            Duration::from_secs(args.timeout_s),
-        )
-        .with_context(|| format!("run {name:?} (logs in {})", dir.display()))?;
+        let timeout = Duration::from_secs(args.timeout_s);
+        let mut run = measure(&cluster, &binary, &fleet, &plan, timeout)
+            .with_context(|| format!("run {name:?} (logs in {})", dir.display()))?;
         run.name = name.to_owned();
         runs.push(run);
     }
@@ -202,6 +194,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
         print_figures(&figures);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the clusters go. Dropping the returned guard removes them; with
+/// --keep (or when a failed run's message names its logs) they stay.
+fn scratch_root(args: &Args) -> Result<(Option<tempfile::TempDir>, PathBuf)> {
+    let scratch = tempfile::Builder::new()
+        .prefix("vendctl-bench-replication-")
+        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    Ok(if args.keep {
+        let root = scratch.keep();
+        eprintln!("clusters in {}", root.display());
+        (None, root)
+    } else {
+        let root = scratch.path().to_owned();
+        (Some(scratch), root)
+    })
 }
 
 fn print_figures(figures: &Figures) {
@@ -356,28 +364,90 @@ impl LocalCluster {
     }
 }
 
+/// When a run SIGKILLs the primary, and where it notes the moment.
+type KilledAt = Arc<Mutex<Option<Instant>>>;
+
 fn measure(
     args: &ClusterArgs,
     binary: &Path,
     fleet: &FleetEvents,
-    load: Load,
-    events: u64,
-    kill_primary: bool,
+    plan: &RunPlan,
     timeout: Duration,
 ) -> Result<Run> {
     let mut cluster = LocalCluster::start(args, binary, fleet)?;
-    let addresses = cluster.file.machine_addresses();
     let machines = fleet.machines.len() as u64;
-    let per_machine = events.div_ceil(machines);
+    let per_machine = plan.events.div_ceil(machines);
     let lag = LagSampler::start(cluster.file.clone());
-    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let killed_at = KilledAt::default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let started = Instant::now();
     let deadline = started + timeout;
-    let loads: Vec<_> = fleet
+    let loads = machine_loads(
+        &cluster,
+        fleet,
+        plan.load,
+        per_machine,
+        &killed_at,
+        deadline,
+    );
+    let kill_after = plan
+        .kill_primary
+        .then(|| kill_delay(plan.load, plan.events));
+    let results = runtime.block_on(run_loads(&mut cluster, loads, kill_after, &killed_at));
+    let seconds = started.elapsed().as_secs_f64();
+    let last_ack = Instant::now();
+    let fleet_result = FleetResult::collect(results)?;
+    let (lag_mean, lag_max) = lag.stop();
+    wait_for_followers(&cluster, deadline)?;
+    let followers_caught_up_ms = last_ack.elapsed().as_secs_f64() * 1_000.0;
+    let failover_ms = killed_at
+        .lock()
+        .expect("not poisoned")
+        .as_ref()
+        .zip(fleet_result.failover_ack)
+        .map(|(killed, ack)| ack.duration_since(*killed).as_secs_f64() * 1_000.0);
+    if plan.kill_primary && failover_ms.is_none() {
+        bail!("the primary was killed but no other replica acknowledged writes");
+    }
+    let events = per_machine * machines;
+    let run = Run {
+        drop_received_percent: args.drop_received_percent,
+        events,
+        seconds,
+        committed_events_per_second: events as f64 / seconds,
+        ack_latency_ms_p50: fleet_result.latency_ms(0.5),
+        ack_latency_ms_p99: fleet_result.latency_ms(0.99),
+        ack_latency_ms_max: fleet_result.latency_ms(1.0),
+        follower_lag_mean: lag_mean,
+        follower_lag_max: lag_max,
+        followers_caught_up_ms,
+        events_resent: fleet_result.resent,
+        failover_ms,
+        ..Run::default()
+    };
+    Ok(with_cluster_counters(run, &cluster.statuses()))
+}
+
+/// One load per machine: its real uplink over the real link, fed from
+/// memory all at once or at its share of the paced rate.
+fn machine_loads(
+    cluster: &LocalCluster,
+    fleet: &FleetEvents,
+    load: Load,
+    per_machine: u64,
+    killed_at: &KilledAt,
+    deadline: Instant,
+) -> Vec<impl Future<Output = Result<MachineResult>> + Send + 'static> {
+    let addresses = cluster.file.machine_addresses();
+    let machines = fleet.machines.len() as f64;
+    let rate = match load {
+        Load::Saturated => None,
+        Load::Paced { rate } => Some(rate as f64 / machines),
+    };
+    fleet
         .machines
         .iter()
         .map(|(id, key, events)| {
@@ -391,10 +461,6 @@ fn measure(
                 events: events.clone(),
                 released: Arc::new(AtomicU64::new(0)),
             };
-            let rate = match load {
-                Load::Saturated => None,
-                Load::Paced { rate } => Some(rate as f64 / machines as f64),
-            };
             drive(
                 uplink,
                 local,
@@ -404,52 +470,90 @@ fn measure(
                 deadline,
             )
         })
-        .collect();
-    let killer = kill_primary.then(|| {
-        let half = match load {
-            Load::Paced { rate } => Duration::from_secs_f64(events as f64 / rate as f64 / 2.0),
-            Load::Saturated => Duration::from_secs(2),
-        };
-        (half, killed_at.clone())
-    });
-    let results: Vec<Result<MachineResult>> = runtime.block_on(async {
-        let tasks: Vec<_> = loads.into_iter().map(tokio::spawn).collect();
-        if let Some((after, killed_at)) = killer {
-            tokio::time::sleep(after).await;
-            let primary = tokio::task::block_in_place(|| cluster.primary(false));
-            if let Some(dashboard) = primary {
-                let replica = cluster
-                    .file
-                    .replicas
-                    .iter()
-                    .position(|r| r.dashboard == dashboard)
-                    .expect("the primary is one of ours");
-                let _ = cluster.children[replica].kill();
-                *killed_at.lock().expect("not poisoned") = Some(Instant::now());
-            }
-        }
-        let mut results = Vec::new();
-        for task in tasks {
-            results.push(task.await.map_err(anyhow::Error::from).and_then(|r| r));
-        }
-        results
-    });
-    let seconds = started.elapsed().as_secs_f64();
-    let last_ack = Instant::now();
-    let mut latencies = Vec::new();
-    let mut resent = 0;
-    let mut failover_ack: Option<Instant> = None;
-    for result in results {
-        let result = result?;
-        latencies.extend(result.latencies_us);
-        resent += result.resent;
-        failover_ack = match (failover_ack, result.failover_ack) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        .collect()
+}
+
+/// Halfway through a paced run (the primary is killed under load, not
+/// after it); two seconds into a saturated one.
+fn kill_delay(load: Load, events: u64) -> Duration {
+    match load {
+        Load::Paced { rate } => Duration::from_secs_f64(events as f64 / rate as f64 / 2.0),
+        Load::Saturated => Duration::from_secs(2),
     }
-    let (lag_mean, lag_max) = lag.stop();
-    // Both followers hold everything (a killed primary is not waited for).
+}
+
+/// Runs every machine's load to its end; with `kill_after`, SIGKILLs the
+/// primary that long after the start and notes when in `killed_at`.
+async fn run_loads(
+    cluster: &mut LocalCluster,
+    loads: Vec<impl Future<Output = Result<MachineResult>> + Send + 'static>,
+    kill_after: Option<Duration>,
+    killed_at: &KilledAt,
+) -> Vec<Result<MachineResult>> {
+    let tasks: Vec<_> = loads.into_iter().map(tokio::spawn).collect();
+    if let Some(after) = kill_after {
+        tokio::time::sleep(after).await;
+        let primary = tokio::task::block_in_place(|| cluster.primary(false));
+        if let Some(dashboard) = primary {
+            let replica = cluster
+                .file
+                .replicas
+                .iter()
+                .position(|r| r.dashboard == dashboard)
+                .expect("the primary is one of ours");
+            let _ = cluster.children[replica].kill();
+            *killed_at.lock().expect("not poisoned") = Some(Instant::now());
+        }
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.map_err(anyhow::Error::from).and_then(|r| r));
+    }
+    results
+}
+
+/// The machines' results taken together.
+struct FleetResult {
+    /// Sorted, for percentiles.
+    latencies_us: Vec<u64>,
+    resent: u64,
+    /// The earliest acknowledgement from a new primary after the kill.
+    failover_ack: Option<Instant>,
+}
+
+impl FleetResult {
+    fn collect(results: Vec<Result<MachineResult>>) -> Result<FleetResult> {
+        let mut fleet = FleetResult {
+            latencies_us: Vec::new(),
+            resent: 0,
+            failover_ack: None,
+        };
+        for result in results {
+            let result = result?;
+            fleet.latencies_us.extend(result.latencies_us);
+            fleet.resent += result.resent;
+            fleet.failover_ack = match (fleet.failover_ack, result.failover_ack) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        fleet.latencies_us.sort_unstable();
+        Ok(fleet)
+    }
+
+    /// The `p` quantile (0 to 1) of the acknowledgement latency, in ms.
+    fn latency_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let index = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        self.latencies_us[index] as f64 / 1_000.0
+    }
+}
+
+/// Waits until both followers hold everything (a killed primary does not
+/// answer, so it is not waited for).
+fn wait_for_followers(cluster: &LocalCluster, deadline: Instant) -> Result<()> {
     let tip = cluster.statuses().iter().map(|s| s.tip).max().unwrap_or(0);
     while cluster.statuses().iter().any(|s| s.tip < tip) {
         if Instant::now() > deadline {
@@ -457,38 +561,13 @@ fn measure(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let followers_caught_up_ms = last_ack.elapsed().as_secs_f64() * 1_000.0;
-    let statuses = cluster.statuses();
+    Ok(())
+}
+
+/// Adds the replicas' protocol counters, summed over the cluster.
+fn with_cluster_counters(run: Run, statuses: &[dashboard::ReplicaStatus]) -> Run {
     let sum = |f: fn(&dashboard::ReplicaStatus) -> u64| statuses.iter().map(f).sum::<u64>();
-    latencies.sort_unstable();
-    let percentile = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let index = ((latencies.len() - 1) as f64 * p).round() as usize;
-        latencies[index] as f64 / 1_000.0
-    };
-    let failover_ms = killed_at
-        .lock()
-        .expect("not poisoned")
-        .as_ref()
-        .zip(failover_ack)
-        .map(|(killed, ack)| ack.duration_since(*killed).as_secs_f64() * 1_000.0);
-    if kill_primary && failover_ms.is_none() {
-        bail!("the primary was killed but no other replica acknowledged writes");
-    }
-    Ok(Run {
-        name: String::new(),
-        drop_received_percent: args.drop_received_percent,
-        events: per_machine * machines,
-        seconds,
-        committed_events_per_second: (per_machine * machines) as f64 / seconds,
-        ack_latency_ms_p50: percentile(0.5),
-        ack_latency_ms_p99: percentile(0.99),
-        ack_latency_ms_max: percentile(1.0),
-        follower_lag_mean: lag_mean,
-        follower_lag_max: lag_max,
-        followers_caught_up_ms,
+    Run {
         naks_sent: sum(|s| s.naks_sent),
         records_retransmitted: sum(|s| s.records_retransmitted),
         datagrams_dropped_by_injection: statuses
@@ -497,9 +576,8 @@ fn measure(
             .filter(|(reason, _)| reason == "injected_loss")
             .map(|(_, count)| count)
             .sum(),
-        events_resent: resent,
-        failover_ms,
-    })
+        ..run
+    }
 }
 
 /// Feeds one machine's uplink and records when each event was released
@@ -509,72 +587,118 @@ async fn drive(
     local: MemoryEvents,
     total: u64,
     rate_per_machine: Option<f64>,
-    killed_at: Arc<Mutex<Option<Instant>>>,
+    killed_at: KilledAt,
     deadline: Instant,
 ) -> Result<MachineResult> {
     let total = total.min(local.events.len() as u64);
     let (reports_tx, mut reports) = tokio::sync::mpsc::channel::<UplinkReport>(1_024);
-    let mut released_at: Vec<Instant> = Vec::with_capacity(total as usize);
-    let started = Instant::now();
-    let release_to = |count: u64, released_at: &mut Vec<Instant>| {
-        let now = Instant::now();
-        while (released_at.len() as u64) < count {
-            released_at.push(now);
-        }
-        local.released.store(count, Ordering::Release);
+    let mut feed = Feed {
+        local: local.clone(),
+        released_at: Vec::with_capacity(total as usize),
+        total,
+        rate_per_machine,
+        started: Instant::now(),
     };
     if rate_per_machine.is_none() {
-        release_to(total, &mut released_at);
+        feed.release_to(total);
     }
-    let (control, task) = spawn_uplink(uplink, local.clone(), reports_tx);
+    let (control, task) = spawn_uplink(uplink, local, reports_tx);
     control.appended.notify_one();
-    let mut result = MachineResult::default();
-    let mut acked = 0u64;
-    let mut reconnected_since_kill = false;
+    let mut acks = AckTracker::default();
     let mut ticker = tokio::time::interval(Duration::from_millis(5));
-    while acked < total {
+    while acks.acked < total {
         if Instant::now() > deadline {
             let _ = control.stop.send(true);
-            bail!("{acked} of {total} events acknowledged when the time ran out");
+            bail!(
+                "{} of {total} events acknowledged when the time ran out",
+                acks.acked
+            );
         }
         tokio::select! {
             _ = ticker.tick() => {
-                if let Some(rate) = rate_per_machine {
-                    let due = ((started.elapsed().as_secs_f64() * rate) as u64).min(total);
-                    if due > released_at.len() as u64 {
-                        release_to(due, &mut released_at);
-                        control.appended.notify_one();
-                    }
+                if feed.release_due() {
+                    control.appended.notify_one();
                 }
             }
-            Some(report) = reports.recv() => match report {
-                UplinkReport::Acknowledged(seq) if seq > acked => {
-                    let now = Instant::now();
-                    let seq = seq.min(released_at.len() as u64);
-                    for at in &released_at[acked as usize..seq as usize] {
-                        result.latencies_us.push(now.duration_since(*at).as_micros() as u64);
-                    }
-                    acked = seq;
-                    if reconnected_since_kill && result.failover_ack.is_none() {
-                        result.failover_ack = Some(now);
-                    }
-                }
-                UplinkReport::State { state, stats, .. } => {
-                    result.resent = stats.events_resent;
-                    // The link to the killed primary broke: the next
-                    // acknowledgement comes from its successor.
-                    if state != LinkState::Online && killed_at.lock().expect("not poisoned").is_some() {
-                        reconnected_since_kill = true;
-                    }
-                }
-                UplinkReport::Acknowledged(_) | UplinkReport::Remote(_) => {}
-            },
+            Some(report) = reports.recv() => acks.on_report(report, &feed.released_at, &killed_at),
         }
     }
     let _ = control.stop.send(true);
     let stats = task.await?;
-    result.resent = stats.events_resent;
-    Ok(result)
+    acks.result.resent = stats.events_resent;
+    Ok(acks.result)
+}
+
+/// Which of a machine's events are released to its uplink, and when each
+/// was (the start of its acknowledgement latency).
+struct Feed {
+    local: MemoryEvents,
+    released_at: Vec<Instant>,
+    total: u64,
+    /// `None`: everything was released at the start.
+    rate_per_machine: Option<f64>,
+    started: Instant,
+}
+
+impl Feed {
+    fn release_to(&mut self, count: u64) {
+        let now = Instant::now();
+        while (self.released_at.len() as u64) < count {
+            self.released_at.push(now);
+        }
+        self.local.released.store(count, Ordering::Release);
+    }
+
+    /// Releases what the paced rate makes due by now; `true` when that is
+    /// anything new (the uplink is then told).
+    fn release_due(&mut self) -> bool {
+        let Some(rate) = self.rate_per_machine else {
+            return false;
+        };
+        let due = ((self.started.elapsed().as_secs_f64() * rate) as u64).min(self.total);
+        if due <= self.released_at.len() as u64 {
+            return false;
+        }
+        self.release_to(due);
+        true
+    }
+}
+
+/// What a machine's uplink reported so far.
+#[derive(Default)]
+struct AckTracker {
+    acked: u64,
+    /// The link to the killed primary broke: the next acknowledgement comes
+    /// from its successor.
+    reconnected_since_kill: bool,
+    result: MachineResult,
+}
+
+impl AckTracker {
+    fn on_report(&mut self, report: UplinkReport, released_at: &[Instant], killed_at: &KilledAt) {
+        match report {
+            UplinkReport::Acknowledged(seq) if seq > self.acked => {
+                let now = Instant::now();
+                let seq = seq.min(released_at.len() as u64);
+                for at in &released_at[self.acked as usize..seq as usize] {
+                    let latency_us = now.duration_since(*at).as_micros() as u64;
+                    self.result.latencies_us.push(latency_us);
+                }
+                self.acked = seq;
+                if self.reconnected_since_kill && self.result.failover_ack.is_none() {
+                    self.result.failover_ack = Some(now);
+                }
+            }
+            UplinkReport::State { state, stats, .. } => {
+                self.result.resent = stats.events_resent;
+                let killed = killed_at.lock().expect("not poisoned").is_some();
+                if state != LinkState::Online && killed {
+                    self.reconnected_since_kill = true;
+                }
+            }
+            UplinkReport::Acknowledged(_) | UplinkReport::Remote(_) => {}
+        }
+    }
 }
 
 /// Polls the primary's status every 100 ms for its followers' lag.

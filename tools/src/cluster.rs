@@ -282,9 +282,22 @@ fn up(args: &ClusterArgs) -> Result<ExitCode> {
         children.push(child);
     }
     file.save(&dir)?;
+    print_started(&file, &dir);
+    supervise_until_stopped(&mut children, &mut file, &binary, &dir)?;
+    say!("stopping the replicas...");
+    stop_replicas(&mut children);
+    for replica in &mut file.replicas {
+        replica.pid = None;
+    }
+    file.save(&dir)?;
+    say!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_started(file: &ClusterFile, dir: &Path) {
     say!(
         "started {} replicas ({} transport); logs in {}/replica-N.log",
-        children.len(),
+        file.replicas.len(),
         file.transport,
         dir.display()
     );
@@ -301,13 +314,22 @@ fn up(args: &ClusterArgs) -> Result<ExitCode> {
         "A replica that exits is restarted after {} s. Ctrl-C stops them all.",
         RESTART_DELAY.as_secs()
     );
+}
+
+/// Keeps the replicas running until Ctrl-C or SIGTERM. A replica that dies
+/// is restarted after a pause, like a service manager would: it rejoins as
+/// a follower and catches up.
+fn supervise_until_stopped(
+    children: &mut [Child],
+    file: &mut ClusterFile,
+    binary: &Path,
+    dir: &Path,
+) -> Result<()> {
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    // A replica that dies is restarted after a pause, like a service
-    // manager would: it rejoins as a follower and catches up.
     let mut restart_at: Vec<Option<Instant>> = vec![None; children.len()];
-    let stop = signals.block_on(async {
+    signals.block_on(async {
         let mut terminate_signal =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut poll = tokio::time::interval(Duration::from_millis(200));
@@ -315,17 +337,21 @@ fn up(args: &ClusterArgs) -> Result<ExitCode> {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok::<_, std::io::Error>(()),
                 _ = terminate_signal.recv() => return Ok(()),
-                _ = poll.tick() => supervise(&mut children, &mut file, &mut restart_at, &binary, &dir),
+                _ = poll.tick() => supervise(children, file, &mut restart_at, binary, dir),
             }
         }
-    });
-    stop?;
-    say!("stopping the replicas...");
-    for child in &children {
+    })?;
+    Ok(())
+}
+
+/// Asks every replica to stop cleanly, and kills those still running after
+/// ten seconds so `up` never hangs on a stuck process.
+fn stop_replicas(children: &mut [Child]) {
+    for child in children.iter() {
         terminate(child.id());
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    for child in &mut children {
+    for child in children.iter_mut() {
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
                 break;
@@ -337,12 +363,6 @@ fn up(args: &ClusterArgs) -> Result<ExitCode> {
             let _ = child.wait();
         }
     }
-    for replica in &mut file.replicas {
-        replica.pid = None;
-    }
-    file.save(&dir)?;
-    say!("stopped");
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Restarts replicas that exited, after `RESTART_DELAY`.

@@ -166,7 +166,16 @@ fn print_report(report: &Report, period: Period) {
         report.events_per_second,
         report.projection_issues
     );
-    let t = &report.totals;
+    print_totals(&report.totals);
+    for machine in &report.machines {
+        say!();
+        print_machine(machine);
+    }
+    say!();
+    print_sales(&report.sales, period);
+}
+
+fn print_totals(t: &FleetTotals) {
     say!(
         "fleet: {} machines, {} purchases, {} cancels, net sales {} won, cash in machines {} won, change owed {} won, {} items in stock",
         t.machines,
@@ -177,52 +186,57 @@ fn print_report(report: &Report, period: Period) {
         format_won(t.change_owed_won),
         t.items_in_stock
     );
-    for machine in &report.machines {
-        say!();
-        say!(
-            "{}  (#{})  sales {} won over {} purchases{}",
-            machine.machine_id,
-            machine.last_seq,
-            format_won(machine.sales_won),
-            machine.purchases,
-            if machine.exact_change_only {
-                "  [EXACT CHANGE ONLY]"
-            } else {
-                ""
-            }
-        );
-        for slot in &machine.slots {
-            let status = if slot.stock == 0 { "  SOLD OUT" } else { "" };
-            say!(
-                "  slot {:>2}  {:<16} {:>7} won  {:>3}/{:<3} {}{}",
-                slot.slot,
-                slot.product,
-                format_won(slot.price),
-                slot.stock,
-                slot.capacity,
-                slot.category,
-                status
-            );
+}
+
+/// One machine: a headline, a line per slot, then its money.
+fn print_machine(machine: &MachineReport) {
+    say!(
+        "{}  (#{})  sales {} won over {} purchases{}",
+        machine.machine_id,
+        machine.last_seq,
+        format_won(machine.sales_won),
+        machine.purchases,
+        if machine.exact_change_only {
+            "  [EXACT CHANGE ONLY]"
+        } else {
+            ""
         }
-        let tubes: Vec<String> = machine
-            .tubes
-            .iter()
-            .map(|(value, n)| format!("{value}x{n}"))
-            .collect();
+    );
+    for slot in &machine.slots {
+        let status = if slot.stock == 0 { "  SOLD OUT" } else { "" };
         say!(
-            "  tubes {}  cash box {} won  stacker {} won  escrow {} won  change owed {} won",
-            tubes.join(" "),
-            format_won(machine.cash_box),
-            format_won(machine.stacker),
-            format_won(machine.escrow),
-            format_won(machine.change_owed)
+            "  slot {:>2}  {:<16} {:>7} won  {:>3}/{:<3} {}{}",
+            slot.slot,
+            slot.product,
+            format_won(slot.price),
+            slot.stock,
+            slot.capacity,
+            slot.category,
+            status
         );
     }
-    say!();
+    let tubes: Vec<String> = machine
+        .tubes
+        .iter()
+        .map(|(value, n)| format!("{value}x{n}"))
+        .collect();
+    say!(
+        "  tubes {}  cash box {} won  stacker {} won  escrow {} won  change owed {} won",
+        tubes.join(" "),
+        format_won(machine.cash_box),
+        format_won(machine.stacker),
+        format_won(machine.escrow),
+        format_won(machine.change_owed)
+    );
+}
+
+/// Fleet sales per period: the rows come per machine and product, so they
+/// are summed by period label first.
+fn print_sales(sales: &[SalesRow], period: Period) {
     say!("sales by {period:?} (fleet):");
     let mut by_period: std::collections::BTreeMap<&str, (i64, Won)> =
         std::collections::BTreeMap::new();
-    for row in &report.sales {
+    for row in sales {
         let entry = by_period.entry(row.period.as_str()).or_default();
         entry.0 += row.count;
         entry.1 += row.won;

@@ -9,6 +9,7 @@ use ledger::catalog::{CategoryNode, CategoryPath, Product, SlotConfig};
 use ledger::ids::SlotId;
 use ledger::money::{Denomination, Won, format_won};
 use ledger::projection::Period;
+use ledger::state::OwedTicket;
 use ledger::{Command, MachineState};
 use std::collections::BTreeMap;
 
@@ -350,47 +351,54 @@ fn stock(state: &MachineState) -> Element<'_, AdminMessage> {
 }
 
 fn cash<'a>(state: &'a MachineState, form: &'a AdminForm) -> Element<'a, AdminMessage> {
-    let tubes = Denomination::COINS.iter().map(|&coin| {
-        let tube = coin.tube_index().unwrap_or(0);
-        row![
-            text(format!("{} won tube", coin.value())).width(130),
-            text(format!(
-                "{} / {}",
-                state.tubes.0[tube], state.tube_capacity.0[tube]
-            ))
-            .width(90),
-            button(text("+10"))
-                .on_press(AdminMessage::LoadTube(coin, Some(10)))
-                .style(button::secondary),
-            button(text(format!("Fill {} tube", coin.value())))
-                .on_press(AdminMessage::LoadTube(coin, None))
-                .style(button::secondary),
-        ]
-        .spacing(10)
-        .align_y(Center)
-        .into()
-    });
-    let expected = state.cash_box + state.stacker_total();
-    let owed = state.owed.values().map(|ticket| {
-        row![
-            text(format!(
-                "Ticket #{}: {} won",
-                ticket.ticket,
-                format_won(ticket.amount)
-            ))
-            .width(240),
-            button(text(format!("Settle #{}", ticket.ticket)))
-                .on_press(AdminMessage::Settle(ticket.ticket))
-                .style(button::secondary),
-        ]
-        .spacing(10)
-        .align_y(Center)
-        .into()
-    });
+    let tubes = Denomination::COINS
+        .iter()
+        .map(|&coin| tube_row(state, coin));
+    let owed = state.owed.values().map(owed_row);
     column![
         text("Coin tubes").size(20),
         column(tubes).spacing(6),
         rule::horizontal(1),
+        collection(state, form),
+        rule::horizontal(1),
+        text(format!(
+            "Change owed to customers: {} won",
+            format_won(state.owed_total())
+        ))
+        .size(20),
+        column(owed).spacing(6),
+    ]
+    .spacing(10)
+    .into()
+}
+
+/// One coin tube: its fill level and buttons to load it.
+fn tube_row<'a>(state: &MachineState, coin: Denomination) -> Element<'a, AdminMessage> {
+    let tube = coin.tube_index().unwrap_or(0);
+    row![
+        text(format!("{} won tube", coin.value())).width(130),
+        text(format!(
+            "{} / {}",
+            state.tubes.0[tube], state.tube_capacity.0[tube]
+        ))
+        .width(90),
+        button(text("+10"))
+            .on_press(AdminMessage::LoadTube(coin, Some(10)))
+            .style(button::secondary),
+        button(text(format!("Fill {} tube", coin.value())))
+            .on_press(AdminMessage::LoadTube(coin, None))
+            .style(button::secondary),
+    ]
+    .spacing(10)
+    .align_y(Center)
+    .into()
+}
+
+/// The cash collection form: what the ledger expects next to the amount
+/// the operator counts, so an over/short is visible before it is recorded.
+fn collection<'a>(state: &MachineState, form: &'a AdminForm) -> Element<'a, AdminMessage> {
+    let expected = state.cash_box + state.stacker_total();
+    column![
         text("Cash collection").size(20),
         text(format!(
             "Cash box {} won + bill stacker {} won = {} won expected",
@@ -409,15 +417,26 @@ fn cash<'a>(state: &'a MachineState, form: &'a AdminForm) -> Element<'a, AdminMe
                 .style(button::primary),
         ]
         .spacing(10),
-        rule::horizontal(1),
-        text(format!(
-            "Change owed to customers: {} won",
-            format_won(state.owed_total())
-        ))
-        .size(20),
-        column(owed).spacing(6),
     ]
     .spacing(10)
+    .into()
+}
+
+/// An open change-owed ticket with the button that settles it.
+fn owed_row<'a>(ticket: &OwedTicket) -> Element<'a, AdminMessage> {
+    row![
+        text(format!(
+            "Ticket #{}: {} won",
+            ticket.ticket,
+            format_won(ticket.amount)
+        ))
+        .width(240),
+        button(text(format!("Settle #{}", ticket.ticket)))
+            .on_press(AdminMessage::Settle(ticket.ticket))
+            .style(button::secondary),
+    ]
+    .spacing(10)
+    .align_y(Center)
     .into()
 }
 

@@ -176,3 +176,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn message_kinds_round_trip_through_their_byte() {
+    for kind in MessageKind::ALL {
+        assert_eq!(MessageKind::try_from(u8::from(kind)), Ok(kind));
+    }
+    for unknown in [0, 10, 255] {
+        assert_eq!(
+            MessageKind::try_from(unknown),
+            Err(WireError::UnknownKind(unknown))
+        );
+    }
+    let kinds: Vec<MessageKind> = every_message().iter().map(Message::kind).collect();
+    assert_eq!(kinds, MessageKind::ALL, "ALL lists every kind, in order");
+}
+
+#[test]
+fn an_authentic_datagram_of_an_unknown_kind_is_refused() {
+    let codec = codec();
+    let mut header = codec.encode(&datagram(Message::VoteReply { granted: true }));
+    header.truncate(HEADER_BYTES);
+    header[5] = 10;
+    let body = to_msgpack(&VoteReplyBody { granted: true });
+    let sealed = codec.sealer.seal(&header, &body);
+    let bytes = [header, sealed].concat();
+    assert_eq!(codec.decode(&bytes), Err(WireError::UnknownKind(10)));
+}
