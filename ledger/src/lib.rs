@@ -28,7 +28,6 @@ pub mod rules;
 pub mod state;
 pub mod store;
 pub mod verify;
-pub mod workload;
 
 pub use crate::ledger::{Ledger, StreamSigner, Until};
 pub use event::{Event, EventEnvelope};

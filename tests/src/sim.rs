@@ -19,7 +19,6 @@ use ledger::MachineId;
 use ledger::crypto::{CHAIN_KEY_CONTEXT, Hash32, LINK_KEY_CONTEXT, SecretKey};
 use ledger::keys::ChainKeys;
 use ledger::store::record::SignedEvent;
-use ledger::workload::{SIMULATION_START_MS, SimMachine};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replica::ingest::{Ingest, IngestAction, LinkKeys, SessionId, Standing};
@@ -31,6 +30,7 @@ use replica::wire::{
     Datagram, DatagramCodec, Message, NodeId, PAYLOAD_BYTES_DEFAULT, replication_messages,
 };
 use std::collections::{BTreeMap, HashMap};
+use workload::{SIMULATION_START_MS, SimMachine};
 
 /// Simulated time advances in steps of this many milliseconds.
 const STEP_MS: u64 = 5;
@@ -972,10 +972,8 @@ impl Simulation {
         if !m.alive {
             return;
         }
-        let decided = m.sim.step();
-        self.report.events += decided.len() as u64;
-        m.events
-            .extend(decided.into_iter().map(|(_, signed)| signed));
+        let applied = m.sim.step_into(&mut m.events);
+        self.report.events += applied.len() as u64;
         let actions = {
             let m = &mut self.machines[index];
             m.uplink.on_local_append(&Local(&m.events))

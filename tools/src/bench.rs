@@ -10,11 +10,11 @@ use ledger::crypto::SecretKey;
 use ledger::keys::Keyring;
 use ledger::store::record::SignedEvent;
 use ledger::store::{LogStore, OpenOptions};
-use ledger::workload::{SIMULATION_START_MS, SimMachine};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
+use workload::{SIMULATION_START_MS, SimMachine};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -152,9 +152,7 @@ fn generate(keyring: &mut Keyring, machines: u32, total: usize) -> Result<Vec<Si
     let mut events = Vec::with_capacity(total + 4);
     'outer: loop {
         for sim in &mut sims {
-            for (_, signed) in sim.step() {
-                events.push(signed);
-            }
+            sim.step_into(&mut events);
             if events.len() >= total {
                 break 'outer;
             }

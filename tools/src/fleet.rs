@@ -10,9 +10,8 @@ use crate::say;
 use anyhow::{Context, Result, bail};
 use ledger::crypto::{LINK_KEY_CONTEXT, SecretKey};
 use ledger::keys::{Keyring, SingleMachineKey};
-use ledger::store::OpenOptions;
-use ledger::workload::{SIMULATION_START_MS, SimMachine};
-use ledger::{Ledger, MachineId};
+use ledger::store::{Appended, OpenOptions};
+use ledger::{Ledger, MachineId, Prepared};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replica::uplink::Uplink;
@@ -22,6 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use workload::{SIMULATION_START_MS, SimMachine};
 
 pub struct FleetArgs {
     pub cluster: PathBuf,
@@ -199,20 +199,12 @@ async fn drive_machine(
         if summary.events < target {
             // A burst of customers.
             for _ in 0..rng.random_range(1..8) {
-                let decided = setup.sim.step();
-                let at_ms = decided
-                    .first()
-                    .map_or(SIMULATION_START_MS, |(e, _)| e.at_ms);
-                let signed: Vec<_> = decided.into_iter().map(|(_, s)| s).collect();
-                let count = signed.len() as u64;
-                {
-                    let mut ledger = setup
-                        .ledger
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("ledger lock poisoned"))?;
-                    ledger.append_events(0, at_ms, &signed, &setup.chain)?;
-                }
-                summary.events += count;
+                // Stored in the machine's own ledger first, applied after.
+                let (ledger, chain) = (&setup.ledger, &setup.chain);
+                let applied = setup
+                    .sim
+                    .step(|prepared| append_to_own_ledger(ledger, chain, prepared))?;
+                summary.events += applied.len() as u64;
                 if summary.events >= target {
                     break;
                 }
@@ -265,4 +257,29 @@ async fn drive_machine(
         summary.resent += stats.events_resent;
     }
     Ok(summary)
+}
+
+/// Stores one decision in the machine's own ledger, as the machine app
+/// does: anything but a fresh append means the decision was not stored.
+fn append_to_own_ledger(
+    ledger: &Mutex<Ledger>,
+    chain: &SingleMachineKey,
+    prepared: &Prepared,
+) -> Result<()> {
+    let at_ms = prepared.at_ms().unwrap_or(SIMULATION_START_MS);
+    let mut ledger = ledger
+        .lock()
+        .map_err(|_| anyhow::anyhow!("ledger lock poisoned"))?;
+    let outcome = ledger.append_events(0, at_ms, prepared.signed(), chain)?;
+    if let Some(problem) = outcome
+        .results
+        .iter()
+        .find(|r| !matches!(r, Appended::New { .. }))
+    {
+        bail!(
+            "{}: the machine's ledger refused an event: {problem:?}",
+            chain.machine
+        );
+    }
+    Ok(())
 }

@@ -7,13 +7,13 @@ use anyhow::{Result, bail};
 use ledger::MachineId;
 use ledger::store::OpenOptions;
 use ledger::store::record::SignedEvent;
-use ledger::workload::{SIMULATION_START_MS, SimMachine, WorkloadStats};
 use ledger::{Ledger, Until};
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::process::ExitCode;
 use std::time::Instant;
+use workload::{SIMULATION_START_MS, SimMachine, WorkloadStats};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -127,10 +127,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut batch_logged_ms = SIMULATION_START_MS;
     while let Some(Reverse((_, index))) = queue.pop() {
         let machine = &mut machines[index];
-        for (envelope, signed) in machine.step() {
+        for envelope in machine.step_into(&mut batch) {
             stats.record(&envelope.event);
             batch_logged_ms = batch_logged_ms.max(envelope.at_ms);
-            batch.push(signed);
             produced[index] += 1;
         }
         if produced[index] < args.events_per_machine {

@@ -5,7 +5,7 @@ use crate::memlog::MemLog;
 use crate::wire::Datagram;
 use ledger::crypto::SecretKey;
 use ledger::keys::SingleMachineKey;
-use ledger::workload::{SIMULATION_START_MS, SimMachine};
+use workload::{SIMULATION_START_MS, SimMachine};
 
 fn config(id: NodeId) -> NodeConfig {
     NodeConfig::standard(id)
@@ -233,7 +233,7 @@ fn machine_events(count: usize) -> (Vec<SignedEvent>, SingleMachineKey) {
     let mut sim = SimMachine::new(id.clone(), &key, 3, SIMULATION_START_MS);
     let mut events = Vec::new();
     while events.len() < count {
-        events.extend(sim.step().into_iter().map(|(_, signed)| signed));
+        sim.step_into(&mut events);
     }
     events.truncate(count);
     (events, SingleMachineKey::new(id, &key))
