@@ -49,6 +49,19 @@ impl StreamSigner {
         }
     }
 
+    /// Advances over an event signed earlier and read back from storage, if
+    /// it continues this chain; returns whether it did. The stored bytes
+    /// are hashed as they are (not re-encoded), so events written by an
+    /// older format version still chain.
+    pub fn follow(&mut self, signed: &SignedEvent) -> bool {
+        let hash = chain_hash(&self.chain_key, &self.head_hash, &signed.bytes);
+        if hash != signed.chain_hash {
+            return false;
+        }
+        self.head_hash = hash;
+        true
+    }
+
     pub fn head_hash(&self) -> Hash32 {
         self.head_hash
     }

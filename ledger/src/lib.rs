@@ -7,6 +7,8 @@
 //! * [`projection`]: inventory, cash and sales derived from the log.
 //! * [`store`], [`ledger`], [`verify`]: the hash-chained, sealed RocksDB
 //!   event store with group commit, segments and checkpoints.
+//! * [`machine`]: [`MachineCore`], a machine's decide → sign → store →
+//!   apply pipeline in two phases (`prepare`, then `commit` once stored).
 //! * [`crypto`], [`keys`]: keys, sealing and chain hashes.
 //!
 //! Nothing here opens a socket, draws a window or serves HTTP.
@@ -18,6 +20,7 @@ pub mod event;
 pub mod ids;
 pub mod keys;
 pub mod ledger;
+pub mod machine;
 pub mod money;
 pub mod posting;
 pub mod projection;
@@ -25,11 +28,11 @@ pub mod rules;
 pub mod state;
 pub mod store;
 pub mod verify;
-pub mod workload;
 
 pub use crate::ledger::{Ledger, StreamSigner, Until};
 pub use event::{Event, EventEnvelope};
 pub use ids::{MachineId, SlotId};
+pub use machine::{MachineCore, Prepared};
 pub use money::Won;
 pub use rules::{Command, Context, Rejection, decide};
 pub use state::MachineState;

@@ -11,12 +11,12 @@ use ledger::MachineId;
 use ledger::crypto::SecretKey;
 use ledger::keys::Keyring;
 use ledger::store::{LogStore, OpenOptions};
-use ledger::workload::{SIMULATION_START_MS, SimMachine};
 use rand::{Rng, SeedableRng};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use workload::{SIMULATION_START_MS, SimMachine};
 
 const ROUNDS: u32 = 6;
 /// The child stops by itself after this long, in case the parent is gone.
@@ -67,12 +67,7 @@ fn child(dir: &Path, round: u32) {
         let mut batch = Vec::new();
         while batch.len() < size {
             let machine = rng.random_range(0..machines.len());
-            batch.extend(
-                machines[machine]
-                    .step()
-                    .into_iter()
-                    .map(|(_, signed)| signed),
-            );
+            machines[machine].step_into(&mut batch);
         }
         let first = store.head().gseq + 1;
         let last = first + batch.len() as u64 - 1;

@@ -18,7 +18,9 @@ use ledger::event::{Destination, Event, EventEnvelope, InsertRejection, Installa
 use ledger::ids::{MachineId, SlotId};
 use ledger::keys::SingleMachineKey;
 use ledger::money::{CoinCounts, Denomination, MoneyKind};
-use ledger::store::record::{EntryBody, GENESIS_HASH, LogEntry, Payload, SignedEvent};
+use ledger::store::record::{
+    EntryBody, GENESIS_HASH, LogEntry, Payload, ReplicatedRecord, SignedEvent,
+};
 use ledger::store::{LogStore, OpenOptions};
 
 /// 2026-01-01T00:00:00Z.
@@ -340,8 +342,8 @@ fn store_with_golden_records(dir: &std::path::Path) -> LogStore {
     };
     let mut store = LogStore::open(dir, &SecretKey::from_bytes(STORE_KEY), options).unwrap();
     let keys = SingleMachineKey::new(machine(), &SecretKey::from_bytes(MACHINE_KEY));
-    let entries = golden_records().map(|(entry, _)| entry);
-    store.append_replicated(&entries, &keys).unwrap();
+    let records = golden_records().map(|(_, bytes)| ReplicatedRecord::decode(bytes).unwrap());
+    store.append_replicated(&records, &keys).unwrap();
     store
 }
 
@@ -369,7 +371,7 @@ fn a_golden_sealed_chunk_opens_and_reads_back() {
     assert_eq!(opened, chunk_plaintext());
     // The store itself reads the golden value in place of its own.
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_golden_records(dir.path());
+    let mut store = store_with_golden_records(dir.path());
     store.overwrite_raw_chunk(1, Some(&golden)).unwrap();
     let [(event, _), (marker, _)] = golden_records();
     assert_eq!(store.get(1).unwrap(), Some(event));

@@ -9,9 +9,9 @@ use ledger::projection::Projection;
 use ledger::rules::{RemoteAction, RemoteCommand, envelopes};
 use ledger::state::MachineState;
 use ledger::store::{LogStore, OpenOptions};
-use ledger::workload::{SIMULATION_START_MS, SimMachine};
 use ledger::{Command, Context, EventEnvelope, MachineId, Rejection, SlotId, decide};
 use proptest::prelude::*;
+use workload::{SIMULATION_START_MS, SimMachine};
 
 const PASSWORD: &str = "vend-admin-1!";
 
@@ -262,7 +262,7 @@ proptest! {
         for size in batches {
             let mut events = Vec::new();
             while events.len() < size {
-                events.extend(sim.step().into_iter().map(|(_, signed)| signed));
+                sim.step_into(&mut events);
             }
             store.append_events(1, 0, &events, &keys).unwrap();
         }

@@ -7,26 +7,29 @@
 //! The replicas run the very executor the server runs ([`Round`]: the
 //! node, the ingest and the ledger with the store's one set of rules), the
 //! real datagram codec with the cluster key and the real sealed machine
-//! link; the machines run the real rules (`SimMachine`) and the real
-//! `Uplink`. Only the disk is simulated: a [`MemDisk`] behind a
-//! [`FaultyBackend`] that fails writes and syncs and crashes the replica
-//! part way through a round, by seed. A crash keeps what was synced and any
-//! prefix of the writes since, as a real write-ahead log does.
+//! link; the machines run the real rules through the real `MachineCore`,
+//! in the machine app's order (stored first, applied after), and the real
+//! `Uplink`. Only disks are simulated: each replica's is a [`MemDisk`]
+//! behind a [`FaultyBackend`] that fails writes and syncs and crashes the
+//! replica part way through a round, by seed; a crash keeps what was
+//! synced and any prefix of the writes since, as a real write-ahead log
+//! does. A machine's disk is the list of events it stored, and a
+//! restarted machine is rebuilt from it.
 //!
 //! Each invariant has its own checker: no acknowledged event lost, no event
 //! twice, every replica agrees on every committed entry, no committed entry
-//! is truncated, projections equal a fresh replay, at most one primary per
-//! epoch, and after the faults stop everything converges.
+//! is truncated, projections equal a fresh replay, a machine applies only
+//! what it stored, at most one primary per epoch, and after the faults stop
+//! everything converges.
 
 use crate::faults::{Faults, FaultyBackend};
 use ledger::Ledger;
-use ledger::MachineId;
 use ledger::crypto::{CHAIN_KEY_CONTEXT, Hash32, LINK_KEY_CONTEXT, SecretKey};
 use ledger::keys::ChainKeys;
 use ledger::store::memory::{MemBackend, MemDisk};
 use ledger::store::record::SignedEvent;
 use ledger::store::{LogStore, SEGMENT_ENTRIES_DEFAULT};
-use ledger::workload::{SIMULATION_START_MS, SimMachine};
+use ledger::{MachineCore, MachineId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replica::ingest::LinkKeys;
@@ -37,6 +40,7 @@ use replica::uplink::{LocalEvents, Uplink, UplinkAction};
 use replica::wire::{DatagramCodec, NodeId, PAYLOAD_BYTES_DEFAULT};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use workload::{SIMULATION_START_MS, SimMachine};
 
 /// Simulated time advances in steps of this many milliseconds.
 const STEP_MS: u64 = 5;
@@ -78,7 +82,8 @@ pub struct SimConfig {
     pub machine_crashes_per_s: f64,
     pub connection_resets_per_s: f64,
     /// Chance that a round crashes its replica part way (at a write or at
-    /// the sync).
+    /// the sync), and that a machine crashes between storing a decision
+    /// and applying it.
     pub crash_mid_round_percent: u32,
     /// Chance that a write fails (and writes nothing).
     pub write_fail_percent: u32,
@@ -275,11 +280,14 @@ fn open_ledger(disk: &MemDisk, faults: &Faults) -> SimLedger {
 
 struct MachineSim {
     id: MachineId,
-    sim: SimMachine,
-    // Durable: the machine's own ledger and its saved acknowledged mark.
+    // Durable: the machine's key file, its own ledger and its saved
+    // acknowledged mark.
+    key: SecretKey,
     events: Vec<SignedEvent>,
     saved_ack: u64,
-    // Volatile.
+    // Volatile: the machine's core (rebuilt from `events` on restart) with
+    // the customers and operators in front of it, who carry on.
+    sim: SimMachine,
     alive: bool,
     uplink: Uplink,
     conn: Option<ConnId>,
@@ -370,6 +378,7 @@ impl Simulation {
                         0,
                     ),
                     id,
+                    key,
                     events: Vec::new(),
                     saved_ack: 0,
                     alive: true,
@@ -756,9 +765,20 @@ impl Simulation {
         }
     }
 
+    /// The machine comes back with what it stored: its core is rebuilt from
+    /// its own ledger, its uplink resends from the saved mark.
     fn restart_machine(&mut self, index: usize) {
         let addresses: Vec<String> = REPLICAS.iter().map(|&id| replica_name(id)).collect();
         let machine = &mut self.machines[index];
+        let core = match MachineCore::rebuild(machine.id.clone(), &machine.key, &machine.events) {
+            Ok(core) => core,
+            Err(error) => {
+                let detail = format!("{}: {error}", machine.id);
+                self.violate("a machine restarts from its own ledger", detail);
+                return;
+            }
+        };
+        machine.sim.restart(core);
         machine.restart_at_ms = None;
         machine.alive = true;
         let link_key = self.keys.link[&machine.id].clone();
@@ -1028,16 +1048,30 @@ impl Simulation {
         }
     }
 
-    /// One decision of one machine: recorded locally, then shipped.
+    /// One decision of one machine: stored in its own ledger, then applied,
+    /// then shipped. Now and then during the faults the machine dies right
+    /// after storing, before applying: the restart must pick the decision
+    /// up from its ledger.
     fn generate_for(&mut self, index: usize) {
-        let m = &mut self.machines[index];
-        if !m.alive {
+        if !self.machines[index].alive {
             return;
         }
-        let decided = m.sim.step();
-        self.report.events += decided.len() as u64;
-        m.events
-            .extend(decided.into_iter().map(|(_, signed)| signed));
+        let crash_after_store = self.in_fault_phase()
+            && self
+                .rng
+                .random_ratio(self.config.crash_mid_round_percent, 100);
+        let m = &mut self.machines[index];
+        let stored_before = m.events.len();
+        let outcome = m.sim.step(|prepared| {
+            m.events.extend_from_slice(prepared.signed());
+            // An error stands for the crash: stored, and never applied.
+            if crash_after_store { Err(()) } else { Ok(()) }
+        });
+        self.report.events += (m.events.len() - stored_before) as u64;
+        if outcome.is_err() {
+            self.crash_machine(index);
+            return;
+        }
         let actions = {
             let m = &mut self.machines[index];
             m.uplink.on_local_append(&Local(&m.events))
@@ -1387,6 +1421,16 @@ impl Simulation {
                     "projections equal a fresh replay",
                     format!("{name}'s view of {id} differs from the machine"),
                 );
+                return;
+            }
+            // The machine never holds state its own ledger does not.
+            let rebuilt = MachineCore::rebuild(machine.id.clone(), &machine.key, &machine.events);
+            if rebuilt.as_ref().map(MachineCore::state).ok() != Some(machine.sim.state()) {
+                let detail = format!(
+                    "{}'s state differs from a rebuild of its ledger",
+                    machine.id
+                );
+                self.violate("a machine applies only what it stored", detail);
                 return;
             }
         }

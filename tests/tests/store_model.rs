@@ -13,11 +13,11 @@ use ledger::store::backend::Backend;
 use ledger::store::memory::{MemBackend, MemDisk};
 use ledger::store::record::{EntryBody, LogEntry, Payload, ReplicatedRecord, SignedEvent};
 use ledger::store::{LogStore, OpenOptions, StoreError};
-use ledger::workload::{SIMULATION_START_MS, SimMachine};
 use ledger::{Ledger, MachineId};
 use proptest::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use workload::{SIMULATION_START_MS, SimMachine};
 
 const MACHINES: usize = 3;
 const EVENTS_PER_MACHINE: usize = 60;
@@ -45,7 +45,7 @@ fn fleet() -> Fleet {
         let mut sim = SimMachine::new(id, &key, n as u64, SIMULATION_START_MS);
         let mut stream = Vec::new();
         while stream.len() < EVENTS_PER_MACHINE {
-            stream.extend(sim.step().into_iter().map(|(_, signed)| signed));
+            sim.step_into(&mut stream);
         }
         streams.push(stream);
     }

@@ -10,11 +10,11 @@ use ledger::crypto::SecretKey;
 use ledger::keys::Keyring;
 use ledger::store::record::SignedEvent;
 use ledger::store::{LogStore, OpenOptions};
-use ledger::workload::{SIMULATION_START_MS, SimMachine};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
+use workload::{SIMULATION_START_MS, SimMachine};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -62,6 +62,13 @@ struct Figures {
 /// prefix that still runs for seconds.
 const SMALL_BATCH_EVENTS_PER_BATCH_SIZE: usize = 2_000;
 
+/// What reading the full log back costs.
+struct ReadFigures {
+    replay_seconds: f64,
+    verify_events_per_second: f64,
+    reopen_seconds: f64,
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
     if args.events == 0 || args.batch_sizes.is_empty() {
         bail!("nothing to measure");
@@ -77,62 +84,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let events = generate(&mut keyring, args.machines, args.events)?;
     let mean_record_bytes =
         events.iter().map(|e| e.bytes.len() as f64).sum::<f64>() / events.len() as f64;
-    let mut append = Vec::new();
-    let mut last_log = None;
-    for &batch in &args.batch_sizes {
-        let count = events
-            .len()
-            .min(batch.saturating_mul(SMALL_BATCH_EVENTS_PER_BATCH_SIZE))
-            .max(batch.min(events.len()));
-        let dir = scratch.path().join(format!("append-{batch}"));
-        eprintln!("appending {count} events in batches of {batch}...");
-        let (seconds, batches) = measure_append(&dir, &keyring, &events[..count], batch)?;
-        append.push(AppendFigure {
-            batch,
-            events: count,
-            seconds,
-            events_per_second: count as f64 / seconds,
-            syncs_per_second: batches as f64 / seconds,
-        });
-        if count == events.len() {
-            last_log = Some(dir);
-        }
-    }
-    let Some(full_log) = last_log else {
-        bail!(
-            "no batch size appended all {} events; add a larger one",
-            events.len()
-        );
-    };
-    let store = LogStore::open(&full_log, keyring.store_key(), OpenOptions::default())?;
-    eprintln!("replaying {} events...", store.head().gseq);
-    let started = Instant::now();
-    let projection = ledger::ledger::rebuild(&store, Until::End, &mut |_| {})?;
-    let replay_seconds = started.elapsed().as_secs_f64();
-    assert_eq!(
-        projection.entries_applied as usize,
-        events.len(),
-        "replay applies every event"
-    );
-    let started = Instant::now();
-    ledger::verify::verify_log(&store, &keyring, &mut |_| {})
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let verify_elapsed = started.elapsed();
-    drop(store);
-    let started = Instant::now();
-    let ledger = ledger::Ledger::open(&full_log, keyring.store_key(), OpenOptions::default())?;
-    let reopen_seconds = started.elapsed().as_secs_f64();
-    assert_eq!(ledger.projection().as_of_gseq as usize, events.len());
+    let (append, full_log) = measure_appends(scratch.path(), &keyring, &events, &args.batch_sizes)?;
+    let read = measure_reads(&full_log, &keyring, events.len())?;
     let figures = Figures {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         events: events.len(),
         machines: args.machines,
         mean_record_bytes,
         append,
-        replay_events_per_second: events.len() as f64 / replay_seconds,
-        replay_seconds,
-        verify_events_per_second: rate(events.len() as u64, verify_elapsed),
-        reopen_seconds,
+        replay_events_per_second: events.len() as f64 / read.replay_seconds,
+        replay_seconds: read.replay_seconds,
+        verify_events_per_second: read.verify_events_per_second,
+        reopen_seconds: read.reopen_seconds,
     };
     if args.json {
         say!("{}", serde_json::to_string_pretty(&figures)?);
@@ -142,6 +105,73 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Appends the events into a fresh log per batch size; returns the figures
+/// and a log that holds all of them, for the read measurements.
+fn measure_appends(
+    scratch: &Path,
+    keyring: &Keyring,
+    events: &[SignedEvent],
+    batch_sizes: &[usize],
+) -> Result<(Vec<AppendFigure>, PathBuf)> {
+    let mut append = Vec::new();
+    let mut full_log = None;
+    for &batch in batch_sizes {
+        let count = events
+            .len()
+            .min(batch.saturating_mul(SMALL_BATCH_EVENTS_PER_BATCH_SIZE))
+            .max(batch.min(events.len()));
+        let dir = scratch.join(format!("append-{batch}"));
+        eprintln!("appending {count} events in batches of {batch}...");
+        let (seconds, batches) = measure_append(&dir, keyring, &events[..count], batch)?;
+        append.push(AppendFigure {
+            batch,
+            events: count,
+            seconds,
+            events_per_second: count as f64 / seconds,
+            syncs_per_second: batches as f64 / seconds,
+        });
+        if count == events.len() {
+            full_log = Some(dir);
+        }
+    }
+    let Some(full_log) = full_log else {
+        bail!(
+            "no batch size appended all {} events; add a larger one",
+            events.len()
+        );
+    };
+    Ok((append, full_log))
+}
+
+/// Replays the full log from gseq 1, verifies it, and reopens it (from its
+/// checkpoint), timing each.
+fn measure_reads(full_log: &Path, keyring: &Keyring, events: usize) -> Result<ReadFigures> {
+    let store = LogStore::open(full_log, keyring.store_key(), OpenOptions::default())?;
+    eprintln!("replaying {} events...", store.head().gseq);
+    let started = Instant::now();
+    let projection = ledger::ledger::rebuild(&store, Until::End, &mut |_| {})?;
+    let replay_seconds = started.elapsed().as_secs_f64();
+    assert_eq!(
+        projection.entries_applied as usize, events,
+        "replay applies every event"
+    );
+    let started = Instant::now();
+    ledger::verify::verify_log(&store, keyring, &mut |_| {}).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let verify_elapsed = started.elapsed();
+    drop(store);
+    let started = Instant::now();
+    let ledger = ledger::Ledger::open(full_log, keyring.store_key(), OpenOptions::default())?;
+    let reopen_seconds = started.elapsed().as_secs_f64();
+    assert_eq!(ledger.projection().as_of_gseq as usize, events);
+    Ok(ReadFigures {
+        replay_seconds,
+        verify_events_per_second: rate(events as u64, verify_elapsed),
+        reopen_seconds,
+    })
+}
+
+/// `total` events from `machines` simulated machines, taken in turns.
+/// Memory is their storage: each decision is kept before it is applied.
 fn generate(keyring: &mut Keyring, machines: u32, total: usize) -> Result<Vec<SignedEvent>> {
     let mut sims = Vec::new();
     for n in 1..=machines {
@@ -152,9 +182,7 @@ fn generate(keyring: &mut Keyring, machines: u32, total: usize) -> Result<Vec<Si
     let mut events = Vec::with_capacity(total + 4);
     'outer: loop {
         for sim in &mut sims {
-            for (_, signed) in sim.step() {
-                events.push(signed);
-            }
+            sim.step_into(&mut events);
             if events.len() >= total {
                 break 'outer;
             }

@@ -23,7 +23,6 @@ use ledger::MachineId;
 use ledger::crypto::{LINK_KEY_CONTEXT, SecretKey};
 use ledger::keys::Keyring;
 use ledger::store::record::SignedEvent;
-use ledger::workload::{SIMULATION_START_MS, SimMachine};
 use replica::transport::TransportKind;
 use replica::uplink::{LinkState, LocalEvents, Uplink};
 use replica::uplink_driver::{UplinkReport, spawn_uplink};
@@ -33,6 +32,7 @@ use std::process::{Child, ExitCode};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use workload::{SIMULATION_START_MS, SimMachine};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -262,7 +262,7 @@ fn generate(machines: u32, per_machine: u64) -> FleetEvents {
             let mut sim = SimMachine::new(id.clone(), &key, u64::from(n), SIMULATION_START_MS);
             let mut events = Vec::new();
             while (events.len() as u64) < per_machine {
-                events.extend(sim.step().into_iter().map(|(_, signed)| signed));
+                sim.step_into(&mut events);
             }
             (id, key, Arc::new(events))
         })

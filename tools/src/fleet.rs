@@ -1,27 +1,34 @@
 //! `vendctl simulate --cluster`: a fleet of simulated machines speaking the
-//! real protocol to a running cluster. Each machine sells (through the real
-//! rules), stores every event in its own ledger first, and ships it with
-//! the real uplink; now and then it goes offline for a while and keeps
-//! selling. The run ends when every event is acknowledged as committed,
-//! riding through failovers.
+//! real protocol to a running cluster. Each machine sells through its
+//! `MachineCore` in the machine app's crash-safe order (every decision is
+//! stored in the machine's own ledger first and applied after), and ships
+//! its events with the real uplink; now and then it goes offline for a
+//! while and keeps selling. The run ends when every event is acknowledged
+//! as committed, riding through failovers.
 
 use crate::cluster::ClusterFile;
 use crate::say;
 use anyhow::{Context, Result, bail};
 use ledger::crypto::{LINK_KEY_CONTEXT, SecretKey};
 use ledger::keys::{Keyring, SingleMachineKey};
-use ledger::store::OpenOptions;
-use ledger::workload::{SIMULATION_START_MS, SimMachine};
-use ledger::{Ledger, MachineId};
+use ledger::store::{Appended, OpenOptions};
+use ledger::{Ledger, MachineId, Prepared};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use replica::uplink::Uplink;
-use replica::uplink_driver::{LocalLedger, UplinkReport, spawn_uplink};
+use replica::uplink::{Uplink, UplinkStats};
+use replica::uplink_driver::{LocalLedger, UplinkControl, UplinkReport, spawn_uplink};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use workload::{SIMULATION_START_MS, SimMachine};
+
+/// Reports an uplink may queue before it waits for the machine to read
+/// them.
+const UPLINK_REPORTS_MAX: usize = 1_024;
 
 pub struct FleetArgs {
     pub cluster: PathBuf,
@@ -65,12 +72,43 @@ struct MachineSetup {
 pub fn run(args: FleetArgs) -> Result<ExitCode> {
     let file = ClusterFile::load(&args.cluster)?;
     let machines_dir = args.cluster.join("machines");
-    if machines_dir.exists() && std::fs::read_dir(&machines_dir)?.next().is_some() {
+    refuse_earlier_machines(&machines_dir)?;
+    let setups = open_machines(&file, &machines_dir, &args)?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.timeout_s);
+    let results = drive_fleet(setups, &file.machine_addresses(), &args, deadline)?;
+    let (summary, failures) = summarize(args.machines, started.elapsed(), results);
+    print_summary(&summary)?;
+    if !failures.is_empty() {
+        bail!(
+            "{} machines did not finish: {}",
+            failures.len(),
+            failures.join("; ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Machines start from empty ledgers: resuming an earlier run's streams
+/// would mix two runs' figures, and their seeds would repeat decisions the
+/// ledgers already hold.
+fn refuse_earlier_machines(machines_dir: &Path) -> Result<()> {
+    if machines_dir.exists() && std::fs::read_dir(machines_dir)?.next().is_some() {
         bail!(
             "{} already holds machines from an earlier run; use a new cluster directory",
             machines_dir.display()
         );
     }
+    Ok(())
+}
+
+/// Opens each machine's own ledger under `machines_dir`, with the key the
+/// cluster's keyring holds for it, and its simulated customers.
+fn open_machines(
+    file: &ClusterFile,
+    machines_dir: &Path,
+    args: &FleetArgs,
+) -> Result<Vec<MachineSetup>> {
     let mut keyring = Keyring::open(&file.keys_dir, false).context("loading the cluster's keys")?;
     let mut setups = Vec::new();
     for n in 1..=args.machines {
@@ -94,24 +132,32 @@ pub fn run(args: FleetArgs) -> Result<ExitCode> {
             key,
         });
     }
-    let addresses = file.machine_addresses();
+    Ok(setups)
+}
+
+/// Runs every machine as its own task and collects how each one ended.
+/// Two worker threads are enough: the machines mostly wait on the network
+/// and on their pauses between customers.
+fn drive_fleet(
+    setups: Vec<MachineSetup>,
+    addresses: &[String],
+    args: &FleetArgs,
+    deadline: Instant,
+) -> Result<Vec<Result<MachineSummary>>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.timeout_s);
-    let results: Vec<Result<MachineSummary>> = runtime.block_on(async {
+    let results = runtime.block_on(async {
         let tasks: Vec<_> = setups
             .into_iter()
             .enumerate()
             .map(|(index, setup)| {
-                let addresses = addresses.clone();
                 let seed = args.seed ^ (index as u64 + 1).wrapping_mul(0xA5A5);
                 tokio::spawn(drive_machine(
                     setup,
                     args.events_per_machine,
-                    addresses,
+                    addresses.to_vec(),
                     seed,
                     deadline,
                 ))
@@ -123,9 +169,18 @@ pub fn run(args: FleetArgs) -> Result<ExitCode> {
         }
         results
     });
+    Ok(results)
+}
+
+/// Adds up the machines that finished and lists those that did not.
+fn summarize(
+    machines: u32,
+    elapsed: Duration,
+    results: Vec<Result<MachineSummary>>,
+) -> (Summary, Vec<String>) {
     let mut summary = Summary {
-        machines: args.machines,
-        seconds: started.elapsed().as_secs_f64(),
+        machines,
+        seconds: elapsed.as_secs_f64(),
         ..Summary::default()
     };
     let mut failures = Vec::new();
@@ -142,6 +197,12 @@ pub fn run(args: FleetArgs) -> Result<ExitCode> {
             Err(error) => failures.push(format!("{error:#}")),
         }
     }
+    (summary, failures)
+}
+
+/// One line for the operator on stderr, the whole summary as JSON on
+/// stdout for scripts.
+fn print_summary(summary: &Summary) -> Result<()> {
     eprintln!(
         "fleet: {} events, {} acknowledged, {} resent after reconnects, {} failovers seen, {} offline periods, {:.1}s",
         summary.events,
@@ -151,118 +212,223 @@ pub fn run(args: FleetArgs) -> Result<ExitCode> {
         summary.offline_periods,
         summary.seconds
     );
-    say!("{}", serde_json::to_string_pretty(&summary)?);
-    if !failures.is_empty() {
-        bail!(
-            "{} machines did not finish: {}",
-            failures.len(),
-            failures.join("; ")
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    say!("{}", serde_json::to_string_pretty(summary)?);
+    Ok(())
 }
 
+/// Sells until `target` events are stored, then waits until all of them
+/// are acknowledged, or fails at `deadline`.
 async fn drive_machine(
-    mut setup: MachineSetup,
+    setup: MachineSetup,
     target: u64,
     addresses: Vec<String>,
     seed: u64,
     deadline: Instant,
 ) -> Result<MachineSummary> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let local = LocalLedger {
-        machine: setup.id.clone(),
-        ledger: setup.ledger.clone(),
-    };
-    let link_key = setup.key.derive(LINK_KEY_CONTEXT);
-    let (reports_tx, mut reports) = tokio::sync::mpsc::channel::<UplinkReport>(1_024);
-    let start_uplink = |acked: u64| {
-        let uplink = Uplink::new(setup.id.clone(), link_key.clone(), addresses.clone(), acked);
-        spawn_uplink(uplink, local.clone(), reports_tx.clone())
-    };
-    let mut running = Some(start_uplink(0));
-    let mut summary = MachineSummary {
-        id: setup.id.to_string(),
-        ..MachineSummary::default()
-    };
-    let mut offline_until: Option<Instant> = None;
-    let mut last_primary: Option<String> = None;
+    let mut machine = MachineRun::start(setup, target, addresses, seed);
     loop {
         if Instant::now() > deadline {
             bail!(
                 "{}: {} of {} events acknowledged when the time ran out",
-                setup.id,
-                summary.acked,
-                summary.events
+                machine.summary.id,
+                machine.summary.acked,
+                machine.summary.events
             );
         }
-        if summary.events < target {
-            // A burst of customers.
-            for _ in 0..rng.random_range(1..8) {
-                let decided = setup.sim.step();
-                let at_ms = decided
-                    .first()
-                    .map_or(SIMULATION_START_MS, |(e, _)| e.at_ms);
-                let signed: Vec<_> = decided.into_iter().map(|(_, s)| s).collect();
-                let count = signed.len() as u64;
-                {
-                    let mut ledger = setup
-                        .ledger
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("ledger lock poisoned"))?;
-                    ledger.append_events(0, at_ms, &signed, &setup.chain)?;
-                }
-                summary.events += count;
-                if summary.events >= target {
-                    break;
-                }
-            }
-            if let Some((control, _)) = &running {
-                control.appended.notify_one();
+        if machine.summary.events < target {
+            machine.sell_burst()?;
+        }
+        machine.go_offline_or_back().await?;
+        machine.pause_taking_reports().await;
+        if machine.finished() {
+            return machine.stop().await;
+        }
+    }
+}
+
+/// What a machine needs to start its uplink, again after every offline
+/// period.
+struct LinkStarter {
+    id: MachineId,
+    link_key: SecretKey,
+    addresses: Vec<String>,
+    local: LocalLedger,
+    reports: mpsc::Sender<UplinkReport>,
+}
+
+type RunningUplink = (UplinkControl, JoinHandle<UplinkStats>);
+
+impl LinkStarter {
+    /// An uplink that resends from `acked`, the mark the fleet last
+    /// acknowledged (as a real machine's restarted uplink does).
+    fn start(&self, acked: u64) -> RunningUplink {
+        let uplink = Uplink::new(
+            self.id.clone(),
+            self.link_key.clone(),
+            self.addresses.clone(),
+            acked,
+        );
+        spawn_uplink(uplink, self.local.clone(), self.reports.clone())
+    }
+}
+
+/// One machine of the fleet while it runs.
+struct MachineRun {
+    setup: MachineSetup,
+    target: u64,
+    rng: ChaCha8Rng,
+    link: LinkStarter,
+    /// `None` while the machine is offline.
+    running: Option<RunningUplink>,
+    reports: mpsc::Receiver<UplinkReport>,
+    offline_until: Option<Instant>,
+    last_primary: Option<String>,
+    summary: MachineSummary,
+}
+
+impl MachineRun {
+    fn start(setup: MachineSetup, target: u64, addresses: Vec<String>, seed: u64) -> MachineRun {
+        let (reports_tx, reports) = mpsc::channel(UPLINK_REPORTS_MAX);
+        let link = LinkStarter {
+            id: setup.id.clone(),
+            link_key: setup.key.derive(LINK_KEY_CONTEXT),
+            addresses,
+            local: LocalLedger {
+                machine: setup.id.clone(),
+                ledger: setup.ledger.clone(),
+            },
+            reports: reports_tx,
+        };
+        MachineRun {
+            running: Some(link.start(0)),
+            summary: MachineSummary {
+                id: setup.id.to_string(),
+                ..MachineSummary::default()
+            },
+            setup,
+            target,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            link,
+            reports,
+            offline_until: None,
+            last_primary: None,
+        }
+    }
+
+    /// A burst of customers. Each decision is stored in the machine's own
+    /// ledger before the machine applies it, then the uplink is woken.
+    fn sell_burst(&mut self) -> Result<()> {
+        for _ in 0..self.rng.random_range(1..8) {
+            let (ledger, chain) = (&self.setup.ledger, &self.setup.chain);
+            let applied = self
+                .setup
+                .sim
+                .step(|prepared| append_to_own_ledger(ledger, chain, prepared))?;
+            self.summary.events += applied.len() as u64;
+            if self.summary.events >= self.target {
+                break;
             }
         }
-        match (&running, offline_until) {
-            (Some(_), _) if summary.events < target && rng.random_bool(0.01) => {
-                // The machine loses its network for a while and keeps selling.
-                let (control, task) = running.take().expect("checked");
-                let _ = control.stop.send(true);
-                let stats = task.await?;
-                summary.resent += stats.events_resent;
-                summary.offline_periods += 1;
-                offline_until =
-                    Some(Instant::now() + Duration::from_millis(rng.random_range(300..1_500)));
+        if let Some((control, _)) = &self.running {
+            control.appended.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Now and then the machine loses its network for a while and keeps
+    /// selling; when the while is over, a new uplink resends everything
+    /// after the acknowledged mark.
+    async fn go_offline_or_back(&mut self) -> Result<()> {
+        let selling = self.summary.events < self.target;
+        match (&self.running, self.offline_until) {
+            (Some(_), _) if selling && self.rng.random_bool(0.01) => {
+                let running = self.running.take().expect("matched Some");
+                self.summary.resent += stop_uplink(running).await?.events_resent;
+                self.summary.offline_periods += 1;
+                let offline_ms = self.rng.random_range(300..1_500);
+                self.offline_until = Some(Instant::now() + Duration::from_millis(offline_ms));
             }
             (None, Some(until)) if Instant::now() >= until => {
-                running = Some(start_uplink(summary.acked));
-                offline_until = None;
+                self.running = Some(self.link.start(self.summary.acked));
+                self.offline_until = None;
             }
             _ => {}
         }
-        let pause = tokio::time::sleep(Duration::from_millis(rng.random_range(1..30)));
+        Ok(())
+    }
+
+    /// Customers do not come back to back: waits a moment, taking the
+    /// uplink's reports meanwhile.
+    async fn pause_taking_reports(&mut self) {
+        let pause = tokio::time::sleep(Duration::from_millis(self.rng.random_range(1..30)));
         tokio::pin!(pause);
         loop {
             tokio::select! {
                 () = &mut pause => break,
-                Some(report) = reports.recv() => match report {
-                    UplinkReport::Acknowledged(seq) => summary.acked = summary.acked.max(seq),
-                    UplinkReport::State { primary: Some(primary), .. } => {
-                        if last_primary.as_ref().is_some_and(|p| *p != primary) {
-                            summary.failovers_seen += 1;
-                        }
-                        last_primary = Some(primary);
-                    }
-                    UplinkReport::State { .. } | UplinkReport::Remote(_) => {}
-                },
+                Some(report) = self.reports.recv() => self.on_report(report),
             }
         }
-        if summary.events >= target && summary.acked >= summary.events && running.is_some() {
-            break;
+    }
+
+    fn on_report(&mut self, report: UplinkReport) {
+        match report {
+            UplinkReport::Acknowledged(seq) => self.summary.acked = self.summary.acked.max(seq),
+            UplinkReport::State {
+                primary: Some(primary),
+                ..
+            } => {
+                if self.last_primary.as_ref().is_some_and(|p| *p != primary) {
+                    self.summary.failovers_seen += 1;
+                }
+                self.last_primary = Some(primary);
+            }
+            UplinkReport::State { .. } | UplinkReport::Remote(_) => {}
         }
     }
-    if let Some((control, task)) = running {
-        let _ = control.stop.send(true);
-        let stats = task.await?;
-        summary.resent += stats.events_resent;
+
+    /// Everything sold is acknowledged, and the machine is online (so the
+    /// last acknowledgement came over a live link).
+    fn finished(&self) -> bool {
+        self.summary.events >= self.target
+            && self.summary.acked >= self.summary.events
+            && self.running.is_some()
     }
-    Ok(summary)
+
+    async fn stop(mut self) -> Result<MachineSummary> {
+        if let Some(running) = self.running.take() {
+            self.summary.resent += stop_uplink(running).await?.events_resent;
+        }
+        Ok(self.summary)
+    }
+}
+
+async fn stop_uplink((control, task): RunningUplink) -> Result<UplinkStats> {
+    // The uplink may have stopped already; then there is nobody to tell.
+    let _ = control.stop.send(true);
+    Ok(task.await?)
+}
+
+/// Stores one decision in the machine's own ledger, as the machine app
+/// does: anything but a fresh append means the decision was not stored.
+fn append_to_own_ledger(
+    ledger: &Mutex<Ledger>,
+    chain: &SingleMachineKey,
+    prepared: &Prepared,
+) -> Result<()> {
+    let at_ms = prepared.at_ms().unwrap_or(SIMULATION_START_MS);
+    let mut ledger = ledger
+        .lock()
+        .map_err(|_| anyhow::anyhow!("ledger lock poisoned"))?;
+    let outcome = ledger.append_events(0, at_ms, prepared.signed(), chain)?;
+    if let Some(problem) = outcome
+        .results
+        .iter()
+        .find(|r| !matches!(r, Appended::New { .. }))
+    {
+        bail!(
+            "{}: the machine's ledger refused an event: {problem:?}",
+            chain.machine
+        );
+    }
+    Ok(())
 }

@@ -1,19 +1,20 @@
 //! `vendctl simulate --offline`: writes a realistic fleet log directly
 //! through the ledger, as a primary would, deterministic for a seed.
+//! (`--cluster` is `fleet.rs`.)
 
 use crate::say;
 use crate::util::{DataArgs, hex32, progress, rate};
 use anyhow::{Result, bail};
-use ledger::MachineId;
+use ledger::keys::Keyring;
 use ledger::store::OpenOptions;
 use ledger::store::record::SignedEvent;
-use ledger::workload::{SIMULATION_START_MS, SimMachine, WorkloadStats};
-use ledger::{Ledger, Until};
+use ledger::{Ledger, MachineId, Until};
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::process::ExitCode;
 use std::time::Instant;
+use workload::{SIMULATION_START_MS, SimMachine, WorkloadStats};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -77,28 +78,59 @@ pub fn run(args: Args) -> Result<ExitCode> {
             timeout_s: args.timeout_s,
         });
     }
+    let data = offline_data(&args)?;
+    let mut keyring = data.keyring(true)?;
+    let mut ledger = open_fresh_log(&data, &keyring)?;
+    let machines = new_machines(&mut keyring, args.machines, args.seed)?;
+    let started = Instant::now();
+    let stats = write_fleet_log(&mut ledger, &keyring, machines, &args)?;
+    ledger.checkpoint()?;
+    let elapsed = started.elapsed();
+    check_projection(&ledger)?;
+    let head = ledger.store().head();
+    let summary = Summary {
+        events: head.gseq,
+        machines: args.machines,
+        seed: args.seed,
+        head_gseq: head.gseq,
+        head_hash: hex32(&head.hash),
+        seconds: elapsed.as_secs_f64(),
+        events_per_second: rate(head.gseq, elapsed),
+        stats,
+    };
+    print_summary(&summary, &data, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The data directory of an offline run, once the flags that only make
+/// sense together are checked.
+fn offline_data(args: &Args) -> Result<DataArgs> {
     let Some(data) = args.data.clone() else {
         bail!("choose --offline --data DIR or --cluster DIR");
     };
     if !args.offline {
         bail!("--data needs --offline (or use --cluster DIR)");
     }
-    let data = DataArgs {
-        data,
-        keys: args.keys.clone(),
-    };
     if !(1..=ledger::store::APPEND_BATCH_MAX).contains(&args.batch) {
         bail!(
             "--batch must be between 1 and {}",
             ledger::store::APPEND_BATCH_MAX
         );
     }
-    let mut keyring = data.keyring(true)?;
+    Ok(DataArgs {
+        data,
+        keys: args.keys.clone(),
+    })
+}
+
+/// Opens (or creates) the log, which must be empty: a simulated fleet
+/// starts every machine's stream at #1, so it cannot continue a log.
+fn open_fresh_log(data: &DataArgs, keyring: &Keyring) -> Result<Ledger> {
     let options = OpenOptions {
         create: true,
         ..OpenOptions::default()
     };
-    let mut ledger = Ledger::open(&data.log_dir(), keyring.store_key(), options)?;
+    let ledger = Ledger::open(&data.log_dir(), keyring.store_key(), options)?;
     if ledger.store().head().gseq > 0 {
         bail!(
             "{} already holds a log of {} entries; simulate into a new directory",
@@ -106,16 +138,37 @@ pub fn run(args: Args) -> Result<ExitCode> {
             ledger.store().head().gseq
         );
     }
+    Ok(ledger)
+}
+
+/// VM-001, VM-002, ..., each with its key (created in the keyring if new)
+/// and its own seed derived from the run's.
+fn new_machines(keyring: &mut Keyring, count: u32, seed: u64) -> Result<Vec<SimMachine>> {
     let mut machines = Vec::new();
-    for n in 1..=args.machines {
+    for n in 1..=count {
         let id = MachineId::numbered(n);
         let key = keyring.ensure_machine(&id)?.clone();
-        let seed = args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(n);
-        machines.push(SimMachine::new(id, &key, seed, SIMULATION_START_MS));
+        let machine_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(n);
+        machines.push(SimMachine::new(id, &key, machine_seed, SIMULATION_START_MS));
     }
+    Ok(machines)
+}
+
+/// Steps the machines until each produced `--events-per-machine` events,
+/// appending them in group commits of `--batch` events.
+///
+/// The batch is the machines' storage here: each decision is handed to it
+/// before the machine applies it, as everywhere. Nothing is reported to
+/// anyone before the run ends, so a crash part way loses only a run that
+/// is simply started again.
+fn write_fleet_log(
+    ledger: &mut Ledger,
+    keyring: &Keyring,
+    mut machines: Vec<SimMachine>,
+    args: &Args,
+) -> Result<WorkloadStats> {
     let total = u64::from(args.machines) * args.events_per_machine;
     let bar = progress(total, "simulate");
-    let started = Instant::now();
     let mut stats = WorkloadStats::default();
     // Always step the machine whose clock is furthest behind, so the log is
     // (nearly) in time order like a real fleet's.
@@ -127,24 +180,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut batch_logged_ms = SIMULATION_START_MS;
     while let Some(Reverse((_, index))) = queue.pop() {
         let machine = &mut machines[index];
-        for (envelope, signed) in machine.step() {
+        for envelope in machine.step_into(&mut batch) {
             stats.record(&envelope.event);
             batch_logged_ms = batch_logged_ms.max(envelope.at_ms);
-            batch.push(signed);
             produced[index] += 1;
         }
         if produced[index] < args.events_per_machine {
             queue.push(Reverse((machine.clock_ms(), index)));
         }
         if batch.len() >= args.batch || queue.is_empty() {
-            commit(&mut ledger, &keyring, &mut batch, batch_logged_ms)?;
+            append_batch(ledger, keyring, &mut batch, batch_logged_ms)?;
             bar.set_position(ledger.store().head().gseq);
         }
     }
-    ledger.checkpoint()?;
     bar.finish_and_clear();
-    let elapsed = started.elapsed();
-    let head = ledger.store().head();
+    Ok(stats)
+}
+
+/// The simulated machines ran the real rules, so a replay that reports an
+/// issue means a bug, not bad luck.
+fn check_projection(ledger: &Ledger) -> Result<()> {
     let projection = ledger.projection_as_of(Until::End)?;
     if projection.issue_count > 0 {
         bail!(
@@ -153,43 +208,38 @@ pub fn run(args: Args) -> Result<ExitCode> {
             projection.issues.first()
         );
     }
-    let summary = Summary {
-        events: head.gseq,
-        machines: args.machines,
-        seed: args.seed,
-        head_gseq: head.gseq,
-        head_hash: hex32(&head.hash),
-        seconds: elapsed.as_secs_f64(),
-        events_per_second: rate(head.gseq, elapsed),
-        stats,
-    };
-    if args.json {
-        say!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        say!(
-            "wrote {} events from {} machines to {} in {:.2}s ({:.0} events/s, durable); head {}",
-            summary.events,
-            summary.machines,
-            data.log_dir().display(),
-            summary.seconds,
-            summary.events_per_second,
-            summary.head_hash
-        );
-        say!(
-            "{} purchases, {} cancels, {} rejected inserts, {} change-owed tickets, {} collections",
-            summary.stats.purchases,
-            summary.stats.cancels,
-            summary.stats.rejected_inserts,
-            summary.stats.change_owed,
-            summary.stats.collections
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
-fn commit(
+fn print_summary(summary: &Summary, data: &DataArgs, json: bool) -> Result<()> {
+    if json {
+        say!("{}", serde_json::to_string_pretty(summary)?);
+        return Ok(());
+    }
+    say!(
+        "wrote {} events from {} machines to {} in {:.2}s ({:.0} events/s, durable); head {}",
+        summary.events,
+        summary.machines,
+        data.log_dir().display(),
+        summary.seconds,
+        summary.events_per_second,
+        summary.head_hash
+    );
+    say!(
+        "{} purchases, {} cancels, {} rejected inserts, {} change-owed tickets, {} collections",
+        summary.stats.purchases,
+        summary.stats.cancels,
+        summary.stats.rejected_inserts,
+        summary.stats.change_owed,
+        summary.stats.collections
+    );
+    Ok(())
+}
+
+/// One group commit: the batch becomes durable in one synced write.
+fn append_batch(
     ledger: &mut Ledger,
-    keyring: &ledger::keys::Keyring,
+    keyring: &Keyring,
     batch: &mut Vec<SignedEvent>,
     logged_ms: i64,
 ) -> Result<()> {

@@ -1,16 +1,18 @@
 //! The machine itself, without a screen: every action goes through the
-//! rules (`decide`), is appended durably to the machine's own encrypted
-//! ledger, and only then changes the state the screen shows. A crash at any
-//! moment therefore loses no coin and counts nothing twice: on restart the
-//! state is rebuilt from the ledger, which holds exactly what was decided.
+//! machine's core (`MachineCore::prepare`: the rules, signed on a copy), is
+//! appended durably to the machine's own encrypted ledger, and only then
+//! changes the state the screen shows (`MachineCore::commit`). A crash at
+//! any moment therefore loses no coin and counts nothing twice: on restart
+//! the state is rebuilt from the ledger, which holds exactly what was
+//! decided.
 
 use crate::config::MachineConfig;
 use ledger::admin::PasswordParams;
 use ledger::keys::{Keyring, SingleMachineKey};
 use ledger::projection::{Period, SalesRow};
-use ledger::rules::{Context, envelopes};
+use ledger::rules::Context;
 use ledger::store::{Appended, OpenOptions};
-use ledger::{Command, Event, Ledger, MachineId, MachineState, Rejection, StreamSigner, decide};
+use ledger::{Command, Event, Ledger, MachineCore, MachineId, MachineState, Rejection};
 use rand::RngCore;
 use replica::uplink::Uplink;
 use replica::uplink_driver::{LocalLedger, UplinkControl, UplinkReport, spawn_uplink};
@@ -44,11 +46,9 @@ pub fn system_clock() -> Clock {
 }
 
 pub struct Machine {
-    id: MachineId,
+    core: MachineCore,
     ledger: Arc<Mutex<Ledger>>,
-    signer: StreamSigner,
     chain: SingleMachineKey,
-    state: MachineState,
     acked: u64,
     clock: Clock,
     password_params: PasswordParams,
@@ -86,24 +86,31 @@ impl Machine {
             .machine_state(&config.machine_id)
             .cloned()
             .unwrap_or_default();
+        if state.last_seq != head.seq {
+            return Err(MachineError::Setup(format!(
+                "{} holds {} events of {} but its state stops at #{}",
+                config.log_dir().display(),
+                head.seq,
+                config.machine_id,
+                state.last_seq
+            )));
+        }
         let acked = ledger
             .store()
             .app_meta::<u64>(ACKED_META)
             .map_err(|e| setup(&e))?
             .unwrap_or(0);
         let mut machine = Machine {
-            id: config.machine_id.clone(),
-            signer: StreamSigner::new(&key, head.hash),
+            core: MachineCore::restore(config.machine_id.clone(), &key, state, head.hash),
             chain: SingleMachineKey::new(config.machine_id.clone(), &key),
             link_key: key.derive(ledger::crypto::LINK_KEY_CONTEXT),
             ledger: Arc::new(Mutex::new(ledger)),
-            state,
             acked,
             clock,
             password_params,
             uplink: None,
         };
-        if !machine.state.installed {
+        if !machine.core.state().installed {
             let password = config.initial_admin_password.clone().ok_or_else(|| {
                 MachineError::Setup(
                     "a new machine needs an initial admin password (--admin-password)".into(),
@@ -115,7 +122,7 @@ impl Machine {
                 stacker_capacity_bills: config.stacker_capacity_bills,
                 admin_password: password,
             })?;
-        } else if machine.state.admin.logged_in {
+        } else if machine.core.state().admin.logged_in {
             // A restart ends an admin session: the operator logs in again.
             machine.execute(Command::AdminLogout)?;
         }
@@ -123,11 +130,11 @@ impl Machine {
     }
 
     pub fn id(&self) -> &MachineId {
-        &self.id
+        self.core.id()
     }
 
     pub fn state(&self) -> &MachineState {
-        &self.state
+        self.core.state()
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -145,21 +152,20 @@ impl Machine {
             salt,
             password_params: self.password_params,
         };
-        let events = decide(&self.state, &command, &ctx)?;
-        if events.is_empty() {
-            return Ok(events);
+        let prepared = self.core.prepare(&command, &ctx)?;
+        if prepared.is_empty() {
+            return Ok(Vec::new());
         }
-        let envelopes = envelopes(&self.id, &self.state, events.clone(), now_ms);
-        // Sign on a copy: the chain advances only once the ledger holds it.
-        let mut signer = self.signer.clone();
-        let signed: Vec<_> = envelopes.iter().map(|e| signer.sign(e)).collect();
+        // The core changes only once the ledger holds the events; if the
+        // append fails, the prepared decision is dropped and nothing
+        // happened.
         {
             let mut ledger = self
                 .ledger
                 .lock()
                 .map_err(|_| MachineError::Storage("ledger lock poisoned".into()))?;
             let outcome = ledger
-                .append_events(0, now_ms, &signed, &self.chain)
+                .append_events(0, now_ms, prepared.signed(), &self.chain)
                 .map_err(|e| MachineError::Storage(e.to_string()))?;
             if let Some(problem) = outcome
                 .results
@@ -171,24 +177,16 @@ impl Machine {
                 )));
             }
         }
-        self.signer = signer;
-        for envelope in &envelopes {
-            // Cannot fail: decide only returns events that apply.
-            if let Err(e) = self.state.apply(envelope) {
-                return Err(MachineError::Storage(format!(
-                    "recorded but not applied: {e}"
-                )));
-            }
-        }
+        let applied = self.core.commit(prepared);
         if let Some(uplink) = &self.uplink {
             uplink.appended.notify_one();
         }
-        Ok(events)
+        Ok(applied.into_iter().map(|envelope| envelope.event).collect())
     }
 
     /// Events recorded locally that the fleet has not acknowledged yet.
     pub fn unacknowledged(&self) -> u64 {
-        self.state.last_seq.saturating_sub(self.acked)
+        self.core.state().last_seq.saturating_sub(self.acked)
     }
 
     /// The fleet committed everything up to `seq`; remember it.
@@ -206,9 +204,10 @@ impl Machine {
 
     /// Sales from the machine's own ledger.
     pub fn sales(&self, period: Period) -> Vec<SalesRow> {
+        let id = self.core.id();
         self.ledger
             .lock()
-            .map(|ledger| ledger.projection().sales.report(period, Some(&self.id)))
+            .map(|ledger| ledger.projection().sales.report(period, Some(id)))
             .unwrap_or_default()
     }
 
@@ -221,9 +220,10 @@ impl Machine {
         if replicas.is_empty() {
             return None;
         }
-        let uplink = Uplink::new(self.id.clone(), self.link_key.clone(), replicas, self.acked);
+        let id = self.core.id().clone();
+        let uplink = Uplink::new(id.clone(), self.link_key.clone(), replicas, self.acked);
         let local = LocalLedger {
-            machine: self.id.clone(),
+            machine: id,
             ledger: self.ledger.clone(),
         };
         let (reports, receiver) = tokio::sync::mpsc::channel(1_024);

@@ -8,7 +8,6 @@ use iced_test::{selector, simulator};
 use ledger::admin::PasswordParams;
 use ledger::ids::SlotId;
 use ledger::money::Denomination;
-use ledger::workload::SIMULATION_START_MS;
 use ledger::{Command, MachineId};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -16,6 +15,7 @@ use vm_iced::admin::AdminMessage;
 use vm_iced::app::{App, Message, Screen};
 use vm_iced::config::MachineConfig;
 use vm_iced::machine::Machine;
+use workload::SIMULATION_START_MS;
 
 const PASSWORD: &str = "vend-admin-1!";
 

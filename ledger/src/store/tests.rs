@@ -1,8 +1,13 @@
 use super::*;
+use crate::admin::PasswordParams;
+use crate::catalog::default_catalog;
 use crate::crypto::SecretKey;
 use crate::keys::SingleMachineKey;
+use crate::machine::MachineCore;
+use crate::money::{Denomination, MoneyKind};
+use crate::rules::{Command, Context};
+use crate::state::{DEFAULT_STACKER_CAPACITY_BILLS, DEFAULT_TUBE_CAPACITY};
 use crate::store::record::ReplicatedRecord;
-use crate::workload::{SIMULATION_START_MS, SimMachine};
 use std::path::PathBuf;
 
 struct Fixture {
@@ -46,16 +51,52 @@ impl Fixture {
         SingleMachineKey::new(self.machine.clone(), &self.machine_key)
     }
 
+    /// `count` events of a real stream: the machine is installed and
+    /// stocked, then customers insert money and take it back. (The
+    /// simulated fleet lives in the `workload` crate, which depends on
+    /// this one, so the store's own tests drive the core directly.)
     fn events(&self, count: usize) -> Vec<SignedEvent> {
-        let mut sim = SimMachine::new(
-            self.machine.clone(),
-            &self.machine_key,
-            9,
-            SIMULATION_START_MS,
-        );
+        let password = "vend-admin-1!".to_owned();
+        let setup = [
+            Command::Install {
+                slots: default_catalog(),
+                tube_capacity: DEFAULT_TUBE_CAPACITY,
+                stacker_capacity_bills: DEFAULT_STACKER_CAPACITY_BILLS,
+                admin_password: password.clone(),
+            },
+            Command::AdminLogin { password },
+            Command::RefillAll,
+            Command::LoadTube {
+                denomination: Denomination::Coin100,
+                count: 10,
+            },
+            Command::AdminLogout,
+        ];
+        let customer = [
+            Command::Insert {
+                kind: MoneyKind::Coin,
+                value: 100,
+            },
+            Command::Insert {
+                kind: MoneyKind::Bill,
+                value: 1_000,
+            },
+            Command::ReturnChange,
+        ];
+        let mut core = MachineCore::new(self.machine.clone(), &self.machine_key);
         let mut out = Vec::new();
-        while out.len() < count {
-            out.extend(sim.step().into_iter().map(|(_, signed)| signed));
+        for (n, command) in (0..).zip(setup.iter().chain(customer.iter().cycle())) {
+            if out.len() >= count {
+                break;
+            }
+            let ctx = Context {
+                now_ms: 1_767_193_200_000 + 1_000 * n,
+                salt: [1; 16],
+                password_params: PasswordParams::Light,
+            };
+            let prepared = core.prepare(command, &ctx).unwrap();
+            out.extend_from_slice(prepared.signed());
+            core.commit(prepared);
         }
         out.truncate(count);
         out

@@ -8,7 +8,7 @@ use ledger::crypto::{Hash32, SecretKey};
 use ledger::keys::SingleMachineKey;
 use ledger::store::memory::MemBackend;
 use ledger::store::{LogStore, SEGMENT_ENTRIES_DEFAULT};
-use ledger::workload::{SIMULATION_START_MS, SimMachine};
+use workload::{SIMULATION_START_MS, SimMachine};
 
 /// A log for the node to read: the store's rules over the memory backend.
 struct TestLog(Ledger<MemBackend>);
@@ -323,7 +323,7 @@ fn machine_events(count: usize) -> (Vec<SignedEvent>, SingleMachineKey) {
     let mut sim = SimMachine::new(id.clone(), &key, 3, SIMULATION_START_MS);
     let mut events = Vec::new();
     while events.len() < count {
-        events.extend(sim.step().into_iter().map(|(_, signed)| signed));
+        sim.step_into(&mut events);
     }
     events.truncate(count);
     (events, SingleMachineKey::new(id, &key))

@@ -1,25 +1,28 @@
-//! A simulated machine with simulated customers and operators, for
-//! `vendctl simulate`, benchmarks and the deterministic simulation.
+//! vendledger's simulated fleet: a simulated machine with simulated
+//! customers and operators, for `vendctl simulate`, the benchmarks and the
+//! deterministic simulation.
 //!
-//! Everything goes through the real rules: the simulator only chooses
+//! Everything goes through the real machine: the simulator only chooses
 //! commands (insert these coins, buy that, cancel, take the change, refill,
-//! collect), runs them through [`decide`], signs the events into the
-//! machine's chain and applies them. One seed fixes everything, including
-//! the clock.
+//! collect) and drives them through the machine's [`MachineCore`] in the
+//! crash-safe order the machine app follows — prepare (decide and sign),
+//! have the caller store the signed events, and only then commit. One seed
+//! fixes everything, including the clock.
 
-use crate::admin::PasswordParams;
-use crate::catalog::default_catalog;
-use crate::crypto::SecretKey;
-use crate::event::{Event, EventEnvelope};
-use crate::ids::{MachineId, SlotId};
-use crate::ledger::StreamSigner;
-use crate::money::{Denomination, MoneyKind, Won};
-use crate::rules::{Command, Context, decide, envelopes};
-use crate::state::{DEFAULT_STACKER_CAPACITY_BILLS, DEFAULT_TUBE_CAPACITY, MachineState};
-use crate::store::record::SignedEvent;
+use ledger::admin::PasswordParams;
+use ledger::catalog::default_catalog;
+use ledger::crypto::SecretKey;
+use ledger::money::{Denomination, MoneyKind};
+use ledger::state::{DEFAULT_STACKER_CAPACITY_BILLS, DEFAULT_TUBE_CAPACITY};
+use ledger::store::record::SignedEvent;
+use ledger::{
+    Command, Context, Event, EventEnvelope, MachineCore, MachineId, MachineState, Prepared, SlotId,
+    Won,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::VecDeque;
+use std::convert::Infallible;
 
 /// The admin password every simulated machine is installed with.
 pub const SIMULATED_ADMIN_PASSWORD: &str = "vend-admin-1!";
@@ -29,11 +32,10 @@ pub const SIMULATION_START_MS: i64 = 1_767_193_200_000;
 /// accepted or produces a rejection event, so this is a safety bound).
 const COMMANDS_PER_STEP_MAX: usize = 64;
 
-/// One simulated machine.
+/// One simulated machine: its core, and the customers and operators who
+/// use it (their plans and the clock survive a restart of the machine).
 pub struct SimMachine {
-    id: MachineId,
-    state: MachineState,
-    signer: StreamSigner,
+    core: MachineCore,
     rng: ChaCha8Rng,
     clock_ms: i64,
     plan: VecDeque<Command>,
@@ -43,9 +45,7 @@ pub struct SimMachine {
 impl SimMachine {
     pub fn new(id: MachineId, machine_key: &SecretKey, seed: u64, start_ms: i64) -> SimMachine {
         SimMachine {
-            id,
-            state: MachineState::default(),
-            signer: StreamSigner::genesis(machine_key),
+            core: MachineCore::new(id, machine_key),
             rng: ChaCha8Rng::seed_from_u64(seed),
             clock_ms: start_ms,
             plan: VecDeque::new(),
@@ -54,21 +54,52 @@ impl SimMachine {
     }
 
     pub fn id(&self) -> &MachineId {
-        &self.id
+        self.core.id()
     }
 
     pub fn state(&self) -> &MachineState {
-        &self.state
+        self.core.state()
     }
 
     pub fn clock_ms(&self) -> i64 {
         self.clock_ms
     }
 
-    /// Runs commands until one produces events; returns them signed and
-    /// already applied to this machine's state (one decision, so it must be
-    /// stored atomically).
-    pub fn step(&mut self) -> Vec<(EventEnvelope, SignedEvent)> {
+    /// The machine restarted with `core`, rebuilt from what it had stored;
+    /// the people in front of it carry on where they were.
+    pub fn restart(&mut self, core: MachineCore) {
+        assert_eq!(core.id(), self.core.id(), "a machine restarts as itself");
+        self.core = core;
+    }
+
+    /// Runs commands until one produces events, has `store` keep the
+    /// signed events durably, and only then applies them; returns the
+    /// envelopes applied. One decision's events must be stored together.
+    /// If `store` fails, nothing is applied and the error is returned; the
+    /// next step decides again from the unchanged state.
+    pub fn step<E>(
+        &mut self,
+        store: impl FnOnce(&Prepared) -> Result<(), E>,
+    ) -> Result<Vec<EventEnvelope>, E> {
+        let prepared = self.next_decision();
+        store(&prepared)?;
+        Ok(self.core.commit(prepared))
+    }
+
+    /// [`SimMachine::step`] for callers whose storage is memory: the
+    /// signed events are appended to `log` (a benchmark's input, a test's
+    /// stream, a batch a simulated primary is about to write).
+    pub fn step_into(&mut self, log: &mut Vec<SignedEvent>) -> Vec<EventEnvelope> {
+        let Ok(applied) = self.step(|prepared| {
+            log.extend_from_slice(prepared.signed());
+            Ok::<(), Infallible>(())
+        });
+        applied
+    }
+
+    /// Prepares the next decision that produces events; changes nothing
+    /// but the simulated world (the plan, the clock, the random stream).
+    fn next_decision(&mut self) -> Prepared {
         for _ in 0..COMMANDS_PER_STEP_MAX {
             let command = match self.plan.pop_front() {
                 Some(command) => command,
@@ -83,28 +114,18 @@ impl SimMachine {
                 salt: self.rng.random(),
                 password_params: PasswordParams::Light,
             };
-            let Ok(events) = decide(&self.state, &command, &ctx) else {
-                continue;
-            };
-            if events.is_empty() {
-                continue;
+            match self.core.prepare(&command, &ctx) {
+                Ok(prepared) if !prepared.is_empty() => return prepared,
+                // A refused or empty command: the customer or operator
+                // moves on to the next one.
+                Ok(_) | Err(_) => {}
             }
-            let envelopes = envelopes(&self.id, &self.state, events, self.clock_ms);
-            let mut out = Vec::with_capacity(envelopes.len());
-            for envelope in envelopes {
-                self.state
-                    .apply(&envelope)
-                    .expect("decide only returns events that apply");
-                let signed = self.signer.sign(&envelope);
-                out.push((envelope, signed));
-            }
-            return out;
         }
-        panic!("simulated machine {} made no progress", self.id);
+        panic!("simulated machine {} made no progress", self.core.id());
     }
 
     fn plan_next_activity(&mut self) {
-        if !self.state.installed {
+        if !self.core.state().installed {
             self.plan.push_back(Command::Install {
                 slots: default_catalog(),
                 tube_capacity: DEFAULT_TUBE_CAPACITY,
@@ -114,11 +135,12 @@ impl SimMachine {
             self.plan_service();
             return;
         }
-        let sold_out = self.state.slots.values().filter(|s| s.sold_out()).count();
+        let state = self.core.state();
+        let sold_out = state.slots.values().filter(|s| s.sold_out()).count();
         let needs_service = sold_out >= 2
-            || self.state.stacker_bills + 10 >= self.state.stacker_capacity_bills
+            || state.stacker_bills + 10 >= state.stacker_capacity_bills
             || self.customers_since_service >= 60
-            || (self.state.exact_change_only() && self.rng.random_bool(0.3));
+            || (state.exact_change_only() && self.rng.random_bool(0.3));
         if needs_service {
             self.plan_service();
         } else {
@@ -132,7 +154,8 @@ impl SimMachine {
         self.customers_since_service += 1;
         self.clock_ms += self.rng.random_range(60_000..1_800_000);
         let available: Vec<(SlotId, Won)> = self
-            .state
+            .core
+            .state()
             .slots
             .values()
             .filter(|s| !s.sold_out())
@@ -193,28 +216,25 @@ impl SimMachine {
             password: SIMULATED_ADMIN_PASSWORD.to_owned(),
         });
         self.plan.push_back(Command::RefillAll);
+        let state = self.core.state();
         // Now and then the operator brings no coins, so tubes run low and
         // customers are owed change until the next visit.
-        let brings_coins = !self.state.installed || self.rng.random_bool(0.8);
+        let brings_coins = !state.installed || self.rng.random_bool(0.8);
         for (tube, coin) in Denomination::COINS.into_iter().enumerate() {
             if !brings_coins {
                 break;
             }
-            let room = self.state.tube_capacity.0[tube].saturating_sub(self.state.tubes.0[tube]);
-            let low = self.state.tubes.0[tube] < self.state.tube_capacity.0[tube] / 2;
-            if low || !self.state.installed {
-                let count = if self.state.installed {
-                    room / 2 + 1
-                } else {
-                    30
-                };
+            let room = state.tube_capacity.0[tube].saturating_sub(state.tubes.0[tube]);
+            let low = state.tubes.0[tube] < state.tube_capacity.0[tube] / 2;
+            if low || !state.installed {
+                let count = if state.installed { room / 2 + 1 } else { 30 };
                 self.plan.push_back(Command::LoadTube {
                     denomination: coin,
                     count,
                 });
             }
         }
-        let expected = self.state.cash_box + self.state.stacker_total();
+        let expected = state.cash_box + state.stacker_total();
         if expected > 0 {
             // Operators count right almost always; now and then a coin is
             // missing or extra.
@@ -227,8 +247,7 @@ impl SimMachine {
                 counted: (expected + error).max(0),
             });
         }
-        let tickets: Vec<u64> = self.state.owed.keys().copied().collect();
-        for ticket in tickets {
+        for &ticket in state.owed.keys() {
             self.plan.push_back(Command::SettleChangeOwed { ticket });
         }
         if self.rng.random_bool(0.1) {
@@ -275,9 +294,12 @@ mod tests {
         let run = |seed| {
             let mut machine =
                 SimMachine::new(MachineId::numbered(1), &key, seed, SIMULATION_START_MS);
-            (0..300)
-                .flat_map(|_| machine.step())
-                .map(|(_, signed)| signed.chain_hash)
+            let mut log = Vec::new();
+            for _ in 0..300 {
+                machine.step_into(&mut log);
+            }
+            log.into_iter()
+                .map(|signed| signed.chain_hash)
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
@@ -289,15 +311,52 @@ mod tests {
         let key = SecretKey::from_bytes([4; 32]);
         let mut machine = SimMachine::new(MachineId::numbered(2), &key, 42, SIMULATION_START_MS);
         let mut stats = WorkloadStats::default();
+        let mut log = Vec::new();
         for _ in 0..20_000 {
-            for (envelope, _) in machine.step() {
+            for envelope in machine.step_into(&mut log) {
                 stats.record(&envelope.event);
             }
         }
         machine.state().check_consistency().unwrap();
+        assert_eq!(log.len() as u64, stats.events);
         assert!(stats.purchases > 1_000, "{stats:?}");
         assert!(stats.cancels > 10, "{stats:?}");
         assert!(stats.rejected_inserts > 10, "{stats:?}");
         assert!(stats.collections > 5, "{stats:?}");
+    }
+
+    #[test]
+    fn nothing_is_applied_unless_it_was_stored() {
+        let key = SecretKey::from_bytes([5; 32]);
+        let mut machine = SimMachine::new(MachineId::numbered(3), &key, 1, SIMULATION_START_MS);
+        let mut log = Vec::new();
+        for _ in 0..50 {
+            machine.step_into(&mut log);
+        }
+        let before = machine.state().clone();
+        let refused = machine.step(|prepared| Err(prepared.envelopes()[0].machine_seq));
+        assert_eq!(refused, Err(before.last_seq + 1));
+        assert_eq!(machine.state(), &before);
+        let applied = machine.step_into(&mut log);
+        assert_eq!(applied[0].machine_seq, before.last_seq + 1);
+    }
+
+    #[test]
+    fn a_machine_restarted_from_its_stored_events_carries_on_unchanged() {
+        let key = SecretKey::from_bytes([6; 32]);
+        let id = MachineId::numbered(4);
+        let mut steady = SimMachine::new(id.clone(), &key, 11, SIMULATION_START_MS);
+        let mut crashing = SimMachine::new(id.clone(), &key, 11, SIMULATION_START_MS);
+        let (mut steady_log, mut crashing_log) = (Vec::new(), Vec::new());
+        for round in 0..400 {
+            steady.step_into(&mut steady_log);
+            crashing.step_into(&mut crashing_log);
+            if round % 97 == 0 {
+                let core = MachineCore::rebuild(id.clone(), &key, &crashing_log).unwrap();
+                crashing.restart(core);
+            }
+        }
+        assert_eq!(steady_log, crashing_log);
+        assert_eq!(steady.state(), crashing.state());
     }
 }
