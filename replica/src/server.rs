@@ -8,16 +8,19 @@
 
 use crate::config::ReplicaConfig;
 use crate::ingest::{Ingest, IngestAction, MachineIndex, SessionId, Standing};
-use crate::link::{FrameBuffer, Hello, decode_plain, encode_frame};
 use crate::node::{Action, LogView, Node, PersistedVote, Restart, Role, Target, Tip};
 use crate::transport::{DatagramSender, UdpSender, sender};
 use crate::wire::{Datagram, DatagramCodec, Message, NodeId, WireError, replication_messages};
+use bytes::Bytes;
 use dashboard::{FollowerStatus, ReplicaStatus, StatusSource};
+use futures_util::{SinkExt, StreamExt};
 use ledger::crypto::Hash32;
 use ledger::keys::Keyring;
 use ledger::store::record::LogEntry;
 use ledger::store::{OpenOptions, StoreError};
 use ledger::{Ledger, MachineId};
+use link::channel::{Hello, decode_plain, fresh_nonce};
+use link::codec::{frame_codec, is_oversized_frame};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{SocketAddrV4, UdpSocket};
@@ -25,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::codec::{FramedRead, FramedWrite};
 
 /// Inputs waiting for the core, at most; beyond it datagrams are dropped
 /// (and repaired by NAKs) and new connections refused.
@@ -399,7 +402,7 @@ impl Core {
             self.reload_keys();
         }
         let standing = self.standing();
-        let nonce = crate::link::fresh_nonce();
+        let nonce = fresh_nonce();
         let actions = self.ingest.on_frame(
             session,
             payload,
@@ -424,10 +427,9 @@ impl Core {
     fn ingest_actions(&mut self, actions: Vec<IngestAction>) {
         for action in actions {
             match action {
-                IngestAction::Send { session, payload } => self.outbox.push(Outgoing::Frame {
-                    session,
-                    frame: encode_frame(&payload),
-                }),
+                IngestAction::Send { session, payload } => {
+                    self.outbox.push(Outgoing::Frame { session, payload });
+                }
                 IngestAction::Close { session, reason } => {
                     tracing::debug!(session, reason = %reason, "closing a machine session");
                     self.outbox.push(Outgoing::Close { session });
@@ -663,11 +665,11 @@ impl Core {
                         tracing::debug!(%destination, error = %error, "datagram not sent");
                     }
                 }
-                Outgoing::Frame { session, frame } => {
+                Outgoing::Frame { session, payload } => {
                     let delivered = self
                         .sessions
                         .get(&session)
-                        .is_some_and(|writer| writer.try_send(frame).is_ok());
+                        .is_some_and(|writer| writer.try_send(payload).is_ok());
                     if !delivered {
                         // Gone or too slow: drop it; the machine reconnects.
                         self.sessions.remove(&session);
@@ -927,9 +929,10 @@ enum Outgoing {
         destination: SocketAddrV4,
         bytes: Vec<u8>,
     },
+    /// A frame's payload; the session's writer adds the length prefix.
     Frame {
         session: SessionId,
-        frame: Vec<u8>,
+        payload: Vec<u8>,
     },
     Close {
         session: SessionId,
@@ -1024,7 +1027,7 @@ async fn serve_session(
     inputs: SyncSender<Input>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, writer) = stream.into_split();
     let (frames, mut outgoing) = tokio::sync::mpsc::channel::<Vec<u8>>(SESSION_WRITE_QUEUE_FRAMES);
     if inputs
         .try_send(Input::SessionOpened {
@@ -1036,37 +1039,32 @@ async fn serve_session(
         return;
     }
     let write = tokio::spawn(async move {
-        while let Some(frame) = outgoing.recv().await {
-            if writer.write_all(&frame).await.is_err() {
+        let mut writer = FramedWrite::new(writer, frame_codec());
+        while let Some(payload) = outgoing.recv().await {
+            if writer.send(Bytes::from(payload)).await.is_err() {
                 return;
             }
         }
-        let _ = writer.shutdown().await;
+        // Flushes what is queued, then shuts the write side down.
+        let _ = SinkExt::<Bytes>::close(&mut writer).await;
     });
-    let mut buffer = FrameBuffer::default();
-    let mut chunk = vec![0u8; 64 * 1024];
-    'read: loop {
-        let read = match tokio::time::timeout(SESSION_IDLE_TIMEOUT, reader.read(&mut chunk)).await {
-            Ok(Ok(0) | Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => n,
-        };
-        buffer.extend(&chunk[..read]);
-        loop {
-            match buffer.next_frame() {
-                Ok(Some(payload)) => {
-                    if inputs
-                        .try_send(Input::SessionFrame { session, payload })
-                        .is_err()
-                    {
-                        break 'read;
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => {
+    let mut reader = FramedRead::new(reader, frame_codec());
+    loop {
+        let payload = match tokio::time::timeout(SESSION_IDLE_TIMEOUT, reader.next()).await {
+            Ok(Some(Ok(payload))) => payload.to_vec(),
+            Ok(Some(Err(error))) => {
+                if is_oversized_frame(&error) {
                     let _ = inputs.try_send(Input::SessionMalformed);
-                    break 'read;
                 }
+                break;
             }
+            Ok(None) | Err(_) => break,
+        };
+        if inputs
+            .try_send(Input::SessionFrame { session, payload })
+            .is_err()
+        {
+            break;
         }
     }
     // The core must learn about the close; wait for room rather than drop it.

@@ -15,22 +15,24 @@
 //! a fresh replay, at most one primary per epoch, and after the faults stop
 //! everything converges.
 
+use bytes::{Bytes, BytesMut};
 use ledger::MachineId;
 use ledger::crypto::{CHAIN_KEY_CONTEXT, Hash32, LINK_KEY_CONTEXT, SecretKey};
 use ledger::keys::ChainKeys;
 use ledger::store::record::SignedEvent;
 use ledger::workload::{SIMULATION_START_MS, SimMachine};
+use link::codec::{LengthDelimitedCodec, frame_codec};
+use link::uplink::{LocalEvents, Uplink, UplinkAction};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replica::ingest::{Ingest, IngestAction, LinkKeys, SessionId, Standing};
-use replica::link::FrameBuffer;
 use replica::memlog::MemLog;
 use replica::node::{Action, LogView, Node, NodeConfig, PersistedVote, Restart, Role, Target};
-use replica::uplink::{LocalEvents, Uplink, UplinkAction};
 use replica::wire::{
     Datagram, DatagramCodec, Message, NodeId, PAYLOAD_BYTES_DEFAULT, replication_messages,
 };
 use std::collections::{BTreeMap, HashMap};
+use tokio_util::codec::{Decoder, Encoder};
 
 /// Simulated time advances in steps of this many milliseconds.
 const STEP_MS: u64 = 5;
@@ -193,8 +195,34 @@ struct Conn {
     up_ready_ms: u64,
     down_ready_ms: u64,
     open: bool,
-    machine_buffer: FrameBuffer,
-    replica_buffer: FrameBuffer,
+    machine_inbound: Inbound,
+    replica_inbound: Inbound,
+}
+
+/// The bytes one end of a simulated connection has received, split into
+/// frames by the link's real codec, as `FramedRead` does on a socket.
+struct Inbound {
+    codec: LengthDelimitedCodec,
+    buffer: BytesMut,
+}
+
+impl Inbound {
+    fn new() -> Inbound {
+        Inbound {
+            codec: frame_codec(),
+            buffer: BytesMut::new(),
+        }
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame's payload; an error (a length above the limit)
+    /// closes the connection.
+    fn next_frame(&mut self) -> std::io::Result<Option<BytesMut>> {
+        self.codec.decode(&mut self.buffer)
+    }
 }
 
 struct ReplicaSim {
@@ -792,13 +820,13 @@ impl Simulation {
         if !c.open {
             return;
         }
-        c.replica_buffer.extend(bytes);
+        c.replica_inbound.extend(bytes);
         let index = Self::replica_index(c.replica);
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
-            let payload = match c.replica_buffer.next_frame() {
+            let payload = match c.replica_inbound.next_frame() {
                 Ok(Some(payload)) => payload,
                 Ok(None) => return,
                 Err(_) => {
@@ -825,13 +853,13 @@ impl Simulation {
         if !c.open {
             return;
         }
-        c.machine_buffer.extend(bytes);
+        c.machine_inbound.extend(bytes);
         let machine = c.machine;
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
-            let payload = match c.machine_buffer.next_frame() {
+            let payload = match c.machine_inbound.next_frame() {
                 Ok(Some(payload)) => payload,
                 Ok(None) => return,
                 Err(_) => {
@@ -860,7 +888,7 @@ impl Simulation {
         }
     }
 
-    fn send_frame(&mut self, conn: ConnId, to_replica: bool, payload: &[u8]) {
+    fn send_frame(&mut self, conn: ConnId, to_replica: bool, payload: Vec<u8>) {
         let delay = self.rng.random_range(1..=self.config.delay_ms_max.max(1));
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -868,7 +896,11 @@ impl Simulation {
         if !c.open {
             return;
         }
-        let frame = replica::link::encode_frame(payload);
+        let mut frame = BytesMut::new();
+        frame_codec()
+            .encode(Bytes::from(payload), &mut frame)
+            .expect("the cores never build a frame above FRAME_BYTES_MAX");
+        let frame = frame.to_vec();
         if to_replica {
             let at = (self.now_ms + delay).max(c.up_ready_ms);
             c.up_ready_ms = at;
@@ -883,9 +915,7 @@ impl Simulation {
     fn ingest_actions(&mut self, actions: Vec<IngestAction>) {
         for action in actions {
             match action {
-                IngestAction::Send { session, payload } => {
-                    self.send_frame(session, false, &payload)
-                }
+                IngestAction::Send { session, payload } => self.send_frame(session, false, payload),
                 IngestAction::Close { session, .. } => {
                     // Let queued frames go first, like a TCP close.
                     let Some(c) = self.conns.get(&session) else {
@@ -924,8 +954,8 @@ impl Simulation {
                                 up_ready_ms: 0,
                                 down_ready_ms: 0,
                                 open: true,
-                                machine_buffer: FrameBuffer::default(),
-                                replica_buffer: FrameBuffer::default(),
+                                machine_inbound: Inbound::new(),
+                                replica_inbound: Inbound::new(),
                             },
                         );
                         self.schedule(at, Delivery::Connected { conn });
@@ -935,7 +965,7 @@ impl Simulation {
                 }
                 UplinkAction::Send(payload) => {
                     if let Some(conn) = self.machines[machine].conn {
-                        self.send_frame(conn, true, &payload);
+                        self.send_frame(conn, true, payload);
                     }
                 }
                 UplinkAction::Close => {
