@@ -43,7 +43,8 @@ const RECEIVE_BUFFER_BYTES: usize = 4 << 20;
 const TICK_MS: u64 = 5;
 /// The commit hint is saved at most this often.
 const COMMIT_HINT_EVERY_MS: u64 = 250;
-/// A machine connection silent for this long is closed.
+/// A machine connection that completes no frame for this long is closed
+/// (machines ping every second; a trickle of bytes does not count).
 const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Recent entries whose hash and epoch are kept in memory.
 const META_CACHE_ENTRIES: usize = 65_536;
