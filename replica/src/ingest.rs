@@ -7,14 +7,14 @@
 //! takes the accumulated submissions with [`Ingest::take_proposal`] and
 //! proposes them to the node as one group commit.
 
-use crate::link::{
-    Channel, Downstream, Hello, HelloReply, LINK_VERSION, LinkError, SUBMIT_EVENTS_MAX, Side,
-    Upstream, decode_plain, encode_plain,
-};
 use ledger::MachineId;
 use ledger::crypto::{NONCE_BYTES, SecretKey};
 use ledger::store::record::SignedEvent;
 use ledger::store::{APPEND_BATCH_MAX, Appended, EventRejection};
+use link::channel::{
+    Channel, Downstream, Hello, HelloReply, LINK_VERSION, LinkError, SUBMIT_EVENTS_MAX, Side,
+    Upstream, decode_plain, encode_plain,
+};
 use std::collections::BTreeMap;
 
 pub type SessionId = u64;

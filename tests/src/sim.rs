@@ -23,6 +23,7 @@
 //! everything converges.
 
 use crate::faults::{Faults, FaultyBackend};
+use bytes::{Bytes, BytesMut};
 use ledger::Ledger;
 use ledger::crypto::{CHAIN_KEY_CONTEXT, Hash32, LINK_KEY_CONTEXT, SecretKey};
 use ledger::keys::ChainKeys;
@@ -30,16 +31,17 @@ use ledger::store::memory::{MemBackend, MemDisk};
 use ledger::store::record::SignedEvent;
 use ledger::store::{LogStore, SEGMENT_ENTRIES_DEFAULT};
 use ledger::{MachineCore, MachineId};
+use link::codec::{LengthDelimitedCodec, frame_codec};
+use link::uplink::{LocalEvents, Uplink, UplinkAction};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replica::ingest::LinkKeys;
-use replica::link::FrameBuffer;
 use replica::node::{NodeConfig, Role, Target};
 use replica::round::{Input, Outgoing, Round, RoundConfig};
-use replica::uplink::{LocalEvents, Uplink, UplinkAction};
 use replica::wire::{DatagramCodec, NodeId, PAYLOAD_BYTES_DEFAULT};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use tokio_util::codec::{Decoder, Encoder};
 use workload::{SIMULATION_START_MS, SimMachine};
 
 /// Simulated time advances in steps of this many milliseconds.
@@ -216,8 +218,34 @@ struct Conn {
     up_ready_ms: u64,
     down_ready_ms: u64,
     open: bool,
-    machine_buffer: FrameBuffer,
-    replica_buffer: FrameBuffer,
+    machine_inbound: Inbound,
+    replica_inbound: Inbound,
+}
+
+/// The bytes one end of a simulated connection has received, split into
+/// frames by the link's real codec, as `FramedRead` does on a socket.
+struct Inbound {
+    codec: LengthDelimitedCodec,
+    buffer: BytesMut,
+}
+
+impl Inbound {
+    fn new() -> Inbound {
+        Inbound {
+            codec: frame_codec(),
+            buffer: BytesMut::new(),
+        }
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame's payload; an error (a length above the limit)
+    /// closes the connection.
+    fn next_frame(&mut self) -> std::io::Result<Option<BytesMut>> {
+        self.codec.decode(&mut self.buffer)
+    }
 }
 
 type SimRound = Round<FaultyBackend, SimKeys>;
@@ -896,13 +924,13 @@ impl Simulation {
         if !c.open {
             return;
         }
-        c.replica_buffer.extend(bytes);
+        c.replica_inbound.extend(bytes);
         let index = Self::replica_index(c.replica);
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
-            let payload = match c.replica_buffer.next_frame() {
+            let payload = match c.replica_inbound.next_frame() {
                 Ok(Some(payload)) => payload,
                 Ok(None) => return,
                 Err(_) => {
@@ -914,7 +942,7 @@ impl Simulation {
                 index,
                 Input::SessionFrame {
                     session: conn,
-                    payload,
+                    payload: payload.to_vec(),
                 },
             );
         }
@@ -927,13 +955,13 @@ impl Simulation {
         if !c.open {
             return;
         }
-        c.machine_buffer.extend(bytes);
+        c.machine_inbound.extend(bytes);
         let machine = c.machine;
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
-            let payload = match c.machine_buffer.next_frame() {
+            let payload = match c.machine_inbound.next_frame() {
                 Ok(Some(payload)) => payload,
                 Ok(None) => return,
                 Err(_) => {
@@ -952,7 +980,7 @@ impl Simulation {
         }
     }
 
-    fn send_frame(&mut self, conn: ConnId, to_replica: bool, payload: &[u8]) {
+    fn send_frame(&mut self, conn: ConnId, to_replica: bool, payload: Vec<u8>) {
         let delay = self.rng.random_range(1..=self.config.delay_ms_max.max(1));
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -960,7 +988,11 @@ impl Simulation {
         if !c.open {
             return;
         }
-        let frame = replica::link::encode_frame(payload);
+        let mut frame = BytesMut::new();
+        frame_codec()
+            .encode(Bytes::from(payload), &mut frame)
+            .expect("the cores never build a frame above FRAME_BYTES_MAX");
+        let frame = frame.to_vec();
         if to_replica {
             let at = (self.now_ms + delay).max(c.up_ready_ms);
             c.up_ready_ms = at;
@@ -1006,8 +1038,8 @@ impl Simulation {
                                 up_ready_ms: 0,
                                 down_ready_ms: 0,
                                 open: true,
-                                machine_buffer: FrameBuffer::default(),
-                                replica_buffer: FrameBuffer::default(),
+                                machine_inbound: Inbound::new(),
+                                replica_inbound: Inbound::new(),
                             },
                         );
                         self.schedule(at, Delivery::Connected { conn });
@@ -1017,7 +1049,7 @@ impl Simulation {
                 }
                 UplinkAction::Send(payload) => {
                     if let Some(conn) = self.machines[machine].conn {
-                        self.send_frame(conn, true, &payload);
+                        self.send_frame(conn, true, payload);
                     }
                 }
                 UplinkAction::Close => {
@@ -1169,7 +1201,7 @@ impl Simulation {
     fn release(&mut self, index: usize, outgoing: Outgoing) {
         match outgoing {
             Outgoing::Datagram { to, bytes } => self.send_datagram(index, to, bytes),
-            Outgoing::Frame { session, payload } => self.send_frame(session, false, &payload),
+            Outgoing::Frame { session, payload } => self.send_frame(session, false, payload),
             Outgoing::Close { session } => self.close_from_replica(session),
             Outgoing::LoadKeys => {
                 let name = self.replicas[index].name.clone();

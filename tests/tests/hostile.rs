@@ -2,14 +2,26 @@
 //! replayed and foreign datagrams, and malformed or unauthenticated machine
 //! frames. Each is dropped and counted; nothing is applied; nothing panics.
 
+use bytes::{Bytes, BytesMut};
 use ledger::crypto::SecretKey;
+use link::channel::{Hello, LINK_VERSION, encode_plain};
+use link::codec::frame_codec;
 use replica::config::LocalClusterPlan;
-use replica::link::{Hello, LINK_VERSION, encode_frame, encode_plain};
 use replica::transport::TransportKind;
 use replica::wire::{Datagram, DatagramCodec, Message};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
+use tokio_util::codec::Encoder;
+
+/// A payload with the link's length prefix, as a machine would send it.
+fn encode_frame(payload: &[u8]) -> BytesMut {
+    let mut frame = BytesMut::new();
+    frame_codec()
+        .encode(Bytes::copy_from_slice(payload), &mut frame)
+        .expect("a small frame");
+    frame
+}
 
 fn status(address: &str) -> serde_json::Value {
     let mut response = ureq::get(&format!("http://{address}/api/v1/status"))

@@ -12,8 +12,8 @@ use ledger::catalog::SortKey;
 use ledger::event::Event;
 use ledger::ids::SlotId;
 use ledger::money::{MoneyKind, Won, format_won};
-use replica::uplink::LinkState;
-use replica::uplink_driver::UplinkReport;
+use link::driver::UplinkReport;
+use link::uplink::LinkState;
 use std::time::Duration;
 
 /// A customer session with money in and nothing done for this long is

@@ -37,6 +37,24 @@ pub struct MachineConfig {
     pub stacker_capacity_bills: u32,
 }
 
+/// Why a configuration file could not be loaded; the path is named so the
+/// operator knows which file to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
 /// A slot as written in the configuration file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,8 +76,15 @@ fn default_stacker() -> u32 {
 }
 
 impl MachineConfig {
-    pub fn load(path: &Path) -> Result<MachineConfig, replica::config::ConfigError> {
-        replica::config::read_toml(path)
+    pub fn load(path: &Path) -> Result<MachineConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     /// A configuration with defaults for everything but identity and place.

@@ -8,7 +8,7 @@ use iced::{Center, Color, Element, Fill, FillPortion, Theme};
 use ledger::catalog::{SortKey, matches_search, sort_slots};
 use ledger::money::{MoneyKind, format_won};
 use ledger::state::Slot;
-use replica::uplink::LinkState;
+use link::uplink::LinkState;
 
 /// The coins and bills a customer can put in, as (label, kind, value). The
 /// 5,000-won bill and the foreign coin exist so a customer can try them and

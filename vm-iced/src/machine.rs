@@ -13,9 +13,9 @@ use ledger::projection::{Period, SalesRow};
 use ledger::rules::Context;
 use ledger::store::{Appended, OpenOptions};
 use ledger::{Command, Event, Ledger, MachineCore, MachineId, MachineState, Rejection};
+use link::driver::{LocalLedger, UplinkControl, UplinkReport, spawn_uplink};
+use link::uplink::Uplink;
 use rand::RngCore;
-use replica::uplink::Uplink;
-use replica::uplink_driver::{LocalLedger, UplinkControl, UplinkReport, spawn_uplink};
 use std::sync::{Arc, Mutex};
 
 /// Where the uplink's acknowledged mark is kept in the local ledger.

@@ -331,7 +331,7 @@ fn collecting_cash_records_over_and_short() {
 #[test]
 fn remote_commands_from_the_dashboard_apply_and_show() {
     use ledger::rules::{RemoteAction, RemoteCommand};
-    use replica::uplink_driver::UplinkReport;
+    use link::driver::UplinkReport;
     let mut h = Harness::new(10);
     let command = |command_id, action| {
         Message::Uplink(UplinkReport::Remote(RemoteCommand { command_id, action }))

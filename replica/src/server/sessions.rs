@@ -5,14 +5,16 @@
 use super::SessionWriter;
 use super::core::CoreInput;
 use crate::ingest::SessionId;
-use crate::link::FrameBuffer;
 use crate::round::Input;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use link::codec::{frame_codec, is_oversized_frame};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
+use tokio_util::codec::{FramedRead, FramedWrite};
 
 /// Most machine connections served at once. One more waits in the
 /// kernel's accept queue until a session ends (the machine's connect
@@ -21,10 +23,9 @@ use tokio::sync::Semaphore;
 pub const MACHINE_CONNECTIONS_MAX: usize = 4_096;
 /// Frames queued for one machine connection; a slower machine is cut off.
 pub const SESSION_WRITE_QUEUE_FRAMES: usize = 1_024;
-/// A machine connection silent for this long is closed.
+/// A machine connection that completes no frame for this long is closed
+/// (machines ping every second; a trickle of bytes does not count).
 const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bytes read from a socket at a time.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Accepts machine connections until `stopped`, at most
 /// `MACHINE_CONNECTIONS_MAX` at once.
@@ -78,7 +79,7 @@ async fn serve_session(
     inputs: SyncSender<CoreInput>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, writer) = stream.into_split();
     let (frames, mut outgoing): (SessionWriter, _) =
         tokio::sync::mpsc::channel::<Vec<u8>>(SESSION_WRITE_QUEUE_FRAMES);
     if inputs
@@ -91,40 +92,31 @@ async fn serve_session(
         return;
     }
     let write = tokio::spawn(async move {
+        let mut writer = FramedWrite::new(writer, frame_codec());
         while let Some(payload) = outgoing.recv().await {
-            if writer
-                .write_all(&crate::link::encode_frame(&payload))
-                .await
-                .is_err()
-            {
+            if writer.send(Bytes::from(payload)).await.is_err() {
                 return;
             }
         }
-        let _ = writer.shutdown().await;
+        // Flushes what is queued, then shuts the write side down.
+        let _ = SinkExt::<Bytes>::close(&mut writer).await;
     });
-    let mut buffer = FrameBuffer::default();
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut reader = FramedRead::new(reader, frame_codec());
     let mut closing = Input::SessionClosed(session);
-    'read: loop {
-        let read = match tokio::time::timeout(SESSION_IDLE_TIMEOUT, reader.read(&mut chunk)).await {
-            Ok(Ok(0) | Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => n,
-        };
-        buffer.extend(&chunk[..read]);
-        loop {
-            match buffer.next_frame() {
-                Ok(Some(payload)) => {
-                    let frame = CoreInput::Round(Input::SessionFrame { session, payload });
-                    if inputs.try_send(frame).is_err() {
-                        break 'read;
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => {
+    loop {
+        let payload = match tokio::time::timeout(SESSION_IDLE_TIMEOUT, reader.next()).await {
+            Ok(Some(Ok(payload))) => payload.to_vec(),
+            Ok(Some(Err(error))) => {
+                if is_oversized_frame(&error) {
                     closing = Input::SessionMalformed(session);
-                    break 'read;
                 }
+                break;
             }
+            Ok(None) | Err(_) => break,
+        };
+        let frame = CoreInput::Round(Input::SessionFrame { session, payload });
+        if inputs.try_send(frame).is_err() {
+            break;
         }
     }
     // The core must learn about the close; wait for room rather than drop it.

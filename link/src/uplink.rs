@@ -7,7 +7,7 @@
 //! resends from the primary's committed mark. Nothing is lost and the
 //! primary's dedup makes sure nothing doubles. The GUI never waits on it.
 
-use crate::link::{
+use crate::channel::{
     Channel, Downstream, Hello, HelloReply, LINK_VERSION, LinkError, SUBMIT_EVENTS_MAX, Side,
     Upstream, decode_plain, encode_plain,
 };

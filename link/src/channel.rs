@@ -1,6 +1,7 @@
-//! The machine link: length-prefixed frames over TCP, a handshake with fresh
-//! nonces from both sides, then every frame sealed with XChaCha20-Poly1305
-//! under a session key derived from the machine's link key.
+//! The machine link's messages: a handshake with fresh nonces from both
+//! sides, then every frame payload sealed with XChaCha20-Poly1305 under a
+//! session key derived from the machine's link key. Frames themselves (the
+//! length prefix) are [`crate::codec`]'s.
 //!
 //! ```text
 //! frame       = length (u32 BE, at most FRAME_BYTES_MAX) ++ payload
@@ -16,11 +17,12 @@
 //! replayed, dropped-and-reinjected or reordered frame fails to open and the
 //! connection is closed. Fresh nonces from both sides make every session's
 //! key new, so frames from an old session cannot be replayed into a new one.
-//! Nothing here does I/O: [`FrameBuffer`] splits a byte stream into frames,
-//! [`Channel`] seals and opens.
+//! Nothing here does I/O: [`Channel`] seals and opens payloads, and
+//! `docs/FORMATS.md` gives every byte.
 
 use ledger::MachineId;
-use ledger::crypto::{NONCE_BYTES, SealError, Sealer, SecretKey};
+use ledger::crypto::{NONCE_BYTES, SEAL_OVERHEAD_BYTES, SealError, Sealer, SecretKey};
+use ledger::event::EVENT_BYTES_MAX;
 use ledger::rules::RemoteCommand;
 use ledger::store::record::SignedEvent;
 use rand::RngCore;
@@ -31,14 +33,21 @@ use serde::{Deserialize, Serialize};
 pub const FRAME_BYTES_MAX: usize = 256 * 1024;
 /// Most events in one Submit.
 pub const SUBMIT_EVENTS_MAX: usize = 128;
+
+/// The largest sealed Submit: per event its bytes, the 32-byte chain hash
+/// and at most 8 bytes of MessagePack headers; per message at most 16 bytes
+/// of headers and the seal's nonce and tag.
+const SUBMIT_SEALED_BYTES_MAX: usize =
+    SUBMIT_EVENTS_MAX * (EVENT_BYTES_MAX + 32 + 8) + 16 + SEAL_OVERHEAD_BYTES;
+// A Submit the uplink builds must always fit a frame; otherwise the machine
+// would be refused the same batch forever.
+const _: () = assert!(SUBMIT_SEALED_BYTES_MAX <= FRAME_BYTES_MAX);
 pub const LINK_VERSION: u8 = 1;
-const LENGTH_BYTES: usize = 4;
+/// Mixed into every session key, so a link key never derives anything else.
 const SESSION_CONTEXT: &[u8] = b"vendledger link session v1";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
-    #[error("frame of {0} bytes exceeds the limit")]
-    FrameTooLarge(usize),
     #[error("malformed message: {0}")]
     Malformed(String),
     #[error("frame failed authentication (replayed, reordered, forged or wrong key)")]
@@ -49,53 +58,6 @@ pub enum LinkError {
     UnknownMachine(String),
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
-}
-
-/// Prefixes a payload with its length.
-pub fn encode_frame(payload: &[u8]) -> Vec<u8> {
-    assert!(
-        payload.len() <= FRAME_BYTES_MAX,
-        "we never build frames above the limit"
-    );
-    let mut frame = Vec::with_capacity(LENGTH_BYTES + payload.len());
-    frame.extend_from_slice(&u32::try_from(payload.len()).expect("bounded").to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame
-}
-
-/// Accumulates bytes from a stream and yields whole frames. An incomplete
-/// frame is a normal state; an oversized length is an error.
-#[derive(Debug, Default)]
-pub struct FrameBuffer {
-    buffer: Vec<u8>,
-}
-
-impl FrameBuffer {
-    pub fn extend(&mut self, bytes: &[u8]) {
-        self.buffer.extend_from_slice(bytes);
-    }
-
-    /// The next complete frame's payload, if one is buffered.
-    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
-        let Some(length) = self.buffer.get(..LENGTH_BYTES) else {
-            return Ok(None);
-        };
-        let length = usize::try_from(u32::from_be_bytes(length.try_into().expect("4 bytes")))
-            .map_err(|_| LinkError::FrameTooLarge(usize::MAX))?;
-        if length > FRAME_BYTES_MAX {
-            return Err(LinkError::FrameTooLarge(length));
-        }
-        if self.buffer.len() < LENGTH_BYTES + length {
-            return Ok(None);
-        }
-        let payload = self.buffer[LENGTH_BYTES..LENGTH_BYTES + length].to_vec();
-        self.buffer.drain(..LENGTH_BYTES + length);
-        Ok(Some(payload))
-    }
-
-    pub fn buffered_bytes(&self) -> usize {
-        self.buffer.len()
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,34 +214,6 @@ mod tests {
     }
 
     #[test]
-    fn frames_split_a_stream_at_any_boundary() {
-        let payloads: Vec<Vec<u8>> = vec![vec![], vec![1, 2, 3], vec![9; 1_000]];
-        let stream: Vec<u8> = payloads.iter().flat_map(|p| encode_frame(p)).collect();
-        for chunk in [1, 2, 3, 7, 64, stream.len()] {
-            let mut buffer = FrameBuffer::default();
-            let mut out = Vec::new();
-            for piece in stream.chunks(chunk) {
-                buffer.extend(piece);
-                while let Some(frame) = buffer.next_frame().unwrap() {
-                    out.push(frame);
-                }
-            }
-            assert_eq!(out, payloads);
-            assert_eq!(buffer.buffered_bytes(), 0);
-        }
-    }
-
-    #[test]
-    fn oversized_frames_are_refused_before_buffering() {
-        let mut buffer = FrameBuffer::default();
-        buffer.extend(&u32::MAX.to_be_bytes());
-        assert!(matches!(
-            buffer.next_frame(),
-            Err(LinkError::FrameTooLarge(_))
-        ));
-    }
-
-    #[test]
     fn sealed_messages_flow_both_ways() {
         let (mut machine, mut replica) = pair();
         let up = machine.seal(&Upstream::Ping);
@@ -343,15 +277,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
-            let mut buffer = FrameBuffer::default();
-            buffer.extend(&bytes);
-            while let Ok(Some(frame)) = buffer.next_frame() {
-                let _ = decode_plain::<Hello>(&frame);
-                let _ = decode_plain::<Upstream>(&frame);
-                let (_, mut replica) = pair();
-                let _ = replica.open::<Upstream>(&frame);
-            }
+        fn arbitrary_payloads_never_panic(payload in prop::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode_plain::<Hello>(&payload);
+            let _ = decode_plain::<HelloReply>(&payload);
+            let _ = decode_plain::<Upstream>(&payload);
+            let _ = decode_plain::<Downstream>(&payload);
+            let (mut machine, mut replica) = pair();
+            prop_assert!(replica.open::<Upstream>(&payload).is_err());
+            prop_assert!(machine.open::<Downstream>(&payload).is_err());
         }
     }
 }
