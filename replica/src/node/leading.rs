@@ -76,6 +76,7 @@ impl Node {
     /// A batch of machine events to append (group commit: the shell passes
     /// everything that arrived since the last call).
     pub fn propose(&mut self, events: Vec<SignedEvent>) -> Result<Vec<Action>, NotPrimary> {
+        self.settle();
         if !self.accepts_writes() {
             let leader = self.leader().filter(|&l| l != self.config.id);
             return Err(NotPrimary::Follow(leader));
@@ -88,6 +89,7 @@ impl Node {
 
     /// The shell executed `AppendEvents` or `AppendMarker`.
     pub fn on_local_append(&mut self, log: &dyn LogView) -> Vec<Action> {
+        self.settle();
         let mut out = Vec::new();
         let epoch = self.epoch;
         let RoleState::Leading {

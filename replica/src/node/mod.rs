@@ -332,6 +332,10 @@ pub struct Node {
     commit: u64,
     /// Highest gseq known to equal the current primary's log.
     verified: u64,
+    /// `commit` and `verified` as they were before the latest input: what
+    /// a failed write rolls back to, since what the node concluded from
+    /// that input may rest on the write (a truncation, an append).
+    settled: (u64, u64),
     now_ms: u64,
     election_due_ms: u64,
     /// When this node last heard from a primary of its epoch.
@@ -371,6 +375,7 @@ impl Node {
             state: RoleState::following(None),
             commit: restart.commit_hint,
             verified: restart.commit_hint,
+            settled: (restart.commit_hint, restart.commit_hint),
             now_ms,
             election_due_ms: 0,
             leader_heard_ms: None,
@@ -506,6 +511,7 @@ impl Node {
 
     /// Time passed: heartbeats, elections, NAK retries, quorum checks.
     pub fn tick(&mut self, now_ms: u64, log: &dyn LogView) -> Vec<Action> {
+        self.settle();
         self.now_ms = self.now_ms.max(now_ms);
         let mut out = Vec::new();
         if let RoleState::Leading { .. } = self.state {
@@ -519,9 +525,17 @@ impl Node {
         out
     }
 
-    /// The shell could not execute a write (or sync it). The node re-reads
-    /// its tip — what it believed verified or committed beyond it is not
-    /// known to be stored — and a primary steps down and stays out of
+    /// Marks the start of an input: what the node holds now rests only on
+    /// writes already executed.
+    fn settle(&mut self) {
+        self.settled = (self.commit, self.verified);
+    }
+
+    /// The shell could not execute a write (or sync it). What the node
+    /// concluded from the input whose write failed is rolled back (a
+    /// follower that verified records it could not store, or could not
+    /// truncate the entries they replace, must not commit them), it re-reads
+    /// its tip, and a primary steps down and stays out of
     /// elections for a while, since a replica that cannot write cannot
     /// serve.
     pub fn on_write_failed(&mut self, log: &dyn LogView) -> Vec<Action> {
@@ -529,8 +543,9 @@ impl Node {
         self.counters.write_failures += 1;
         self.reorder.clear();
         let tip = log.tip().gseq;
-        self.verified = self.verified.min(tip);
-        self.commit = self.commit.min(tip);
+        let (commit, verified) = self.settled;
+        self.commit = self.commit.min(commit).min(tip);
+        self.verified = self.verified.min(verified).min(tip).max(self.commit);
         if let RoleState::Leading { .. } = self.state {
             self.transition(&mut out, RoleState::following(None));
             // Long enough for a healthy replica to win the next election
@@ -553,6 +568,7 @@ impl Node {
         datagram: crate::wire::Datagram,
         log: &dyn LogView,
     ) -> Vec<Action> {
+        self.settle();
         self.now_ms = self.now_ms.max(now_ms);
         self.counters.datagrams_received += 1;
         let mut out = Vec::new();

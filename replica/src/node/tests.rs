@@ -506,6 +506,53 @@ fn a_follower_appends_buffers_naks_and_acknowledges_after_writing() {
     assert!(actions.contains(&Action::CommitAdvanced { commit_gseq: 4 }));
 }
 
+/// Found by the simulation's storage faults: a follower whose truncation
+/// of a stale suffix fails must not commit the stale entries it still
+/// holds, although it had verified the primary's records in their place.
+#[test]
+fn a_failed_truncation_commits_nothing_it_concluded_from_it() {
+    let (events, keys) = machine_events(4);
+    let mut stale = TestLog::new();
+    stale.append_marker(1, 0, "replica-1").unwrap();
+    stale.append_events(1, 0, &events[..2], &keys);
+    let mut fresh = TestLog::new();
+    fresh.append_marker(1, 0, "replica-1").unwrap();
+    fresh.append_marker(2, 0, "replica-3").unwrap();
+    let restart = Restart {
+        vote: PersistedVote {
+            epoch: 1,
+            voted_for: Some(1),
+        },
+        commit_hint: 1,
+    };
+    let mut node = Node::new(config(1), restart, 4, 0);
+    let append = Message::Append {
+        first_gseq: 2,
+        records: fresh.records(2, 2),
+    };
+    let actions = node.receive(10, datagram(3, 2, 1, 2, append), &stale);
+    assert!(actions.contains(&Action::TruncateAfter { gseq: 1 }));
+    assert!(actions.contains(&Action::CommitAdvanced { commit_gseq: 2 }));
+    // The truncation fails: nothing of that datagram happened.
+    node.on_write_failed(&stale);
+    assert_eq!(node.commit_gseq(), 1);
+    node.assert_invariants(&stale);
+    // The primary's heartbeat names its gseq 2, which differs from ours.
+    let (hash_2, _) = fresh.entry_meta(2).unwrap();
+    let heartbeat = Message::Heartbeat {
+        tip_gseq: 2,
+        tip_hash: hash_2,
+    };
+    let actions = node.receive(20, datagram(3, 2, 2, 2, heartbeat), &stale);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::CommitAdvanced { .. })),
+        "{actions:?}"
+    );
+    assert_eq!(node.commit_gseq(), 1);
+}
+
 #[test]
 fn a_returning_primary_truncates_its_uncommitted_suffix() {
     // Node 1 holds epoch 1's marker and two entries nobody else stored.
