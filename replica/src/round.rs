@@ -750,9 +750,14 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
     fn send(&mut self, to: Target, epoch: u64, commit_gseq: u64, message: Message) {
         self.packet_seq += 1;
         let is_ack = matches!(message, Message::Ack { .. });
+        let receiver = match to {
+            Target::All => crate::wire::RECEIVER_ALL,
+            Target::Node(id) => id,
+        };
         let datagram = Datagram {
             cluster_id: self.config.cluster_id,
             sender: self.config.node.id,
+            receiver,
             epoch,
             incarnation: self.incarnation,
             packet_seq: self.packet_seq,

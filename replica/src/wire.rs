@@ -5,15 +5,19 @@
 //! datagram = header (HEADER_BYTES, plaintext, authenticated as AAD)
 //!            ++ nonce (24) ++ XChaCha20-Poly1305(body) ++ tag (16)
 //! header   = magic "VLDG" | version u8 | kind u8 (MessageKind) | cluster_id u32 | sender u8
-//!            | reserved u8 | epoch u64 | incarnation u64 | packet_seq u64
+//!            | receiver u8 (0: every replica) | epoch u64 | incarnation u64 | packet_seq u64
 //!            | first_gseq u64 | count u16 | commit_gseq u64      (big-endian)
 //! body     = MessagePack of the message's fields
 //! ```
 //!
 //! Every datagram is authenticated: a forged, corrupted or foreign-cluster
-//! datagram fails to open and is dropped. `incarnation` (strictly increasing
-//! per sender process) and `packet_seq` (increasing per datagram) let a
-//! receiver drop replays with [`ReplayGuard`].
+//! datagram fails to open and is dropped. The header names its sender and
+//! its receiver (or every replica), both authenticated, so a datagram
+//! captured on its way to one replica and replayed to another is refused
+//! there; replies also name the candidate and epoch they answer.
+//! `incarnation` (strictly increasing per sender process) and `packet_seq`
+//! (increasing per datagram) let a receiver drop replays with
+//! [`ReplayGuard`].
 //!
 //! `docs/FORMATS.md` documents every byte, and `tests/golden.rs` pins them.
 
@@ -21,7 +25,11 @@ use ledger::crypto::{Hash32, Sealer, SecretKey};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"VLDG";
-pub const WIRE_VERSION: u8 = 1;
+/// Version 2 binds the receiver into the header and makes vote replies
+/// name what they answer.
+pub const WIRE_VERSION: u8 = 2;
+/// The receiver byte of a datagram meant for every replica.
+pub const RECEIVER_ALL: NodeId = 0;
 pub const HEADER_BYTES: usize = 4 + 1 + 1 + 4 + 1 + 1 + 8 + 8 + 8 + 8 + 2 + 8;
 /// Default datagram payload budget (everything after the UDP header).
 pub const PAYLOAD_BYTES_DEFAULT: usize = 1_400;
@@ -46,36 +54,27 @@ pub enum Message {
         records: Vec<Vec<u8>>,
     },
     /// The primary's tip, so followers notice a lost tail.
-    Heartbeat {
-        tip_gseq: u64,
-        tip_hash: Hash32,
-    },
+    Heartbeat { tip_gseq: u64, tip_hash: Hash32 },
     /// A follower's durable contiguous tip (cumulative acknowledgement).
-    Ack {
-        tip_gseq: u64,
-        tip_hash: Hash32,
-    },
+    Ack { tip_gseq: u64, tip_hash: Hash32 },
     /// A follower asks for `from_gseq..=to_gseq` again.
-    Nak {
-        from_gseq: u64,
-        to_gseq: u64,
-    },
+    Nak { from_gseq: u64, to_gseq: u64 },
     /// A candidate asks for a vote in the datagram's epoch.
-    VoteRequest {
-        last_gseq: u64,
-        last_epoch: u64,
-    },
+    VoteRequest { last_gseq: u64, last_epoch: u64 },
+    /// The answer to `candidate`'s vote request in `epoch`.
     VoteReply {
         granted: bool,
+        candidate: NodeId,
+        epoch: u64,
     },
     /// Would you vote for me in the datagram's epoch? Changes no state on
     /// either side (Raft's pre-vote).
-    PreVoteRequest {
-        last_gseq: u64,
-        last_epoch: u64,
-    },
+    PreVoteRequest { last_gseq: u64, last_epoch: u64 },
+    /// The answer to `candidate`'s pre-vote request for `proposed_epoch`.
     PreVoteReply {
         granted: bool,
+        candidate: NodeId,
+        proposed_epoch: u64,
     },
     /// Records from a voter whose log is more up to date than a candidate's
     /// (its last entry is `last_epoch`/`last_gseq`), sent while there is no
@@ -176,11 +175,13 @@ impl Message {
     }
 }
 
-/// A datagram: who sent it, in which epoch, and the message.
+/// A datagram: who sent it to whom, in which epoch, and the message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Datagram {
     pub cluster_id: u32,
     pub sender: NodeId,
+    /// The replica it is meant for, or [`RECEIVER_ALL`].
+    pub receiver: NodeId,
     pub epoch: u64,
     pub incarnation: u64,
     pub packet_seq: u64,
@@ -253,6 +254,10 @@ struct VoteRequestBody {
 #[derive(Serialize, Deserialize)]
 struct VoteReplyBody {
     granted: bool,
+    /// The candidate the reply answers.
+    candidate: NodeId,
+    /// The epoch it answers (for a pre-vote: the proposed epoch).
+    epoch: u64,
 }
 
 /// A message as it goes on the wire: the header's `first_gseq` and
@@ -314,8 +319,22 @@ impl EncodedBody {
                 };
                 EncodedBody::without_records(*last_gseq, &body)
             }
-            Message::VoteReply { granted } | Message::PreVoteReply { granted } => {
-                EncodedBody::without_records(0, &VoteReplyBody { granted: *granted })
+            Message::VoteReply {
+                granted,
+                candidate,
+                epoch,
+            }
+            | Message::PreVoteReply {
+                granted,
+                candidate,
+                proposed_epoch: epoch,
+            } => {
+                let body = VoteReplyBody {
+                    granted: *granted,
+                    candidate: *candidate,
+                    epoch: *epoch,
+                };
+                EncodedBody::without_records(0, &body)
             }
         }
     }
@@ -381,7 +400,7 @@ impl DatagramCodec {
         header.push(datagram.message.kind().into());
         header.extend_from_slice(&self.cluster_id.to_be_bytes());
         header.push(datagram.sender);
-        header.push(0);
+        header.push(datagram.receiver);
         header.extend_from_slice(&datagram.epoch.to_be_bytes());
         header.extend_from_slice(&datagram.incarnation.to_be_bytes());
         header.extend_from_slice(&datagram.packet_seq.to_be_bytes());
@@ -414,7 +433,7 @@ impl DatagramCodec {
             return Err(WireError::ForeignCluster(cluster_id));
         }
         let [sender] = reader.take::<1>();
-        let [_reserved] = reader.take::<1>();
+        let [receiver] = reader.take::<1>();
         let epoch = u64::from_be_bytes(reader.take());
         let incarnation = u64::from_be_bytes(reader.take());
         let packet_seq = u64::from_be_bytes(reader.take());
@@ -431,6 +450,7 @@ impl DatagramCodec {
         Ok(Datagram {
             cluster_id,
             sender,
+            receiver,
             epoch,
             incarnation,
             packet_seq,
@@ -517,12 +537,30 @@ fn decode_body(
                 last_epoch,
             }
         }
-        MessageKind::VoteReply => Message::VoteReply {
-            granted: from_msgpack::<VoteReplyBody>(body)?.granted,
-        },
-        MessageKind::PreVoteReply => Message::PreVoteReply {
-            granted: from_msgpack::<VoteReplyBody>(body)?.granted,
-        },
+        MessageKind::VoteReply => {
+            let VoteReplyBody {
+                granted,
+                candidate,
+                epoch,
+            } = from_msgpack(body)?;
+            Message::VoteReply {
+                granted,
+                candidate,
+                epoch,
+            }
+        }
+        MessageKind::PreVoteReply => {
+            let VoteReplyBody {
+                granted,
+                candidate,
+                epoch,
+            } = from_msgpack(body)?;
+            Message::PreVoteReply {
+                granted,
+                candidate,
+                proposed_epoch: epoch,
+            }
+        }
     })
 }
 

@@ -78,6 +78,7 @@ fn a_replica_drops_and_counts_hostile_datagrams_and_frames() {
     let heartbeat = |packet_seq| Datagram {
         cluster_id: 99,
         sender: 1,
+        receiver: replica::wire::RECEIVER_ALL,
         epoch: 1,
         incarnation: 5,
         packet_seq,

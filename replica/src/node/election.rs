@@ -8,7 +8,8 @@
 //! and only to a candidate whose log is at least as up to date as its own.
 
 use super::{
-    Action, Candidacy, LogView, Message, Node, NodeId, RoleState, Target, leading::Progress,
+    Action, Candidacy, LogView, Message, Node, NodeId, RoleState, Target, VoteAnswer,
+    leading::Progress,
 };
 use std::collections::BTreeSet;
 
@@ -129,7 +130,11 @@ impl Node {
             Message::VoteRequest { .. } => self.send(
                 out,
                 Target::Node(sender),
-                Message::VoteReply { granted: false },
+                Message::VoteReply {
+                    granted: false,
+                    candidate: sender,
+                    epoch: self.epoch,
+                },
             ),
             _ => {}
         }
@@ -174,20 +179,28 @@ impl Node {
             });
             self.reset_election_timer();
         }
-        self.send(out, Target::Node(sender), Message::VoteReply { granted });
+        let reply = Message::VoteReply {
+            granted,
+            candidate: sender,
+            epoch: self.epoch,
+        };
+        self.send(out, Target::Node(sender), reply);
     }
 
+    /// A vote counts only if it names this candidate and its epoch: a
+    /// granted vote meant for another candidate, replayed here, is not one.
     pub(super) fn on_vote_reply(
         &mut self,
         out: &mut Vec<Action>,
         sender: NodeId,
-        granted: bool,
+        answer: VoteAnswer,
         log: &dyn LogView,
     ) {
+        let (id, epoch) = (self.config.id, self.epoch);
         let RoleState::Candidate { votes } = &mut self.state else {
             return;
         };
-        if !granted {
+        if !answer.granted || answer.candidate != id || answer.epoch != epoch {
             return;
         }
         votes.insert(sender);
@@ -220,29 +233,38 @@ impl Node {
             to: Target::Node(sender),
             epoch: if granted { proposed_epoch } else { self.epoch },
             commit_gseq: self.commit,
-            message: Message::PreVoteReply { granted },
+            message: Message::PreVoteReply {
+                granted,
+                candidate: sender,
+                proposed_epoch,
+            },
         });
     }
 
+    /// `epoch` is the datagram's: the proposed epoch when granted, the
+    /// voter's own when refused (so a candidate behind in epochs catches
+    /// up). A grant counts only if it names this candidate and the epoch it
+    /// proposes.
     pub(super) fn on_pre_vote_reply(
         &mut self,
         out: &mut Vec<Action>,
         sender: NodeId,
         epoch: u64,
-        granted: bool,
+        answer: VoteAnswer,
         log: &dyn LogView,
     ) {
-        if !granted {
+        if !answer.granted {
             if epoch > self.epoch {
                 self.adopt_epoch(out, epoch);
             }
             return;
         }
         let leading = matches!(self.state, RoleState::Leading { .. });
+        let (id, proposed) = (self.config.id, self.epoch + 1);
         let Some(pre_votes) = &mut self.pre_votes else {
             return;
         };
-        if epoch != self.epoch + 1 || leading {
+        if epoch != proposed || answer.candidate != id || answer.epoch != proposed || leading {
             return;
         }
         pre_votes.insert(sender);

@@ -166,6 +166,15 @@ impl Action {
     }
 }
 
+/// A vote or pre-vote reply: granted or not, to which candidate, for
+/// which epoch.
+#[derive(Clone, Copy, Debug)]
+struct VoteAnswer {
+    granted: bool,
+    candidate: NodeId,
+    epoch: u64,
+}
+
 /// What a candidate says about its log when it asks for a vote.
 #[derive(Clone, Copy, Debug)]
 struct Candidacy {
@@ -270,6 +279,8 @@ pub struct PersistedVote {
 pub struct Counters {
     pub datagrams_received: u64,
     pub replayed_dropped: u64,
+    /// Addressed to another replica (or a reply addressed to everyone).
+    pub misaddressed_dropped: u64,
     pub stale_epoch_dropped: u64,
     pub malformed_records_dropped: u64,
     pub reorder_overflow_dropped: u64,
@@ -573,6 +584,10 @@ impl Node {
         self.counters.datagrams_received += 1;
         let mut out = Vec::new();
         let sender = datagram.sender;
+        if !self.addressed_here(&datagram) {
+            self.counters.misaddressed_dropped += 1;
+            return out;
+        }
         let known = self.config.members.iter().any(|m| m.id == sender) && sender != self.config.id;
         if !known
             || !self
@@ -587,6 +602,23 @@ impl Node {
         }
         self.dispatch(&mut out, datagram, log);
         out
+    }
+
+    /// Whether a datagram is meant for this node: what goes to every
+    /// replica (the stream, heartbeats, vote requests) may say so; a reply
+    /// or a repair must name this node. Sender and receiver are
+    /// authenticated, so a datagram captured on its way to another replica
+    /// and replayed here is refused.
+    fn addressed_here(&self, datagram: &crate::wire::Datagram) -> bool {
+        let to_everyone = matches!(
+            datagram.message,
+            Message::Append { .. }
+                | Message::Heartbeat { .. }
+                | Message::VoteRequest { .. }
+                | Message::PreVoteRequest { .. }
+        );
+        datagram.receiver == self.config.id
+            || (to_everyone && datagram.receiver == crate::wire::RECEIVER_ALL)
     }
 
     /// Epoch rules: a datagram of a newer epoch moves this node to it; one
@@ -654,7 +686,18 @@ impl Node {
                 last_gseq,
                 last_epoch,
             } => self.on_vote_request(out, sender, candidacy(last_gseq, last_epoch), log),
-            Message::VoteReply { granted } => self.on_vote_reply(out, sender, granted, log),
+            Message::VoteReply {
+                granted,
+                candidate,
+                epoch,
+            } => {
+                let answer = VoteAnswer {
+                    granted,
+                    candidate,
+                    epoch,
+                };
+                self.on_vote_reply(out, sender, answer, log)
+            }
             Message::PreVoteRequest {
                 last_gseq,
                 last_epoch,
@@ -665,8 +708,17 @@ impl Node {
                 candidacy(last_gseq, last_epoch),
                 log,
             ),
-            Message::PreVoteReply { granted } => {
-                self.on_pre_vote_reply(out, sender, datagram.epoch, granted, log)
+            Message::PreVoteReply {
+                granted,
+                candidate,
+                proposed_epoch,
+            } => {
+                let answer = VoteAnswer {
+                    granted,
+                    candidate,
+                    epoch: proposed_epoch,
+                };
+                self.on_pre_vote_reply(out, sender, datagram.epoch, answer, log)
             }
             Message::Catchup {
                 first_gseq,

@@ -101,6 +101,8 @@ fn config(id: NodeId) -> NodeConfig {
     NodeConfig::standard(id)
 }
 
+/// A datagram to every replica (what a primary streams, a candidate asks);
+/// see [`to`] for one addressed to a node.
 fn datagram(
     sender: NodeId,
     epoch: u64,
@@ -111,11 +113,20 @@ fn datagram(
     Datagram {
         cluster_id: 1,
         sender,
+        receiver: crate::wire::RECEIVER_ALL,
         epoch,
         incarnation: 1,
         packet_seq,
         commit_gseq,
         message,
+    }
+}
+
+/// `datagram` addressed to `receiver` (replies and repairs must be).
+fn to(receiver: NodeId, datagram: Datagram) -> Datagram {
+    Datagram {
+        receiver,
+        ..datagram
     }
 }
 
@@ -146,7 +157,20 @@ fn elected_primary() -> (Node, TestLog) {
     );
     let actions = node.receive(
         1_001,
-        datagram(2, 1, 1, 0, Message::PreVoteReply { granted: true }),
+        to(
+            1,
+            datagram(
+                2,
+                1,
+                1,
+                0,
+                Message::PreVoteReply {
+                    granted: true,
+                    candidate: 1,
+                    proposed_epoch: 1,
+                },
+            ),
+        ),
         &log,
     );
     assert!(actions.contains(&Action::PersistVote {
@@ -166,7 +190,20 @@ fn elected_primary() -> (Node, TestLog) {
     );
     let actions = node.receive(
         1_002,
-        datagram(3, 1, 1, 0, Message::VoteReply { granted: true }),
+        to(
+            1,
+            datagram(
+                3,
+                1,
+                1,
+                0,
+                Message::VoteReply {
+                    granted: true,
+                    candidate: 1,
+                    epoch: 1,
+                },
+            ),
+        ),
         &log,
     );
     assert!(actions.contains(&Action::AppendMarker { epoch: 1 }));
@@ -226,7 +263,14 @@ fn a_voter_grants_one_vote_per_epoch_and_only_to_an_up_to_date_log() {
     );
     assert_eq!(
         sends(&actions),
-        [(Target::Node(1), Message::VoteReply { granted: false })]
+        [(
+            Target::Node(1),
+            Message::VoteReply {
+                granted: false,
+                candidate: 1,
+                epoch: 4
+            }
+        )]
     );
     // Candidate 3 with an up-to-date log gets the vote, persisted first.
     let actions = voter.receive(
@@ -258,7 +302,11 @@ fn a_voter_grants_one_vote_per_epoch_and_only_to_an_up_to_date_log() {
             matches!(
                 a,
                 Action::Send {
-                    message: Message::VoteReply { granted: true },
+                    message: Message::VoteReply {
+                        granted: true,
+                        candidate: 3,
+                        epoch: 4
+                    },
                     ..
                 }
             )
@@ -282,7 +330,14 @@ fn a_voter_grants_one_vote_per_epoch_and_only_to_an_up_to_date_log() {
     );
     assert_eq!(
         sends(&actions),
-        [(Target::Node(1), Message::VoteReply { granted: false })]
+        [(
+            Target::Node(1),
+            Message::VoteReply {
+                granted: false,
+                candidate: 1,
+                epoch: 4
+            }
+        )]
     );
     // A restart keeps the vote.
     let mut restarted = Node::new(
@@ -313,7 +368,14 @@ fn a_voter_grants_one_vote_per_epoch_and_only_to_an_up_to_date_log() {
     );
     assert_eq!(
         sends(&actions),
-        [(Target::Node(1), Message::VoteReply { granted: false })]
+        [(
+            Target::Node(1),
+            Message::VoteReply {
+                granted: false,
+                candidate: 1,
+                epoch: 4
+            }
+        )]
     );
 }
 
@@ -357,15 +419,18 @@ fn commit_needs_one_follower_and_an_entry_of_this_epoch() {
     let (hash_3, _) = log.entry_meta(3).unwrap();
     let actions = primary.receive(
         2_000,
-        datagram(
-            2,
+        to(
             1,
-            5,
-            0,
-            Message::Ack {
-                tip_gseq: 3,
-                tip_hash: hash_3,
-            },
+            datagram(
+                2,
+                1,
+                5,
+                0,
+                Message::Ack {
+                    tip_gseq: 3,
+                    tip_hash: hash_3,
+                },
+            ),
         ),
         &log,
     );
@@ -374,15 +439,18 @@ fn commit_needs_one_follower_and_an_entry_of_this_epoch() {
     // A wrong hash does not count and asks for a repair instead.
     let actions = primary.receive(
         2_001,
-        datagram(
-            3,
+        to(
             1,
-            5,
-            0,
-            Message::Ack {
-                tip_gseq: 4,
-                tip_hash: [9; 32],
-            },
+            datagram(
+                3,
+                1,
+                5,
+                0,
+                Message::Ack {
+                    tip_gseq: 4,
+                    tip_hash: [9; 32],
+                },
+            ),
         ),
         &log,
     );
@@ -721,7 +789,14 @@ fn a_voter_with_more_entries_catches_a_lagging_candidate_up() {
     let actions = sync.receive(5_000, ask(1, 3, 1), &sync_log);
     assert_eq!(
         sends(&actions),
-        [(Target::Node(3), Message::PreVoteReply { granted: false })]
+        [(
+            Target::Node(3),
+            Message::PreVoteReply {
+                granted: false,
+                candidate: 3,
+                proposed_epoch: 2
+            }
+        )]
     );
     let source = CatchupSource {
         last_gseq: 7,
@@ -741,18 +816,13 @@ fn a_voter_with_more_entries_catches_a_lagging_candidate_up() {
 
     // The backup takes 4-7 (2-3 it already holds, same hashes).
     let catchup = |packet_seq, first_gseq: u64, records| {
-        datagram(
-            2,
-            0,
-            packet_seq,
-            0,
-            Message::Catchup {
-                first_gseq,
-                records,
-                last_gseq: source.last_gseq,
-                last_epoch: source.last_epoch,
-            },
-        )
+        let message = Message::Catchup {
+            first_gseq,
+            records,
+            last_gseq: source.last_gseq,
+            last_epoch: source.last_epoch,
+        };
+        to(3, datagram(2, 0, packet_seq, 0, message))
     };
     // Out of order first: 6-7 wait in the reorder buffer for 2-5.
     let actions = backup.receive(5_002, catchup(3, 6, full.records(6, 7)), &backup_log);
@@ -773,7 +843,14 @@ fn a_voter_with_more_entries_catches_a_lagging_candidate_up() {
     let actions = sync.receive(5_100, ask(3, 7, 1), &sync_log);
     assert_eq!(
         sends(&actions),
-        [(Target::Node(3), Message::PreVoteReply { granted: true })]
+        [(
+            Target::Node(3),
+            Message::PreVoteReply {
+                granted: true,
+                candidate: 3,
+                proposed_epoch: 2
+            }
+        )]
     );
 }
 
@@ -787,18 +864,13 @@ fn a_catchup_is_ignored_while_a_primary_is_alive_or_from_a_shorter_log() {
     let mut log = TestLog::new();
     log.append_replicated(&full.records(1, 2), &keys).unwrap();
     let catchup = |packet_seq, last_gseq| {
-        datagram(
-            2,
-            0,
-            packet_seq,
-            0,
-            Message::Catchup {
-                first_gseq: 3,
-                records: full.records(3, 5),
-                last_gseq,
-                last_epoch: 1,
-            },
-        )
+        let message = Message::Catchup {
+            first_gseq: 3,
+            records: full.records(3, 5),
+            last_gseq,
+            last_epoch: 1,
+        };
+        to(3, datagram(2, 0, packet_seq, 0, message))
     };
     // A source that claims no more than we hold is not worth taking.
     assert!(node.receive(10, catchup(1, 2), &log).is_empty());
@@ -843,4 +915,54 @@ fn a_nak_round_asks_for_each_hole_and_not_for_what_is_buffered() {
     assert_eq!(ranges.len(), NAK_HOLES_MAX);
     assert_eq!(ranges[0], (1, 1));
     assert_eq!(ranges[NAK_HOLES_MAX - 1], (63, 63));
+}
+
+/// A vote granted to candidate 1 and replayed to candidate 3 in the same
+/// epoch must not count there, or two primaries could lead one epoch.
+#[test]
+fn a_granted_vote_replayed_to_another_candidate_elects_no_one() {
+    // Replica 3 stands in epoch 1 (pre-vote granted by replica 1).
+    let mut candidate = Node::new(config(3), Restart::default(), 9, 0);
+    let log = TestLog::new();
+    let ask = candidate.tick(2_000, &log);
+    assert!(matches!(
+        sends(&ask)[..],
+        [(Target::All, Message::PreVoteRequest { .. })]
+    ));
+    let pre_vote = Message::PreVoteReply {
+        granted: true,
+        candidate: 3,
+        proposed_epoch: 1,
+    };
+    candidate.receive(2_001, to(3, datagram(1, 1, 1, 0, pre_vote)), &log);
+    assert_eq!(candidate.role(), Role::Candidate);
+    // Replica 2 granted its vote of epoch 1 to replica 1; the grant is
+    // captured and replayed to replica 3, as it was and re-addressed.
+    let grant = Message::VoteReply {
+        granted: true,
+        candidate: 1,
+        epoch: 1,
+    };
+    let as_captured = to(1, datagram(2, 1, 7, 0, grant.clone()));
+    let actions = candidate.receive(2_002, as_captured, &log);
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(candidate.counters().misaddressed_dropped, 1);
+    let readdressed = to(3, datagram(2, 1, 8, 0, grant));
+    let actions = candidate.receive(2_003, readdressed, &log);
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(
+        candidate.role(),
+        Role::Candidate,
+        "no majority from a replay"
+    );
+    // A pre-vote grant for another candidate does not count either.
+    let mut other = Node::new(config(3), Restart::default(), 9, 0);
+    other.tick(2_000, &log);
+    let foreign = Message::PreVoteReply {
+        granted: true,
+        candidate: 1,
+        proposed_epoch: 1,
+    };
+    other.receive(2_001, to(3, datagram(2, 1, 1, 0, foreign)), &log);
+    assert_eq!(other.role(), Role::Follower);
 }

@@ -220,6 +220,10 @@ fn datagrams_rejected(core: &Core) -> Vec<(String, u64)> {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), *v))
         .collect();
+    let misaddressed = core.round.node().counters().misaddressed_dropped;
+    if misaddressed > 0 {
+        rejected.push(("misaddressed".to_owned(), misaddressed));
+    }
     for (reason, counter) in [
         ("injected_loss", &core.receive_drops.injected),
         ("queue_full", &core.receive_drops.queue_full),

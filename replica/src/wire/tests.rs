@@ -9,6 +9,7 @@ fn datagram(message: Message) -> Datagram {
     Datagram {
         cluster_id: 7,
         sender: 2,
+        receiver: 1,
         epoch: 5,
         incarnation: 1_700_000_000_000,
         packet_seq: 42,
@@ -39,12 +40,20 @@ fn every_message() -> Vec<Message> {
             last_gseq: 77,
             last_epoch: 4,
         },
-        Message::VoteReply { granted: true },
+        Message::VoteReply {
+            granted: true,
+            candidate: 1,
+            epoch: 5,
+        },
         Message::PreVoteRequest {
             last_gseq: 78,
             last_epoch: 5,
         },
-        Message::PreVoteReply { granted: false },
+        Message::PreVoteReply {
+            granted: false,
+            candidate: 1,
+            proposed_epoch: 6,
+        },
         Message::Catchup {
             first_gseq: 40,
             records: vec![vec![5; 300], vec![6]],
@@ -195,11 +204,43 @@ fn message_kinds_round_trip_through_their_byte() {
 #[test]
 fn an_authentic_datagram_of_an_unknown_kind_is_refused() {
     let codec = codec();
-    let mut header = codec.encode(&datagram(Message::VoteReply { granted: true }));
+    let vote = Message::VoteReply {
+        granted: true,
+        candidate: 1,
+        epoch: 5,
+    };
+    let mut header = codec.encode(&datagram(vote));
     header.truncate(HEADER_BYTES);
     header[5] = 10;
-    let body = to_msgpack(&VoteReplyBody { granted: true });
+    let body = to_msgpack(&VoteReplyBody {
+        granted: true,
+        candidate: 1,
+        epoch: 5,
+    });
     let sealed = codec.sealer.seal(&header, &body);
     let bytes = [header, sealed].concat();
     assert_eq!(codec.decode(&bytes), Err(WireError::UnknownKind(10)));
+}
+
+/// A granted vote captured on its way to one candidate cannot be sent on
+/// to another: the receiver is authenticated with the header, so the
+/// re-addressed copy fails to open, and the copy as it was still names its
+/// receiver and the candidate it answers.
+#[test]
+fn a_captured_vote_cannot_be_readdressed_to_another_candidate() {
+    let codec = codec();
+    let vote = Message::VoteReply {
+        granted: true,
+        candidate: 1,
+        epoch: 5,
+    };
+    let captured = codec.encode(&datagram(vote.clone()));
+    let opened = codec.decode(&captured).unwrap();
+    assert_eq!((opened.receiver, opened.message), (1, vote));
+    let mut readdressed = captured.clone();
+    readdressed[11] = 3;
+    assert_eq!(codec.decode(&readdressed), Err(WireError::Authentication));
+    let mut to_everyone = captured;
+    to_everyone[11] = RECEIVER_ALL;
+    assert_eq!(codec.decode(&to_everyone), Err(WireError::Authentication));
 }
