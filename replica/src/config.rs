@@ -229,6 +229,7 @@ impl ReplicaConfig {
             election_timeout_max_ms: self.election_timeout_max_ms,
             nak_delay_ms: self.nak_delay_ms,
             nak_backoff_max_ms: self.nak_backoff_max_ms,
+            repair_records_max: crate::node::REPAIR_RECORDS_DEFAULT,
         }
     }
 

@@ -91,6 +91,8 @@ pub struct SimConfig {
     pub write_fail_percent: u32,
     /// Chance that a sync fails (the round then sends nothing).
     pub sync_fail_percent: u32,
+    /// Most records one NAK, retransmission or catch-up carries.
+    pub repair_records_max: u64,
 }
 
 impl SimConfig {
@@ -114,6 +116,9 @@ impl SimConfig {
             crash_mid_round_percent: rng.random_range(0..=3),
             write_fail_percent: rng.random_range(0..=2),
             sync_fail_percent: rng.random_range(0..=2),
+            // Mostly small segments, so these short logs still need many
+            // NAKs, retransmissions and catch-ups to repair a replica.
+            repair_records_max: [8, 16, 32, 64, 4_096][rng.random_range(0..5)],
         }
     }
 }
@@ -369,9 +374,12 @@ pub struct Simulation {
     drill: Drill,
 }
 
-fn round_config(id: NodeId) -> RoundConfig {
+fn round_config(id: NodeId, config: &SimConfig) -> RoundConfig {
     RoundConfig {
-        node: NodeConfig::standard(id),
+        node: NodeConfig {
+            repair_records_max: config.repair_records_max,
+            ..NodeConfig::standard(id)
+        },
         name: replica_name(id),
         cluster_id: CLUSTER_ID,
         payload_bytes_max: PAYLOAD_BYTES_DEFAULT,
@@ -426,7 +434,7 @@ impl Simulation {
                 let faults = Faults::new(rng.random(), committed.clone());
                 let ledger = open_ledger(&disk, &faults);
                 let round = Round::open(
-                    round_config(id),
+                    round_config(id, &config),
                     ledger,
                     keys.clone(),
                     DatagramCodec::new(CLUSTER_ID, &cluster_key),
@@ -766,6 +774,7 @@ impl Simulation {
         let seed = self.rng.random();
         let keys = self.keys.clone();
         let codec = DatagramCodec::new(CLUSTER_ID, &self.cluster_key);
+        let config = round_config(self.replicas[index].id, &self.config);
         let replica = &mut self.replicas[index];
         replica.restart_at_ms = None;
         let ledger = match std::mem::replace(
@@ -778,7 +787,7 @@ impl Simulation {
                 return;
             }
         };
-        let round = Round::open(round_config(replica.id), ledger, keys, codec, 0, seed)
+        let round = Round::open(config, ledger, keys, codec, 0, seed)
             .expect("a replica reopens its memory log");
         replica.checked_commit = 0;
         replica.process = Process::Running(Box::new(round));

@@ -242,8 +242,7 @@ fn raw_sockets_in_network_namespaces_survive_a_killed_primary() {
 #[test]
 fn the_replication_benchmark_runs_through_loss_and_a_killed_primary() {
     let temp = tempfile::tempdir().unwrap();
-    // Apart from `base_port()`'s ranges, so the tests can run together.
-    let port = (40_000 + u16::try_from(std::process::id() % 800).unwrap() * 30).to_string();
+    let port = base_port().to_string();
     let output = vendctl(&[
         "bench-replication",
         "--machines",
@@ -289,4 +288,59 @@ fn the_replication_benchmark_runs_through_loss_and_a_killed_primary() {
     );
     assert!(runs[3]["failover_ms"].as_f64().is_some(), "{}", runs[3]);
     assert!(runs[1]["ack_latency_ms_p99"].as_f64().unwrap() > 0.0);
+}
+
+/// A backup restarted far behind (more than one catch-up segment, 4,096
+/// records) while the primary dies at once: the two live replicas are the
+/// backup and the sync replica, which never stands. The backup must catch
+/// up from the sync across the whole distance and win, within the normal
+/// failover time; it used to receive the same first segment again and
+/// again, leaving the cluster without a primary until the killed replica
+/// came back.
+#[test]
+fn two_live_replicas_elect_a_primary_whatever_the_distance() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("cluster");
+    let topology = init_cluster(&dir, base_port());
+    let mut cluster = Cluster::start(&dir, topology);
+    let status = cluster.wait_for("replica-1 to lead", Duration::from_secs(20), |s| {
+        primaries(s).first().is_some_and(|&(i, _)| i == 0)
+    });
+    let (_, epoch) = primaries(&status)[0];
+    // The backup goes down; the fleet writes three segments' worth.
+    cluster.kill(2);
+    const MACHINES: u32 = 4;
+    const EVENTS: u64 = 3_000;
+    let fleet = start_fleet(&dir, MACHINES, EVENTS, 240);
+    let summary = finish_fleet(fleet, u64::from(MACHINES) * EVENTS);
+    // The backup comes back and the primary dies at once, before the
+    // stream can repair the backup.
+    cluster.spawn(2);
+    cluster.kill(0);
+    let killed_at = Instant::now();
+    let status = cluster.wait_for("the backup to lead", Duration::from_secs(20), |s| {
+        primaries(s).iter().any(|&(i, e)| i == 2 && e > epoch)
+    });
+    let took = killed_at.elapsed();
+    eprintln!(
+        "replica-3 caught up {} entries from the sync and leads {} ms after the kill",
+        status[1]["tip"],
+        took.as_millis()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "a live majority elects within the normal failover time, not {took:?}"
+    );
+    cluster.spawn(0);
+    cluster.wait_for("all replicas to converge", Duration::from_secs(60), |s| {
+        s.len() == 3
+            && s.iter().all(|r| {
+                r["reachable"] == true && r["tip"] == s[2]["tip"] && r["commit"] == s[2]["tip"]
+            })
+    });
+    cluster.stop_all();
+    let acked = acked_per_machine(&summary);
+    for index in 1..=3 {
+        check_replica_holds(&dir, index, &acked);
+    }
 }

@@ -84,7 +84,7 @@ fn replica_log(dir: &Path, index: usize) -> String {
 fn a_replica_whose_disk_fills_refuses_writes_stays_up_and_catches_up() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("cluster");
-    let topology = init_cluster(&dir, base_port() + 5_000);
+    let topology = init_cluster(&dir, base_port());
     let config_path = &topology.configs[0];
     let mut config = replica::config::ReplicaConfig::load(config_path).unwrap();
     config.log_memtable_mib = MEMTABLE_MIB;

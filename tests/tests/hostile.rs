@@ -1,6 +1,7 @@
 //! Hostile input against a real replica: forged, corrupted, truncated,
 //! replayed and foreign datagrams, and malformed or unauthenticated machine
 //! frames. Each is dropped and counted; nothing is applied; nothing panics.
+mod common;
 
 use bytes::{Bytes, BytesMut};
 use ledger::crypto::SecretKey;
@@ -60,7 +61,7 @@ fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
 fn a_replica_drops_and_counts_hostile_datagrams_and_frames() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
-    let port = 24_000 + u16::try_from(std::process::id() % 1_000).unwrap() * 3;
+    let port = common::base_port();
     let plan = LocalClusterPlan {
         base_port: port,
         host: Ipv4Addr::LOCALHOST,

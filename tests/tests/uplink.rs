@@ -2,6 +2,8 @@
 //! are down (the machine keeps working on its own ledger), start them, and
 //! see every event arrive exactly once and be acknowledged.
 
+mod common;
+
 use ledger::admin::PasswordParams;
 use ledger::ids::SlotId;
 use ledger::keys::Keyring;
@@ -33,7 +35,7 @@ fn sell(machine: &mut Machine, slot: u16) {
 fn events_sold_offline_arrive_exactly_once_when_the_replicas_start() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
-    let port = 26_000 + u16::try_from(std::process::id() % 1_000).unwrap() * 3;
+    let port = common::base_port();
     let plan = LocalClusterPlan {
         base_port: port,
         host: Ipv4Addr::LOCALHOST,

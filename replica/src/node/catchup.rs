@@ -9,10 +9,19 @@
 //! has caught up.
 
 use super::{
-    Action, Candidacy, CatchupSource, LogView, Node, NodeId, REORDER_RECORDS_MAX,
-    RETRANSMIT_RECORDS_MAX, Target, Tip,
+    Action, Candidacy, CatchupSource, LogView, Node, NodeId, REORDER_RECORDS_MAX, Target, Tip,
 };
 use ledger::store::record::{GENESIS_HASH, ReplicatedRecord};
+
+/// The last catch-up a voter sent a candidate.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct CatchupSent {
+    at_ms: u64,
+    /// The candidate's (last gseq, last epoch) it answered.
+    candidate_tip: (u64, u64),
+    /// Where the next segment for the same candidate tip starts.
+    next_gseq: u64,
+}
 
 /// Where a received record stands against the log (and the records
 /// accepted before it in the same batch).
@@ -155,10 +164,14 @@ impl Node {
         true
     }
 
-    /// Sends a candidate whose log is behind ours the records it lacks,
-    /// from just after its commit (a committed prefix is common to every
-    /// log, so any divergence starts after it). Only while no primary is
-    /// alive, and at most once per heartbeat per candidate.
+    /// Sends a candidate whose log is behind ours the next segment of the
+    /// records it lacks. Only while no primary is alive, and at most once
+    /// per heartbeat per candidate. Where the logs part is not known, the
+    /// segments walk up from the candidate's commit through what it holds
+    /// until they reach the divergence; otherwise each starts where the
+    /// candidate's log ends (see [`catchup_start`]), and a segment that did
+    /// not move the candidate's tip (lost on the way) is sent again. Either
+    /// way it crosses any distance, segment by segment.
     pub(super) fn send_catchup(
         &mut self,
         out: &mut Vec<Action>,
@@ -167,22 +180,33 @@ impl Node {
         log: &dyn LogView,
     ) {
         let primary_alive = self.primary_alive();
-        let recently = self
-            .catchup_sent_ms
-            .get(&candidate)
-            .is_some_and(|&at| self.now_ms < at + self.config.heartbeat_ms);
+        let previous = self.catchup_sent.get(&candidate).copied();
+        let recently = previous.is_some_and(|p| self.now_ms < p.at_ms + self.config.heartbeat_ms);
         let tip = log.tip();
         if primary_alive || recently || tip.gseq == 0 {
             return;
         }
-        let from = (candidacy.commit_gseq + 1)
-            .min(candidacy.last_gseq + 1)
-            .max(1);
+        let candidate_tip = (candidacy.last_gseq, candidacy.last_epoch);
+        let from = match previous {
+            // Still walking through what the candidate holds, looking for
+            // where its log parts from ours: go on from there.
+            Some(p) if p.candidate_tip == candidate_tip && p.next_gseq <= candidacy.last_gseq => {
+                p.next_gseq
+            }
+            // A fresh tip, or a segment past the tip that did not move it
+            // (lost on the way): start over.
+            _ => catchup_start(&candidacy, log),
+        };
         if from > tip.gseq {
             return;
         }
-        let to = tip.gseq.min(from + RETRANSMIT_RECORDS_MAX - 1);
-        self.catchup_sent_ms.insert(candidate, self.now_ms);
+        let to = tip.gseq.min(from + self.config.repair_records_max - 1);
+        let sent = CatchupSent {
+            at_ms: self.now_ms,
+            candidate_tip,
+            next_gseq: to + 1,
+        };
+        self.catchup_sent.insert(candidate, sent);
         self.counters.catchup_records_sent += to - from + 1;
         out.push(Action::Replicate {
             to: Target::Node(candidate),
@@ -215,12 +239,13 @@ impl Node {
             return;
         }
         let mut to_write = Vec::new();
+        let mut matched = false;
         for (gseq, record) in (first_gseq..).zip(records) {
             let Some(record) = self.decode_record(gseq, record) else {
                 break;
             };
             match self.fit(out, &record, &mut tip, !to_write.is_empty(), log) {
-                Fit::Stored => continue,
+                Fit::Stored => matched = true,
                 // Not connected to our log: the next catch-up starts earlier
                 // (at our commit) and finds where the logs part.
                 Fit::Stop | Fit::Unlinked => break,
@@ -233,18 +258,42 @@ impl Node {
             }
         }
         self.drain_reorder(&mut tip, &mut to_write);
-        if !to_write.is_empty() {
+        let took = !to_write.is_empty();
+        if took {
             self.counters.catchup_records_taken += to_write.len() as u64;
             out.push(Action::AppendReplicated { records: to_write });
         }
-        if tip.gseq >= source.last_gseq {
-            // Caught up with the voter: stand again soon rather than after
-            // a whole election timeout.
+        if took || matched || tip.gseq >= source.last_gseq {
+            // Caught up with the voter, a segment closer, or a segment
+            // further in the search for where the logs part: ask again
+            // soon (the voter sends the next segment) rather than after a
+            // whole election timeout.
             self.election_due_ms = self
                 .election_due_ms
                 .min(self.now_ms + self.config.heartbeat_ms);
         }
     }
+}
+
+/// Where a catch-up for `candidacy` starts. When our entry at the
+/// candidate's last gseq has the candidate's last epoch, the two logs are
+/// the same up to there (one primary appends one entry per gseq in its
+/// epoch, and the chain links everything before it), so the catch-up
+/// continues right after what the candidate holds. Otherwise the logs part
+/// somewhere after the candidate's commit (a committed prefix is common to
+/// every log), and the catch-up starts there so the candidate can find
+/// the divergence. Starting at the commit every time would resend the same
+/// first segment forever to a candidate more than a segment behind.
+fn catchup_start(candidacy: &Candidacy, log: &dyn LogView) -> u64 {
+    let matches_here = log
+        .entry_meta(candidacy.last_gseq)
+        .is_some_and(|(_, epoch)| epoch == candidacy.last_epoch);
+    let from = if matches_here {
+        candidacy.last_gseq + 1
+    } else {
+        (candidacy.commit_gseq + 1).min(candidacy.last_gseq + 1)
+    };
+    from.max(1)
 }
 
 /// The tip after truncating to `gseq` (read back from the log view, which

@@ -8,7 +8,7 @@
 //! is where to change how eagerly followers repair.
 
 use super::catchup::Fit;
-use super::{Action, LogView, Message, NAK_RECORDS_MAX, Node, NodeId, RoleState, Target, Tip};
+use super::{Action, LogView, Message, Node, NodeId, RoleState, Target, Tip};
 use ledger::crypto::Hash32;
 use ledger::store::record::ReplicatedRecord;
 use std::collections::BTreeMap;
@@ -190,10 +190,11 @@ impl Node {
     }
 
     pub(super) fn maybe_nak(&mut self, out: &mut Vec<Action>, log: &dyn LogView) {
-        let (now_ms, delay_ms, backoff_max_ms) = (
+        let (now_ms, delay_ms, backoff_max_ms, repair_max) = (
             self.now_ms,
             self.config.nak_delay_ms,
             self.config.nak_backoff_max_ms,
+            self.config.repair_records_max,
         );
         let tip = log.tip().gseq;
         let RoleState::Following {
@@ -226,10 +227,7 @@ impl Node {
             .from_gseq
             .map_or(tip + 1, |from| from.min(tip + 1))
             .max(1);
-        let to_gseq = nak
-            .to_gseq
-            .max(from_gseq)
-            .min(from_gseq + NAK_RECORDS_MAX - 1);
+        let to_gseq = nak.to_gseq.max(from_gseq).min(from_gseq + repair_max - 1);
         let ranges = if nak.from_gseq.is_some() {
             // After a conflict: re-read the whole range, held records too.
             vec![(from_gseq, to_gseq)]

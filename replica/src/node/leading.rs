@@ -2,8 +2,8 @@
 //! control window, acknowledgements, the commit rule and retransmission.
 
 use super::{
-    Action, LogView, Message, Node, NodeId, NotPrimary, REORDER_RECORDS_MAX,
-    RETRANSMIT_RECORDS_MAX, RoleState, STREAM_WINDOW_RECORDS, Target,
+    Action, LogView, Message, Node, NodeId, NotPrimary, REORDER_RECORDS_MAX, RoleState,
+    STREAM_WINDOW_RECORDS, Target,
 };
 use ledger::crypto::Hash32;
 use ledger::store::record::SignedEvent;
@@ -153,6 +153,7 @@ impl Node {
         log: &dyn LogView,
     ) {
         let (now, heartbeat_ms) = (self.now_ms, self.config.heartbeat_ms);
+        let repair_max = self.config.repair_records_max;
         let RoleState::Leading { progress, .. } = &mut self.state else {
             return;
         };
@@ -181,7 +182,7 @@ impl Node {
                 follower.last_repair_ms = Some(now);
                 let from = tip_gseq.min(my_tip.gseq).max(1);
                 if my_tip.gseq >= from {
-                    let to = my_tip.gseq.min(from + RETRANSMIT_RECORDS_MAX - 1);
+                    let to = my_tip.gseq.min(from + repair_max - 1);
                     self.retransmit(out, sender, from, to);
                 }
             }
@@ -247,7 +248,7 @@ impl Node {
         let tip = log.tip().gseq;
         let to = to_gseq
             .min(tip)
-            .min(from_gseq.saturating_add(RETRANSMIT_RECORDS_MAX - 1));
+            .min(from_gseq.saturating_add(self.config.repair_records_max - 1));
         if from_gseq == 0 || from_gseq > to {
             return;
         }

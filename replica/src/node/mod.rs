@@ -54,11 +54,10 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const WRITE_FAILURE_STAND_DOWN_TIMEOUTS: u64 = 2;
 /// Most records a follower keeps waiting for a gap to fill.
 pub const REORDER_RECORDS_MAX: usize = 8_192;
-/// Most records one NAK asks for (one default segment): a replica far
-/// behind catches up segment by segment.
-pub const NAK_RECORDS_MAX: u64 = 4_096;
-/// Most records retransmitted for one NAK or mismatched acknowledgement.
-pub const RETRANSMIT_RECORDS_MAX: u64 = 4_096;
+/// By default, most records one NAK asks for, one retransmission or one
+/// catch-up sends (one default segment): a replica far behind catches up
+/// segment by segment (`NodeConfig::repair_records_max`).
+pub const REPAIR_RECORDS_DEFAULT: u64 = 4_096;
 /// Most records the primary streams beyond what the most advanced follower
 /// acknowledged: flow control, so a burst of writes cannot overrun the
 /// followers' receive buffers (which would turn into a storm of NAKs and
@@ -214,6 +213,10 @@ pub struct NodeConfig {
     /// it by themselves), doubled per retry up to `nak_backoff_max_ms`.
     pub nak_delay_ms: u64,
     pub nak_backoff_max_ms: u64,
+    /// Most records one NAK asks for, one retransmission or one catch-up
+    /// sends ([`REPAIR_RECORDS_DEFAULT`]; the simulation uses small ones so
+    /// short logs still need many segments).
+    pub repair_records_max: u64,
 }
 
 /// The standard cluster's priority of replica `id`: replica 1 is the
@@ -245,6 +248,7 @@ impl NodeConfig {
             election_timeout_max_ms: 600,
             nak_delay_ms: 20,
             nak_backoff_max_ms: 400,
+            repair_records_max: REPAIR_RECORDS_DEFAULT,
         }
     }
 
@@ -359,8 +363,9 @@ pub struct Node {
     replay: ReplayGuard,
     /// After a failed write the node does not stand for election until then.
     stand_after_ms: u64,
-    /// When a catch-up was last sent to each candidate (rate limit).
-    catchup_sent_ms: BTreeMap<NodeId, u64>,
+    /// The last catch-up sent to each candidate (a rate limit, and where
+    /// the next segment starts).
+    catchup_sent: BTreeMap<NodeId, catchup::CatchupSent>,
     counters: Counters,
 }
 
@@ -394,7 +399,7 @@ impl Node {
             reorder: BTreeMap::new(),
             replay: ReplayGuard::default(),
             stand_after_ms: 0,
-            catchup_sent_ms: BTreeMap::new(),
+            catchup_sent: BTreeMap::new(),
             counters: Counters::default(),
             config,
         };

@@ -802,9 +802,11 @@ fn a_voter_with_more_entries_catches_a_lagging_candidate_up() {
         last_gseq: 7,
         last_epoch: 1,
     };
+    // The backup's gseq 3 is of epoch 1 here too: the logs agree up to
+    // it, so the catch-up starts right after.
     assert!(actions.contains(&Action::Replicate {
         to: Target::Node(3),
-        from_gseq: 2,
+        from_gseq: 4,
         to_gseq: 7,
         epoch: 0,
         commit_gseq: 0,
@@ -965,4 +967,74 @@ fn a_granted_vote_replayed_to_another_candidate_elects_no_one() {
     };
     other.receive(2_001, to(3, datagram(2, 1, 1, 0, foreign)), &log);
     assert_eq!(other.role(), Role::Follower);
+}
+
+/// Found in a repeated-kill run: a candidate more than one catch-up
+/// segment behind was sent the same first segment (from its commit) again
+/// and again, and no primary appeared. Each catch-up now continues from
+/// what the candidate holds, so it crosses any distance segment by segment.
+#[test]
+fn a_candidate_far_behind_catches_up_segment_by_segment() {
+    let (mut primary, mut full) = elected_primary();
+    let (events, keys) = machine_events(20);
+    primary.propose(events.clone()).unwrap();
+    full.append_events(1, 0, &events, &keys);
+    let tip = full.tip().gseq;
+    let small = |id| NodeConfig {
+        repair_records_max: 4,
+        ..config(id)
+    };
+    let mut sync = Node::new(small(2), Restart::default(), 11, 0);
+    let sync_log = full.copy();
+    let mut backup = Node::new(small(3), Restart::default(), 12, 0);
+    let mut backup_log = TestLog::new();
+    backup_log
+        .append_replicated(&full.records(1, 2), &keys)
+        .unwrap();
+    let mut now = 5_000;
+    let mut packet_seq = 1;
+    let mut segments = Vec::new();
+    while backup_log.tip().gseq < tip && segments.len() < 20 {
+        // The backup asks (its commit stays 1 all along) ...
+        let ask = Message::PreVoteRequest {
+            last_gseq: backup_log.tip().gseq,
+            last_epoch: backup_log.tip().epoch,
+        };
+        let actions = sync.receive(now, datagram(3, 2, packet_seq, 1, ask), &sync_log);
+        let Some((from, to_gseq)) = actions.iter().find_map(|a| match a {
+            Action::Replicate {
+                from_gseq, to_gseq, ..
+            } => Some((*from_gseq, *to_gseq)),
+            _ => None,
+        }) else {
+            panic!("no catch-up sent: {actions:?}");
+        };
+        segments.push((from, to_gseq));
+        // ... and takes the segment it was sent.
+        let catchup = Message::Catchup {
+            first_gseq: from,
+            records: full.records(from, to_gseq),
+            last_gseq: tip,
+            last_epoch: 1,
+        };
+        let actions = backup.receive(
+            now,
+            to(3, datagram(2, 0, packet_seq, 0, catchup)),
+            &backup_log,
+        );
+        for action in actions {
+            if let Action::AppendReplicated { records } = action {
+                let bytes: Vec<Vec<u8>> = records.into_iter().map(|r| r.into_bytes()).collect();
+                backup_log.append_replicated(&bytes, &keys).unwrap();
+            }
+        }
+        now += 100;
+        packet_seq += 1;
+    }
+    assert_eq!(backup_log.tip(), full.tip(), "caught up: {segments:?}");
+    assert_eq!(segments.first(), Some(&(3, 6)));
+    assert!(
+        segments.windows(2).all(|w| w[1].0 == w[0].1 + 1),
+        "each segment continues the last: {segments:?}"
+    );
 }

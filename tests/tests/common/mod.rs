@@ -168,9 +168,33 @@ pub fn primaries(status: &[Value]) -> Vec<(usize, u64)> {
         .collect()
 }
 
+/// Ports a local cluster uses above its base (`LocalClusterPlan`).
+const CLUSTER_PORTS: u16 = 30;
+
+/// A base port whose next `CLUSTER_PORTS` TCP and UDP ports on loopback are
+/// free right now, so tests running at the same time (in one process or
+/// several) do not collide. Candidates above 20000 stay clear of services;
+/// the search is bounded.
 pub fn base_port() -> u16 {
-    // Spread concurrent runs apart; ports above 20000 stay clear of services.
-    20_000 + u16::try_from(std::process::id() % 1_500).unwrap() * 30
+    use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let free = |port: u16| {
+        let address = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        TcpListener::bind(address).is_ok() && UdpSocket::bind(address).is_ok()
+    };
+    let slots = u32::from((60_000 - 20_000) / CLUSTER_PORTS);
+    for _ in 0..200 {
+        let turn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let slot = (std::process::id()
+            .wrapping_mul(7_919)
+            .wrapping_add(turn * 104_729))
+            % slots;
+        let base = 20_000 + u16::try_from(slot).expect("below 60000") * CLUSTER_PORTS;
+        if (1..=CLUSTER_PORTS).all(|offset| free(base + offset)) {
+            return base;
+        }
+    }
+    panic!("no free range of {CLUSTER_PORTS} ports found on loopback");
 }
 
 /// Each machine's acknowledged count, from `vendctl simulate --cluster`'s
