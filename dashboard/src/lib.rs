@@ -59,6 +59,10 @@ pub struct ReplicaStatus {
     /// The last storage failure, while the log cannot be written (a full
     /// disk); `None` once writes succeed again.
     pub storage_error: Option<String>,
+    /// Set while the replica repairs a damaged log from its peers: the
+    /// gseq it had promised. Until then it does not vote, stand or
+    /// acknowledge.
+    pub repairing_until: Option<u64>,
     pub transport: String,
     pub pid: u32,
     pub uptime_ms: u64,

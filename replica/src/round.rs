@@ -26,9 +26,10 @@ use crate::node::{Action, LogView, Node, NodeConfig, PersistedVote, Restart, Rol
 use crate::wire::{Datagram, DatagramCodec, Message, NodeId, WireError, replication_messages};
 use ledger::crypto::Hash32;
 use ledger::keys::ChainKeys;
-use ledger::store::StoreError;
 use ledger::store::backend::Backend;
+use ledger::store::promise::{Promise, PromiseStore};
 use ledger::store::record::ReplicatedRecord;
+use ledger::store::{LogStore, StoreError};
 use ledger::{Ledger, MachineId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -89,6 +90,21 @@ pub enum Outgoing {
     /// Load the key directory again (off the core thread) and hand it back
     /// as [`Input::Keys`]: a machine without a key was met.
     LoadKeys,
+}
+
+/// What a round starts with besides its configuration and ledger.
+pub struct Start<K> {
+    pub keys: K,
+    pub codec: DatagramCodec,
+    /// Where the replica's promises are kept, apart from its log.
+    pub promises: Box<dyn PromiseStore>,
+    /// The lowest incarnation to take (a server's wall clock).
+    pub incarnation_floor: u64,
+    pub seed: u64,
+    /// The log was found damaged and replaced by an empty one: without a
+    /// promise to say what it held, the replica repairs until it holds all
+    /// its primary does.
+    pub damaged: bool,
 }
 
 /// What a round needs to know about its cluster.
@@ -237,6 +253,9 @@ pub struct Round<B: Backend, K: FleetKeys> {
     proposal_origins: Vec<SessionId>,
     /// A commit advance not yet announced to the machines.
     commit_to_announce: Option<u64>,
+    /// Where what was promised is kept, and what was last promised.
+    promises: Box<dyn PromiseStore>,
+    promised: Option<Promise>,
     commit_saved: u64,
     commit_saved_at_ms: u64,
     /// The primary's tip as last heard (for the follower's lag).
@@ -251,45 +270,47 @@ pub struct Round<B: Backend, K: FleetKeys> {
 }
 
 impl<B: Backend, K: FleetKeys> Round<B, K> {
-    /// Starts a replica on an opened ledger: the vote, the commit hint and
-    /// the incarnation come from the ledger's metadata. The incarnation
-    /// (which peers' replay guards go by) becomes the larger of the saved
-    /// one plus one and `incarnation_floor` (a server passes its wall
-    /// clock, so a replica whose metadata was lost still moves forward).
+    /// Starts a replica on an opened ledger. The vote, the commit hint and
+    /// the incarnation come from the ledger's metadata and from the promise
+    /// file, whichever is newer: the promise survives damage to the log. A
+    /// log that ends before what was promised (or that holds another entry
+    /// at the promised gseq) is repaired from the peers before the replica
+    /// votes, stands or acknowledges. The incarnation (which peers' replay
+    /// guards go by) becomes the larger of the saved one plus one and
+    /// `start.incarnation_floor` (a server passes its wall clock).
     pub fn open(
         config: RoundConfig,
         mut ledger: Ledger<B>,
-        keys: K,
-        codec: DatagramCodec,
-        incarnation_floor: u64,
-        seed: u64,
+        start: Start<K>,
     ) -> Result<Round<B, K>, StoreError> {
-        let store = ledger.store();
-        let vote: PersistedVote = store.app_meta(META_VOTE)?.unwrap_or_default();
-        let commit_hint: u64 = store
-            .app_meta::<u64>(META_COMMIT)?
-            .unwrap_or(0)
-            .min(store.head().gseq);
-        let previous: u64 = store.app_meta(META_INCARNATION)?.unwrap_or(0);
+        let Start {
+            keys,
+            codec,
+            mut promises,
+            incarnation_floor,
+            seed,
+            damaged,
+        } = start;
+        let mut promise = load_promise(&config.name, promises.as_mut());
+        if damaged && promise.is_none() {
+            promise = Some(Promise::new(u64::MAX, [0; 32], 0, None));
+        }
+        let (restart, previous) = restart_state(&config.name, ledger.store(), promise.as_ref())?;
         let incarnation = (previous + 1).max(incarnation_floor);
         ledger
             .store_mut()
             .put_app_meta(META_INCARNATION, &incarnation)?;
         ledger.store_mut().sync_deferred()?;
-        let node = Node::new(
-            config.node.clone(),
-            Restart { vote, commit_hint },
-            seed ^ incarnation,
-            0,
-        );
+        let node = Node::new(config.node.clone(), restart, seed ^ incarnation, 0);
         tracing::info!(
             replica = %config.name,
-            epoch = vote.epoch,
+            epoch = restart.vote.epoch,
             tip = ledger.store().head().gseq,
-            commit_hint,
+            commit_hint = restart.commit_hint,
             incarnation,
             "replica opened its log"
         );
+        let commit_hint = restart.commit_hint;
         Ok(Round {
             config,
             node,
@@ -307,6 +328,8 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             acks_queued: BTreeMap::new(),
             proposal_origins: Vec::new(),
             commit_to_announce: None,
+            promises,
+            promised: promise,
             commit_saved: commit_hint,
             commit_saved_at_ms: 0,
             primary_tip: 0,
@@ -454,6 +477,15 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             // for the next round's sync.
             return Vec::new();
         }
+        if let Err(error) = self.keep_promises() {
+            self.counters.sync_failures += 1;
+            self.storage_failed(
+                "the promise file could not be written; nothing of the round is sent",
+                &error,
+            );
+            self.outbox.clear();
+            return Vec::new();
+        }
         if std::mem::take(&mut self.wrote_this_round)
             && self.counters.storage_error.take().is_some()
         {
@@ -465,6 +497,64 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
     /// Checkpoints the projection (at shutdown), durably at the next sync.
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.ledger.checkpoint()
+    }
+
+    /// Records what this round promises — the durable tip of the log, the
+    /// vote, the incarnation — in the promise file, before anything of the
+    /// round leaves (only when it changed).
+    fn keep_promises(&mut self) -> Result<(), StoreError> {
+        let head = self.ledger.store().head();
+        let vote = self.node.vote();
+        let mut promise = Promise {
+            incarnation: self.incarnation,
+            ..Promise::new(head.gseq, head.hash, vote.epoch, vote.voted_for)
+        };
+        // While repairing, what was promised still stands: the log must
+        // reach it again before the promise may move.
+        if let (Some(_), Some(kept)) = (self.node.repairing_until(), self.promised) {
+            promise.tip_gseq = kept.tip_gseq;
+            promise.tip_hash = kept.tip_hash;
+        }
+        if self.promised.is_some_and(|p| p.same_as(&promise)) {
+            return Ok(());
+        }
+        self.promises
+            .save(&promise)
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        self.promised = Some(promise);
+        Ok(())
+    }
+
+    /// A truncation drops entries this replica may have promised (they were
+    /// not committed, or the node would not truncate them): the promise
+    /// comes down first, durably, so a crash right after the truncation is
+    /// not mistaken for damage at the next start.
+    fn lower_promise_to(&mut self, gseq: u64) -> Result<(), StoreError> {
+        let Some(promised) = self.promised else {
+            return Ok(());
+        };
+        if promised.tip_gseq <= gseq || self.node.repairing_until().is_some() {
+            return Ok(());
+        }
+        let hash = match gseq {
+            0 => ledger::store::record::GENESIS_HASH,
+            _ => self
+                .ledger
+                .store()
+                .get(gseq)?
+                .map(|entry| entry.hash)
+                .ok_or_else(|| StoreError::Io(format!("entry {gseq} is missing")))?,
+        };
+        let lowered = Promise {
+            tip_gseq: gseq,
+            tip_hash: hash,
+            ..promised
+        };
+        self.promises
+            .save(&lowered)
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        self.promised = Some(lowered);
+        Ok(())
     }
 
     /// Saves the commit hint now (at shutdown), durably at the next sync.
@@ -637,6 +727,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             Action::AppendMarker { epoch } => return Ok(self.append_marker(epoch)?),
             Action::AppendReplicated { records } => self.append_replicated(&records)?,
             Action::TruncateAfter { gseq } => {
+                self.lower_promise_to(gseq)?;
                 let removed = self.ledger.truncate_after(gseq)?;
                 self.cache.truncate_after(gseq);
                 tracing::warn!(replica = %self.config.name, to_gseq = gseq, removed, "truncated an uncommitted suffix");
@@ -788,4 +879,80 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             }
         }
     }
+}
+
+/// The promise, or `None` for a replica that never promised anything. A
+/// promise file that cannot be read means nobody knows what was promised:
+/// the replica then repairs as if it had promised everything its primary
+/// holds.
+fn load_promise(name: &str, promises: &mut dyn PromiseStore) -> Option<Promise> {
+    match promises.load() {
+        Ok(promise) => promise,
+        Err(error) => {
+            tracing::error!(replica = %name, error = %error, "the promise file is unreadable; this replica repairs its log from the primary before it votes, stands or acknowledges");
+            Some(Promise::new(u64::MAX, [0; 32], 0, None))
+        }
+    }
+}
+
+/// How the node restarts, and the incarnation last used: the newest vote of
+/// the log's metadata and the promise, the commit hint, and whether the log
+/// must be repaired because it ends before what was promised.
+fn restart_state<B: Backend>(
+    name: &str,
+    store: &LogStore<B>,
+    promise: Option<&Promise>,
+) -> Result<(Restart, u64), StoreError> {
+    let logged: PersistedVote = store.app_meta(META_VOTE)?.unwrap_or_default();
+    let promised = promise.map_or_else(PersistedVote::default, |p| PersistedVote {
+        epoch: p.vote_epoch,
+        voted_for: p.voted_for,
+    });
+    // At the same epoch, a vote cast beats none (the log may have lost
+    // the write that recorded it).
+    let vote = if (promised.epoch, promised.voted_for.is_some())
+        > (logged.epoch, logged.voted_for.is_some())
+    {
+        promised
+    } else {
+        logged
+    };
+    let commit_hint = store
+        .app_meta::<u64>(META_COMMIT)?
+        .unwrap_or(0)
+        .min(store.head().gseq);
+    let logged_incarnation: u64 = store.app_meta(META_INCARNATION)?.unwrap_or(0);
+    let incarnation = logged_incarnation.max(promise.map_or(0, |p| p.incarnation));
+    let repair_until = promise.and_then(|p| short_of_promise(name, store, p));
+    let restart = Restart {
+        vote,
+        commit_hint,
+        repair_until,
+    };
+    Ok((restart, incarnation))
+}
+
+/// The promised gseq when the log does not hold what was promised.
+fn short_of_promise<B: Backend>(name: &str, store: &LogStore<B>, promise: &Promise) -> Option<u64> {
+    let tip = store.head().gseq;
+    if promise.tip_gseq == 0 {
+        return None;
+    }
+    let holds = tip >= promise.tip_gseq
+        && store
+            .get(promise.tip_gseq)
+            .ok()
+            .flatten()
+            .is_some_and(|entry| entry.hash == promise.tip_hash);
+    if holds {
+        return None;
+    }
+    tracing::error!(
+        replica = %name,
+        log_tip = tip,
+        promised = promise.tip_gseq,
+        "this replica's log ends at gseq {tip} (or differs there) but it had promised up to gseq {}: its log was damaged or cut short; it repairs from its peers as a learner and does not vote, stand or acknowledge until then",
+        promise.tip_gseq
+    );
+    Some(promise.tip_gseq)
 }

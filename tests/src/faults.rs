@@ -7,6 +7,7 @@ use ledger::crypto::Hash32;
 use ledger::ids::MachineId;
 use ledger::store::backend::{Backend, Batch, RecordVisitor, StoredState, Truncation};
 use ledger::store::memory::MemBackend;
+use ledger::store::promise::{Promise, PromiseError, PromiseStore};
 use ledger::store::{SegmentSummary, StoreConfig, StoreError};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -240,5 +241,21 @@ impl Backend for FaultyBackend {
 
     fn checkpoint_at_or_before(&self, gseq: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         self.inner.checkpoint_at_or_before(gseq)
+    }
+}
+
+/// A replica's promises in the simulation: memory that survives its crashes
+/// and is never touched by the damage done to its log.
+#[derive(Clone, Debug, Default)]
+pub struct MemPromises(Arc<Mutex<Option<Promise>>>);
+
+impl PromiseStore for MemPromises {
+    fn load(&mut self) -> Result<Option<Promise>, PromiseError> {
+        Ok(*self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn save(&mut self, promise: &Promise) -> Result<(), PromiseError> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(*promise);
+        Ok(())
     }
 }

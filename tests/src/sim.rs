@@ -22,14 +22,14 @@
 //! what it stored, at most one primary per epoch, and after the faults stop
 //! everything converges.
 
-use crate::faults::{Faults, FaultyBackend};
+use crate::faults::{Faults, FaultyBackend, MemPromises};
 use bytes::{Bytes, BytesMut};
 use ledger::Ledger;
 use ledger::crypto::{CHAIN_KEY_CONTEXT, Hash32, LINK_KEY_CONTEXT, SecretKey};
 use ledger::keys::ChainKeys;
 use ledger::store::memory::{MemBackend, MemDisk};
 use ledger::store::record::SignedEvent;
-use ledger::store::{LogStore, SEGMENT_ENTRIES_DEFAULT};
+use ledger::store::{LogStore, SEGMENT_ENTRIES_DEFAULT, StoreError};
 use ledger::{MachineCore, MachineId};
 use link::codec::{LengthDelimitedCodec, frame_codec};
 use link::uplink::{LocalEvents, Uplink, UplinkAction};
@@ -37,8 +37,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replica::ingest::LinkKeys;
 use replica::node::{NodeConfig, Role, Target};
-use replica::round::{Input, Outgoing, Round, RoundConfig};
-use replica::wire::{DatagramCodec, NodeId, PAYLOAD_BYTES_DEFAULT};
+use replica::round::{Input, Outgoing, Round, RoundConfig, Start};
+use replica::wire::{DatagramCodec, Message, NodeId, PAYLOAD_BYTES_DEFAULT};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio_util::codec::{Decoder, Encoder};
@@ -93,6 +93,9 @@ pub struct SimConfig {
     pub sync_fail_percent: u32,
     /// Most records one NAK, retransmission or catch-up carries.
     pub repair_records_max: u64,
+    /// Chance that a replica's crash also damages its disk (lost synced
+    /// writes, or a corrupt record).
+    pub damage_percent: u32,
 }
 
 impl SimConfig {
@@ -119,6 +122,7 @@ impl SimConfig {
             // Mostly small segments, so these short logs still need many
             // NAKs, retransmissions and catch-ups to repair a replica.
             repair_records_max: [8, 16, 32, 64, 4_096][rng.random_range(0..5)],
+            damage_percent: rng.random_range(0..=20),
         }
     }
 }
@@ -152,6 +156,13 @@ pub struct SimReport {
     pub replica_crashes: u64,
     /// Crashes at a write or a sync, part way through a round.
     pub crashes_mid_round: u64,
+    /// Crashes that also damaged the disk, and damaged replicas that
+    /// repaired their log from the others.
+    pub disks_damaged: u64,
+    pub repairs: u64,
+    /// Repairs a crash caused without damage (the log fell short of the
+    /// promise file), which is safe but costs the replica's vote a while.
+    pub repairs_without_damage: u64,
     /// Writes and syncs that failed without a crash.
     pub writes_failed: u64,
     pub syncs_failed: u64,
@@ -256,6 +267,15 @@ impl Inbound {
 type SimRound = Round<FaultyBackend, SimKeys>;
 type SimLedger = Ledger<FaultyBackend>;
 
+/// Damage a crash does to a disk.
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    /// The last synced writes are lost (a cut WAL).
+    LoseWrites(usize),
+    /// One byte of one stored record flips.
+    Corrupt(usize),
+}
+
 /// A replica: its disk survives crashes; the process is either running
 /// (a round executor) or down (what its disk holds, for the checkers).
 enum Process {
@@ -273,6 +293,14 @@ struct ReplicaSim {
     restart_at_ms: Option<u64>,
     /// Highest commit already checked against the other replicas.
     checked_commit: u64,
+    /// Kept apart from the disk, so damage to the log cannot roll it back.
+    promises: MemPromises,
+    /// The disk was damaged and the replica has not repaired it yet.
+    damaged: bool,
+    /// The log was found damaged and replaced: the next start says so.
+    found_damaged: bool,
+    /// Started repairing its log (and has not finished).
+    repairing: bool,
 }
 
 impl ReplicaSim {
@@ -302,13 +330,29 @@ impl ReplicaSim {
     }
 }
 
-/// Opens what a replica's disk holds, faults switched off.
-fn open_ledger(disk: &MemDisk, faults: &Faults) -> SimLedger {
+/// Opens what a replica's disk holds, faults switched off, and checks its
+/// chain as a replica does at start.
+fn open_ledger(disk: &MemDisk, faults: &Faults) -> Result<SimLedger, StoreError> {
     faults.plan().enabled = false;
     let backend = FaultyBackend::new(MemBackend::open(disk, true), faults.clone());
-    let store =
-        LogStore::with_backend(backend, SEGMENT_ENTRIES_DEFAULT).expect("memory store opens");
-    Ledger::with_store(store).expect("a memory ledger opens")
+    let store = LogStore::with_backend(backend, SEGMENT_ENTRIES_DEFAULT)?;
+    let ledger = Ledger::with_store(store)?;
+    ledger.store().check_chain()?;
+    Ok(ledger)
+}
+
+/// What a replica finds on its disk when it starts: the log, or — when the
+/// log is damaged — a fresh one on a new disk (the server sets a damaged
+/// log aside the same way), and whether that happened.
+fn open_disk(replica: &mut ReplicaSim) -> (SimLedger, bool) {
+    match open_ledger(&replica.disk, &replica.faults) {
+        Ok(ledger) => (ledger, false),
+        Err(_) => {
+            replica.disk = MemDisk::new();
+            let ledger = open_ledger(&replica.disk, &replica.faults).expect("a new disk opens");
+            (ledger, true)
+        }
+    }
 }
 
 struct MachineSim {
@@ -432,16 +476,18 @@ impl Simulation {
             .map(|&id| {
                 let disk = MemDisk::new();
                 let faults = Faults::new(rng.random(), committed.clone());
-                let ledger = open_ledger(&disk, &faults);
-                let round = Round::open(
-                    round_config(id, &config),
-                    ledger,
-                    keys.clone(),
-                    DatagramCodec::new(CLUSTER_ID, &cluster_key),
-                    0,
-                    rng.random(),
-                )
-                .expect("a new replica opens");
+                let ledger = open_ledger(&disk, &faults).expect("a new disk opens");
+                let promises = MemPromises::default();
+                let start = Start {
+                    keys: keys.clone(),
+                    codec: DatagramCodec::new(CLUSTER_ID, &cluster_key),
+                    promises: Box::new(promises.clone()),
+                    incarnation_floor: 0,
+                    seed: rng.random(),
+                    damaged: false,
+                };
+                let round = Round::open(round_config(id, &config), ledger, start)
+                    .expect("a new replica opens");
                 ReplicaSim {
                     id,
                     name: replica_name(id),
@@ -450,6 +496,10 @@ impl Simulation {
                     process: Process::Running(Box::new(round)),
                     restart_at_ms: None,
                     checked_commit: 0,
+                    promises,
+                    damaged: false,
+                    found_damaged: false,
+                    repairing: false,
                 }
             })
             .collect();
@@ -691,7 +741,11 @@ impl Simulation {
         }
         match self.drill {
             Drill::Waiting => {
-                let all_alive = self.replicas.iter().all(ReplicaSim::alive);
+                // The drill needs every replica sound: a replica still
+                // repairing a damaged log does not vote, and with the
+                // primary killed no majority could elect.
+                let all_alive = self.replicas.iter().all(ReplicaSim::alive)
+                    && self.replicas.iter().all(|r| !r.damaged && !r.repairing);
                 let primary = self
                     .replicas
                     .iter()
@@ -756,30 +810,77 @@ impl Simulation {
     fn crash_replica(&mut self, index: usize, keep_unsynced: usize) {
         self.report.replica_crashes += 1;
         let restart_at = self.now_ms + self.rng.random_range(100..1_500);
+        let damage = self.damage_for(index);
         let replica = &mut self.replicas[index];
         if let Process::Running(round) = &replica.process {
             self.report.catchup_records += round.node().counters().catchup_records_taken;
         }
         // Drop the process first: nothing it held in memory survives.
-        replica.process = Process::Down(Box::new(open_ledger(&MemDisk::new(), &replica.faults)));
+        replica.process = Process::Down(Box::new(
+            open_ledger(&MemDisk::new(), &replica.faults).expect("a new disk opens"),
+        ));
         replica.disk.crash(keep_unsynced);
+        if let Some(damage) = damage {
+            self.report.disks_damaged += 1;
+            replica.damaged = true;
+            match damage {
+                Damage::LoseWrites(writes) => replica.disk.lose_synced_writes(writes),
+                Damage::Corrupt(pick) => {
+                    replica.disk.corrupt_a_record(pick);
+                }
+            }
+        }
         replica.faults.reset();
-        replica.process = Process::Down(Box::new(open_ledger(&replica.disk, &replica.faults)));
+        let (ledger, found) = open_disk(replica);
+        replica.found_damaged |= found;
+        replica.process = Process::Down(Box::new(ledger));
         replica.restart_at_ms = Some(restart_at);
         let id = replica.id;
         self.drop_connections_of(id);
     }
 
+    /// Whether (and how) a crash also damages the disk: now and then in
+    /// the fault phase, and never while another replica is damaged and not
+    /// repaired yet — one faulty replica is what three can survive.
+    fn damage_for(&mut self, index: usize) -> Option<Damage> {
+        let others_sound = self.replicas.iter().enumerate().all(|(i, r)| {
+            let repairing = match &r.process {
+                Process::Running(round) => round.node().repairing_until().is_some(),
+                Process::Down(_) => r.found_damaged,
+            };
+            i == index || !(r.damaged || repairing)
+        });
+        let damage = self.in_fault_phase()
+            && others_sound
+            && self.rng.random_range(0..100) < self.config.damage_percent;
+        if !damage {
+            return None;
+        }
+        Some(if self.rng.random_bool(0.5) {
+            Damage::LoseWrites(self.rng.random_range(1..20))
+        } else {
+            Damage::Corrupt(self.rng.random_range(0..usize::MAX))
+        })
+    }
+
     fn restart_replica(&mut self, index: usize) {
-        let seed = self.rng.random();
-        let keys = self.keys.clone();
-        let codec = DatagramCodec::new(CLUSTER_ID, &self.cluster_key);
+        let start = Start {
+            keys: self.keys.clone(),
+            codec: DatagramCodec::new(CLUSTER_ID, &self.cluster_key),
+            promises: Box::new(self.replicas[index].promises.clone()),
+            incarnation_floor: 0,
+            seed: self.rng.random(),
+            damaged: self.replicas[index].found_damaged,
+        };
         let config = round_config(self.replicas[index].id, &self.config);
         let replica = &mut self.replicas[index];
         replica.restart_at_ms = None;
+        replica.found_damaged = false;
         let ledger = match std::mem::replace(
             &mut replica.process,
-            Process::Down(Box::new(open_ledger(&MemDisk::new(), &replica.faults))),
+            Process::Down(Box::new(
+                open_ledger(&MemDisk::new(), &replica.faults).expect("a new disk opens"),
+            )),
         ) {
             Process::Down(ledger) => *ledger,
             Process::Running(round) => {
@@ -787,8 +888,14 @@ impl Simulation {
                 return;
             }
         };
-        let round = Round::open(config, ledger, keys, codec, 0, seed)
-            .expect("a replica reopens its memory log");
+        let round = Round::open(config, ledger, start).expect("a replica reopens its memory log");
+        replica.repairing = round.node().repairing_until().is_some();
+        if replica.repairing && !replica.damaged {
+            // Not damaged, yet its log does not hold what it promised: a
+            // crash between a write and the promise that covers it.
+            self.report.repairs_without_damage += 1;
+            replica.damaged = true;
+        }
         replica.checked_commit = 0;
         replica.process = Process::Running(Box::new(round));
     }
@@ -1199,9 +1306,17 @@ impl Simulation {
         let Some(round) = self.replicas[index].round() else {
             return true;
         };
+        let repairing = round.node().repairing_until().is_some();
         if round.node().role() == Role::Primary {
             let (id, epoch) = (round.node().id(), round.node().epoch());
             self.check_one_primary_per_epoch(id, epoch);
+        }
+        let replica = &mut self.replicas[index];
+        if replica.damaged && !repairing {
+            replica.damaged = false;
+            if std::mem::take(&mut replica.repairing) {
+                self.report.repairs += 1;
+            }
         }
         false
     }
@@ -1209,7 +1324,10 @@ impl Simulation {
     /// Carries out what a round released.
     fn release(&mut self, index: usize, outgoing: Outgoing) {
         match outgoing {
-            Outgoing::Datagram { to, bytes } => self.send_datagram(index, to, bytes),
+            Outgoing::Datagram { to, bytes } => {
+                self.check_repairing_promises_nothing(index, &bytes);
+                self.send_datagram(index, to, bytes)
+            }
             Outgoing::Frame { session, payload } => self.send_frame(session, false, payload),
             Outgoing::Close { session } => self.close_from_replica(session),
             Outgoing::LoadKeys => {
@@ -1267,7 +1385,10 @@ impl Simulation {
             .iter()
             .filter(|r| r.ledger().store().machine_head(&id).seq >= seq)
             .count();
-        if holders < 2 {
+        // A replica whose disk was damaged may have lost it since the
+        // commit; the other holder must still have it.
+        let damaged = self.replicas.iter().any(|r| r.damaged);
+        if holders < 2 - usize::from(damaged) {
             self.violate(
                 "no acknowledged event is lost",
                 format!("{id} was told #{seq} is committed but only {holders} replica(s) hold it"),
@@ -1320,6 +1441,29 @@ impl Simulation {
             Some(problem) => self.violate("replicas agree on every committed entry", problem),
             None => self.replicas[index].checked_commit = commit_gseq,
         }
+    }
+
+    /// A replica repairing a damaged log neither acknowledges nor grants a
+    /// vote: what it would promise rests on a log that lost entries.
+    fn check_repairing_promises_nothing(&mut self, index: usize, bytes: &[u8]) {
+        let Some(round) = self.replicas[index].round() else {
+            return;
+        };
+        if round.node().repairing_until().is_none() {
+            return;
+        }
+        let promise = match self.codec.decode(bytes).map(|d| d.message) {
+            Ok(Message::Ack { tip_gseq, .. }) if tip_gseq > 0 => "acknowledges",
+            Ok(Message::VoteReply { granted: true, .. }) => "grants a vote",
+            Ok(Message::PreVoteReply { granted: true, .. }) => "grants a pre-vote",
+            Ok(Message::PreVoteRequest { .. } | Message::VoteRequest { .. }) => "stands",
+            _ => return,
+        };
+        let name = self.replicas[index].name.clone();
+        self.violate(
+            "a damaged replica promises nothing until repaired",
+            format!("{name} {promise} while repairing its log"),
+        );
     }
 
     fn check_one_primary_per_epoch(&mut self, id: NodeId, epoch: u64) {

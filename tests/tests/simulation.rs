@@ -40,7 +40,7 @@ fn thousands_of_seeds_keep_every_invariant() {
     let ok: Vec<&SimReport> = reports.iter().filter_map(|r| r.as_ref().ok()).collect();
     let sum = |f: fn(&SimReport) -> u64| ok.iter().map(|r| f(r)).sum::<u64>();
     eprintln!(
-        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-round), {} failed writes, {} failed syncs, {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs, {} records caught up from a voter; drill failover worst {} ms, mean {} ms",
+        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-round, {} damaging the disk, {} repairs, {} repairs without damage), {} failed writes, {} failed syncs, {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs, {} records caught up from a voter; drill failover worst {} ms, mean {} ms",
         reports.len(),
         started.elapsed().as_secs_f64(),
         sum(|r| r.events),
@@ -48,6 +48,9 @@ fn thousands_of_seeds_keep_every_invariant() {
         sum(|r| r.epochs),
         sum(|r| r.replica_crashes),
         sum(|r| r.crashes_mid_round),
+        sum(|r| r.disks_damaged),
+        sum(|r| r.repairs),
+        sum(|r| r.repairs_without_damage),
         sum(|r| r.writes_failed),
         sum(|r| r.syncs_failed),
         sum(|r| r.machine_crashes),
@@ -75,6 +78,8 @@ fn thousands_of_seeds_keep_every_invariant() {
     if count >= 200 {
         assert!(sum(|r| r.replica_crashes) > count / 4);
         assert!(sum(|r| r.crashes_mid_round) > 0);
+        assert!(sum(|r| r.disks_damaged) > 0);
+        assert!(sum(|r| r.repairs) > 0, "damaged replicas must repair");
         assert!(sum(|r| r.writes_failed) > 0);
         assert!(sum(|r| r.syncs_failed) > 0);
         assert!(sum(|r| r.partitions) > count / 10);

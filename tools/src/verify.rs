@@ -3,6 +3,7 @@
 use crate::say;
 use crate::util::{DataArgs, hex32, progress, rate};
 use anyhow::Result;
+use ledger::store::promise::PromiseFile;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -10,6 +11,43 @@ use std::time::Instant;
 pub struct Args {
     #[command(flatten)]
     data: DataArgs,
+}
+
+/// A replica's data directory holds its promise file (what it had made
+/// durable and acknowledged): a log that ends before it, or holds another
+/// entry there, lost entries, however sound the rest of it is.
+fn short_of_promise(
+    data: &crate::util::DataArgs,
+    store: &ledger::store::LogStore,
+) -> Option<ledger::verify::VerifyFailure> {
+    let promise = match PromiseFile::read(&data.data) {
+        Ok(Some(promise)) => promise,
+        Ok(None) => return None,
+        Err(error) => {
+            return Some(ledger::verify::VerifyFailure {
+                gseq: None,
+                machine: None,
+                problem: format!("{error}: what this replica promised is unknown"),
+            });
+        }
+    };
+    let head = store.head().gseq;
+    let holds = head >= promise.tip_gseq
+        && store
+            .get(promise.tip_gseq)
+            .ok()
+            .flatten()
+            .is_none_or(|entry| promise.tip_gseq == 0 || entry.hash == promise.tip_hash);
+    (!holds).then(|| ledger::verify::VerifyFailure {
+        gseq: None,
+        machine: None,
+        problem: format!(
+            "the log ends at gseq {head} (or holds another entry at gseq {}), but this replica had promised up to gseq {} ({}): acknowledged entries are missing",
+            promise.tip_gseq,
+            promise.tip_gseq,
+            data.data.join(ledger::store::promise::PROMISE_FILE).display()
+        ),
+    })
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -23,6 +61,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     });
     bar.finish_and_clear();
+    let result = result.and_then(|summary| match short_of_promise(&args.data, &store) {
+        Some(problem) => Err(problem),
+        None => Ok(summary),
+    });
     match result {
         Ok(summary) => {
             say!(

@@ -71,6 +71,43 @@ impl MemDisk {
         state.writes.truncate(keep);
         state.synced = keep;
     }
+
+    /// Damage a real disk can do, which the store must detect rather than
+    /// serve: the last `writes` synced writes are lost (a cut WAL).
+    pub fn lose_synced_writes(&self, writes: usize) {
+        let mut state = self.lock();
+        let keep = state.writes.len().saturating_sub(writes);
+        state.writes.truncate(keep);
+        state.synced = state.synced.min(keep);
+    }
+
+    /// Damage: one byte of one stored record is flipped (`pick` chooses
+    /// which, stably). Returns whether there was a record to damage.
+    pub fn corrupt_a_record(&self, pick: usize) -> bool {
+        let mut state = self.lock();
+        let records: Vec<(usize, usize)> = state
+            .writes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, write)| match write {
+                Write::Batch(batch) => Some((index, batch.records.len())),
+                _ => None,
+            })
+            .flat_map(|(index, count)| (0..count).map(move |record| (index, record)))
+            .collect();
+        let Some(&(write, record)) = records.get(pick % records.len().max(1)) else {
+            return false;
+        };
+        let Write::Batch(batch) = &mut state.writes[write] else {
+            return false;
+        };
+        let bytes = &mut batch.records[record];
+        let at = pick % bytes.len().max(1);
+        if let Some(byte) = bytes.get_mut(at) {
+            *byte ^= 0x20;
+        }
+        true
+    }
 }
 
 /// The working state rebuilt from a disk's writes.

@@ -32,7 +32,10 @@ impl Node {
 
     pub(super) fn election_timeout(&mut self, out: &mut Vec<Action>, log: &dyn LogView) {
         self.reset_election_timer();
-        if self.config.priority() == 0 || self.now_ms < self.stand_after_ms {
+        if self.config.priority() == 0
+            || self.now_ms < self.stand_after_ms
+            || self.repair_until.is_some()
+        {
             return;
         }
         // Pre-vote: ask whether the others would vote for us in the next
@@ -117,7 +120,12 @@ impl Node {
     ) {
         match message {
             Message::Append { .. } | Message::Heartbeat { .. } => {
-                let tip = log.tip();
+                // The newer epoch is what counts. While repairing, the ack
+                // names nothing (gseq 0): a damaged log promises nothing.
+                let tip = match self.repair_until {
+                    Some(_) => super::Tip::default(),
+                    None => log.tip(),
+                };
                 self.send(
                     out,
                     Target::Node(sender),

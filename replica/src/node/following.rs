@@ -136,6 +136,7 @@ impl Node {
             // this epoch, so this log now equals the primary's up to `tip`.
             self.verified = self.verified.max(tip.gseq);
         }
+        self.end_repair_if_done(None);
         if last_gseq > tip.gseq {
             self.want(last_gseq);
         }
@@ -152,7 +153,12 @@ impl Node {
         }
     }
 
+    /// Tells the primary where this follower stands — not while it repairs
+    /// a damaged log: the primary must not count it for a commit then.
     fn acknowledge(&mut self, out: &mut Vec<Action>, tip: Tip) {
+        if self.repair_until.is_some() {
+            return;
+        }
         if let Some(leader) = self.leader() {
             self.send(
                 out,
@@ -183,6 +189,7 @@ impl Node {
             .is_some_and(|(hash, _)| hash == tip_hash)
         {
             self.verified = self.verified.max(tip_gseq);
+            self.end_repair_if_done(Some(tip_gseq));
         }
         // Acknowledge on heartbeats too, so the primary learns where this
         // follower stands even when no Append gets through.

@@ -285,6 +285,9 @@ pub struct Counters {
     pub replayed_dropped: u64,
     /// Addressed to another replica (or a reply addressed to everyone).
     pub misaddressed_dropped: u64,
+    /// Vote and pre-vote requests left unanswered while the log was being
+    /// repaired.
+    pub vote_requests_ignored_repairing: u64,
     pub stale_epoch_dropped: u64,
     pub malformed_records_dropped: u64,
     pub reorder_overflow_dropped: u64,
@@ -363,6 +366,10 @@ pub struct Node {
     replay: ReplayGuard,
     /// After a failed write the node does not stand for election until then.
     stand_after_ms: u64,
+    /// Set while the log is being repaired after damage (the gseq this
+    /// replica had promised): a learner takes records but does not vote,
+    /// stand or acknowledge.
+    repair_until: Option<u64>,
     /// The last catch-up sent to each candidate (a rate limit, and where
     /// the next segment starts).
     catchup_sent: BTreeMap<NodeId, catchup::CatchupSent>,
@@ -375,6 +382,10 @@ pub struct Restart {
     pub vote: PersistedVote,
     /// A lower bound of the commit gseq saved before the restart.
     pub commit_hint: u64,
+    /// The log ends before what this replica promised (it was damaged):
+    /// repair up to here from the primary before voting, standing or
+    /// acknowledging.
+    pub repair_until: Option<u64>,
 }
 
 impl Node {
@@ -400,6 +411,7 @@ impl Node {
             replay: ReplayGuard::default(),
             stand_after_ms: 0,
             catchup_sent: BTreeMap::new(),
+            repair_until: restart.repair_until,
             counters: Counters::default(),
             config,
         };
@@ -436,6 +448,14 @@ impl Node {
         self.commit
     }
 
+    /// The vote as last persisted: the epoch, and who got the vote in it.
+    pub fn vote(&self) -> PersistedVote {
+        PersistedVote {
+            epoch: self.epoch,
+            voted_for: self.voted_for,
+        }
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
@@ -447,6 +467,24 @@ impl Node {
                 progress.iter().map(|(&id, p)| (id, p.match_gseq)).collect()
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// The gseq this replica is repairing its damaged log up to, if it is:
+    /// until then it does not vote, stand or acknowledge.
+    pub fn repairing_until(&self) -> Option<u64> {
+        self.repair_until
+    }
+
+    /// Leaves repair once the log holds everything it promised, or all the
+    /// current primary holds (a promised entry that was never committed may
+    /// be gone from every log, so waiting for it could last forever).
+    fn end_repair_if_done(&mut self, primary_tip: Option<u64>) {
+        let Some(until) = self.repair_until else {
+            return;
+        };
+        if self.verified >= until || primary_tip.is_some_and(|tip| self.verified >= tip) {
+            self.repair_until = None;
         }
     }
 
@@ -591,6 +629,17 @@ impl Node {
         let sender = datagram.sender;
         if !self.addressed_here(&datagram) {
             self.counters.misaddressed_dropped += 1;
+            return out;
+        }
+        if self.repair_until.is_some()
+            && matches!(
+                datagram.message,
+                Message::VoteRequest { .. } | Message::PreVoteRequest { .. }
+            )
+        {
+            // A damaged log's vote could elect a candidate that lacks
+            // entries this replica promised: no answer while repairing.
+            self.counters.vote_requests_ignored_repairing += 1;
             return out;
         }
         let known = self.config.members.iter().any(|m| m.id == sender) && sender != self.config.id;

@@ -348,6 +348,7 @@ fn a_voter_grants_one_vote_per_epoch_and_only_to_an_up_to_date_log() {
                 voted_for: Some(3),
             },
             commit_hint: 0,
+            repair_until: None,
         },
         8,
         0,
@@ -592,6 +593,7 @@ fn a_failed_truncation_commits_nothing_it_concluded_from_it() {
             voted_for: Some(1),
         },
         commit_hint: 1,
+        repair_until: None,
     };
     let mut node = Node::new(config(1), restart, 4, 0);
     let append = Message::Append {
@@ -640,6 +642,7 @@ fn a_returning_primary_truncates_its_uncommitted_suffix() {
                 voted_for: Some(1),
             },
             commit_hint: 1,
+            repair_until: None,
         },
         4,
         0,
@@ -684,6 +687,7 @@ fn older_epochs_are_fenced_and_told_about_the_newer_one() {
                 voted_for: None,
             },
             commit_hint: 0,
+            repair_until: None,
         },
         4,
         0,

@@ -23,7 +23,7 @@ pub use sessions::{MACHINE_CONNECTIONS_MAX, SESSION_WRITE_QUEUE_FRAMES};
 
 use self::core::{Core, CoreInput};
 use crate::config::ReplicaConfig;
-use crate::round::{Input, Round, RoundConfig};
+use crate::round::{Input, Round, RoundConfig, Start};
 use crate::transport::{DatagramSender, UdpSender, sender};
 use crate::wire::DatagramCodec;
 use dashboard::ports::{
@@ -31,6 +31,7 @@ use dashboard::ports::{
 };
 use ledger::Ledger;
 use ledger::keys::Keyring;
+use ledger::store::promise::PromiseFile;
 use ledger::store::{OpenOptions, StoreError};
 use status::{Publisher, ReadableTip, StoreLogReader};
 use std::future::Future;
@@ -122,23 +123,33 @@ fn open_core(
     let cluster_key = keyring.cluster_key(true)?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io_error(format!("creating {}", config.data_dir.display())))?;
-    // One fsync per round of inputs, not per write: see `Round`.
-    let options = OpenOptions {
-        create: true,
-        deferred_sync: true,
-        memtable_bytes: usize::try_from(config.log_memtable_mib).unwrap_or(1) << 20,
-        ..OpenOptions::default()
-    };
-    let ledger = Ledger::open(&config.log_dir(), keyring.store_key(), options)?;
+    let (ledger, damaged) = open_log(config, &keyring)?;
     let reader = ledger.store().backend().reader();
-    let sender: Box<dyn DatagramSender> = match config.transport {
-        crate::transport::TransportKind::Udp => {
-            let local = SocketAddrV4::new(*config.replication_listen.ip(), 0);
-            Box::new(UdpSender::bind(local)?)
-        }
-        kind => sender(kind, config.raw_source())?,
+    let start = Start {
+        keys: keyring,
+        codec: DatagramCodec::new(config.cluster_id, &cluster_key),
+        promises: Box::new(PromiseFile::new(&config.data_dir)),
+        incarnation_floor: u64::try_from(self::core::wall_ms()).unwrap_or(0),
+        seed: rand::random(),
+        damaged,
     };
-    let round_config = RoundConfig {
+    let round = Round::open(round_config(config), ledger, start)?;
+    tracing::info!(replica = %config.name, transport = %config.transport, "replica ready");
+    let core = Core {
+        config: config.clone(),
+        round,
+        sender: datagram_sender(config)?,
+        sessions: std::collections::HashMap::new(),
+        started: Instant::now(),
+        receive_drops: Arc::default(),
+        load_keys,
+        shutdown: false,
+    };
+    Ok((core, reader))
+}
+
+fn round_config(config: &ReplicaConfig) -> RoundConfig {
+    RoundConfig {
         node: config.node_config(),
         name: config.name.clone(),
         cluster_id: config.cluster_id,
@@ -151,31 +162,53 @@ fn open_core(
                     .map(|p| (p.id, p.machine_addr.to_string())),
             )
             .collect(),
+    }
+}
+
+fn datagram_sender(config: &ReplicaConfig) -> Result<Box<dyn DatagramSender>, ServerError> {
+    Ok(match config.transport {
+        crate::transport::TransportKind::Udp => {
+            let local = SocketAddrV4::new(*config.replication_listen.ip(), 0);
+            Box::new(UdpSender::bind(local)?)
+        }
+        kind => sender(kind, config.raw_source())?,
+    })
+}
+
+/// Opens the log and checks its chain. A damaged log is never served: it
+/// is moved aside (kept for the operator to inspect) and a fresh one is
+/// opened, which the replica repairs from its peers before it votes,
+/// stands or acknowledges. Returns whether that happened.
+fn open_log(config: &ReplicaConfig, keyring: &Keyring) -> Result<(Ledger, bool), ServerError> {
+    // One fsync per round of inputs, not per write: see `Round`.
+    let options = OpenOptions {
+        create: true,
+        deferred_sync: true,
+        memtable_bytes: usize::try_from(config.log_memtable_mib).unwrap_or(1) << 20,
+        ..OpenOptions::default()
     };
-    let incarnation_floor = u64::try_from(self::core::wall_ms()).unwrap_or(0);
-    let codec = DatagramCodec::new(config.cluster_id, &cluster_key);
-    let round = Round::open(
-        round_config,
-        ledger,
-        keyring,
-        codec,
-        incarnation_floor,
-        rand::random(),
-    )?;
-    tracing::info!(replica = %config.name, transport = %config.transport, "replica ready");
-    Ok((
-        Core {
-            config: config.clone(),
-            round,
-            sender,
-            sessions: std::collections::HashMap::new(),
-            started: Instant::now(),
-            receive_drops: Arc::default(),
-            load_keys,
-            shutdown: false,
-        },
-        reader,
-    ))
+    let opened = Ledger::open(&config.log_dir(), keyring.store_key(), options)
+        .and_then(|ledger| ledger.store().check_chain().map(|()| ledger));
+    let error = match opened {
+        Ok(ledger) => return Ok((ledger, false)),
+        Err(error) if error.is_damage() => error,
+        Err(error) => return Err(error.into()),
+    };
+    let aside = config
+        .data_dir
+        .join(format!("log.damaged-{}", self::core::wall_ms()));
+    tracing::error!(
+        replica = %config.name,
+        error = %error,
+        moved_to = %aside.display(),
+        "this replica's log is damaged; it is moved aside and the replica rebuilds its log from its peers, without voting, standing or acknowledging until it holds what it had promised"
+    );
+    std::fs::rename(config.log_dir(), &aside).map_err(io_error(format!(
+        "moving the damaged log to {}",
+        aside.display()
+    )))?;
+    let ledger = Ledger::open(&config.log_dir(), keyring.store_key(), options)?;
+    Ok((ledger, true))
 }
 
 /// Reloads the key directory when the core asks, off the core thread

@@ -288,6 +288,7 @@ fn status(core: &Core) -> ReplicaStatus {
         storage_failures: core.round.counters().write_failures
             + core.round.counters().sync_failures,
         storage_error: core.round.counters().storage_error.clone(),
+        repairing_until: node.repairing_until(),
         transport: core.config.transport.to_string(),
         pid: std::process::id(),
         uptime_ms: core.now_ms(),

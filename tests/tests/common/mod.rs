@@ -92,6 +92,25 @@ impl Cluster {
         }
     }
 
+    /// Stops one replica cleanly (SIGTERM) and waits for it.
+    pub fn stop(&mut self, index: usize) {
+        let Some(mut child) = self.children[index].take() else {
+            return;
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: kill(2) has no memory effects.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     pub fn stop_all(&mut self) {
         for child in self.children.iter_mut().flatten() {
             if let Ok(pid) = i32::try_from(child.id()) {
