@@ -122,6 +122,7 @@ mod tests {
         let (actions, _) = tokio::sync::mpsc::channel(1);
         let ports = ReadPorts {
             snapshot,
+            projection: tokio::sync::watch::channel(Arc::default()).1,
             log: Arc::new(NoLog),
             committed: tokio::sync::broadcast::channel(4).0,
             actions,

@@ -7,7 +7,8 @@
 //!
 //! * [`Snapshot`]: after each round the core publishes an immutable
 //!   snapshot (status, per-machine summaries, fleet totals) through a
-//!   `tokio::sync::watch` channel; a page borrows the newest one.
+//!   `tokio::sync::watch` channel; a page borrows the newest one. The whole
+//!   projection follows on its own channel, less often.
 //! * [`LogReader`]: reads entries of the log from any thread (the RocksDB
 //!   backend reads through its own snapshot), bounded by the tip the
 //!   newest snapshot names.
@@ -108,6 +109,15 @@ pub struct Snapshot {
 /// The newest snapshot, always available.
 pub type SnapshotReceiver = tokio::sync::watch::Receiver<Arc<Snapshot>>;
 
+/// The replica's projection (inventory, cash, sales, per machine and for
+/// the fleet), republished at most every `PROJECTION_EVERY_MS` while it
+/// changes: pages that need more than the snapshot's summaries read it.
+pub type ProjectionReceiver = tokio::sync::watch::Receiver<Arc<ledger::projection::Projection>>;
+
+/// How often the projection is republished at most (a copy of it is made
+/// each time; the snapshot and the live feed carry what must be quicker).
+pub const PROJECTION_EVERY_MS: u64 = 500;
+
 /// An entry of the log as pages show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntryView {
@@ -198,6 +208,7 @@ pub struct OperatorRequest {
 #[derive(Clone)]
 pub struct ReadPorts {
     pub snapshot: SnapshotReceiver,
+    pub projection: ProjectionReceiver,
     pub log: Arc<dyn LogReader>,
     pub committed: tokio::sync::broadcast::Sender<CommittedEntry>,
     pub actions: tokio::sync::mpsc::Sender<OperatorRequest>,

@@ -246,11 +246,13 @@ fn spawn_threads(
     let (inputs, receiver) = std::sync::mpsc::sync_channel::<CoreInput>(INPUT_QUEUE_MAX);
     let (load_keys, key_requests) = std::sync::mpsc::sync_channel::<()>(1);
     let (snapshot_tx, snapshot) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+    let (projection_tx, projection) = tokio::sync::watch::channel(Arc::default());
     let (committed, _) = tokio::sync::broadcast::channel(COMMITTED_FEED_ENTRIES_MAX);
     let readable_tip = Arc::new(ReadableTip::default());
     let (mut core, reader) = open_core(config, load_keys)?;
     let mut publisher = Publisher::new(
         snapshot_tx,
+        projection_tx,
         committed.clone(),
         readable_tip.clone(),
         core.round.node().commit_gseq(),
@@ -280,6 +282,7 @@ fn spawn_threads(
         .map_err(io_error("starting the core thread"))?;
     let ports = ReadPorts {
         snapshot,
+        projection,
         log: Arc::new(StoreLogReader {
             reader,
             readable_tip,

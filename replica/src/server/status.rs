@@ -6,9 +6,10 @@ use super::core::Core;
 use crate::node::Role as NodeRole;
 use dashboard::ports::{
     COMMITTED_FEED_ENTRIES_MAX, CommittedEntry, EntryKind, FleetTotals, LogEntryView, LogReader,
-    MachineSummary, READ_ENTRIES_MAX, ReadError, Role, Snapshot,
+    MachineSummary, PROJECTION_EVERY_MS, READ_ENTRIES_MAX, ReadError, Role, Snapshot,
 };
 use dashboard::{FollowerStatus, ReplicaStatus};
+use ledger::projection::Projection;
 use ledger::store::record::{LogEntry, Payload};
 use ledger::store::rocks::RocksReader;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub(super) struct ReadableTip(AtomicU64);
 /// Publishes the core's state for readers.
 pub(super) struct Publisher {
     snapshot: watch::Sender<Arc<Snapshot>>,
+    projection: watch::Sender<Arc<Projection>>,
+    projection_at_ms: Option<u64>,
     committed: broadcast::Sender<CommittedEntry>,
     readable_tip: Arc<ReadableTip>,
     /// The last committed gseq handed to the live feed.
@@ -38,12 +41,15 @@ pub(super) struct Publisher {
 impl Publisher {
     pub(super) fn new(
         snapshot: watch::Sender<Arc<Snapshot>>,
+        projection: watch::Sender<Arc<Projection>>,
         committed: broadcast::Sender<CommittedEntry>,
         readable_tip: Arc<ReadableTip>,
         commit_gseq: u64,
     ) -> Publisher {
         Publisher {
             snapshot,
+            projection,
+            projection_at_ms: None,
             committed,
             readable_tip,
             fed_commit: commit_gseq,
@@ -67,6 +73,21 @@ impl Publisher {
             self.published_at_ms = Some(now_ms);
             self.published_role = role;
             self.snapshot.send_replace(Arc::new(snapshot(core)));
+        }
+        self.publish_projection(core, now_ms);
+    }
+
+    /// A copy of the projection for pages, when it changed and at most
+    /// every `PROJECTION_EVERY_MS`.
+    fn publish_projection(&mut self, core: &Core, now_ms: u64) {
+        let projection = core.round.ledger().projection();
+        let changed = self.projection.borrow().as_of_gseq != projection.as_of_gseq;
+        let due = self
+            .projection_at_ms
+            .is_none_or(|at| now_ms >= at + PROJECTION_EVERY_MS);
+        if changed && due {
+            self.projection_at_ms = Some(now_ms);
+            self.projection.send_replace(Arc::new(projection.clone()));
         }
     }
 
