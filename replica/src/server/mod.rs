@@ -312,7 +312,9 @@ pub async fn run(
     let mut status_stopped = network_stopped.clone();
     let http = tokio::spawn(async move {
         let shutdown = async move { until_stopped(&mut status_stopped).await };
-        if let Err(e) = dashboard::serve(status, ports, shutdown).await {
+        if let Err(e) =
+            dashboard::serve(status, ports, dashboard::HttpLimits::default(), shutdown).await
+        {
             tracing::error!(error = %e, "status API stopped");
         }
     });
