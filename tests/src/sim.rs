@@ -1203,6 +1203,9 @@ impl Simulation {
             Outgoing::Datagram { to, bytes } => self.send_datagram(index, to, bytes),
             Outgoing::Frame { session, payload } => self.send_frame(session, false, payload),
             Outgoing::Close { session } => self.close_from_replica(session),
+            // Connection admission is the shell's; the simulated network
+            // has no handshake deadline to lift.
+            Outgoing::Authenticated { .. } => {}
             Outgoing::LoadKeys => {
                 let name = self.replicas[index].name.clone();
                 self.violate(
