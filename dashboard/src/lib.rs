@@ -392,8 +392,9 @@ mod tests {
     async fn a_trickled_request_head_is_cut_at_the_header_read_timeout() {
         use tokio::io::AsyncWriteExt;
         let (address, stop, server) = start_limited(SHORT).await;
-        let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
+        // Before connecting: the server's timer starts once it accepts.
         let started = std::time::Instant::now();
+        let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
         slow.write_all(b"GET /fast HTTP/1.1\r\nHost: t")
             .await
             .unwrap();

@@ -397,7 +397,7 @@ fn a_replica_with_1024_descriptors_serves_machines_and_status_under_a_flood() {
     let flood_started = Instant::now();
     while (flood.http.connects.load(Ordering::Relaxed) < SLOW_CLIENTS as u64
         || flood.machine.connects.load(Ordering::Relaxed) < SLOW_CLIENTS as u64)
-        && flood_started.elapsed() < Duration::from_secs(30)
+        && flood_started.elapsed() < Duration::from_secs(10)
     {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -407,8 +407,6 @@ fn a_replica_with_1024_descriptors_serves_machines_and_status_under_a_flood() {
         flood.http.report("status port"),
         flood.machine.report("machine port")
     );
-    assert!(flood.http.connects.load(Ordering::Relaxed) >= SLOW_CLIENTS as u64);
-    assert!(flood.machine.connects.load(Ordering::Relaxed) >= SLOW_CLIENTS as u64);
 
     // Status answers for the flooded primary, at once.
     let mut took = Vec::new();
@@ -462,6 +460,10 @@ fn a_replica_with_1024_descriptors_serves_machines_and_status_under_a_flood() {
     let (time, line) = status_of(&dir, primary);
     assert_eq!(line["reachable"], true, "{line:#}");
     eprintln!("status, still under the flood: {time:?}");
+    // The flood was real: every slow client got in at least once (the
+    // server then closed most of them to keep its caps).
+    assert!(flood.http.connects.load(Ordering::Relaxed) >= SLOW_CLIENTS as u64);
+    assert!(flood.machine.connects.load(Ordering::Relaxed) >= SLOW_CLIENTS as u64);
     let flood_lasted = flood_started.elapsed();
     flood.stop();
     cluster.stop_all();
@@ -481,6 +483,13 @@ fn a_replica_with_1024_descriptors_serves_machines_and_status_under_a_flood() {
     );
     assert!((1..=most).contains(&status_warnings), "{status_warnings}");
     assert!((1..=most).contains(&machine_warnings), "{machine_warnings}");
+    for line in log.lines().filter(|line| {
+        line.contains("connection caps")
+            || line.contains("descriptor limit")
+            || line.contains("connections at their limit")
+    }) {
+        eprintln!("  {line}");
+    }
     assert!(
         log.contains("connection caps"),
         "the caps are logged at start"
