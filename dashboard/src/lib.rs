@@ -6,15 +6,24 @@
 //! replica only through its read ports ([`ports::ReadPorts`]), which never
 //! wait on the replica's core.
 
+pub mod admission;
 pub mod ports;
 
+use admission::{Admission, AdmissionLimits, Slot};
 use axum::Router;
 use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use ports::ReadPorts;
 use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// What a replica reports about itself (`GET /api/v1/status`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,15 +97,149 @@ async fn status(State(ports): State<ReadPorts>) -> Response {
     axum::Json(snapshot.status.clone()).into_response()
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Most status-port connections held at once (see [`admission`]); a
+/// replica holds fewer when its descriptor limit is low.
+pub const HTTP_CONNECTIONS_MAX: usize = 256;
+/// A request head must arrive whole within this of the connection opening
+/// (or of the previous response on a kept-alive connection). hyper arms
+/// it when it starts reading a head and bytes trickling in do not move
+/// it, so slow clients cannot hold a connection. Real clients send a head
+/// in one packet.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request must be answered within this once its head has arrived (the
+/// handler, including reading any body); otherwise 408 and the connection
+/// closes.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After shutdown, requests being answered get this long to finish; then
+/// every connection still open (a slow client in the middle of a head) is
+/// closed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// The bounds on the status port's connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections held at once. At the limit the oldest connection that
+    /// is not being answered gives way to a new one (see [`admission`]).
+    pub connections_max: usize,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            connections_max: HTTP_CONNECTIONS_MAX,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// Serves the API on `listener` within `limits` until `shutdown`
+/// completes, then lets requests in progress finish (for at most
+/// [`SHUTDOWN_GRACE`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ports: ReadPorts,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(ports))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_router(listener, router(ports), limits, shutdown).await
+}
+
+/// Serves any router the way [`serve`] serves the API: HTTP/1.1 through
+/// hyper, one task per connection, at most `limits.connections_max`
+/// connections (admitted without waiting, see [`admission`]), each head
+/// within `header_read_timeout` and each answer within `request_timeout`.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let admission = Admission::new(
+        "status",
+        AdmissionLimits {
+            connections_max: limits.connections_max,
+            exposed_max: limits.connections_max,
+        },
+    );
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    admission.accept_failed(&error).await;
+                    continue;
+                }
+            },
+        };
+        // Refused (every connection is being answered): closed at once.
+        let Some(slot) = admission.admit() else {
+            continue;
+        };
+        let slot = Arc::new(slot);
+        let service = answer_within(router.clone(), slot.clone(), limits.request_timeout);
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        connections.spawn(async move {
+            tokio::select! {
+                // Errors are the client's (a timeout, a reset, a bad head).
+                _ = connection => {}
+                () = slot.evicted() => {}
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// The router as a hyper service whose every answer comes within
+/// `timeout`, and whose connection is protected from eviction while a
+/// request is being answered.
+fn answer_within(
+    router: Router,
+    slot: Arc<Slot>,
+    timeout: Duration,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send,
+> + Clone {
+    let router = TowerToHyperService::new(router);
+    hyper::service::service_fn(move |request| {
+        let answer = hyper::service::Service::call(&router, request);
+        let slot = slot.clone();
+        async move {
+            slot.protect();
+            let answered = tokio::time::timeout(timeout, answer).await;
+            slot.expose();
+            Ok(match answered {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => {
+                    let mut response =
+                        (StatusCode::REQUEST_TIMEOUT, "request timed out\n").into_response();
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    response
+                }
+            })
+        }
+    })
 }
 
 #[cfg(test)]
@@ -134,7 +277,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, ports, async {
+        tokio::spawn(serve(listener, ports, HttpLimits::default(), async {
             let _ = stopped.await;
         }));
         (format!("http://{address}"), stop)
@@ -187,5 +330,149 @@ mod tests {
         );
         assert!(missing, "unknown paths are 404");
         let _ = stop.send(());
+    }
+
+    /// A router with a fast route and one that never answers in time.
+    fn test_router() -> Router {
+        Router::new()
+            .route("/fast", get(|| async { "fast" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    "slow"
+                }),
+            )
+    }
+
+    /// Serves `test_router` within `limits`; the handle completes once the
+    /// server has shut down.
+    async fn start_limited(
+        limits: HttpLimits,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_router(listener, test_router(), limits, async {
+            let _ = stopped.await;
+        }));
+        (address, stop, server)
+    }
+
+    /// Sends a whole request and returns the whole response.
+    async fn request(address: std::net::SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    /// Reads until the server closes the connection; what it sent.
+    async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 1_024];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return all,
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    const SHORT: HttpLimits = HttpLimits {
+        connections_max: 8,
+        header_read_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_millis(200),
+    };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trickled_request_head_is_cut_at_the_header_read_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let (address, stop, server) = start_limited(SHORT).await;
+        // Before connecting: the server's timer starts once it accepts.
+        let started = std::time::Instant::now();
+        let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
+        slow.write_all(b"GET /fast HTTP/1.1\r\nHost: t")
+            .await
+            .unwrap();
+        // One byte every 50 ms: the deadline is not moved by bytes.
+        let (mut reading, mut writing) = slow.into_split();
+        let trickle = tokio::spawn(async move {
+            for _ in 0..40 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if writing.write_all(b"x").await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut chunk = [0u8; 64];
+        let read = tokio::io::AsyncReadExt::read(&mut reading, &mut chunk).await;
+        let closed_after = started.elapsed();
+        assert!(matches!(read, Ok(0) | Err(_)), "closed without an answer");
+        assert!(
+            closed_after >= SHORT.header_read_timeout
+                && closed_after < SHORT.header_read_timeout + Duration::from_millis(1_000),
+            "closed after {closed_after:?}"
+        );
+        trickle.abort();
+        // A whole request is still answered.
+        assert!(request(address, "/fast").await.ends_with("fast"));
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_not_answered_in_time_gets_408() {
+        let (address, stop, server) = start_limited(SHORT).await;
+        let started = std::time::Instant::now();
+        let response = request(address, "/slow").await;
+        assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_the_cap_the_oldest_slow_connection_gives_way() {
+        use tokio::io::AsyncWriteExt;
+        let limits = HttpLimits {
+            connections_max: 3,
+            header_read_timeout: Duration::from_secs(30),
+            ..SHORT
+        };
+        let (address, stop, server) = start_limited(limits).await;
+        let mut slow = Vec::new();
+        for _ in 0..3 {
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            stream.write_all(b"GET /fa").await.unwrap();
+            slow.push(stream);
+            // Admitted in this order (the accept loop is sequential).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Every slot is taken by a slow client, yet a real one is answered
+        // at once, and the oldest slow client was closed for it.
+        let answered = tokio::time::timeout(Duration::from_secs(2), request(address, "/fast"))
+            .await
+            .expect("answered without waiting for the slow clients");
+        assert!(answered.ends_with("fast"), "{answered}");
+        let oldest = tokio::time::timeout(Duration::from_secs(2), read_until_closed(&mut slow[0]))
+            .await
+            .expect("the oldest slow connection is closed");
+        assert!(oldest.is_empty());
+        // Shutting down does not wait for the slow ones' 30 s timeout.
+        let _ = stop.send(());
+        tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(2), server)
+            .await
+            .expect("shut down")
+            .unwrap()
+            .unwrap();
     }
 }

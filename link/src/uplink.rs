@@ -343,7 +343,14 @@ impl Uplink {
                 self.next_address = address;
                 self.learn_acked(out, committed_seq);
                 self.sent = self.acked;
+                let before = out.len();
                 self.pump(out, local);
+                let submitted = out[before..]
+                    .iter()
+                    .any(|action| matches!(action, UplinkAction::Send(_)));
+                if !submitted {
+                    self.prove_key(out, now_ms);
+                }
             }
             Downstream::Ack { committed_seq } => {
                 self.learn_acked(out, committed_seq);
@@ -391,6 +398,23 @@ impl Uplink {
         out
     }
 
+    /// Pings at once: the replica counts a connection as a machine's only
+    /// once a sealed frame from it opens, and closes connections that do
+    /// not get there within a few seconds (or sooner, when strangers crowd
+    /// its handshake pool), so a machine with nothing to send proves its
+    /// key right after the welcome instead of at its next ping.
+    fn prove_key(&mut self, out: &mut Vec<UplinkAction>, now_ms: u64) {
+        if let State::Open {
+            channel,
+            last_ping_ms,
+            ..
+        } = &mut self.state
+        {
+            *last_ping_ms = now_ms;
+            out.push(UplinkAction::Send(channel.seal(&Upstream::Ping)));
+        }
+    }
+
     fn pump(&mut self, out: &mut Vec<UplinkAction>, local: &dyn LocalEvents) {
         let State::Open { channel, .. } = &mut self.state else {
             return;
@@ -416,5 +440,57 @@ impl Uplink {
                 channel.seal(&Upstream::Submit { events }),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NothingToSend;
+
+    impl LocalEvents for NothingToSend {
+        fn local_tip(&self) -> u64 {
+            0
+        }
+        fn events_from(&self, _: u64, _: usize) -> Vec<SignedEvent> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn a_machine_with_nothing_to_send_proves_its_key_right_after_the_welcome() {
+        let machine = MachineId::numbered(1);
+        let key = SecretKey::from_bytes([5; 32]);
+        let mut uplink = Uplink::new(machine.clone(), key.clone(), vec!["a:1".into()], 0);
+        assert_eq!(
+            uplink.tick(0, &NothingToSend),
+            vec![UplinkAction::Connect("a:1".into())]
+        );
+        let client_nonce = [1; NONCE_BYTES];
+        let server_nonce = [2; NONCE_BYTES];
+        uplink.on_connected(1, client_nonce);
+        let reply = encode_plain(&HelloReply {
+            version: LINK_VERSION,
+            server_nonce,
+        });
+        assert!(uplink.on_frame(2, &reply, &NothingToSend).is_empty());
+        let mut replica = Channel::new(&key, &machine, &client_nonce, &server_nonce, Side::Replica);
+        let welcome = replica.seal(&Downstream::Welcome {
+            committed_seq: 0,
+            epoch: 1,
+        });
+        let out = uplink.on_frame(3, &welcome, &NothingToSend);
+        let [UplinkAction::Send(ping)] = &out[..] else {
+            panic!("one frame right after the welcome: {out:?}");
+        };
+        assert_eq!(replica.open::<Upstream>(ping).unwrap(), Upstream::Ping);
+        // The next ping is a whole interval later.
+        assert!(
+            uplink
+                .tick(3 + PING_INTERVAL_MS - 1, &NothingToSend)
+                .is_empty()
+        );
+        assert_eq!(uplink.tick(3 + PING_INTERVAL_MS, &NothingToSend).len(), 1);
     }
 }

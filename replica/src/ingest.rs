@@ -88,6 +88,11 @@ pub enum IngestAction {
     /// A machine without a key knocked: the key directory may need a
     /// reload (a machine provisioned after the replica started).
     UnknownMachine(MachineId),
+    /// The session's first sealed frame opened: the peer holds the
+    /// machine's link key. Until then a connection proves nothing (a
+    /// `Hello` is plain text and machine ids are no secret), so the shell
+    /// keeps it in the small pool of connections still in their handshake.
+    Authenticated { session: SessionId },
 }
 
 enum SessionState {
@@ -97,6 +102,8 @@ enum SessionState {
         channel: Box<Channel>,
         /// The committed mark last told to the machine.
         acked: u64,
+        /// Whether a sealed frame from the machine has opened yet.
+        authenticated: bool,
     },
     Closing,
 }
@@ -282,6 +289,7 @@ impl Ingest {
                 machine: hello.machine_id,
                 channel,
                 acked,
+                authenticated: false,
             },
         );
         Ok(())
@@ -299,11 +307,16 @@ impl Ingest {
             machine,
             channel,
             acked,
+            authenticated,
         }) = self.sessions.get_mut(&session)
         else {
             return Ok(());
         };
         let message: Upstream = channel.open(payload)?;
+        if !*authenticated {
+            *authenticated = true;
+            out.push(IngestAction::Authenticated { session });
+        }
         if !standing.accepts_writes {
             let payload = redirect(&mut self.counters, channel, &standing.primary_address);
             out.push(IngestAction::Send { session, payload });
@@ -416,6 +429,7 @@ impl Ingest {
                 machine,
                 channel,
                 acked,
+                ..
             } = state
             {
                 let committed = committed_seq(index, machine, commit_gseq);
@@ -497,5 +511,57 @@ mod tests {
         assert_eq!(committed_seq(&index, &machine, 30_000), 10_000);
         assert_eq!(committed_seq(&index, &machine, u64::MAX), 10_000);
         assert_eq!(committed_seq(&Interleaved(0), &machine, 5), 0);
+    }
+
+    struct OneKey(SecretKey);
+
+    impl LinkKeys for OneKey {
+        fn link_key(&self, machine: &MachineId) -> Option<SecretKey> {
+            (*machine == MachineId::numbered(1)).then(|| self.0.clone())
+        }
+    }
+
+    #[test]
+    fn a_session_is_authenticated_by_its_first_sealed_frame_not_by_its_hello() {
+        let machine = MachineId::numbered(1);
+        let keys = OneKey(SecretKey::from_bytes([9; 32]));
+        let standing = Standing {
+            accepts_writes: true,
+            epoch: 1,
+            commit_gseq: 0,
+            primary_address: None,
+        };
+        let index = Interleaved(0);
+        let mut ingest = Ingest::new();
+        assert!(ingest.accept(7));
+        let client_nonce = [1; NONCE_BYTES];
+        let server_nonce = [2; NONCE_BYTES];
+        let hello = encode_plain(&Hello {
+            version: LINK_VERSION,
+            machine_id: machine.clone(),
+            client_nonce,
+        });
+        let authenticated = |actions: &[IngestAction]| {
+            actions
+                .iter()
+                .filter(|a| matches!(a, IngestAction::Authenticated { session: 7 }))
+                .count()
+        };
+        let answer = ingest.on_frame(7, &hello, server_nonce, &keys, &standing, &index);
+        assert_eq!(answer.len(), 2, "the reply and the welcome: {answer:?}");
+        assert_eq!(authenticated(&answer), 0, "anyone can name a machine");
+        let mut channel = Channel::new(
+            &keys.0,
+            &machine,
+            &client_nonce,
+            &server_nonce,
+            Side::Machine,
+        );
+        let ping = channel.seal(&Upstream::Ping);
+        let first = ingest.on_frame(7, &ping, server_nonce, &keys, &standing, &index);
+        assert_eq!(authenticated(&first), 1);
+        let ping = channel.seal(&Upstream::Ping);
+        let second = ingest.on_frame(7, &ping, server_nonce, &keys, &standing, &index);
+        assert_eq!(authenticated(&second), 0, "said once");
     }
 }

@@ -87,6 +87,12 @@ pub enum Outgoing {
     Close {
         session: SessionId,
     },
+    /// The session's peer proved it holds the machine's key (its first
+    /// sealed frame opened): the shell stops treating the connection as a
+    /// stranger's (no handshake deadline, never evicted for newcomers).
+    Authenticated {
+        session: SessionId,
+    },
     /// Load the key directory again (off the core thread) and hand it back
     /// as [`Input::Keys`]: a machine without a key was met.
     LoadKeys,
@@ -620,6 +626,9 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
                     self.outbox.push(Some(Outgoing::Close { session }));
                 }
                 IngestAction::UnknownMachine(machine) => self.request_keys(&machine),
+                IngestAction::Authenticated { session } => {
+                    self.outbox.push(Some(Outgoing::Authenticated { session }))
+                }
             }
         }
     }

@@ -1330,6 +1330,9 @@ impl Simulation {
             }
             Outgoing::Frame { session, payload } => self.send_frame(session, false, payload),
             Outgoing::Close { session } => self.close_from_replica(session),
+            // Connection admission is the shell's; the simulated network
+            // has no handshake deadline to lift.
+            Outgoing::Authenticated { .. } => {}
             Outgoing::LoadKeys => {
                 let name = self.replicas[index].name.clone();
                 self.violate(

@@ -49,6 +49,11 @@ const META_SEGMENT_PREFIX: &[u8] = b"seg/";
 const META_APP_PREFIX: &[u8] = b"app/";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"vendledger store key check v1";
 
+/// Table files RocksDB keeps open, at most (its `max_open_files`). Its
+/// WAL, MANIFEST, LOG and lock files come on top. A replica budgets its
+/// file descriptors around this.
+pub const OPEN_TABLE_FILES_MAX: u16 = 512;
+
 /// Most records sealed together in one log value.
 pub const CHUNK_ENTRIES_MAX: usize = 64;
 /// A chunk is closed early once its plaintext reaches this size.
@@ -246,7 +251,7 @@ impl RocksBackend {
         db_options.create_if_missing(options.create);
         db_options.create_missing_column_families(true);
         db_options.set_compression_type(DBCompressionType::None);
-        db_options.set_max_open_files(512);
+        db_options.set_max_open_files(i32::from(OPEN_TABLE_FILES_MAX));
         db_options.set_keep_log_file_num(4);
         db_options.set_write_buffer_size(options.memtable_bytes);
         // Recovery as strict as a clean crash allows. A crash can leave a

@@ -31,10 +31,13 @@ const TICK_MS: u64 = 5;
 /// What reaches the core thread.
 pub enum CoreInput {
     Round(Input<Keyring>),
-    /// A machine connection was accepted; frames for it go to `writer`.
+    /// A machine connection was accepted; frames for it go to `writer`,
+    /// and `authenticated` fires once its peer proved it holds the
+    /// machine's key.
     SessionOpened {
         session: SessionId,
         writer: SessionWriter,
+        authenticated: tokio::sync::oneshot::Sender<()>,
     },
     Operator(OperatorRequest),
     Shutdown,
@@ -46,12 +49,19 @@ pub(super) fn wall_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// What the core keeps of a machine connection's task.
+pub(super) struct SessionLink {
+    writer: SessionWriter,
+    /// Taken when the session authenticates.
+    authenticated: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
 /// The core: everything the replica decides, on one thread.
 pub(super) struct Core {
     pub(super) config: ReplicaConfig,
     pub(super) round: Round<RocksBackend, Keyring>,
     pub(super) sender: Box<dyn DatagramSender>,
-    pub(super) sessions: HashMap<SessionId, SessionWriter>,
+    pub(super) sessions: HashMap<SessionId, SessionLink>,
     pub(super) started: Instant,
     pub(super) receive_drops: Arc<ReceiveDrops>,
     /// Asks the key loader thread for a fresh key directory (capacity 1:
@@ -116,8 +126,16 @@ impl Core {
                 }
                 self.round.input(input);
             }
-            CoreInput::SessionOpened { session, writer } => {
-                self.sessions.insert(session, writer);
+            CoreInput::SessionOpened {
+                session,
+                writer,
+                authenticated,
+            } => {
+                let link = SessionLink {
+                    writer,
+                    authenticated: Some(authenticated),
+                };
+                self.sessions.insert(session, link);
                 self.round.input(Input::SessionOpened(session));
             }
             CoreInput::Operator(request) => self.operator(request),
@@ -180,7 +198,7 @@ impl Core {
                 let delivered = self
                     .sessions
                     .get(&session)
-                    .is_some_and(|writer| writer.try_send(payload).is_ok());
+                    .is_some_and(|link| link.writer.try_send(payload).is_ok());
                 if !delivered {
                     // Gone or too slow: drop it; the machine reconnects.
                     self.sessions.remove(&session);
@@ -190,6 +208,16 @@ impl Core {
             Outgoing::Close { session } => {
                 // Dropping the writer lets it flush what is queued, then close.
                 self.sessions.remove(&session);
+            }
+            Outgoing::Authenticated { session } => {
+                let told = self
+                    .sessions
+                    .get_mut(&session)
+                    .and_then(|link| link.authenticated.take());
+                if let Some(told) = told {
+                    // The task may have ended meanwhile; nothing to do then.
+                    let _ = told.send(());
+                }
             }
             Outgoing::LoadKeys => match self.load_keys.try_send(()) {
                 Ok(()) | Err(TrySendError::Full(())) => {}

@@ -4,8 +4,10 @@
 //!   [`Round`](crate::round::Round) and carries out what each round
 //!   releases (datagrams, machine frames);
 //! * [`udp`]: the thread that receives replication datagrams;
-//! * [`sessions`]: machine connections (a bounded accept loop and a task per
-//!   session);
+//! * [`sessions`]: machine connections (an accept loop within the caps and
+//!   a task per session, with its deadlines);
+//! * [`limits`]: the descriptor limit, raised at start, and the connection
+//!   caps derived from it;
 //! * [`status`]: the read ports the dashboard uses (a snapshot published
 //!   after rounds, a log reader, the live feed of committed entries).
 //!
@@ -14,12 +16,14 @@
 //! configuration and runs it in the background.
 
 mod core;
+pub mod limits;
 mod sessions;
 mod status;
 mod udp;
 
 pub use self::core::{INPUT_QUEUE_MAX, INPUTS_PER_ROUND_MAX};
-pub use sessions::{MACHINE_CONNECTIONS_MAX, SESSION_WRITE_QUEUE_FRAMES};
+pub use limits::{ConnectionBudget, MACHINE_CONNECTIONS_MAX, MACHINE_HANDSHAKES_MAX};
+pub use sessions::{MACHINE_HANDSHAKE_TIMEOUT, SESSION_FRAME_TIMEOUT, SESSION_WRITE_QUEUE_FRAMES};
 
 use self::core::{Core, CoreInput};
 use crate::config::ReplicaConfig;
@@ -321,6 +325,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    let budget = limits::budget_at_start();
     let stopping = Arc::new(AtomicBool::new(false));
     let (threads, inputs, ports) = {
         let config = config.clone();
@@ -343,12 +348,20 @@ pub async fn run(
     let accept = tokio::spawn(sessions::accept_machines(
         machine,
         inputs.clone(),
+        dashboard::admission::AdmissionLimits {
+            connections_max: budget.machine_connections,
+            exposed_max: budget.machine_handshakes,
+        },
         network_stopped.clone(),
     ));
+    let http_limits = dashboard::HttpLimits {
+        connections_max: budget.http_connections,
+        ..dashboard::HttpLimits::default()
+    };
     let mut status_stopped = network_stopped.clone();
     let http = tokio::spawn(async move {
         let shutdown = async move { until_stopped(&mut status_stopped).await };
-        if let Err(e) = dashboard::serve(status, ports, shutdown).await {
+        if let Err(e) = dashboard::serve(status, ports, http_limits, shutdown).await {
             tracing::error!(error = %e, "status API stopped");
         }
     });

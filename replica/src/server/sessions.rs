@@ -1,75 +1,69 @@
-//! Machine connections: a bounded accept loop and one task per session
-//! that splits the byte stream into frames for the core and writes the
-//! core's frames back.
+//! Machine connections: an accept loop that admits within the caps, and
+//! one task per session that splits the byte stream into frames for the
+//! core, writes the core's frames back, and closes the connection at its
+//! deadlines.
 
 use super::SessionWriter;
 use super::core::CoreInput;
 use crate::ingest::SessionId;
 use crate::round::Input;
 use bytes::Bytes;
+use dashboard::admission::{Admission, AdmissionLimits, Slot};
 use futures_util::{SinkExt, StreamExt};
+use ledger::keys::Keyring;
 use link::codec::{frame_codec, is_oversized_frame};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-/// Most machine connections served at once. One more waits in the
-/// kernel's accept queue until a session ends (the machine's connect
-/// times out and it tries again with backoff), so a flood of idle
-/// connections cannot exhaust the process's file descriptors.
-pub const MACHINE_CONNECTIONS_MAX: usize = 4_096;
 /// Frames queued for one machine connection; a slower machine is cut off.
 pub const SESSION_WRITE_QUEUE_FRAMES: usize = 1_024;
-/// A machine connection that completes no frame for this long is closed
-/// (machines ping every second; a trickle of bytes does not count).
-const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection must authenticate (its first sealed frame opened by the
+/// core, see `IngestAction::Authenticated`) within this of being accepted,
+/// or it is closed. A machine gives up on a handshake after
+/// `link::uplink::CONNECT_TIMEOUT_MS` and sends a sealed frame as soon as
+/// it is welcomed, so this only ends connections no machine waits on.
+pub const MACHINE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every frame must be whole within this of the previous one (of the
+/// connection's start, for the first). Machines ping every second, so a
+/// live session never comes near it, idle or not; and since the deadline
+/// is set when a frame ends, bytes trickling in cannot move it: a partial
+/// frame is held at most this long.
+pub const SESSION_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts machine connections until `stopped`, at most
-/// `MACHINE_CONNECTIONS_MAX` at once.
+/// Accepts machine connections until `stopped`, within `limits`: at most
+/// `connections_max` at once, of which at most `exposed_max` have not
+/// authenticated. Admission never waits (see `dashboard::admission`): at
+/// the cap the oldest connection still in its handshake is closed for the
+/// newcomer, and only when every one is an authenticated machine is the
+/// newcomer refused.
 pub(super) async fn accept_machines(
     listener: tokio::net::TcpListener,
     inputs: SyncSender<CoreInput>,
+    limits: AdmissionLimits,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let next_session = AtomicU64::new(1);
-    let permits = Arc::new(Semaphore::new(MACHINE_CONNECTIONS_MAX));
-    let mut warned_full = false;
+    let admission = Admission::new("machine", limits);
     loop {
-        // Wait for room before accepting, so the limit holds.
-        let permit = tokio::select! {
-            () = super::until_stopped(&mut stopped) => return,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        if permits.available_permits() == 0 && !warned_full {
-            tracing::warn!(
-                limit = MACHINE_CONNECTIONS_MAX,
-                "machine connections at their limit; new ones wait"
-            );
-        }
-        warned_full = permits.available_permits() == 0;
-        tokio::select! {
+        let stream = tokio::select! {
             () = super::until_stopped(&mut stopped) => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let session = next_session.fetch_add(1, Ordering::Relaxed);
-                    let inputs = inputs.clone();
-                    tokio::spawn(async move {
-                        serve_session(stream, session, inputs).await;
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a machine connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    admission.accept_failed(&error).await;
+                    continue;
                 }
             },
-        }
+        };
+        let Some(slot) = admission.admit() else {
+            continue; // Refused: closed at once.
+        };
+        let session = next_session.fetch_add(1, Ordering::Relaxed);
+        let inputs = inputs.clone();
+        tokio::spawn(serve_session(stream, session, inputs, slot));
     }
 }
 
@@ -77,15 +71,18 @@ async fn serve_session(
     stream: tokio::net::TcpStream,
     session: SessionId,
     inputs: SyncSender<CoreInput>,
+    slot: Slot,
 ) {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
     let (frames, mut outgoing): (SessionWriter, _) =
         tokio::sync::mpsc::channel::<Vec<u8>>(SESSION_WRITE_QUEUE_FRAMES);
+    let (authenticated, heard) = tokio::sync::oneshot::channel();
     if inputs
         .try_send(CoreInput::SessionOpened {
             session,
             writer: frames,
+            authenticated,
         })
         .is_err()
     {
@@ -101,27 +98,63 @@ async fn serve_session(
         // Flushes what is queued, then shuts the write side down.
         let _ = SinkExt::<Bytes>::close(&mut writer).await;
     });
-    let mut reader = FramedRead::new(reader, frame_codec());
-    let mut closing = Input::SessionClosed(session);
-    loop {
-        let payload = match tokio::time::timeout(SESSION_IDLE_TIMEOUT, reader.next()).await {
-            Ok(Some(Ok(payload))) => payload.to_vec(),
-            Ok(Some(Err(error))) => {
-                if is_oversized_frame(&error) {
-                    closing = Input::SessionMalformed(session);
-                }
-                break;
-            }
-            Ok(None) | Err(_) => break,
-        };
-        let frame = CoreInput::Round(Input::SessionFrame { session, payload });
-        if inputs.try_send(frame).is_err() {
-            break;
-        }
-    }
+    let closing = read_frames(reader, session, &inputs, &slot, heard).await;
+    drop(slot);
     // The core must learn about the close; wait for room rather than drop it.
     let closed = inputs.clone();
     let _ =
         tokio::task::spawn_blocking(move || closed.send(CoreInput::Round(closing)).is_ok()).await;
     let _ = write.await;
+}
+
+/// Hands the session's frames to the core until the connection ends, a
+/// deadline passes or the slot is evicted; returns how the core is told.
+async fn read_frames(
+    reader: tokio::net::tcp::OwnedReadHalf,
+    session: SessionId,
+    inputs: &SyncSender<CoreInput>,
+    slot: &Slot,
+    heard: tokio::sync::oneshot::Receiver<()>,
+) -> Input<Keyring> {
+    let mut reader = FramedRead::new(reader, frame_codec());
+    let handshake_deadline = Instant::now() + MACHINE_HANDSHAKE_TIMEOUT;
+    let mut frame_deadline = Instant::now() + SESSION_FRAME_TIMEOUT;
+    let mut heard = Some(heard);
+    let mut authenticated = false;
+    loop {
+        tokio::select! {
+            () = slot.evicted() => {
+                tracing::debug!(session, "a connection in its handshake gave way to a newer one");
+                return Input::SessionClosed(session);
+            }
+            () = tokio::time::sleep_until(handshake_deadline), if !authenticated => {
+                tracing::debug!(session, "a machine connection did not authenticate in time");
+                return Input::SessionClosed(session);
+            }
+            // The core says so once, or drops the sender when it closes
+            // the session (then the deadline or the close ends it).
+            result = async { heard.as_mut().expect("polled only while set").await }, if heard.is_some() => {
+                heard = None;
+                authenticated = result.is_ok() && slot.protect();
+            }
+            frame = tokio::time::timeout_at(frame_deadline, reader.next()) => {
+                let payload = match frame {
+                    Ok(Some(Ok(payload))) => payload.to_vec(),
+                    Ok(Some(Err(error))) if is_oversized_frame(&error) => {
+                        return Input::SessionMalformed(session);
+                    }
+                    Ok(Some(Err(_)) | None) => return Input::SessionClosed(session),
+                    Err(_) => {
+                        tracing::debug!(session, "a machine frame was not whole in time");
+                        return Input::SessionClosed(session);
+                    }
+                };
+                frame_deadline = Instant::now() + SESSION_FRAME_TIMEOUT;
+                let frame = CoreInput::Round(Input::SessionFrame { session, payload });
+                if inputs.try_send(frame).is_err() {
+                    return Input::SessionClosed(session);
+                }
+            }
+        }
+    }
 }

@@ -44,14 +44,23 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub topology: Topology,
     pub children: Vec<Option<Child>>,
+    /// RLIMIT_NOFILE (soft and hard) the replicas start with, if set.
+    pub descriptor_limit: Option<u64>,
 }
 
 impl Cluster {
     pub fn start(dir: &Path, topology: Topology) -> Cluster {
+        Cluster::start_limited(dir, topology, None)
+    }
+
+    /// Starts the replicas with their descriptor limit (soft and hard) set
+    /// to `descriptor_limit`, so they cannot raise it.
+    pub fn start_limited(dir: &Path, topology: Topology, descriptor_limit: Option<u64>) -> Cluster {
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
             topology,
             children: vec![None, None, None],
+            descriptor_limit,
         };
         for index in 0..3 {
             cluster.spawn(index);
@@ -74,6 +83,9 @@ impl Cluster {
             }
             None => Command::new(binary("vend-replica")),
         };
+        if let Some(limit) = self.descriptor_limit {
+            limit_descriptors(&mut command, limit);
+        }
         let child = command
             .arg("--config")
             .arg(&self.topology.configs[index])
@@ -176,6 +188,44 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Sets the child's RLIMIT_NOFILE, soft and hard, before it runs.
+fn limit_descriptors(command: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    let limit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: between fork and exec the closure only calls setrlimit,
+    // which is async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// Raises this process's soft descriptor limit to its hard limit (tests
+/// that hold many connections); returns the soft limit now.
+pub fn raise_own_descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only touch the struct given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        }
+    }
+    limit.rlim_cur
 }
 
 pub fn primaries(status: &[Value]) -> Vec<(usize, u64)> {
