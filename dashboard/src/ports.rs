@@ -20,8 +20,8 @@
 //!   operator asks a replica to do, answered through a oneshot channel.
 
 use crate::ReplicaStatus;
-use ledger::MachineId;
-use ledger::rules::RemoteCommand;
+use ledger::operator::{AlertKey, OperatorRole};
+use ledger::{MachineId, SlotId, Won};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -78,6 +78,12 @@ pub struct MachineSummary {
     /// Whether a machine session is open on this replica (only the primary
     /// holds sessions).
     pub connected: bool,
+    /// When this replica last heard from the machine over its link (ms
+    /// since the Unix epoch), if it has since it started.
+    pub last_seen_ms: Option<i64>,
+    /// Events the machine holds that the fleet has not acknowledged, as it
+    /// last reported (its local tip minus the committed mark).
+    pub backlog: Option<u64>,
     /// Events of the machine this replica holds but has not seen committed.
     pub uncommitted: u64,
     pub cash_held_won: i64,
@@ -169,14 +175,48 @@ pub trait LogReader: Send + Sync + 'static {
 /// resumption point (SSE's Last-Event-ID).
 pub type CommittedEntry = Arc<LogEntryView>;
 
-/// What an operator asks of a replica.
+/// What an operator asks of a replica. Each is recorded in the log with
+/// the operator's name (through the primary); commands for machines are
+/// delivered over their links and applied by the machines themselves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OperatorAction {
-    /// Deliver a command to a machine over its link (the machine applies it
-    /// and records the outcome as its own event).
-    Remote {
+    AddUser {
+        name: String,
+        role: OperatorRole,
+        /// argon2id, made by `ledger::admin::hash_password` (the password
+        /// never reaches the replica's core).
+        password_hash: String,
+    },
+    DisableUser {
+        name: String,
+    },
+    ChangePassword {
+        name: String,
+        password_hash: String,
+    },
+    SetPrice {
         machine: MachineId,
-        command: RemoteCommand,
+        slot: SlotId,
+        price: Won,
+    },
+    Rename {
+        machine: MachineId,
+        slot: SlotId,
+        name: String,
+    },
+    /// The head office's price policy: every slot of every machine that
+    /// sells `product` (by name) gets `price`.
+    FleetPrice {
+        product: String,
+        price: Won,
+    },
+    SettleTicket {
+        machine: MachineId,
+        ticket: u64,
+    },
+    AcknowledgeAlert {
+        alert: AlertKey,
+        note: String,
     },
 }
 
@@ -184,17 +224,33 @@ pub enum OperatorAction {
 pub enum ActionError {
     #[error("this replica is not the primary; ask {primary:?}")]
     NotPrimary { primary: Option<String> },
-    #[error("machine {0} is not connected; the command was not delivered")]
-    MachineOffline(MachineId),
+    #[error("no machine {0}")]
+    UnknownMachine(MachineId),
+    #[error("machine {machine} has no slot {slot}")]
+    UnknownSlot { machine: MachineId, slot: SlotId },
+    #[error("no machine sells {0:?}")]
+    UnknownProduct(String),
+    #[error("no operator account {0:?}")]
+    UnknownUser(String),
+    #[error("the operator account {0:?} exists already")]
+    UserExists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the log could not record it: {0}")]
+    Storage(String),
     #[error("the replica is shutting down")]
     Stopped,
 }
 
 /// What happened to a request that was carried out.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ActionReceipt {
-    /// Sent to the machine; its own event will say what it did.
-    Delivered,
+pub struct ActionReceipt {
+    /// The gseq of the (last) entry that records it.
+    pub gseq: u64,
+    /// Commands sent to machines: which machine, its command id, and
+    /// whether it was delivered at once (the machine was connected; an
+    /// offline machine gets it when it reconnects).
+    pub commands: Vec<(MachineId, u64, bool)>,
 }
 
 pub struct OperatorRequest {

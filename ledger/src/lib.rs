@@ -22,6 +22,7 @@ pub mod keys;
 pub mod ledger;
 pub mod machine;
 pub mod money;
+pub mod operator;
 pub mod posting;
 pub mod projection;
 pub mod rules;

@@ -381,26 +381,6 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
         crate::ingest::committed_seq(&view!(self), machine, commit_gseq)
     }
 
-    /// Delivers an operator's command to `machine` over its open session
-    /// (released with the round, like every frame).
-    pub fn send_remote(
-        &mut self,
-        machine: &MachineId,
-        command: &ledger::rules::RemoteCommand,
-    ) -> Result<(), dashboard::ports::ActionError> {
-        if !self.node.accepts_writes() {
-            return Err(dashboard::ports::ActionError::NotPrimary {
-                primary: self.standing().primary_address,
-            });
-        }
-        let actions = self
-            .ingest
-            .remote(machine, command)
-            .ok_or_else(|| dashboard::ports::ActionError::MachineOffline(machine.clone()))?;
-        self.ingest_actions(actions);
-        Ok(())
-    }
-
     /// Gives the ledger back (the round is over for good).
     pub fn into_ledger(self) -> Ledger<B> {
         self.ledger

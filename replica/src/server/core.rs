@@ -11,7 +11,7 @@ use crate::ingest::SessionId;
 use crate::node::Target;
 use crate::round::{Input, Outgoing, Round};
 use crate::transport::DatagramSender;
-use dashboard::ports::{ActionReceipt, OperatorAction, OperatorRequest};
+use dashboard::ports::{ActionError, OperatorRequest};
 use ledger::keys::Keyring;
 use ledger::store::rocks::RocksBackend;
 use std::collections::HashMap;
@@ -150,19 +150,11 @@ impl Core {
             action,
             reply,
         } = request;
-        let result = match action {
-            OperatorAction::Remote { machine, command } => {
-                match self.round.send_remote(&machine, &command) {
-                    Ok(()) => {
-                        tracing::info!(%operator, %machine, command_id = command.command_id, "delivered a remote command");
-                        Ok(ActionReceipt::Delivered)
-                    }
-                    Err(error) => Err(error),
-                }
-            }
-        };
+        tracing::warn!(%operator, ?action, "operator actions are not recorded yet");
         // The requester may have given up waiting; nothing to do then.
-        let _ = reply.send(result);
+        let _ = reply.send(Err(ActionError::Invalid(
+            "operator actions are not recorded by this build yet".into(),
+        )));
     }
 
     fn destinations(&self, to: Target) -> Vec<SocketAddrV4> {

@@ -199,6 +199,8 @@ fn snapshot(core: &Core) -> Snapshot {
                 last_gseq: head.gseq,
                 last_event_ms: state.last_at_ms,
                 connected: connected.binary_search(machine).is_ok(),
+                last_seen_ms: None,
+                backlog: None,
                 uncommitted: head.seq.saturating_sub(committed),
                 cash_held_won: state.balances.physical_total(),
                 stock_units: state.slots.values().map(|s| u64::from(s.stock)).sum(),
