@@ -608,7 +608,7 @@ impl Simulation {
                     Process::Running(round) => {
                         let node = round.node();
                         format!(
-                            "{}: role={:?} epoch={} tip={}/e{} commit={} leader={:?} catchup={}/{}",
+                            "{}: role={:?} epoch={} tip={}/e{} commit={} leader={:?} catchup={}/{}{}",
                             r.name,
                             node.role(),
                             node.epoch(),
@@ -617,7 +617,9 @@ impl Simulation {
                             node.commit_gseq(),
                             node.leader(),
                             node.counters().catchup_records_sent,
-                            node.counters().catchup_records_taken
+                            node.counters().catchup_records_taken,
+                            node.repairing_until()
+                                .map_or_else(String::new, |until| format!(" repairing-until={until}"))
                         )
                     }
                     Process::Down(_) => format!("{}: down tip={}/e{}", r.name, tip.gseq, tip.epoch),

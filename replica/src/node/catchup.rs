@@ -190,11 +190,15 @@ impl Node {
         let from = match previous {
             // Still walking through what the candidate holds, looking for
             // where its log parts from ours: go on from there.
-            Some(p) if p.candidate_tip == candidate_tip && p.next_gseq <= candidacy.last_gseq => {
+            Some(p)
+                if p.candidate_tip == candidate_tip
+                    && p.next_gseq <= candidacy.last_gseq.min(tip.gseq) =>
+            {
                 p.next_gseq
             }
-            // A fresh tip, or a segment past the tip that did not move it
-            // (lost on the way): start over.
+            // A fresh tip, a segment past the candidate's tip that did not
+            // move it, or a walk that ran past our own tip (the last
+            // segment was lost on the way): start over.
             _ => catchup_start(&candidacy, log),
         };
         if from > tip.gseq {

@@ -1042,3 +1042,36 @@ fn a_candidate_far_behind_catches_up_segment_by_segment() {
         "each segment continues the last: {segments:?}"
     );
 }
+
+/// Found by simulation seed 41114: a voter whose log ends below the
+/// candidate's last gseq (a newer epoch's marker against an older epoch's
+/// uncommitted suffix) sent its one-record segment, which was lost; it
+/// then went on "walking" from past its own tip and sent nothing ever
+/// again, and no primary appeared. A walk that runs past the voter's tip
+/// starts over.
+#[test]
+fn a_lost_catchup_segment_past_the_voters_tip_is_sent_again() {
+    let mut sync = Node::new(config(2), Restart::default(), 11, 0);
+    let mut sync_log = TestLog::new();
+    sync_log.append_marker(2, 1_000, "replica-3").unwrap();
+    let ask = |packet_seq| {
+        let message = Message::PreVoteRequest {
+            last_gseq: 19,
+            last_epoch: 1,
+        };
+        datagram(1, 1, packet_seq, 0, message)
+    };
+    let segment = |actions: &[Action]| {
+        actions.iter().find_map(|a| match a {
+            Action::Replicate {
+                from_gseq, to_gseq, ..
+            } => Some((*from_gseq, *to_gseq)),
+            _ => None,
+        })
+    };
+    let first = sync.receive(5_000, ask(1), &sync_log);
+    assert_eq!(segment(&first), Some((1, 1)), "{first:?}");
+    // The segment is lost; the candidate asks again after a heartbeat.
+    let again = sync.receive(5_000 + 100, ask(2), &sync_log);
+    assert_eq!(segment(&again), Some((1, 1)), "sent again: {again:?}");
+}
