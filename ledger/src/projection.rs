@@ -183,6 +183,32 @@ pub struct ProjectionIssue {
 /// Most issues a projection remembers (the count keeps going).
 pub const ISSUES_KEPT_MAX: usize = 100;
 
+/// A cash collection at a machine: what the ledger expected (cash box and
+/// bill stacker), what the operator counted, and the difference, which the
+/// machine posted to over/short.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collection {
+    pub machine_id: MachineId,
+    pub gseq: u64,
+    pub machine_seq: u64,
+    /// The machine's clock.
+    pub at_ms: i64,
+    pub cash_box: Won,
+    pub stacker: Won,
+    pub counted: Won,
+}
+
+impl Collection {
+    pub fn expected(&self) -> Won {
+        self.cash_box + self.stacker
+    }
+
+    /// Counted minus expected: positive is over, negative is short.
+    pub fn over_short(&self) -> Won {
+        self.counted - self.expected()
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Projection {
     /// The last gseq applied (0 for an empty projection).
@@ -192,6 +218,10 @@ pub struct Projection {
     pub entries_applied: u64,
     pub issue_count: u64,
     pub issues: Vec<ProjectionIssue>,
+    /// Every cash collection in the fleet, in gseq order.
+    pub collections: Vec<Collection>,
+    /// Operator accounts, remote commands and acknowledged alerts.
+    pub operators: crate::operator::Operators,
 }
 
 /// Fleet-wide sums.
@@ -233,6 +263,22 @@ impl Projection {
             return Err(error);
         }
         self.entries_applied += 1;
+        if let Event::CashCollected {
+            cash_box,
+            stacker,
+            counted,
+        } = &envelope.event
+        {
+            self.collections.push(Collection {
+                machine_id: envelope.machine_id.clone(),
+                gseq,
+                machine_seq: envelope.machine_seq,
+                at_ms: envelope.at_ms,
+                cash_box: *cash_box,
+                stacker: *stacker,
+                counted: *counted,
+            });
+        }
         let sale = match &envelope.event {
             Event::ProductPurchased { product, price, .. } => Some((product, 1, *price)),
             Event::PurchaseCancelled { product, price, .. } => Some((product, -1, -price)),
