@@ -3,8 +3,8 @@
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ledger::keys::Keyring;
-use ledger::store::{LogStore, OpenOptions};
-use std::path::{Path, PathBuf};
+use ledger::store::LogStore;
+use std::path::PathBuf;
 
 /// A data directory holds the RocksDB log under `log/` and, unless told
 /// otherwise, its keys under `keys/`.
@@ -38,16 +38,14 @@ impl DataArgs {
         Keyring::open(&dir, create).with_context(|| format!("loading keys from {}", dir.display()))
     }
 
-    /// Opens an existing log read-write (RocksDB has no shared read mode;
-    /// the replica owning it must be stopped).
+    /// Opens an existing log for reading only: inspecting a log never
+    /// changes a file of it, and a log a running replica holds open is
+    /// read as it was when the command started.
     pub fn open_store(&self, keyring: &Keyring) -> Result<LogStore> {
-        open_existing(&self.log_dir(), keyring)
+        let log_dir = self.log_dir();
+        LogStore::open_read_only(&log_dir, keyring.store_key())
+            .with_context(|| format!("opening the log at {}", log_dir.display()))
     }
-}
-
-pub fn open_existing(log_dir: &Path, keyring: &Keyring) -> Result<LogStore> {
-    LogStore::open(log_dir, keyring.store_key(), OpenOptions::default())
-        .with_context(|| format!("opening the log at {}", log_dir.display()))
 }
 
 /// A progress bar on stderr, hidden when stderr is not a terminal so logs
