@@ -66,10 +66,11 @@ fn a_replica_drops_and_counts_hostile_datagrams_and_frames() {
         host: Ipv4Addr::LOCALHOST,
     };
     let config = plan.config(2, 99, dir, TransportKind::Udp);
+    ledger::keys::create_cluster_keys(&config.keys_dir).unwrap();
     let handle = replica::server::start(config.clone()).expect("replica starts");
     let status_address = config.status_listen.to_string();
-    let keyring = ledger::keys::Keyring::open(&dir.join("keys"), false).unwrap();
-    let cluster_key = keyring.cluster_key(false).unwrap();
+    let keyring = ledger::keys::Keyring::open(&config.keys_dir).unwrap();
+    let cluster_key = keyring.cluster_key().unwrap();
     let before = status(&status_address);
 
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();

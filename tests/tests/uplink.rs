@@ -39,6 +39,10 @@ fn events_sold_offline_arrive_exactly_once_when_the_replicas_start() {
         host: Ipv4Addr::LOCALHOST,
     };
     let id = MachineId::numbered(1);
+    // Provisioned as an operator would: `vendctl keys init` and `vendctl
+    // keys machine` (the machine and the replicas share the directory).
+    ledger::keys::create_cluster_keys(&keys).unwrap();
+    ledger::keys::create_machine_keys(&keys, std::slice::from_ref(&id)).unwrap();
     let mut config = MachineConfig::new(id.clone(), dir.path().join("vm"), keys.clone());
     config.initial_admin_password = Some("vend-admin-1!".into());
     config.replicas = (1..=3).map(|n| plan.machine_addr(n).to_string()).collect();
@@ -99,7 +103,7 @@ fn events_sold_offline_arrive_exactly_once_when_the_replicas_start() {
     for replica in replicas {
         replica.shutdown();
     }
-    let keyring = Keyring::open(&keys, false).unwrap();
+    let keyring = Keyring::open(&keys).unwrap();
     for n in 1..=3 {
         let store = LogStore::open(
             &dir.path().join(format!("replica-{n}/log")),

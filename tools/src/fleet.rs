@@ -8,9 +8,10 @@
 
 use crate::cluster::ClusterFile;
 use crate::say;
-use anyhow::{Context, Result, bail};
+use crate::util::report_created_keys;
+use anyhow::{Result, bail};
 use ledger::crypto::{LINK_KEY_CONTEXT, SecretKey};
-use ledger::keys::{Keyring, SingleMachineKey};
+use ledger::keys::{Keyring, SingleMachineKey, create_machine_keys};
 use ledger::store::{Appended, OpenOptions};
 use ledger::{Ledger, MachineId, Prepared};
 use link::driver::{LocalLedger, UplinkControl, UplinkReport, spawn_uplink};
@@ -109,11 +110,15 @@ fn open_machines(
     machines_dir: &Path,
     args: &FleetArgs,
 ) -> Result<Vec<MachineSetup>> {
-    let mut keyring = Keyring::open(&file.keys_dir, false).context("loading the cluster's keys")?;
+    // The simulated machines are provisioned like real ones, through the
+    // same code as `vendctl keys machine` (keys that exist are kept); the
+    // replicas load a new machine's key when it first knocks.
+    let ids: Vec<MachineId> = (1..=args.machines).map(MachineId::numbered).collect();
+    report_created_keys(&create_machine_keys(&file.keys_dir, &ids)?, &file.keys_dir);
+    let keyring = Keyring::open(&file.keys_dir)?;
     let mut setups = Vec::new();
-    for n in 1..=args.machines {
-        let id = MachineId::numbered(n);
-        let key = keyring.ensure_machine(&id)?.clone();
+    for (n, id) in (1u64..).zip(ids) {
+        let key = keyring.require_machine(&id)?.clone();
         let options = OpenOptions {
             create: true,
             ..OpenOptions::default()
@@ -123,7 +128,7 @@ fn open_machines(
             keyring.store_key(),
             options,
         )?;
-        let seed = args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(n);
+        let seed = args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n;
         setups.push(MachineSetup {
             sim: SimMachine::new(id.clone(), &key, seed, SIMULATION_START_MS),
             chain: SingleMachineKey::new(id.clone(), &key),

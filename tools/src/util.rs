@@ -33,9 +33,10 @@ impl DataArgs {
             .unwrap_or_else(|| self.data.join(KEYS_SUBDIR))
     }
 
-    pub fn keyring(&self, create: bool) -> Result<Keyring> {
-        let dir = self.keys_dir();
-        Keyring::open(&dir, create).with_context(|| format!("loading keys from {}", dir.display()))
+    /// Loads the key directory; creates nothing (a missing key file is
+    /// named with the `vendctl keys` command that makes it).
+    pub fn keyring(&self) -> Result<Keyring> {
+        Ok(Keyring::open(&self.keys_dir())?)
     }
 
     /// Opens an existing log for reading only: inspecting a log never
@@ -45,6 +46,17 @@ impl DataArgs {
         let log_dir = self.log_dir();
         LogStore::open_read_only(&log_dir, keyring.store_key())
             .with_context(|| format!("opening the log at {}", log_dir.display()))
+    }
+}
+
+/// Tells the operator on stderr which key files a command created (the
+/// simulated fleets provision their machines through the same code as
+/// `vendctl keys`; keys that existed are kept and not mentioned).
+pub fn report_created_keys(created: &[PathBuf], dir: &std::path::Path) {
+    match created {
+        [] => {}
+        [one] => eprintln!("created {}", one.display()),
+        many => eprintln!("created {} key files in {}", many.len(), dir.display()),
     }
 }
 

@@ -137,7 +137,7 @@ fn verify_names_a_tampered_entry_and_rejects_a_wrong_key() {
     let data = dir.path().join("fleet");
     simulate(&data, "2", "400", "3");
     {
-        let keyring = Keyring::open(&data.join("keys"), false).unwrap();
+        let keyring = Keyring::open(&data.join("keys")).unwrap();
         let mut store = LogStore::open(
             &data.join("log"),
             keyring.store_key(),
@@ -186,14 +186,26 @@ fn refuses_to_simulate_over_an_existing_log_and_reports_missing_logs() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a log"));
-    let out = vendctl(&[
-        "verify",
-        "--data",
-        dir.path().join("nothing").to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("store.key"), "{err}");
+    // The tools make no key: a missing one is named, with the command that
+    // makes it, and nothing is created.
+    let nothing = dir.path().join("nothing");
+    for command in ["verify", "replay", "dump"] {
+        let out = vendctl(&[command, "--data", nothing.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{}/keys/store.key is missing", nothing.display())),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "vendctl keys init --dir {}/keys",
+                nothing.display()
+            )),
+            "{err}"
+        );
+        assert!(!nothing.exists(), "{command} created {}", nothing.display());
+    }
 }
 
 /// Every file under `dir` with its size and modification time.
@@ -260,7 +272,7 @@ fn verify_reads_a_ledger_that_another_process_holds_open() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("fleet");
     let summary = simulate(&data, "2", "300", "6");
-    let keyring = Keyring::open(&data.join("keys"), false).unwrap();
+    let keyring = Keyring::open(&data.join("keys")).unwrap();
     // This test process is the writer that owns the log (as a running
     // replica would be); vendctl is another process.
     let held = LogStore::open(

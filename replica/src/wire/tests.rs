@@ -83,7 +83,10 @@ fn forged_corrupted_truncated_and_foreign_datagrams_are_refused() {
         assert!(codec.decode(&bytes[..cut]).is_err());
     }
     let other_key = DatagramCodec::new(7, &SecretKey::from_bytes([8; 32]));
-    assert_eq!(other_key.decode(&bytes), Err(WireError::Authentication));
+    assert_eq!(
+        other_key.decode(&bytes),
+        Err(WireError::Authentication { sender: 2 })
+    );
     let other_cluster = DatagramCodec::new(8, &SecretKey::from_bytes([9; 32]));
     assert_eq!(
         other_cluster.decode(&bytes),
@@ -93,7 +96,10 @@ fn forged_corrupted_truncated_and_foreign_datagrams_are_refused() {
     // the header is authenticated data.
     let mut raised_epoch = bytes.clone();
     raised_epoch[12..20].copy_from_slice(&99u64.to_be_bytes());
-    assert_eq!(codec.decode(&raised_epoch), Err(WireError::Authentication));
+    assert_eq!(
+        codec.decode(&raised_epoch),
+        Err(WireError::Authentication { sender: 2 })
+    );
 }
 
 #[test]
