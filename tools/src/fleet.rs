@@ -15,7 +15,7 @@ use ledger::keys::{Keyring, SingleMachineKey, create_machine_keys};
 use ledger::store::{Appended, OpenOptions};
 use ledger::{Ledger, MachineId, Prepared};
 use link::driver::{LocalLedger, UplinkControl, UplinkReport, spawn_uplink};
-use link::uplink::{Uplink, UplinkStats};
+use link::uplink::{HandshakeRefused, Uplink, UplinkStats};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -233,12 +233,23 @@ async fn drive_machine(
     let mut machine = MachineRun::start(setup, target, addresses, seed);
     loop {
         if Instant::now() > deadline {
-            bail!(
-                "{}: {} of {} events acknowledged when the time ran out",
-                machine.summary.id,
-                machine.summary.acked,
-                machine.summary.events
-            );
+            let summary = &machine.summary;
+            match &machine.refused {
+                // Why, rather than only how much: the replicas would not
+                // take this machine's session.
+                Some(refused) => bail!(
+                    "{}: {refused}, so {} of {} events were acknowledged",
+                    summary.id,
+                    summary.acked,
+                    summary.events
+                ),
+                None => bail!(
+                    "{}: {} of {} events acknowledged when the time ran out",
+                    summary.id,
+                    summary.acked,
+                    summary.events
+                ),
+            }
         }
         if machine.summary.events < target {
             machine.sell_burst()?;
@@ -288,6 +299,9 @@ struct MachineRun {
     reports: mpsc::Receiver<UplinkReport>,
     offline_until: Option<Instant>,
     last_primary: Option<String>,
+    /// Why the replicas last refused this machine's handshake, until one
+    /// takes a session (see `link::uplink::HandshakeRefused`).
+    refused: Option<HandshakeRefused>,
     summary: MachineSummary,
 }
 
@@ -317,6 +331,7 @@ impl MachineRun {
             reports,
             offline_until: None,
             last_primary: None,
+            refused: None,
         }
     }
 
@@ -379,15 +394,21 @@ impl MachineRun {
         match report {
             UplinkReport::Acknowledged(seq) => self.summary.acked = self.summary.acked.max(seq),
             UplinkReport::State {
-                primary: Some(primary),
-                ..
+                primary, refused, ..
             } => {
-                if self.last_primary.as_ref().is_some_and(|p| *p != primary) {
-                    self.summary.failovers_seen += 1;
+                if let Some(primary) = primary {
+                    if self.last_primary.as_ref().is_some_and(|p| *p != primary) {
+                        self.summary.failovers_seen += 1;
+                    }
+                    self.last_primary = Some(primary);
                 }
-                self.last_primary = Some(primary);
+                if let (None, Some(now)) = (&self.refused, &refused) {
+                    // Said at once, not only when the time runs out.
+                    eprintln!("{}: {now}; retrying", self.summary.id);
+                }
+                self.refused = refused;
             }
-            UplinkReport::State { .. } | UplinkReport::Remote(_) => {}
+            UplinkReport::Remote(_) => {}
         }
     }
 
