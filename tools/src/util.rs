@@ -1,9 +1,9 @@
 //! Shared helpers: data-directory layout, opening a log, progress bars.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ledger::keys::Keyring;
-use ledger::store::LogStore;
+use ledger::store::{LogStore, StoreError};
 use std::path::PathBuf;
 
 /// A data directory holds the RocksDB log under `log/` and, unless told
@@ -44,8 +44,12 @@ impl DataArgs {
     /// read as it was when the command started.
     pub fn open_store(&self, keyring: &Keyring) -> Result<LogStore> {
         let log_dir = self.log_dir();
-        LogStore::open_read_only(&log_dir, keyring.store_key())
-            .with_context(|| format!("opening the log at {}", log_dir.display()))
+        LogStore::open_read_only(&log_dir, keyring.store_key()).map_err(|error| match error {
+            // These name the directory already.
+            StoreError::NotFound(_) | StoreError::Live { .. } => error.into(),
+            other => anyhow::Error::new(other)
+                .context(format!("opening the log at {}", log_dir.display())),
+        })
     }
 }
 

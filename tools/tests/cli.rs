@@ -300,3 +300,25 @@ fn verify_reads_a_ledger_that_another_process_holds_open() {
     );
     drop(held);
 }
+
+/// An error says its cause once: RocksDB's message used to follow itself
+/// (`storage error: X: X`), because the error also returned it as its
+/// source and `vendctl` prints the whole chain.
+#[test]
+fn a_broken_log_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fleet");
+    simulate(&data, "1", "30", "2");
+    std::fs::write(data.join("log/CURRENT"), "garbage\n").unwrap();
+    let out = vendctl(&["verify", "--data", data.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "vendctl: opening the log at {}/log: storage error: Corruption",
+            data.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("CURRENT file corrupted").count(), 1, "{err}");
+}

@@ -24,7 +24,7 @@ const ACKED_META: &str = "uplink_acked";
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
     /// The rules said no; the text is for the screen.
-    #[error("{0}")]
+    #[error(transparent)]
     Rejected(#[from] Rejection),
     /// The ledger could not record the action, so it did not happen.
     #[error("not recorded: {0}")]

@@ -56,8 +56,12 @@ const ITER_BATCH_RECORDS: u64 = 256;
 pub enum StoreError {
     #[error("no ledger at {0} (run `vendctl simulate --offline` or start a replica to create one)")]
     NotFound(String),
+    /// RocksDB's own message. (Like every error of this project, the
+    /// message includes its cause and does not also return it as a
+    /// `source`: the binaries print chains with `{:#}`, which would say it
+    /// twice.)
     #[error("storage error: {0}")]
-    Db(#[from] rocksdb::Error),
+    Db(rocksdb::Error),
     #[error("the key does not open this ledger (wrong key file?)")]
     WrongKey,
     #[error("entry gseq {gseq}: {problem}")]
@@ -82,6 +86,12 @@ pub enum StoreError {
     /// injected fault).
     #[error("write failed: {0}")]
     Io(String),
+}
+
+impl From<rocksdb::Error> for StoreError {
+    fn from(error: rocksdb::Error) -> StoreError {
+        StoreError::Db(error)
+    }
 }
 
 impl StoreError {

@@ -1,9 +1,13 @@
+//! What a replica and a machine do when something they start with is
+//! missing or wrong.
+//!
 //! Keys are made only on an operator's request (`vendctl keys`, or
 //! `vendctl cluster init`, which runs the same code). A replica and a
 //! machine refuse to start without theirs, naming the missing file and the
 //! command that makes it, and create nothing; a replica whose cluster key
 //! is not its peers' says so; one unreadable machine key file costs only
-//! that machine.
+//! that machine. And a replica that cannot start says why once, not once
+//! per layer of error it passed through.
 //!
 //! The keys are set up with the real `vendctl` (run `cargo build
 //! --workspace` first).
@@ -29,9 +33,12 @@ use tokio_util::codec::Encoder;
 use vm_iced::config::MachineConfig;
 use vm_iced::machine::{Machine, system_clock};
 
-fn plan(offset: u16) -> LocalClusterPlan {
+/// Ports for one test: each test has its own block of 30 (a plan uses
+/// base+1 to base+23).
+fn plan(block: u16) -> LocalClusterPlan {
+    assert!(block < 5);
     LocalClusterPlan {
-        base_port: 28_000 + u16::try_from(std::process::id() % 500).unwrap() * 12 + offset,
+        base_port: 28_000 + u16::try_from(std::process::id() % 100).unwrap() * 150 + block * 30,
         host: Ipv4Addr::LOCALHOST,
     }
 }
@@ -157,7 +164,7 @@ fn hello(address: std::net::SocketAddrV4, machine: &str) -> Option<Vec<u8>> {
 fn one_unreadable_machine_key_file_costs_only_that_machine() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
-    let config = plan(3).config(1, 6, dir, TransportKind::Udp);
+    let config = plan(1).config(1, 6, dir, TransportKind::Udp);
     let keys = config.keys_dir.to_str().unwrap().to_owned();
     run_vendctl(&["keys", "init", "--dir", &keys]);
     run_vendctl(&["keys", "machine", "--dir", &keys, "--machines", "2"]);
@@ -229,7 +236,7 @@ fn a_machine_never_makes_its_own_key() {
 fn a_replica_with_another_cluster_key_says_so() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
-    let mut config = plan(6).config(2, 7, dir, TransportKind::Udp);
+    let mut config = plan(2).config(2, 7, dir, TransportKind::Udp);
     // Quiet elections: this replica only listens.
     config.election_timeout_min_ms = 60_000;
     config.election_timeout_max_ms = 60_001;
@@ -333,4 +340,53 @@ fn vendctl_status_table(dir: &Path, config: &ReplicaConfig) -> String {
     std::fs::write(dir.join("cluster.json"), file.to_string()).unwrap();
     let out = vendctl(&["status", "--cluster", dir.to_str().unwrap(), "--table"]);
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the real `vend-replica` until it exits (it must fail to start).
+fn replica_process_error(config: &Path) -> String {
+    let out = Command::new(common::binary("vend-replica"))
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The worst of the repeated error messages: each error in the chain also
+/// returned its cause as a `source`, so `{:#}` printed RocksDB's lock
+/// message three times.
+#[test]
+fn a_replica_that_cannot_start_says_why_once() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let first = plan(3).config(1, 8, dir, TransportKind::Udp);
+    run_vendctl(&["keys", "init", "--dir", first.keys_dir.to_str().unwrap()]);
+    let running = replica::server::start(first.clone()).expect("the first replica starts");
+    // A second replica started on the same data directory by mistake.
+    let mut second = plan(4).config(1, 8, dir, TransportKind::Udp);
+    second.data_dir = first.data_dir.clone();
+    let second_path = dir.join("second.toml");
+    std::fs::write(&second_path, second.to_toml()).unwrap();
+    let error = replica_process_error(&second_path);
+    running.shutdown();
+    assert!(
+        error.starts_with("vend-replica: starting the replica: log: "),
+        "{error}"
+    );
+    assert_eq!(error.matches("LOCK").count(), 1, "{error}");
+    assert_eq!(
+        error.matches("Resource temporarily unavailable").count(),
+        1,
+        "{error}"
+    );
+
+    let error = replica_process_error(&dir.join("nope.toml"));
+    assert!(error.contains("nope.toml"), "{error}");
+    assert_eq!(
+        error.matches("No such file or directory").count(),
+        1,
+        "{error}"
+    );
 }
