@@ -4,7 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 use ledger::crypto::SecretKey;
-use link::channel::{Hello, LINK_VERSION, encode_plain};
+use link::channel::{Hello, LINK_VERSION, Refusal, RefusalReason, encode_plain};
 use link::codec::frame_codec;
 use replica::config::LocalClusterPlan;
 use replica::transport::TransportKind;
@@ -142,7 +142,16 @@ fn a_replica_drops_and_counts_hostile_datagrams_and_frames() {
     stranger
         .write_all(&encode_frame(&encode_plain(&hello)))
         .unwrap();
-    read_until_closed(&mut stranger);
+    // The stranger is told why before the close, in plaintext (a hint: it
+    // is not authenticated), and nothing else.
+    let answer = read_until_closed(&mut stranger);
+    assert_eq!(
+        answer,
+        encode_frame(&encode_plain(&Refusal::HelloRefused {
+            reason: RefusalReason::UnknownMachine
+        }))
+        .to_vec()
+    );
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let after = loop {
