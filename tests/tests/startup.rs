@@ -246,14 +246,16 @@ fn a_replica_with_another_cluster_key_says_so() {
     std::fs::write(&config_path, config.to_toml()).unwrap();
     let log_path = dir.join("replica-2.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(common::binary("vend-replica"))
-        .arg("--config")
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = Stopped(
+        Command::new(common::binary("vend-replica"))
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
     let status_address = config.status_listen.to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     while ureq::get(&format!("http://{status_address}/api/v1/status"))
@@ -307,9 +309,9 @@ fn a_replica_with_another_cluster_key_says_so() {
 
     // SAFETY: kill(2) has no memory effects.
     unsafe {
-        libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM);
+        libc::kill(i32::try_from(child.0.id()).unwrap(), libc::SIGTERM);
     }
-    child.wait().unwrap();
+    child.0.wait().unwrap();
     let text = std::fs::read_to_string(&log_path).unwrap();
     let warnings = text
         .lines()
@@ -319,6 +321,16 @@ fn a_replica_with_another_cluster_key_says_so() {
     // the count, not 200 times.
     assert!((1..=2).contains(&warnings), "{warnings} warnings:\n{text}");
     assert!(text.contains("count="), "{text}");
+}
+
+/// A child process that is killed if the test fails before stopping it.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `vendctl status --table` for a one-replica cluster file.
