@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 pub type SessionId = u64;
 
 /// Most sessions served at once; more connections are refused.
-pub const SESSIONS_MAX: usize = 4_096;
+pub const SESSIONS_MAX: usize = 12_288;
 /// Most events waiting for the next group commit; a session submitting
 /// beyond that is asked to resend later.
 pub const PENDING_EVENTS_MAX: usize = APPEND_BATCH_MAX / 2;

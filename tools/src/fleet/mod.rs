@@ -24,6 +24,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use workload::{SIMULATION_START_MS, SimMachine};
 
+/// Machines come up at this many per second, as a real fleet's do (not
+/// all in the same instant): 10,000 machines take 20 s to come online.
+const MACHINES_STARTED_PER_S: u64 = 500;
+/// Left in DIR/machines by every run (see `refuse_earlier_machines`).
+const RUN_MARK: &str = "fleet-run";
 /// How often a fleet-wide dark spell may start (`--dark-percent`).
 const DARK_SPELL_EVERY: Duration = Duration::from_secs(20);
 
@@ -66,8 +71,23 @@ struct Summary {
 
 pub fn run(args: FleetArgs) -> Result<ExitCode> {
     let file = ClusterFile::load(&args.cluster)?;
+    // Every machine holds a connection; thousands need more descriptors
+    // than the common soft limit of 1,024.
+    let descriptors = replica::server::limits::raise_descriptor_limit();
+    let needed = u64::from(args.machines) + 64;
+    if descriptors < needed {
+        bail!(
+            "{} machines need about {needed} file descriptors, and this process may have only {descriptors} (raise the hard limit: ulimit -Hn)",
+            args.machines
+        );
+    }
     let machines_dir = args.cluster.join("machines");
     refuse_earlier_machines(&machines_dir)?;
+    // Machines whose events stay in memory leave no ledger behind; this
+    // mark stands for them, so a later run does not resend their seqs with
+    // other events.
+    std::fs::create_dir_all(&machines_dir)?;
+    std::fs::write(machines_dir.join(RUN_MARK), format!("{} machines\n", args.machines))?;
     let setups = open_machines(&file, &machines_dir, &args)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_s);
@@ -167,12 +187,17 @@ fn drive_fleet(
                 } else {
                     args.events_per_machine
                 };
-                let mut machine =
-                    MachineRun::start(setup, target, addresses.to_vec(), seed, pace.clone());
-                if let Some(at) = sell_until {
-                    machine.sell_until(at);
-                }
-                tokio::spawn(drive_machine(machine, deadline))
+                let start_after =
+                    Duration::from_millis(index as u64 * 1_000 / MACHINES_STARTED_PER_S);
+                let (addresses, pace) = (addresses.to_vec(), pace.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(start_after).await;
+                    let mut machine = MachineRun::start(setup, target, addresses, seed, pace);
+                    if let Some(at) = sell_until {
+                        machine.sell_until(at);
+                    }
+                    drive_machine(machine, deadline).await
+                })
             })
             .collect();
         let mut results = Vec::new();
