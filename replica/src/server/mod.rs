@@ -147,6 +147,8 @@ fn open_core(
         started: Instant::now(),
         receive_drops: Arc::default(),
         load_keys,
+        replies: std::collections::HashMap::new(),
+        next_request: 1,
         shutdown: false,
     };
     Ok((core, reader))
