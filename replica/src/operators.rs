@@ -12,7 +12,8 @@
 use dashboard::ports::{ActionError, OperatorAction};
 use ledger::catalog::validate_price;
 use ledger::operator::{
-    NOTE_CHARS_MAX, OperatorAction as Recorded, OperatorError, OperatorRecord, check_operator_name,
+    AlertKey, NOTE_CHARS_MAX, OperatorAction as Recorded, OperatorError, OperatorRecord,
+    check_operator_name,
 };
 use ledger::projection::Projection;
 use ledger::rules::{RemoteAction, check_remote};
@@ -36,107 +37,119 @@ pub fn plan(
 ) -> Result<Vec<OperatorRecord>, ActionError> {
     check_operator_name(operator)
         .map_err(|e| ActionError::Invalid(format!("who is asking: {e}")))?;
-    let record = |action: Recorded| OperatorRecord {
-        operator: operator.to_owned(),
-        at_ms,
-        action,
-    };
     let mut commands = Commands::new(projection);
     let actions = match action {
-        OperatorAction::AddUser {
-            name,
-            role,
-            password_hash,
-        } => vec![account(
-            Recorded::UserAdded {
-                name: name.clone(),
-                role: *role,
-                password_hash: password_hash.clone(),
-            },
-            projection,
-        )?],
-        OperatorAction::DisableUser { name } => vec![account(
-            Recorded::UserDisabled { name: name.clone() },
-            projection,
-        )?],
-        OperatorAction::ChangePassword {
-            name,
-            password_hash,
-        } => vec![account(
-            Recorded::PasswordChanged {
-                name: name.clone(),
-                password_hash: password_hash.clone(),
-            },
-            projection,
-        )?],
+        OperatorAction::AddUser { .. }
+        | OperatorAction::DisableUser { .. }
+        | OperatorAction::ChangePassword { .. } => vec![account(action, projection)?],
         OperatorAction::SetPrice {
             machine,
             slot,
             price,
         } => {
-            let action = RemoteAction::SetPrice {
+            let remote = RemoteAction::SetPrice {
                 slot: *slot,
                 price: *price,
             };
-            vec![commands.request(machine, action)?]
+            vec![commands.request(machine, remote)?]
         }
         OperatorAction::Rename {
             machine,
             slot,
             name,
         } => {
-            let action = RemoteAction::Rename {
+            let remote = RemoteAction::Rename {
                 slot: *slot,
                 name: name.clone(),
             };
-            vec![commands.request(machine, action)?]
+            vec![commands.request(machine, remote)?]
         }
         OperatorAction::SettleTicket { machine, ticket } => {
-            let action = RemoteAction::SettleChangeOwed { ticket: *ticket };
-            vec![commands.request(machine, action)?]
+            let remote = RemoteAction::SettleChangeOwed { ticket: *ticket };
+            vec![commands.request(machine, remote)?]
         }
         OperatorAction::FleetPrice { product, price } => {
             fleet_price(&mut commands, product, *price)?
         }
         OperatorAction::AcknowledgeAlert { alert, note } => {
-            let state = projection
-                .machines
-                .get(&alert.machine)
-                .ok_or_else(|| ActionError::UnknownMachine(alert.machine.clone()))?;
-            if let Some(slot) = alert.slot
-                && !state.slots.contains_key(&slot)
-            {
-                return Err(ActionError::UnknownSlot {
-                    machine: alert.machine.clone(),
-                    slot,
-                });
-            }
-            if note.chars().count() > NOTE_CHARS_MAX {
-                return Err(ActionError::Invalid(format!(
-                    "a note has at most {NOTE_CHARS_MAX} characters"
-                )));
-            }
-            vec![Recorded::AlertAcknowledged {
-                alert: alert.clone(),
-                note: note.clone(),
-            }]
+            vec![acknowledge(alert, note, projection)?]
         }
+    };
+    let record = |action| OperatorRecord {
+        operator: operator.to_owned(),
+        at_ms,
+        action,
     };
     Ok(actions.into_iter().map(record).collect())
 }
 
-/// An account change, checked by the rules the projection applies it with
-/// (the name, whether the account exists, the hash being argon2id).
-fn account(action: Recorded, projection: &Projection) -> Result<Recorded, ActionError> {
+/// An alert of a machine (and slot) the projection knows, with a note of
+/// bounded length.
+fn acknowledge(
+    alert: &AlertKey,
+    note: &str,
+    projection: &Projection,
+) -> Result<Recorded, ActionError> {
+    let state = projection
+        .machines
+        .get(&alert.machine)
+        .ok_or_else(|| ActionError::UnknownMachine(alert.machine.clone()))?;
+    if let Some(slot) = alert.slot
+        && !state.slots.contains_key(&slot)
+    {
+        return Err(ActionError::UnknownSlot {
+            machine: alert.machine.clone(),
+            slot,
+        });
+    }
+    if note.chars().count() > NOTE_CHARS_MAX {
+        return Err(ActionError::Invalid(format!(
+            "a note has at most {NOTE_CHARS_MAX} characters"
+        )));
+    }
+    Ok(Recorded::AlertAcknowledged {
+        alert: alert.clone(),
+        note: note.to_owned(),
+    })
+}
+
+/// An account change (`action` is `AddUser`, `DisableUser` or
+/// `ChangePassword`), checked by the rules the projection applies it with:
+/// the name, whether the account exists, the hash being argon2id.
+fn account(action: &OperatorAction, projection: &Projection) -> Result<Recorded, ActionError> {
+    let recorded = match action {
+        OperatorAction::AddUser {
+            name,
+            role,
+            password_hash,
+        } => Recorded::UserAdded {
+            name: name.clone(),
+            role: *role,
+            password_hash: password_hash.clone(),
+        },
+        OperatorAction::DisableUser { name } => Recorded::UserDisabled { name: name.clone() },
+        OperatorAction::ChangePassword {
+            name,
+            password_hash,
+        } => Recorded::PasswordChanged {
+            name: name.clone(),
+            password_hash: password_hash.clone(),
+        },
+        other => {
+            return Err(ActionError::Invalid(format!(
+                "not an account change: {other:?}"
+            )));
+        }
+    };
     projection
         .operators
-        .check_action(&action)
+        .check_action(&recorded)
         .map_err(|error| match error {
             OperatorError::UserExists(name) => ActionError::UserExists(name),
             OperatorError::UnknownUser(name) => ActionError::UnknownUser(name),
             other => ActionError::Invalid(other.to_string()),
         })?;
-    Ok(action)
+    Ok(recorded)
 }
 
 /// The head office's price for `product`: one command per slot of every
