@@ -6,6 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
+# The export test reads our CSV and JSON lines with DuckDB's Python package,
+# which it installs into a virtual environment when missing.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  echo "setup: installing python3 and python3-venv"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends python3 python3-venv \
+    || { apt-get update && apt-get install -y --no-install-recommends python3 python3-venv; }
+fi
+
 start=$(date +%s)
 step() { echo; echo "== $* ($(( $(date +%s) - start ))s)"; }
 

@@ -20,8 +20,8 @@ use ledger::rules::RemoteCommand;
 use ledger::store::record::SignedEvent;
 use ledger::store::{APPEND_BATCH_MAX, Appended, EventRejection};
 use link::channel::{
-    Channel, Downstream, Hello, HelloReply, LINK_VERSION, LINK_VERSION_MIN, LinkError,
-    SUBMIT_EVENTS_MAX, Side, Upstream, UpstreamV1, decode_plain, encode_plain,
+    Channel, Downstream, Hello, HelloReply, LINK_VERSION, LINK_VERSION_MIN, LinkError, Refusal,
+    RefusalReason, SUBMIT_EVENTS_MAX, Side, Upstream, UpstreamV1, decode_plain, encode_plain,
 };
 use std::collections::BTreeMap;
 
@@ -321,11 +321,21 @@ impl Ingest {
         index: &dyn MachineIndex,
     ) -> Result<(), LinkError> {
         let hello: Hello = decode_plain(payload)?;
+        // A refusal tells the machine's people why before the session
+        // closes (in plaintext: there may be no key to seal it with).
+        let refuse = |reason| IngestAction::Send {
+            session,
+            payload: encode_plain(&Refusal::HelloRefused { reason }),
+        };
         if !(LINK_VERSION_MIN..=LINK_VERSION).contains(&hello.version) {
+            out.push(refuse(RefusalReason::Version {
+                supported: LINK_VERSION,
+            }));
             return Err(LinkError::Version(hello.version));
         }
         let Some(key) = keys.link_key(&hello.machine_id) else {
             out.push(IngestAction::UnknownMachine(hello.machine_id.clone()));
+            out.push(refuse(RefusalReason::UnknownMachine));
             return Err(LinkError::UnknownMachine(hello.machine_id.to_string()));
         };
         out.push(IngestAction::Send {
@@ -853,12 +863,24 @@ mod tests {
     }
 
     #[test]
-    fn a_machine_of_an_unknown_link_version_is_refused_without_a_reply() {
+    fn a_machine_of_an_unknown_link_version_is_refused_saying_which_is_spoken() {
         let mut ingest = Ingest::new();
         let (_, answer) = handshake(&mut ingest, LINK_VERSION + 1, &standing(0), &Interleaved(0));
-        assert!(
-            matches!(&answer[..], [IngestAction::Close { reason, .. }] if reason.contains("version")),
-            "{answer:?}"
+        let [
+            IngestAction::Send { payload, .. },
+            IngestAction::Close { reason, .. },
+        ] = &answer[..]
+        else {
+            panic!("a refusal, then the close: {answer:?}");
+        };
+        assert!(reason.contains("version"), "{reason}");
+        assert_eq!(
+            decode_plain::<Refusal>(payload).unwrap(),
+            Refusal::HelloRefused {
+                reason: RefusalReason::Version {
+                    supported: LINK_VERSION
+                }
+            }
         );
     }
 

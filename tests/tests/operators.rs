@@ -144,6 +144,10 @@ fn operators_commands_reach_machines_connected_reconnecting_and_after_a_failover
     let dir = tempfile::tempdir().unwrap();
     let port = base_port();
     let topology = init_cluster(dir.path(), port);
+    // The machine's key, provisioned as an operator would (`vendctl keys
+    // machine`) before the replicas start: the machine and the replicas
+    // share the directory.
+    ledger::keys::create_machine_keys(&dir.path().join("keys"), &[machine_id()]).unwrap();
     let mut cluster = Cluster {
         dir: dir.path().to_path_buf(),
         topology,

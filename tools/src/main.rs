@@ -4,6 +4,7 @@ mod bench;
 mod bench_replication;
 mod cluster;
 mod dump;
+mod export;
 mod fleet;
 mod keys;
 mod replay;
@@ -41,6 +42,9 @@ enum Commands {
     Replay(replay::Args),
     /// Print every log entry as one JSON object per line.
     Dump(dump::Args),
+    /// Export events, a sales summary (csv, jsonl) or a machine's EVA-DTS
+    /// audit file (dex).
+    Export(export::Args),
     /// Create store, cluster and machine keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Commands::Verify(args) => verify::run(args),
         Commands::Replay(args) => replay::run(args),
         Commands::Dump(args) => dump::run(args),
+        Commands::Export(args) => export::run(args),
         Commands::Keys(command) => keys::run(command),
         Commands::Cluster(command) => cluster::run(command),
         Commands::Status(args) => cluster::status(args),

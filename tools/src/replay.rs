@@ -2,8 +2,8 @@
 //! prints inventory, cash and sales.
 
 use crate::say;
-use crate::util::{DataArgs, progress, rate};
-use anyhow::{Context, Result, bail};
+use crate::util::{Bound, DataArgs, parse_time, progress, rate};
+use anyhow::Result;
 use ledger::money::{Denomination, format_won};
 use ledger::operator::{AlertKey, CommandOutcome, OperatorRole, Operators};
 use ledger::projection::{FleetTotals, Period, Projection, SalesRow};
@@ -113,10 +113,10 @@ struct SlotReport {
 pub fn run(args: Args) -> Result<ExitCode> {
     let until = match (args.until_gseq, &args.until) {
         (Some(gseq), _) => Until::Gseq(gseq),
-        (None, Some(text)) => Until::MachineTime(parse_until(text)?),
+        (None, Some(text)) => Until::MachineTime(parse_time("--until", text, Bound::End)?),
         (None, None) => Until::End,
     };
-    let keyring = args.data.keyring(false)?;
+    let keyring = args.data.keyring()?;
     let store = args.data.open_store(&keyring)?;
     let bar = progress(store.head().gseq, "replay");
     let started = Instant::now();
@@ -134,25 +134,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         print_report(&report, args.period);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Parses `--until`: RFC 3339, or a civil date / date-time in KST.
-fn parse_until(text: &str) -> Result<i64> {
-    if let Ok(timestamp) = text.parse::<jiff::Timestamp>() {
-        return Ok(timestamp.as_millisecond());
-    }
-    let kst = jiff::tz::TimeZone::fixed(jiff::tz::offset(9));
-    // A bare date must be read as a date (through its last instant): jiff
-    // would also accept it as a date-time at midnight.
-    let civil = if let Ok(date) = text.parse::<jiff::civil::Date>() {
-        date.at(23, 59, 59, 999_999_999)
-    } else if let Ok(datetime) = text.parse::<jiff::civil::DateTime>() {
-        datetime
-    } else {
-        bail!("--until {text:?}: use an RFC 3339 timestamp, YYYY-MM-DD or YYYY-MM-DDTHH:MM");
-    };
-    let zoned = civil.to_zoned(kst).context("--until is out of range")?;
-    Ok(zoned.timestamp().as_millisecond())
 }
 
 fn build_report(projection: &Projection, period: Period, elapsed: std::time::Duration) -> Report {

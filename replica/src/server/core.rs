@@ -116,6 +116,11 @@ impl Core {
             // The requester may have given up waiting; nothing to do then.
             let _ = reply.send(Err(ActionError::Stopped));
         }
+        // The buffered writes go to table files, so the next start need
+        // not replay them.
+        if let Err(e) = self.round.ledger().store().flush() {
+            tracing::warn!(error = %e, "could not flush the log at shutdown");
+        }
         tracing::info!(replica = %self.config.name, "replica stopped");
     }
 
