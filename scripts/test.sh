@@ -40,4 +40,20 @@ if [ "$colors" -lt 100 ]; then
 fi
 echo "screenshot has $colors colours"
 
+step "scripts/run.sh (the README's run command) starts the demo and stops on Ctrl-C"
+demo_dir="$(mktemp -d /tmp/vendledger-demo-XXXXXX)"
+scripts/run.sh --no-gui --dir "$demo_dir" --base-port 8700 > "$demo_dir/run.out" 2>&1 &
+demo_pid=$!
+for _ in $(seq 120); do
+  grep -q "Ctrl-C stops everything" "$demo_dir/run.out" && break
+  kill -0 "$demo_pid" 2>/dev/null || break
+  sleep 1
+done
+cat "$demo_dir/run.out"
+grep -q "Ctrl-C stops everything" "$demo_dir/run.out"
+curl -fsS -o /dev/null "http://127.0.0.1:8700/api/v1/status"
+kill -INT "$demo_pid"
+wait "$demo_pid"
+echo "the demo stopped cleanly"
+
 step "all tests passed"

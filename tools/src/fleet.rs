@@ -53,21 +53,44 @@ struct Summary {
 }
 
 #[derive(Serialize, Clone, Default)]
-struct MachineSummary {
+pub(crate) struct MachineSummary {
     id: String,
-    events: u64,
-    acked: u64,
+    pub events: u64,
+    pub acked: u64,
     resent: u64,
     failovers_seen: u64,
     offline_periods: u64,
 }
 
-struct MachineSetup {
-    id: MachineId,
-    key: SecretKey,
-    ledger: Arc<Mutex<Ledger>>,
-    sim: SimMachine,
-    chain: SingleMachineKey,
+pub(crate) struct MachineSetup {
+    pub id: MachineId,
+    pub key: SecretKey,
+    pub ledger: Arc<Mutex<Ledger>>,
+    pub sim: SimMachine,
+    pub chain: SingleMachineKey,
+}
+
+/// How a simulated machine paces its customers and its network outages.
+#[derive(Clone, Debug)]
+pub(crate) struct Pace {
+    /// Decisions (coins, purchases, refills...) per burst.
+    pub burst: std::ops::Range<u32>,
+    /// Pause between bursts, in milliseconds.
+    pub pause_ms: std::ops::Range<u64>,
+    /// Chance per burst that the machine loses its network.
+    pub offline_chance: f64,
+    /// How long an outage lasts, in milliseconds.
+    pub offline_ms: std::ops::Range<u64>,
+}
+
+impl Pace {
+    /// `simulate --cluster`: as fast as the cluster takes it, short outages.
+    const LOAD: Pace = Pace {
+        burst: 1..8,
+        pause_ms: 1..30,
+        offline_chance: 0.01,
+        offline_ms: 300..1_500,
+    };
 }
 
 pub fn run(args: FleetArgs) -> Result<ExitCode> {
@@ -230,7 +253,7 @@ async fn drive_machine(
     seed: u64,
     deadline: Instant,
 ) -> Result<MachineSummary> {
-    let mut machine = MachineRun::start(setup, target, addresses, seed);
+    let mut machine = MachineRun::start(setup, target, addresses, seed, Pace::LOAD);
     loop {
         if Instant::now() > deadline {
             let summary = &machine.summary;
@@ -289,9 +312,10 @@ impl LinkStarter {
 }
 
 /// One machine of the fleet while it runs.
-struct MachineRun {
+pub(crate) struct MachineRun {
     setup: MachineSetup,
     target: u64,
+    pace: Pace,
     rng: ChaCha8Rng,
     link: LinkStarter,
     /// `None` while the machine is offline.
@@ -306,7 +330,13 @@ struct MachineRun {
 }
 
 impl MachineRun {
-    fn start(setup: MachineSetup, target: u64, addresses: Vec<String>, seed: u64) -> MachineRun {
+    pub fn start(
+        setup: MachineSetup,
+        target: u64,
+        addresses: Vec<String>,
+        seed: u64,
+        pace: Pace,
+    ) -> MachineRun {
         let (reports_tx, reports) = mpsc::channel(UPLINK_REPORTS_MAX);
         let link = LinkStarter {
             id: setup.id.clone(),
@@ -326,6 +356,7 @@ impl MachineRun {
             },
             setup,
             target,
+            pace,
             rng: ChaCha8Rng::seed_from_u64(seed),
             link,
             reports,
@@ -337,8 +368,8 @@ impl MachineRun {
 
     /// A burst of customers. Each decision is stored in the machine's own
     /// ledger before the machine applies it, then the uplink is woken.
-    fn sell_burst(&mut self) -> Result<()> {
-        for _ in 0..self.rng.random_range(1..8) {
+    pub fn sell_burst(&mut self) -> Result<()> {
+        for _ in 0..self.rng.random_range(self.pace.burst.clone()) {
             let (ledger, chain) = (&self.setup.ledger, &self.setup.chain);
             let applied = self
                 .setup
@@ -358,14 +389,14 @@ impl MachineRun {
     /// Now and then the machine loses its network for a while and keeps
     /// selling; when the while is over, a new uplink resends everything
     /// after the acknowledged mark.
-    async fn go_offline_or_back(&mut self) -> Result<()> {
+    pub async fn go_offline_or_back(&mut self) -> Result<()> {
         let selling = self.summary.events < self.target;
         match (&self.running, self.offline_until) {
-            (Some(_), _) if selling && self.rng.random_bool(0.01) => {
+            (Some(_), _) if selling && self.rng.random_bool(self.pace.offline_chance) => {
                 let running = self.running.take().expect("matched Some");
                 self.summary.resent += stop_uplink(running).await?.events_resent;
                 self.summary.offline_periods += 1;
-                let offline_ms = self.rng.random_range(300..1_500);
+                let offline_ms = self.rng.random_range(self.pace.offline_ms.clone());
                 self.offline_until = Some(Instant::now() + Duration::from_millis(offline_ms));
             }
             (None, Some(until)) if Instant::now() >= until => {
@@ -379,8 +410,9 @@ impl MachineRun {
 
     /// Customers do not come back to back: waits a moment, taking the
     /// uplink's reports meanwhile.
-    async fn pause_taking_reports(&mut self) {
-        let pause = tokio::time::sleep(Duration::from_millis(self.rng.random_range(1..30)));
+    pub async fn pause_taking_reports(&mut self) {
+        let pause = Duration::from_millis(self.rng.random_range(self.pace.pause_ms.clone()));
+        let pause = tokio::time::sleep(pause);
         tokio::pin!(pause);
         loop {
             tokio::select! {
@@ -420,7 +452,22 @@ impl MachineRun {
             && self.running.is_some()
     }
 
-    async fn stop(mut self) -> Result<MachineSummary> {
+    /// The machine's own count of the events it has recorded, over every
+    /// run of it.
+    pub fn recorded(&self) -> u64 {
+        self.setup.sim.state().last_seq
+    }
+
+    /// Whether the machine has its network now.
+    pub fn online(&self) -> bool {
+        self.running.is_some()
+    }
+
+    pub fn summary(&self) -> &MachineSummary {
+        &self.summary
+    }
+
+    pub async fn stop(mut self) -> Result<MachineSummary> {
         if let Some(running) = self.running.take() {
             self.summary.resent += stop_uplink(running).await?.events_resent;
         }

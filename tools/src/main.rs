@@ -3,6 +3,7 @@
 mod bench;
 mod bench_replication;
 mod cluster;
+mod demo;
 mod dump;
 mod export;
 mod fleet;
@@ -34,6 +35,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
+    /// The whole product on this machine: three replicas, a fleet selling
+    /// in real time, the dashboard, and the machine app; Ctrl-C stops it.
+    Demo(demo::Args),
     /// Write a realistic fleet log: machines with customers and operators.
     Simulate(simulate::Args),
     /// Check every hash chain, decryption and posting of a log.
@@ -63,6 +67,7 @@ enum Commands {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Commands::Demo(args) => demo::run(args),
         Commands::Simulate(args) => simulate::run(args),
         Commands::Verify(args) => verify::run(args),
         Commands::Replay(args) => replay::run(args),
