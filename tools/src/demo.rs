@@ -6,7 +6,7 @@
 //! directory, it carries on with the same data.
 
 use crate::cluster::{self, ClusterArgs, ClusterFile};
-use crate::fleet::{MachineRun, MachineSetup, Pace};
+use crate::fleet::{Local, MachineRun, MachineSetup, Pace};
 use crate::say;
 use crate::util::report_created_keys;
 use anyhow::{Context, Result, bail};
@@ -233,8 +233,10 @@ fn wait_for_primary(file: &ClusterFile) -> Result<String> {
 const SHOP_PACE: Pace = Pace {
     burst: 1..3,
     pause_ms: 600..2_400,
+    rate: None,
     offline_chance: 0.0,
     offline_ms: 1..2,
+    dark_spells: None,
 };
 
 /// The machine with the bad network: offline for 15-40 s about every
@@ -242,8 +244,10 @@ const SHOP_PACE: Pace = Pace {
 const FLAKY_PACE: Pace = Pace {
     burst: 1..3,
     pause_ms: 600..2_400,
+    rate: None,
     offline_chance: 0.03,
     offline_ms: 15_000..40_000,
+    dark_spells: None,
 };
 
 /// What each machine last said about itself, for the periodic report.
@@ -352,7 +356,7 @@ fn open_machines(file: &ClusterFile, dir: &Path, count: u32) -> Result<Vec<Machi
         setups.push(MachineSetup {
             sim,
             chain: SingleMachineKey::new(id.clone(), &key),
-            ledger: Arc::new(Mutex::new(ledger)),
+            local: Local::Disk(Arc::new(Mutex::new(ledger))),
             id,
             key,
         });
