@@ -110,6 +110,33 @@ impl SimMachine {
         Ok(self.core.commit(prepared))
     }
 
+    /// What the machine app does with a command from the dashboard (see
+    /// `vm-iced`'s `UplinkReport::Remote`): the machine's own rules decide
+    /// it (applied, refused with a reason, or a resend ignored), `store`
+    /// keeps the events durably, and only then are they applied. Returns
+    /// the envelopes applied (none for a resend).
+    pub fn remote<E>(
+        &mut self,
+        command: ledger::rules::RemoteCommand,
+        store: impl FnOnce(&Prepared) -> Result<(), E>,
+    ) -> Result<Vec<EventEnvelope>, E> {
+        self.clock_ms += 100;
+        let ctx = Context {
+            now_ms: self.clock_ms,
+            salt: [0; 16],
+            password_params: PasswordParams::Light,
+        };
+        match self.core.prepare(&Command::Remote(command), &ctx) {
+            Ok(prepared) if !prepared.is_empty() => {
+                store(&prepared)?;
+                Ok(self.core.commit(prepared))
+            }
+            // A resend of an applied command, or a machine not installed
+            // yet: nothing to record.
+            Ok(_) | Err(_) => Ok(Vec::new()),
+        }
+    }
+
     /// [`SimMachine::step`] for callers whose storage is memory: the
     /// signed events are appended to `log` (a benchmark's input, a test's
     /// stream, a batch a simulated primary is about to write).

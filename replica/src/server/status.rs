@@ -9,6 +9,7 @@ use dashboard::ports::{
     MachineSummary, PROJECTION_EVERY_MS, READ_ENTRIES_MAX, ReadError, Role, Snapshot,
 };
 use dashboard::{CLUSTER_KEY_WARNING_MS, FollowerStatus, ReplicaStatus};
+use ledger::operator::{OperatorAction, OperatorRecord};
 use ledger::projection::Projection;
 use ledger::store::record::{LogEntry, Payload};
 use ledger::store::rocks::RocksReader;
@@ -158,6 +159,7 @@ pub(super) fn entry_view(gseq: u64, record: &[u8]) -> LogEntryView {
                         problem: error.to_string(),
                     },
                 },
+                Payload::Operator { record } => operator_kind(record),
             };
             LogEntryView {
                 gseq,
@@ -181,6 +183,28 @@ pub(super) fn entry_view(gseq: u64, record: &[u8]) -> LogEntryView {
     }
 }
 
+/// An operator's entry as pages show it.
+fn operator_kind(record: &[u8]) -> EntryKind {
+    match OperatorRecord::decode(record) {
+        Ok(record) => {
+            let machine = match &record.action {
+                OperatorAction::CommandRequested { machine, .. } => Some(machine.clone()),
+                OperatorAction::AlertAcknowledged { alert, .. } => Some(alert.machine.clone()),
+                _ => None,
+            };
+            EntryKind::Operator {
+                at_ms: record.at_ms,
+                action: record.action.kind().to_owned(),
+                operator: record.operator,
+                machine,
+            }
+        }
+        Err(error) => EntryKind::Unreadable {
+            problem: format!("operator record: {error}"),
+        },
+    }
+}
+
 fn snapshot(core: &Core) -> Snapshot {
     let status = status(core);
     let projection = core.round.ledger().projection();
@@ -193,14 +217,20 @@ fn snapshot(core: &Core) -> Snapshot {
         .map(|(machine, state)| {
             let head = store.machine_head(machine);
             let committed = core.round.committed_seq(machine, commit);
+            let seen = core.round.ingest().seen(machine);
             MachineSummary {
                 machine: machine.clone(),
                 last_seq: head.seq,
                 last_gseq: head.gseq,
                 last_event_ms: state.last_at_ms,
                 connected: connected.binary_search(machine).is_ok(),
-                last_seen_ms: None,
-                backlog: None,
+                last_seen_ms: seen.map(|seen| seen.last_seen_ms),
+                // What the machine holds beyond what the fleet committed,
+                // by the tip it last reported (machines of link version 1
+                // report none).
+                backlog: seen
+                    .and_then(|seen| seen.local_tip)
+                    .map(|tip| tip.saturating_sub(committed)),
                 uncommitted: head.seq.saturating_sub(committed),
                 cash_held_won: state.balances.physical_total(),
                 stock_units: state.slots.values().map(|s| u64::from(s.stock)).sum(),
@@ -226,12 +256,7 @@ fn snapshot(core: &Core) -> Snapshot {
 }
 
 fn member_name(core: &Core, id: crate::wire::NodeId) -> String {
-    if id == core.config.id {
-        return core.config.name.clone();
-    }
-    core.config
-        .peer(id)
-        .map_or_else(|| format!("replica-{id}"), |p| p.name.clone())
+    core.member_name(id)
 }
 
 /// Datagrams dropped before the protocol saw them, by reason.

@@ -15,7 +15,7 @@ use ledger::MachineId;
 use ledger::event::EventEnvelope;
 use ledger::projection::Projection;
 use ledger::store::StoreError;
-use ledger::store::record::LogEntry;
+use ledger::store::record::{Content, LogEntry};
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
@@ -228,10 +228,15 @@ fn scan<B: ledger::store::backend::Backend>(
     // never applied with a hole in it (the rule `replay --until` follows).
     let mut stopped: HashSet<MachineId> = HashSet::new();
     let decode = |gseq: u64, bytes: &[u8]| -> Result<(u64, Option<EventEnvelope>), StoreError> {
-        let envelope = LogEntry::decode_event(bytes).map_err(|e| StoreError::Entry {
+        let content = LogEntry::decode_content(bytes).map_err(|e| StoreError::Entry {
             gseq,
             problem: format!("undecodable record: {e}"),
         })?;
+        // Operators' records and epoch markers hold no sales.
+        let envelope = match content {
+            Content::Event(envelope) => Some(envelope),
+            Content::Operator(_) | Content::Marker => None,
+        };
         Ok((gseq, envelope))
     };
     ledger::store::scan_records(store, 1, head, decode, |(gseq, envelope)| {
