@@ -17,6 +17,7 @@ use std::time::Instant;
 use workload::{SIMULATION_START_MS, SimMachine};
 
 #[derive(clap::Args)]
+#[command(after_help = "Example: vendctl bench --events 200000")]
 pub struct Args {
     /// Events to append per measurement.
     #[arg(long, default_value_t = 1_000_000)]

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use workload::{SIMULATION_START_MS, SimMachine};
 
 #[derive(clap::Args)]
+#[command(after_help = "Example: vendctl bench-replication --transport udp --json")]
 pub struct Args {
     /// Simulated machines, each with its own uplink connection.
     #[arg(long, default_value_t = 20)]

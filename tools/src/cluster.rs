@@ -36,11 +36,14 @@ pub struct ClusterArgs {
 #[derive(clap::Subcommand)]
 pub enum ClusterCommand {
     /// Write the three replicas' configurations and the keys (kept if present).
+    #[command(after_help = "Example: vendctl cluster init --dir /tmp/cluster --base-port 7100")]
     Init(ClusterArgs),
     /// Start the three replicas in the foreground; Ctrl-C stops them all.
+    #[command(after_help = "Example: vendctl cluster up --dir /tmp/cluster --transport raw")]
     Up(ClusterArgs),
     /// Stop a replica abruptly (SIGKILL) or cleanly (SIGTERM), for
     /// failover drills: `--primary` picks whichever replica leads now.
+    #[command(after_help = "Example: vendctl cluster kill --dir /tmp/cluster --primary")]
     Kill(KillArgs),
 }
 
@@ -415,6 +418,7 @@ pub fn supervise(
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "Example: vendctl status --cluster /tmp/cluster --table")]
 pub struct StatusArgs {
     /// The cluster directory (reads DIR/cluster.json).
     #[arg(long, value_name = "DIR")]

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
+#[command(after_help = "Example: vendctl dump --data /tmp/fleet --from-gseq 1000 --limit 20")]
 pub struct Args {
     #[command(flatten)]
     data: DataArgs,

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 #[derive(clap::Subcommand)]
 pub enum KeysCommand {
     /// Create the store key and the cluster key in DIR (kept if present).
+    #[command(after_help = "Example: vendctl keys init --dir /srv/vendledger/keys")]
     Init {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
@@ -17,6 +18,9 @@ pub enum KeysCommand {
     /// Create machine keys (kept if present), and DIR's store.key if it has
     /// none: --machines N makes VM-001..N. A machine needs its key file and
     /// a store key; the replicas need the same machine key files.
+    #[command(
+        after_help = "Examples:\n  vendctl keys machine --dir /srv/vendledger/keys --id VM-042\n  vendctl keys machine --dir /srv/vendledger/keys --machines 20"
+    )]
     Machine {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(clap::Args)]
+#[command(after_help = "Example: vendctl replay --data /tmp/fleet --until 2026-01-03 --period day")]
 pub struct Args {
     #[command(flatten)]
     data: DataArgs,

@@ -36,7 +36,20 @@ impl DataArgs {
     /// Loads the key directory; creates nothing (a missing key file is
     /// named with the `vendctl keys` command that makes it).
     pub fn keyring(&self) -> Result<Keyring> {
+        self.require_data_dir()?;
         Ok(Keyring::open(&self.keys_dir())?)
+    }
+
+    /// A data directory that is not there is named as such, before any
+    /// key file or log inside it is missed.
+    fn require_data_dir(&self) -> Result<()> {
+        if !self.data.is_dir() {
+            bail!(
+                "no data directory at {}: give --data the directory that holds log/ (a replica's data_dir, or one `vendctl simulate --offline --data DIR` wrote)",
+                self.data.display()
+            );
+        }
+        Ok(())
     }
 
     /// Opens an existing log for reading only: inspecting a log never
@@ -47,6 +60,11 @@ impl DataArgs {
         LogStore::open_read_only(&log_dir, keyring.store_key()).map_err(|error| match error {
             // These name the directory already.
             StoreError::NotFound(_) | StoreError::Live { .. } => error.into(),
+            StoreError::WrongKey => anyhow::Error::new(error).context(format!(
+                "opening the log at {} with {}: give --keys the directory of the store.key this log was written with",
+                log_dir.display(),
+                self.keys_dir().join("store.key").display()
+            )),
             other => anyhow::Error::new(other)
                 .context(format!("opening the log at {}", log_dir.display())),
         })

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(clap::Args)]
+#[command(after_help = "Example: vendctl verify --data ~/.local/share/vendledger/demo/replica-1")]
 pub struct Args {
     #[command(flatten)]
     data: DataArgs,

@@ -186,25 +186,50 @@ fn refuses_to_simulate_over_an_existing_log_and_reports_missing_logs() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a log"));
-    // The tools make no key: a missing one is named, with the command that
-    // makes it, and nothing is created.
+    // A data directory that is not there is named as such, and nothing
+    // is created.
     let nothing = dir.path().join("nothing");
-    for command in ["verify", "replay", "dump"] {
-        let out = vendctl(&[command, "--data", nothing.to_str().unwrap()]);
+    let missing = nothing.to_str().unwrap();
+    for args in [
+        vec!["verify", "--data", missing],
+        vec!["replay", "--data", missing],
+        vec!["dump", "--data", missing],
+        vec!["export", "--data", missing, "--format", "csv"],
+    ] {
+        let command = args[0];
+        let out = vendctl(&args);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains(&format!("{}/keys/store.key is missing", nothing.display())),
+            err.contains(&format!("no data directory at {}", nothing.display())),
+            "{command}: {err}"
+        );
+        assert!(!nothing.exists(), "{command} created {}", nothing.display());
+    }
+    // The tools make no key: in a data directory without one, the missing
+    // key is named with the command that makes it, and nothing is created.
+    let keyless = dir.path().join("keyless");
+    std::fs::create_dir(&keyless).unwrap();
+    for command in ["verify", "replay", "dump"] {
+        let out = vendctl(&[command, "--data", keyless.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{}/keys/store.key is missing", keyless.display())),
             "{err}"
         );
         assert!(
             err.contains(&format!(
                 "vendctl keys init --dir {}/keys",
-                nothing.display()
+                keyless.display()
             )),
             "{err}"
         );
-        assert!(!nothing.exists(), "{command} created {}", nothing.display());
+        assert_eq!(
+            std::fs::read_dir(&keyless).unwrap().count(),
+            0,
+            "{command} created files"
+        );
     }
 }
 
