@@ -238,6 +238,7 @@ impl AdminForm {
                 name: get("name"),
                 price,
                 category: CategoryPath::parse(&get("category")),
+                code: get("code").to_ascii_uppercase(),
             },
             capacity,
         };

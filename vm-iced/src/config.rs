@@ -62,6 +62,9 @@ pub struct SlotEntry {
     /// "Drinks > Coffee"
     pub category: String,
     pub capacity: u32,
+    /// The product's ASCII code (`COFFEE`); `SLOT-NN` when left out.
+    #[serde(default)]
+    pub code: String,
 }
 
 fn default_tubes() -> [u32; 4] {
@@ -105,14 +108,19 @@ impl MachineConfig {
         }
         self.slots
             .iter()
-            .map(|entry| SlotConfig {
-                slot: SlotId(entry.slot),
-                product: Product {
+            .map(|entry| {
+                let mut product = Product {
                     name: entry.name.clone(),
                     price: entry.price,
                     category: CategoryPath::parse(&entry.category),
-                },
-                capacity: entry.capacity,
+                    code: entry.code.clone(),
+                };
+                product.code = product.code_or_slot(SlotId(entry.slot));
+                SlotConfig {
+                    slot: SlotId(entry.slot),
+                    product,
+                    capacity: entry.capacity,
+                }
             })
             .collect()
     }
@@ -151,6 +159,7 @@ capacity = 8
         let catalog = config.catalog();
         assert_eq!(catalog.len(), 1);
         assert_eq!(catalog[0].product.category.0, ["Drinks", "Tea"]);
+        assert_eq!(catalog[0].product.code, "SLOT-01", "a code when none is given");
         let bad = text.replace("VM-002", "VM 002");
         assert!(
             toml::from_str::<MachineConfig>(&bad).is_err(),
