@@ -282,7 +282,11 @@ mod tests {
         }
         let prices: Vec<Won> = catalog.iter().map(|c| c.product.price).collect();
         assert_eq!(prices, [450, 500, 550, 700, 750, 800]);
-        assert!(catalog.iter().all(|c| validate_code(&c.product.code).is_ok()));
+        assert!(
+            catalog
+                .iter()
+                .all(|c| validate_code(&c.product.code).is_ok())
+        );
     }
 
     #[test]
@@ -343,7 +347,11 @@ mod tests {
             .filter(|c| matches_search(c, "coffee"))
             .map(|c| c.product.name.as_str())
             .collect();
-        assert_eq!(by_code, ["커피", "프리미엄 커피"], "the code is searched too");
+        assert_eq!(
+            by_code,
+            ["커피", "프리미엄 커피"],
+            "the code is searched too"
+        );
     }
 
     #[test]

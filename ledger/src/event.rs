@@ -113,10 +113,14 @@ pub enum Event {
     },
     /// The bill held in the validator's escrow went on to the stacker
     /// (event format 2): the customer bought with it or inserted another.
-    BillStacked { denomination: Denomination },
+    BillStacked {
+        denomination: Denomination,
+    },
     /// The bill held in escrow was given back to the customer (event
     /// format 2), at Return, before any change in coins.
-    BillReturned { denomination: Denomination },
+    BillReturned {
+        denomination: Denomination,
+    },
     /// What the tubes could not pay, owed to the customer until settled.
     /// With the escrow and change checks of format 2 it only arises from a
     /// fault (a jammed tube, a count that drifted).

@@ -395,9 +395,7 @@ fn decide_insert_bill(
         if !state.can_pay(state.escrow.balance) {
             return Err(InsertRejection::NoChange);
         }
-        events.push(Event::BillStacked {
-            denomination: held,
-        });
+        events.push(Event::BillStacked { denomination: held });
     }
     events.push(inserted(denomination, Destination::Escrow));
     Ok(events)
@@ -839,7 +837,10 @@ mod tests {
         assert_eq!(state.escrow.balance, 0);
         operator(&mut state, vec![Command::RefillAll, Command::LoadAllTubes]);
         assert!(!state.out_of_service());
-        assert_eq!(state.tubes, DEFAULT_TUBE_CAPACITY, "load all tubes fills them");
+        assert_eq!(
+            state.tubes, DEFAULT_TUBE_CAPACITY,
+            "load all tubes fills them"
+        );
         assert!(!state.exact_change_only());
         let again = decide(&state, &Command::LoadAllTubes, &ctx());
         assert_eq!(again, Err(Rejection::AdminRequired));
@@ -897,7 +898,10 @@ mod tests {
         }
         assert!(state.can_buy(SlotId(3)));
         let bought = run(&mut state, Command::Purchase { slot: SlotId(3) }).unwrap();
-        assert!(matches!(bought[..], [Event::ProductPurchased { price: 550, .. }]));
+        assert!(matches!(
+            bought[..],
+            [Event::ProductPurchased { price: 550, .. }]
+        ));
         assert_eq!(state.escrow.balance, 0);
         // A bill and coins: the coins cover the water, the bill stays held
         // and goes back at Return.
@@ -906,7 +910,10 @@ mod tests {
             insert(&mut state, coin);
         }
         let water = run(&mut state, Command::Purchase { slot: SlotId(1) }).unwrap();
-        assert!(matches!(water[..], [Event::ProductPurchased { price: 450, .. }]));
+        assert!(matches!(
+            water[..],
+            [Event::ProductPurchased { price: 450, .. }]
+        ));
         assert_eq!(state.escrow.held_bill, Some(Denomination::Bill1000));
         let back = run(&mut state, Command::ReturnChange).unwrap();
         assert!(matches!(back[..], [Event::BillReturned { .. }]));
@@ -937,7 +944,10 @@ mod tests {
         ));
         assert_eq!((state.stacker_bills, state.escrow.held_bill), (2, None));
         let change = run(&mut state, Command::ReturnChange).unwrap();
-        assert!(matches!(change[..], [Event::ChangeReturned { paid: 750, .. }]));
+        assert!(matches!(
+            change[..],
+            [Event::ChangeReturned { paid: 750, .. }]
+        ));
         assert!(state.owed.is_empty());
     }
 
@@ -964,7 +974,10 @@ mod tests {
         let refused = run(&mut state, Command::CancelLastPurchase);
         assert_eq!(refused, Err(Rejection::CannotRefund { amount: 1_000 }));
         let rest = run(&mut state, Command::ReturnChange).unwrap();
-        assert!(matches!(rest[..], [Event::ChangeReturned { paid: 300, .. }]));
+        assert!(matches!(
+            rest[..],
+            [Event::ChangeReturned { paid: 300, .. }]
+        ));
         assert!(state.owed.is_empty());
     }
 

@@ -277,7 +277,11 @@ fn every_event_variant_encodes_to_its_golden_bytes() {
         assert_hex(&what, &envelope.encode(), golden);
         assert_eq!(EventEnvelope::decode(&from_hex(golden)).unwrap(), envelope);
         let version = if index < FORMAT_1_EVENTS { 1 } else { 2 };
-        assert_eq!(from_hex(golden)[0], version, "{what} is written in format {version}");
+        assert_eq!(
+            from_hex(golden)[0],
+            version,
+            "{what} is written in format {version}"
+        );
     }
 }
 
