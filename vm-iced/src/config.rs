@@ -50,6 +50,8 @@ pub enum ConfigError {
         path: String,
         error: toml::de::Error,
     },
+    #[error("replica address {0:?} needs a host and a port, e.g. 127.0.0.1:7101")]
+    Address(String),
 }
 
 /// A slot as written in the configuration file.
@@ -99,6 +101,21 @@ impl MachineConfig {
             tube_capacity: default_tubes(),
             stacker_capacity_bills: default_stacker(),
         }
+    }
+
+    /// Every replica address is `host:port` with a port number (a bare
+    /// `localhost` would never connect, and the screen would only say
+    /// "offline").
+    pub fn check_replicas(&self) -> Result<(), ConfigError> {
+        for address in &self.replicas {
+            let port_ok = address.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !port_ok {
+                return Err(ConfigError::Address(address.clone()));
+            }
+        }
+        Ok(())
     }
 
     /// The slots to install: the configured ones, or the default catalog.
@@ -159,11 +176,36 @@ capacity = 8
         let catalog = config.catalog();
         assert_eq!(catalog.len(), 1);
         assert_eq!(catalog[0].product.category.0, ["Drinks", "Tea"]);
-        assert_eq!(catalog[0].product.code, "SLOT-01", "a code when none is given");
+        assert_eq!(
+            catalog[0].product.code, "SLOT-01",
+            "a code when none is given"
+        );
         let bad = text.replace("VM-002", "VM 002");
         assert!(
             toml::from_str::<MachineConfig>(&bad).is_err(),
             "ids are validated"
         );
+    }
+
+    #[test]
+    fn a_replica_address_needs_a_port() {
+        let mut config = MachineConfig::new(MachineId::numbered(1), "d".into(), "k".into());
+        for good in ["127.0.0.1:7101", "localhost:7101", "[::1]:7101"] {
+            config.replicas = vec![good.into()];
+            assert!(config.check_replicas().is_ok(), "{good}");
+        }
+        for bad in [
+            "localhost",
+            "localhost:",
+            ":7101",
+            "localhost:http",
+            "host:0",
+        ] {
+            config.replicas = vec![bad.into()];
+            assert_eq!(
+                config.check_replicas().unwrap_err().to_string(),
+                format!("replica address {bad:?} needs a host and a port, e.g. 127.0.0.1:7101")
+            );
+        }
     }
 }

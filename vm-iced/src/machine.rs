@@ -16,6 +16,8 @@ use ledger::{Command, Event, Ledger, MachineCore, MachineId, MachineState, Rejec
 use link::driver::{LocalLedger, UplinkControl, UplinkReport, spawn_uplink};
 use link::uplink::Uplink;
 use rand::RngCore;
+use std::io::{Read, Seek, Write};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// Where the uplink's acknowledged mark is kept in the local ledger.
@@ -54,6 +56,9 @@ pub struct Machine {
     password_params: PasswordParams,
     uplink: Option<UplinkControl>,
     link_key: ledger::crypto::SecretKey,
+    /// Held while the machine runs: a second instance on the same data
+    /// directory is told who has it.
+    _lock: InstanceLock,
 }
 
 impl Machine {
@@ -78,26 +83,23 @@ impl Machine {
             .require_machine(&config.machine_id)
             .map_err(|e| setup(&e))?
             .clone();
-        let log_dir = config.log_dir();
-        let install = config.initial_admin_password.is_some();
-        if !install && !log_dir.join("CURRENT").exists() {
-            return Err(MachineError::Setup(format!(
-                "no ledger at {}: install a new machine with --admin-password",
-                log_dir.display()
-            )));
-        }
-        let options = OpenOptions {
-            create: install,
-            ..OpenOptions::default()
+        // Everything that can be checked is checked before anything is
+        // created: a bad password or catalog leaves no directory behind.
+        let install = install_plan(config, clock(), password_params)?;
+        let data_existed = config.data_dir.exists();
+        let lock = InstanceLock::acquire(&config.data_dir, &config.machine_id)?;
+        let opened = open_ledger(config, &keyring, install.is_some());
+        let ledger = match opened {
+            Ok(ledger) => ledger,
+            Err(error) => {
+                if !data_existed {
+                    drop(lock);
+                    let _ = std::fs::remove_dir_all(&config.data_dir);
+                }
+                return Err(error);
+            }
         };
-        let ledger = Ledger::open(&log_dir, keyring.store_key(), options).map_err(|e| setup(&e))?;
         let head = ledger.store().machine_head(&config.machine_id);
-        if ledger.store().head().gseq != head.seq {
-            return Err(MachineError::Setup(format!(
-                "{} holds events of other machines; a machine's ledger is its own",
-                config.log_dir().display()
-            )));
-        }
         let state = ledger
             .machine_state(&config.machine_id)
             .cloned()
@@ -125,19 +127,15 @@ impl Machine {
             clock,
             password_params,
             uplink: None,
+            _lock: lock,
         };
         if !machine.core.state().installed {
-            let password = config.initial_admin_password.clone().ok_or_else(|| {
+            let command = install.ok_or_else(|| {
                 MachineError::Setup(
                     "a new machine needs an initial admin password (--admin-password)".into(),
                 )
             })?;
-            machine.execute(Command::Install {
-                slots: config.catalog(),
-                tube_capacity: config.tubes(),
-                stacker_capacity_bills: config.stacker_capacity_bills,
-                admin_password: password,
-            })?;
+            machine.execute(command)?;
         } else if machine.core.state().admin.logged_in {
             // A restart ends an admin session: the operator logs in again.
             machine.execute(Command::AdminLogout)?;
@@ -247,6 +245,122 @@ impl Machine {
         let (control, _task) = spawn_uplink(uplink, local, reports);
         self.uplink = Some(control);
         Some(receiver)
+    }
+}
+
+/// The installation a new machine gets, checked in full (password policy,
+/// catalog, capacities) against an empty state before anything is written;
+/// `None` when the ledger exists already.
+fn install_plan(
+    config: &MachineConfig,
+    now_ms: i64,
+    password_params: PasswordParams,
+) -> Result<Option<Command>, MachineError> {
+    if config.log_dir().join("CURRENT").exists() {
+        return Ok(None);
+    }
+    let Some(password) = config.initial_admin_password.clone() else {
+        return Err(MachineError::Setup(if config.data_dir.exists() {
+            format!(
+                "no ledger at {}: install a new machine with --admin-password",
+                config.log_dir().display()
+            )
+        } else {
+            format!(
+                "the data directory {} does not exist: give the machine's --data, or install a \
+                 new machine there with --admin-password",
+                config.data_dir.display()
+            )
+        }));
+    };
+    let command = Command::Install {
+        slots: config.catalog(),
+        tube_capacity: config.tubes(),
+        stacker_capacity_bills: config.stacker_capacity_bills,
+        admin_password: password,
+    };
+    let ctx = Context {
+        now_ms,
+        salt: [0; 16],
+        password_params,
+    };
+    ledger::decide(&MachineState::default(), &command, &ctx)
+        .map_err(|rejection| MachineError::Setup(format!("cannot install: {rejection}")))?;
+    Ok(Some(command))
+}
+
+/// Opens the machine's own ledger (creating it for an install) and checks
+/// that it holds only this machine's events.
+fn open_ledger(
+    config: &MachineConfig,
+    keyring: &Keyring,
+    create: bool,
+) -> Result<Ledger, MachineError> {
+    let options = OpenOptions {
+        create,
+        ..OpenOptions::default()
+    };
+    let log_dir = config.log_dir();
+    let ledger = Ledger::open(&log_dir, keyring.store_key(), options)
+        .map_err(|e| MachineError::Setup(e.to_string()))?;
+    let head = ledger.store().machine_head(&config.machine_id);
+    if ledger.store().head().gseq != head.seq {
+        return Err(MachineError::Setup(format!(
+            "{} holds events of other machines; a machine's ledger is its own",
+            log_dir.display()
+        )));
+    }
+    Ok(ledger)
+}
+
+/// `DATA/vend-vm.lock`: an exclusive lock for as long as the machine
+/// runs, holding its pid, so a second start says who runs the machine
+/// instead of RocksDB's lock error.
+pub struct InstanceLock {
+    _file: std::fs::File,
+}
+
+/// The lock file's name in the data directory.
+pub const LOCK_FILE: &str = "vend-vm.lock";
+
+impl InstanceLock {
+    pub fn acquire(data_dir: &Path, machine: &MachineId) -> Result<InstanceLock, MachineError> {
+        let setup = |what: &str, error: std::io::Error| {
+            MachineError::Setup(format!("{what} {}: {error}", data_dir.display()))
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| setup("creating", e))?;
+        let path = data_dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| setup("opening the lock file in", e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                return Err(MachineError::Setup(if pid.is_empty() {
+                    format!(
+                        "{machine} is already running (its data directory {} is in use)",
+                        data_dir.display()
+                    )
+                } else {
+                    format!("{machine} is already running (pid {pid})")
+                }));
+            }
+            Err(std::fs::TryLockError::Error(error)) => {
+                return Err(setup("locking the data directory", error));
+            }
+        }
+        file.set_len(0)
+            .and_then(|()| file.seek(std::io::SeekFrom::Start(0)))
+            .and_then(|_| writeln!(file, "{}", std::process::id()))
+            .map_err(|e| setup("writing the pid into", e))?;
+        Ok(InstanceLock { _file: file })
     }
 }
 

@@ -89,6 +89,8 @@ fn configuration(args: &Args) -> Result<MachineConfig> {
     if args.admin_password.is_some() {
         config.initial_admin_password = args.admin_password.clone();
     }
+    // Checked before anything is opened or created.
+    config.check_replicas()?;
     Ok(config)
 }
 
@@ -180,6 +182,7 @@ fn run_script(app: &mut App, steps: Vec<Step>) -> Result<()> {
 
 fn run(args: Args) -> Result<()> {
     let config = configuration(&args)?;
+    let steps = script_steps(args.script.as_deref().unwrap_or(""))?;
     let mut machine = Machine::open(&config, system_clock(), PasswordParams::Standard)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -189,10 +192,7 @@ fn run(args: Args) -> Result<()> {
         .context("starting the uplink runtime")?;
     let reports = machine.start_uplink(runtime.handle(), config.replicas.clone());
     let mut app = App::new(machine, reports.is_some());
-    run_script(
-        &mut app,
-        script_steps(args.script.as_deref().unwrap_or(""))?,
-    )?;
+    run_script(&mut app, steps)?;
     // iced's boot function may be called through `Fn`; the app is handed
     // over exactly once.
     let start = Mutex::new(Some((app, reports)));
