@@ -2,6 +2,7 @@
 //! about a machine is set by editing code (the original needed a source
 //! edit to run a second machine).
 
+use crate::i18n::Language;
 use ledger::catalog::{CategoryPath, Product, SlotConfig, default_catalog};
 use ledger::ids::SlotId;
 use ledger::money::CoinCounts;
@@ -35,6 +36,10 @@ pub struct MachineConfig {
     pub tube_capacity: [u32; 4],
     #[serde(default = "default_stacker")]
     pub stacker_capacity_bills: u32,
+    /// The screens' language at start (`ko`, the default, or `en`); the
+    /// customer screen has a switch.
+    #[serde(default)]
+    pub language: Language,
 }
 
 /// Why a configuration file could not be loaded; the path is named so the
@@ -100,6 +105,7 @@ impl MachineConfig {
             slots: Vec::new(),
             tube_capacity: default_tubes(),
             stacker_capacity_bills: default_stacker(),
+            language: Language::default(),
         }
     }
 
@@ -180,6 +186,8 @@ capacity = 8
             catalog[0].product.code, "SLOT-01",
             "a code when none is given"
         );
+        assert_eq!(config.language, Language::Korean, "Korean by default");
+        config.check_replicas().unwrap();
         let bad = text.replace("VM-002", "VM 002");
         assert!(
             toml::from_str::<MachineConfig>(&bad).is_err(),

@@ -9,7 +9,7 @@
 use crate::config::MachineConfig;
 use ledger::admin::PasswordParams;
 use ledger::keys::{Keyring, SingleMachineKey};
-use ledger::projection::{Period, SalesRow};
+use ledger::projection::{Collection, Period, SalesRow};
 use ledger::rules::Context;
 use ledger::store::{Appended, OpenOptions};
 use ledger::{Command, Event, Ledger, MachineCore, MachineId, MachineState, Rejection};
@@ -22,6 +22,11 @@ use std::sync::{Arc, Mutex};
 
 /// Where the uplink's acknowledged mark is kept in the local ledger.
 const ACKED_META: &str = "uplink_acked";
+/// When the fleet last answered this machine (machine clock, ms), kept so
+/// a machine that restarts offline can still say when it last synced.
+const SYNCED_META: &str = "uplink_synced_ms";
+/// How stale the saved sync time may get while the link is up.
+const SYNCED_SAVE_INTERVAL_MS: i64 = 30_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
@@ -52,6 +57,8 @@ pub struct Machine {
     ledger: Arc<Mutex<Ledger>>,
     chain: SingleMachineKey,
     acked: u64,
+    synced_ms: Option<i64>,
+    synced_saved_ms: Option<i64>,
     clock: Clock,
     password_params: PasswordParams,
     uplink: Option<UplinkControl>,
@@ -118,8 +125,14 @@ impl Machine {
             .app_meta::<u64>(ACKED_META)
             .map_err(|e| setup(&e))?
             .unwrap_or(0);
+        let synced_ms = ledger
+            .store()
+            .app_meta::<i64>(SYNCED_META)
+            .map_err(|e| setup(&e))?;
         let mut machine = Machine {
             core: MachineCore::restore(config.machine_id.clone(), &key, state, head.hash),
+            synced_ms,
+            synced_saved_ms: synced_ms,
             chain: SingleMachineKey::new(config.machine_id.clone(), &key),
             link_key: key.derive(ledger::crypto::LINK_KEY_CONTEXT),
             ledger: Arc::new(Mutex::new(ledger)),
@@ -203,17 +216,61 @@ impl Machine {
         self.core.state().last_seq.saturating_sub(self.acked)
     }
 
-    /// The fleet committed everything up to `seq`; remember it.
+    /// The fleet committed everything up to `seq`; remember it, and that
+    /// the fleet answered now.
     pub fn acknowledged(&mut self, seq: u64) {
+        self.synced();
         if seq <= self.acked {
             return;
         }
         self.acked = seq;
-        if let Ok(mut ledger) = self.ledger.lock()
-            && let Err(e) = ledger.store_mut().put_app_meta(ACKED_META, &seq)
-        {
-            tracing::warn!(error = %e, "could not save the acknowledged mark (it is learned again from the primary)");
+        self.save_meta(ACKED_META, &seq);
+    }
+
+    /// The fleet answered (a session opened, or an acknowledgement came).
+    pub fn synced(&mut self) {
+        let now = self.now_ms();
+        // Pings are answered every second: the time on disk only needs to
+        // be right to the minute.
+        let stale = self
+            .synced_saved_ms
+            .is_none_or(|saved| now >= saved + SYNCED_SAVE_INTERVAL_MS || now < saved);
+        self.synced_ms = Some(now);
+        if stale {
+            self.synced_saved_ms = Some(now);
+            self.save_meta(SYNCED_META, &now);
         }
+    }
+
+    /// When the fleet last answered, if ever.
+    pub fn synced_ms(&self) -> Option<i64> {
+        self.synced_ms
+    }
+
+    fn save_meta<T: serde::Serialize>(&self, name: &str, value: &T) {
+        if let Ok(mut ledger) = self.ledger.lock()
+            && let Err(e) = ledger.store_mut().put_app_meta(name, value)
+        {
+            tracing::warn!(error = %e, name, "could not save uplink progress (it is learned again from the primary)");
+        }
+    }
+
+    /// The machine's cash collections, oldest first (time, expected,
+    /// counted), from its own ledger.
+    pub fn collections(&self) -> Vec<Collection> {
+        let id = self.core.id();
+        self.ledger
+            .lock()
+            .map(|ledger| {
+                ledger
+                    .projection()
+                    .collections
+                    .iter()
+                    .filter(|c| &c.machine_id == id)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Sales from the machine's own ledger.
