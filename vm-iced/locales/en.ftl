@@ -112,6 +112,7 @@ password-placeholder = Admin password
 log-in = Log in
 back = Back
 failed-attempts = { $count ->
+    [0] 5 failed attempts lock the admin screen for 5 minutes
     [one] 1 failed attempt since the last login (5 lock the admin screen for 5 minutes)
    *[other] { $count } failed attempts since the last login (5 lock the admin screen for 5 minutes)
 }

@@ -111,7 +111,10 @@ login-title = 관리자 로그인
 password-placeholder = 관리자 비밀번호
 log-in = 로그인
 back = 뒤로
-failed-attempts = 마지막 로그인 이후 { $count }번 실패 (5번 실패하면 관리자 화면이 5분 동안 잠깁니다)
+failed-attempts = { $count ->
+    [0] 5번 실패하면 관리자 화면이 5분 동안 잠깁니다
+   *[other] 마지막 로그인 이후 { $count }번 실패 (5번 실패하면 관리자 화면이 5분 동안 잠깁니다)
+}
 locked-until = 로그인 실패가 많아 잠겼습니다: { $seconds }초 뒤에 다시 시도하세요
 login-welcome = 관리자님, 어서 오세요
 login-wrong = 비밀번호가 틀렸습니다. 5분 잠금까지 { $left }번 남았습니다.
