@@ -497,5 +497,13 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     } else {
         say!("{}", serde_json::to_string_pretty(&lines)?);
     }
-    Ok(ExitCode::SUCCESS)
+    if lines.iter().any(|line| line.reachable) {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "vendctl: no replica answers: start the cluster with `vendctl cluster up --dir {}`",
+            args.cluster.display()
+        );
+        Ok(ExitCode::FAILURE)
+    }
 }

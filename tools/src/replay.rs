@@ -2,7 +2,7 @@
 //! prints inventory, cash and sales.
 
 use crate::say;
-use crate::util::{DataArgs, progress, rate};
+use crate::util::{DataArgs, grouped, per_second, progress, rate};
 use anyhow::{Context, Result, bail};
 use ledger::money::{Denomination, format_won};
 use ledger::projection::{FleetTotals, Period, Projection, SalesRow};
@@ -74,7 +74,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         (None, Some(text)) => Until::MachineTime(parse_until(text)?),
         (None, None) => Until::End,
     };
-    let keyring = args.data.keyring()?;
+    let keyring = args.data.existing_keyring()?;
     let store = args.data.open_store(&keyring)?;
     let bar = progress(store.head().gseq, "replay");
     let started = Instant::now();
@@ -159,11 +159,11 @@ fn build_report(projection: &Projection, period: Period, elapsed: std::time::Dur
 
 fn print_report(report: &Report, period: Period) {
     say!(
-        "replayed {} entries (as of gseq {}) in {:.2}s: {:.0} events/s; {} projection issues",
-        report.entries_applied,
+        "replayed {} entries (as of gseq {}) in {:.2}s: {} events/s; {} projection issues",
+        grouped(report.entries_applied),
         report.as_of_gseq,
         report.seconds,
-        report.events_per_second,
+        per_second(report.events_per_second),
         report.projection_issues
     );
     print_totals(&report.totals);

@@ -39,6 +39,20 @@ impl DataArgs {
         Ok(Keyring::open(&self.keys_dir())?)
     }
 
+    /// The keyring of a data directory that must exist already (the log
+    /// tools): a missing directory is reported as that, not as a missing
+    /// `store.key` inside it.
+    pub fn existing_keyring(&self) -> Result<Keyring> {
+        if !self.data.is_dir() {
+            anyhow::bail!(
+                "the data directory {} does not exist: --data names a replica's or a machine's \
+                 data directory (the one that holds log/)",
+                self.data.display()
+            );
+        }
+        Ok(Keyring::open(&self.keys_dir())?)
+    }
+
     /// Opens an existing log for reading only: inspecting a log never
     /// changes a file of it, and a log a running replica holds open is
     /// read as it was when the command started.
@@ -86,6 +100,26 @@ pub fn rate(count: u64, elapsed: std::time::Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
+/// A whole number with thousands separators: `178,877`.
+pub fn grouped(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// A rate as people read it: a whole number with separators (`178,877`,
+/// printed before `events/s`).
+pub fn per_second(rate: f64) -> String {
+    // `as` saturates: a NaN or negative rate reads 0, an absurd one the max.
+    grouped(rate.round() as u64)
+}
+
 /// Writes a line to stdout. A reader that went away (`vendctl dump | head`)
 /// is not an error worth a panic: the rest of the output is dropped.
 pub fn emit_line(text: &str) {
@@ -101,4 +135,20 @@ pub fn emit_line(text: &str) {
 macro_rules! say {
     () => { $crate::util::emit_line("") };
     ($($arg:tt)*) => { $crate::util::emit_line(&format!($($arg)*)) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_whole_numbers_with_separators() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1_000), "1,000");
+        assert_eq!(grouped(178_877), "178,877");
+        assert_eq!(grouped(1_397_881), "1,397,881");
+        assert_eq!(per_second(178_876.6), "178,877");
+        assert_eq!(per_second(f64::NAN), "0");
+    }
 }

@@ -1,7 +1,7 @@
 //! `vendctl verify`.
 
 use crate::say;
-use crate::util::{DataArgs, hex32, progress, rate};
+use crate::util::{DataArgs, grouped, hex32, per_second, progress, rate};
 use anyhow::Result;
 use ledger::store::promise::PromiseFile;
 use std::process::ExitCode;
@@ -51,7 +51,7 @@ fn short_of_promise(
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let keyring = args.data.keyring()?;
+    let keyring = args.data.existing_keyring()?;
     let store = args.data.open_store(&keyring)?;
     let bar = progress(store.head().gseq, "verify");
     let started = Instant::now();
@@ -68,12 +68,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     match result {
         Ok(summary) => {
             say!(
-                "ok: {} entries, {} machines, {} closed segments, head {} ({:.0} entries/s)",
-                summary.entries,
+                "ok: {} entries, {} machines, {} closed segments, head {} ({} entries/s)",
+                grouped(summary.entries),
                 summary.machines,
                 summary.segments,
                 hex32(&summary.head_hash),
-                rate(summary.entries, started.elapsed())
+                per_second(rate(summary.entries, started.elapsed()))
             );
             Ok(ExitCode::SUCCESS)
         }

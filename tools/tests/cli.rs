@@ -52,8 +52,18 @@ fn simulate_verify_replay_and_dump_agree() {
     let verify = vendctl(&["verify", "--data", data]);
     assert!(verify.status.success(), "{}", stdout(&verify));
     let line = stdout(&verify);
+    // Counts and rates are whole numbers with separators.
+    let grouped = format!("12,{:03}", events - 12_000);
     assert!(
-        line.starts_with(&format!("ok: {events} entries, 4 machines")),
+        line.starts_with(&format!("ok: {grouped} entries, 4 machines")),
+        "{line}"
+    );
+    let rate = line
+        .rsplit_once('(')
+        .and_then(|(_, rate)| rate.strip_suffix(" entries/s)\n"))
+        .unwrap_or_else(|| panic!("a rate at the end: {line}"));
+    assert!(
+        rate.chars().all(|c| c.is_ascii_digit() || c == ',') && !rate.starts_with(','),
         "{line}"
     );
     assert!(
@@ -186,25 +196,41 @@ fn refuses_to_simulate_over_an_existing_log_and_reports_missing_logs() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a log"));
+    // A data directory that does not exist is reported as that.
+    let nothing = dir.path().join("nothing");
     // The tools make no key: a missing one is named, with the command that
     // makes it, and nothing is created.
-    let nothing = dir.path().join("nothing");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
     for command in ["verify", "replay", "dump"] {
         let out = vendctl(&[command, "--data", nothing.to_str().unwrap()]);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains(&format!("{}/keys/store.key is missing", nothing.display())),
-            "{err}"
-        );
-        assert!(
-            err.contains(&format!(
-                "vendctl keys init --dir {}/keys",
+            err.starts_with(&format!(
+                "vendctl: the data directory {} does not exist",
                 nothing.display()
             )),
             "{err}"
         );
         assert!(!nothing.exists(), "{command} created {}", nothing.display());
+
+        let out = vendctl(&[command, "--data", empty.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{}/keys/store.key is missing", empty.display())),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("vendctl keys init --dir {}/keys", empty.display())),
+            "{err}"
+        );
+        assert!(
+            std::fs::read_dir(&empty).unwrap().next().is_none(),
+            "{command} created files in {}",
+            empty.display()
+        );
     }
 }
 
@@ -321,4 +347,32 @@ fn a_broken_log_is_reported_once() {
         "{err}"
     );
     assert_eq!(err.matches("CURRENT file corrupted").count(), 1, "{err}");
+}
+
+/// `vendctl status` is for scripts too: when no replica answers it says so
+/// and exits non-zero.
+#[test]
+fn status_fails_when_no_replica_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    let cluster = cluster.to_str().unwrap();
+    // A port block no test uses; nothing listens there.
+    let base = (20_000 + std::process::id() % 400 * 100).to_string();
+    let init = vendctl(&["cluster", "init", "--dir", cluster, "--base-port", &base]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    for table in [true, false] {
+        let mut args = vec!["status", "--cluster", cluster];
+        if table {
+            args.push("--table");
+        }
+        let out = vendctl(&args);
+        assert!(!out.status.success(), "{}", stdout(&out));
+        assert_eq!(stdout(&out).matches("down").count(), 3, "{}", stdout(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("vendctl: no replica answers"), "{err}");
+    }
 }
