@@ -171,7 +171,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let cluster = ClusterArgs {
             dir: dir.clone(),
             transport: args.transport,
-            base_port: args.base_port,
+            base_port: Some(args.base_port),
             drop_received_percent: loss,
         };
         let timeout = Duration::from_secs(args.timeout_s);

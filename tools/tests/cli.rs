@@ -376,3 +376,112 @@ fn status_fails_when_no_replica_answers() {
         assert!(err.starts_with("vendctl: no replica answers"), "{err}");
     }
 }
+
+/// Runs vendctl to its end; a run that never ends (the bug these tests
+/// pin: `cluster up` restarting replicas forever) is killed after a
+/// generous bound and fails the test instead of hanging it.
+fn vendctl_to_the_end(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vendctl"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("vendctl runs");
+    for _ in 0..1_200 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    panic!(
+        "vendctl {args:?} did not end: {}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A port block for one cluster test (machines base+1..3, replication
+/// base+11..13, status base+21..23).
+fn cluster_base(block: u32) -> u16 {
+    u16::try_from(30_000 + std::process::id() % 300 * 100 + block * 30).unwrap()
+}
+
+#[test]
+fn cluster_up_keeps_the_ports_of_init_and_fails_fast_on_a_port_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    let cluster = cluster.to_str().unwrap();
+    let base = cluster_base(0);
+    let init = vendctl(&[
+        "cluster",
+        "init",
+        "--dir",
+        cluster,
+        "--base-port",
+        &base.to_string(),
+    ]);
+    assert!(init.status.success());
+    // Someone else holds replica-1's machine port.
+    let machine_port = format!("127.0.0.1:{}", base + 1);
+    let _held = std::net::TcpListener::bind(&machine_port).unwrap();
+    // `up` without --base-port stays on init's ports, and stops at once.
+    let out = vendctl_to_the_end(&["cluster", "up", "--dir", cluster]);
+    assert!(!out.status.success());
+    assert!(!stdout(&out).contains("started"), "{}", stdout(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "vendctl: cannot use {machine_port} (replica-1's machine link)"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("--base-port {}", base + 100)),
+        "{err}"
+    );
+}
+
+#[test]
+fn cluster_up_gives_up_on_a_replica_that_keeps_dying_and_shows_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    let cluster_dir = cluster.to_str().unwrap();
+    let base = cluster_base(1).to_string();
+    let init = vendctl(&[
+        "cluster",
+        "init",
+        "--dir",
+        cluster_dir,
+        "--base-port",
+        &base,
+    ]);
+    assert!(init.status.success());
+    // replica-2's log directory is a file: it cannot open its log.
+    std::fs::write(cluster.join("replica-2/log"), "not a directory").unwrap();
+    let out = vendctl_to_the_end(&["cluster", "up", "--dir", cluster_dir]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains("replica-2 exited (exit status: 1); restarting it in 3 s"),
+        "{said}"
+    );
+    assert!(
+        said.contains("replica-2 exited (exit status: 1); restarting it in 6 s"),
+        "{said}"
+    );
+    assert!(
+        said.ends_with("stopped\n"),
+        "the others are stopped too: {said}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("vendctl: replica-2 exited 3 times in a row soon after starting"),
+        "{err}"
+    );
+    assert!(
+        err.contains("vend-replica: starting the replica: log:"),
+        "{err}"
+    );
+}
