@@ -62,7 +62,8 @@ struct Args {
     /// Actions to perform at start, e.g. "admin:PASSWORD,refill,tubes,logout,insert:1000,buy:2"
     /// (admin:PASSWORD, refill[:SLOT], tubes, logout, insert:VALUE, buy:SLOT, cancel, change,
     /// jam:COIN (the changer jams on that tube while paying change), admin-tab:cash|reports|...,
-    /// admin-open (the login screen)) — for demos and screenshots. Each goes through the rules and
+    /// admin-open (the login screen), admin-login:PASSWORD, admin-submit, counted:WON, collect,
+    /// confirm) — for demos and screenshots. Each goes through the rules and
     /// the ledger like a button press.
     #[arg(long)]
     script: Option<String>,
@@ -175,6 +176,7 @@ fn script_steps(script: &str) -> Result<Vec<Step>> {
                     Step::Screen(Message::Admin(AdminMessage::Counted(argument.to_owned())))
                 }
                 "collect" => Step::Screen(Message::Admin(AdminMessage::Collect)),
+                "confirm" => Step::Screen(Message::Admin(AdminMessage::ConfirmCollect)),
                 "admin" => Step::Operator(Command::AdminLogin {
                     password: argument.to_owned(),
                 }),
