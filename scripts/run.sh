@@ -9,7 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
-cargo build --locked -p tools -p replica
+if [ ! -x target/debug/vendctl ] || [ ! -x target/debug/vend-replica ]; then
+  echo "building vendctl and vend-replica: the first build compiles RocksDB and takes about"
+  echo "20 minutes on 2 cores (later runs take seconds)..."
+fi
+# The whole workspace, like every other build here: building single
+# packages resolves other features and rebuilds RocksDB.
+cargo build --locked --workspace
 vendctl=$PWD/target/debug/vendctl
 dir="${1:-$(mktemp -d /tmp/vendledger-XXXXXX)}"
 mkdir -p "$dir"
@@ -25,9 +31,17 @@ for _ in $(seq 150); do
   sleep 0.1
 done
 "$vendctl" status --cluster "$dir" --table
+cat <<'TERMS'
+  (tip: the last entry a replica holds; commit: the last one a majority
+   stores, the only ones machines are told are safe; lag: entries a
+   follower is behind; naks sent/received: requests for datagrams that
+   never arrived; retransmitted: entries sent again to answer them)
+TERMS
 
 echo
 echo "10 machines selling 200,000 events, each storing locally first and shipping to the primary..."
+echo "(their keys are new: a machine's first handshake may be refused until the replicas"
+echo " reload their key directory, which they do within a second; the machine retries)"
 "$vendctl" simulate --cluster "$dir" --machines 10 --events-per-machine 20000 > "$dir/fleet.json" &
 fleet_pid=$!
 sleep 4
@@ -35,6 +49,9 @@ sleep 4
 sleep 1
 "$vendctl" status --cluster "$dir" --table
 wait $fleet_pid
+echo "(resent: events a machine sent again to the new primary after the failover;"
+echo " offline periods: times a simulated machine lost its link on purpose and kept"
+echo " selling from its own ledger, shipping the events once back online)"
 echo "(cluster up restarted the killed replica; it rejoined as a follower and caught up)"
 sleep 2
 "$vendctl" status --cluster "$dir" --table
@@ -43,10 +60,18 @@ kill -INT $cluster_pid
 wait $cluster_pid 2>/dev/null || true
 trap - EXIT
 echo
+heads=()
 for n in 1 2 3; do
-  printf 'replica-%s: ' "$n"
-  "$vendctl" verify --data "$dir/replica-$n"
+  line="$("$vendctl" verify --data "$dir/replica-$n")"
+  echo "replica-$n: $line"
+  heads+=("$(sed -n 's/.* head \([0-9a-f]*\) .*/\1/p' <<< "$line")")
 done
+if [ -n "${heads[0]}" ] && [ "${heads[0]}" = "${heads[1]}" ] && [ "${heads[1]}" = "${heads[2]}" ]; then
+  echo "The three replicas' heads match: each holds the same log, entry for entry (head ${heads[0]:0:16}…)."
+else
+  echo "The replicas' heads differ: ${heads[*]}" >&2
+  exit 1
+fi
 echo
 "$vendctl" replay --data "$dir/replica-2" | head -16
 echo "..."

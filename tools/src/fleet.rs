@@ -8,7 +8,7 @@
 
 use crate::cluster::ClusterFile;
 use crate::say;
-use crate::util::report_created_keys;
+use crate::util::{grouped, report_created_keys};
 use anyhow::{Result, bail};
 use ledger::crypto::{LINK_KEY_CONTEXT, SecretKey};
 use ledger::keys::{Keyring, SingleMachineKey, create_machine_keys};
@@ -210,9 +210,9 @@ fn summarize(
 fn print_summary(summary: &Summary) -> Result<()> {
     eprintln!(
         "fleet: {} events, {} acknowledged, {} resent after reconnects, {} failovers seen, {} offline periods, {:.1}s",
-        summary.events,
-        summary.events_acked,
-        summary.events_resent,
+        grouped(summary.events),
+        grouped(summary.events_acked),
+        grouped(summary.events_resent),
         summary.failovers_seen,
         summary.offline_periods,
         summary.seconds

@@ -179,12 +179,12 @@ fn print_totals(t: &FleetTotals) {
     say!(
         "fleet: {} machines, {} purchases, {} cancels, net sales {} won, cash in machines {} won, change owed {} won, {} items in stock",
         t.machines,
-        t.purchases,
-        t.cancels,
+        grouped(t.purchases),
+        grouped(t.cancels),
         format_won(t.sales_won),
         format_won(t.cash_in_machines_won),
         format_won(t.change_owed_won),
-        t.items_in_stock
+        grouped(t.items_in_stock)
     );
 }
 
@@ -195,7 +195,7 @@ fn print_machine(machine: &MachineReport) {
         machine.machine_id,
         machine.last_seq,
         format_won(machine.sales_won),
-        machine.purchases,
+        grouped(machine.purchases),
         if machine.exact_change_only {
             "  [EXACT CHANGE ONLY]"
         } else {
