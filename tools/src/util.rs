@@ -61,11 +61,21 @@ impl DataArgs {
         LogStore::open_read_only(&log_dir, keyring.store_key()).map_err(|error| match error {
             // These name the directory already.
             StoreError::NotFound(_) | StoreError::Live { .. } => error.into(),
+            damage if damage.is_damage() => anyhow::anyhow!(
+                "the log at {} is damaged and does not open: {}. {DAMAGE_ADVICE}",
+                log_dir.display(),
+                damage.to_string().trim_end_matches('.')
+            ),
             other => anyhow::Error::new(other)
                 .context(format!("opening the log at {}", log_dir.display())),
         })
     }
 }
+
+/// What to do about a damaged log, after saying what is damaged.
+pub const DAMAGE_ADVICE: &str = "Stop what uses this directory and keep its files as they are; \
+     the replicas of a cluster hold the same entries: `vendctl verify --data DIR` on each finds \
+     a healthy copy to restore this one from";
 
 /// Tells the operator on stderr which key files a command created (the
 /// simulated fleets provision their machines through the same code as

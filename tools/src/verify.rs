@@ -1,9 +1,10 @@
 //! `vendctl verify`.
 
 use crate::say;
-use crate::util::{DataArgs, grouped, hex32, per_second, progress, rate};
+use crate::util::{DAMAGE_ADVICE, DataArgs, grouped, hex32, per_second, progress, rate};
 use anyhow::Result;
 use ledger::store::promise::PromiseFile;
+use ledger::store::rocks::TableFile;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -55,7 +56,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let store = args.data.open_store(&keyring)?;
     let bar = progress(store.head().gseq, "verify");
     let started = Instant::now();
+    let mut verified_up_to = 0;
     let result = ledger::verify::verify_log(&store, &keyring, &mut |gseq| {
+        verified_up_to = gseq;
         if gseq % 4_096 == 0 {
             bar.set_position(gseq);
         }
@@ -78,8 +81,100 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(failure) => {
-            say!("FAILED: {failure}");
+            let tables = store.backend().log_table_files().unwrap_or_default();
+            match explain_damage(&failure.problem, verified_up_to, &tables) {
+                Some(explained) if failure.gseq.is_none() => say!("FAILED: {explained}"),
+                _ => say!("FAILED: {failure}"),
+            }
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// RocksDB's words for a damaged table file ("Corruption: block checksum
+/// mismatch: … in …/000016.sst offset 15997555 …") in ours: the first
+/// entry that cannot be read, which entries the file holds, and what to
+/// do. `None` when the problem is not a damaged table file.
+fn explain_damage(problem: &str, verified_up_to: u64, tables: &[TableFile]) -> Option<String> {
+    let (_, rocks) = problem.split_once("Corruption: ")?;
+    let name = rocks
+        .split(|c: char| c.is_whitespace() || c == '/')
+        .find(|word| word.ends_with(".sst"))?;
+    let what = rocks.split(':').next().unwrap_or(rocks).trim();
+    let held = tables
+        .iter()
+        .find(|table| table.name == name)
+        .map(|table| match table.last_chunk_gseq {
+            // An end key past every gseq says nothing about the last entry.
+            u64::MAX => format!(
+                ", which holds the entries from gseq {} on,",
+                table.first_gseq
+            ),
+            last => format!(
+                ", which holds the entries from gseq {} to at least {last},",
+                table.first_gseq
+            ),
+        })
+        .unwrap_or_default();
+    let verified = match verified_up_to {
+        0 => "no entry could be verified".to_owned(),
+        n => format!("the entries up to gseq {n} are intact"),
+    };
+    Some(format!(
+        "entry gseq {}: cannot be read: the log's table file {name}{held} is damaged ({what}); \
+         {verified}. {DAMAGE_ADVICE}.",
+        verified_up_to + 1
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_table_file_is_named_with_its_entries() {
+        let problem = "storage error: Corruption: block checksum mismatch: stored(context \
+                       removed) = 1274784091, computed = 3732576157, type = 4  in \
+                       /tmp/r/log/000016.sst offset 15997555 size 4823, block_type = Data";
+        let tables = [
+            TableFile {
+                name: "000008.sst".into(),
+                first_gseq: 1,
+                last_chunk_gseq: 5_000,
+            },
+            TableFile {
+                name: "000016.sst".into(),
+                first_gseq: 5_121,
+                last_chunk_gseq: 150_017,
+            },
+        ];
+        let explained = explain_damage(problem, 77_000, &tables).unwrap();
+        assert!(
+            explained.starts_with(
+                "entry gseq 77001: cannot be read: the log's table file 000016.sst, which holds \
+                 the entries from gseq 5121 to at least 150017, is damaged (block checksum \
+                 mismatch); the entries up to gseq 77000 are intact. Stop what uses"
+            ),
+            "{explained}"
+        );
+        assert_eq!(
+            explain_damage("storage error: IO error: disk", 5, &tables),
+            None
+        );
+        let last = [TableFile {
+            last_chunk_gseq: u64::MAX,
+            ..tables[1].clone()
+        }];
+        let explained = explain_damage(problem, 77_000, &last).unwrap();
+        assert!(
+            explained.contains("000016.sst, which holds the entries from gseq 5121 on, is damaged"),
+            "{explained}"
+        );
+        let unknown = explain_damage(problem, 0, &[]).unwrap();
+        assert!(
+            unknown
+                .contains("table file 000016.sst is damaged (block checksum mismatch); no entry"),
+            "{unknown}"
+        );
     }
 }

@@ -341,12 +341,16 @@ fn a_broken_log_is_reported_once() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.starts_with(&format!(
-            "vendctl: opening the log at {}/log: storage error: Corruption",
+            "vendctl: the log at {}/log is damaged and does not open: storage error: Corruption",
             data.display()
         )),
         "{err}"
     );
     assert_eq!(err.matches("CURRENT file corrupted").count(), 1, "{err}");
+    assert!(
+        err.contains("vendctl verify --data DIR"),
+        "what to do: {err}"
+    );
 }
 
 /// `vendctl status` is for scripts too: when no replica answers it says so
@@ -484,4 +488,55 @@ fn cluster_up_gives_up_on_a_replica_that_keeps_dying_and_shows_its_error() {
         err.contains("vend-replica: starting the replica: log:"),
         "{err}"
     );
+}
+
+/// A damaged table file is reported in our words: the first entry that
+/// cannot be read, the file and the entries it holds, and what to do.
+#[test]
+fn verify_names_the_first_entry_a_damaged_table_file_costs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fleet");
+    simulate(&data, "2", "3000", "8");
+    {
+        let keyring = Keyring::open(&data.join("keys")).unwrap();
+        let store = LogStore::open(
+            &data.join("log"),
+            keyring.store_key(),
+            OpenOptions::default(),
+        )
+        .unwrap();
+        // Into table files, as a long-running log would be.
+        store.backend().flush().unwrap();
+    }
+    let (table, size) = std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".sst"))
+        .map(|entry| (entry.path(), entry.metadata().unwrap().len()))
+        .max_by_key(|(_, size)| *size)
+        .expect("a table file");
+    let name = table.file_name().unwrap().to_string_lossy().into_owned();
+    let mut bytes = std::fs::read(&table).unwrap();
+    let middle = usize::try_from(size / 2).unwrap();
+    for byte in &mut bytes[middle..middle + 64] {
+        *byte ^= 0xff;
+    }
+    std::fs::write(&table, bytes).unwrap();
+
+    let out = vendctl(&["verify", "--data", data.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let said = stdout(&out);
+    assert!(said.starts_with("FAILED: entry gseq "), "{said}");
+    assert!(
+        said.contains(&format!(
+            ": cannot be read: the log's table file {name}, which holds the entries from gseq "
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("is damaged (block checksum mismatch)"),
+        "{said}"
+    );
+    assert!(said.contains("the entries up to gseq "), "{said}");
+    assert!(said.contains("vendctl verify --data DIR"), "{said}");
 }
