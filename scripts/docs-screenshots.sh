@@ -32,3 +32,5 @@ for size in 800x480 1180x760; do
 done
 shot customer 1080x1920 "$customer"
 shot customer-english 800x480 "$customer" --language en
+# Replicas configured but none answers: the light says why and since when.
+shot customer-offline 800x480 "$customer" --replica 127.0.0.1:9
