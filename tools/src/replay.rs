@@ -2,7 +2,7 @@
 //! prints inventory, cash and sales.
 
 use crate::say;
-use crate::util::{DataArgs, grouped, per_second, progress, rate};
+use crate::util::{DataArgs, grouped, per_second, progress, rate, scan_error};
 use anyhow::{Context, Result, bail};
 use ledger::money::{Denomination, format_won};
 use ledger::projection::{FleetTotals, Period, Projection, SalesRow};
@@ -78,11 +78,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let store = args.data.open_store(&keyring)?;
     let bar = progress(store.head().gseq, "replay");
     let started = Instant::now();
+    let mut read_up_to = 0;
     let projection = ledger::ledger::rebuild(&store, until, &mut |gseq| {
+        read_up_to = gseq;
         if gseq % 4_096 == 0 {
             bar.set_position(gseq);
         }
-    })?;
+    })
+    .map_err(|error| scan_error(&store, error, read_up_to))?;
     let elapsed = started.elapsed();
     bar.finish_and_clear();
     let report = build_report(&projection, args.period, elapsed);

@@ -539,4 +539,21 @@ fn verify_names_the_first_entry_a_damaged_table_file_costs() {
     );
     assert!(said.contains("the entries up to gseq "), "{said}");
     assert!(said.contains("vendctl verify --data DIR"), "{said}");
+    // replay and dump meet the same file and say the same.
+    let first_bad = said
+        .strip_prefix("FAILED: ")
+        .and_then(|rest| rest.split_once(": cannot be read"))
+        .map(|(entry, _)| entry.to_owned())
+        .unwrap();
+    for command in ["replay", "dump"] {
+        let out = vendctl(&[command, "--data", data.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with(&format!(
+                "vendctl: {first_bad}: cannot be read: the log's table file {name}"
+            )),
+            "{command}: {err}"
+        );
+    }
 }
