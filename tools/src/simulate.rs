@@ -249,11 +249,11 @@ fn print_summary(summary: &Summary, data: &DataArgs, json: bool) -> Result<()> {
     );
     say!(
         "{} purchases, {} cancels, {} rejected inserts, {} change-owed tickets, {} collections",
-        summary.stats.purchases,
-        summary.stats.cancels,
-        summary.stats.rejected_inserts,
-        summary.stats.change_owed,
-        summary.stats.collections
+        grouped(summary.stats.purchases),
+        grouped(summary.stats.cancels),
+        grouped(summary.stats.rejected_inserts),
+        grouped(summary.stats.change_owed),
+        grouped(summary.stats.collections)
     );
     Ok(())
 }
