@@ -275,8 +275,10 @@ fn a_machine_that_cannot_start_leaves_nothing_behind_and_names_who_runs_it() {
     // A second instance on the same machine says who runs it.
     let running = open(&config(Some("vend-admin-1!"))).expect("installs");
     let error = open(&config(None)).err().unwrap().to_string();
-    let expected = format!("VM-001 is already running (pid {})", std::process::id());
-    assert!(error.ends_with(&expected), "{error}");
+    assert_eq!(
+        error,
+        format!("VM-001 is already running (pid {})", std::process::id())
+    );
     drop(running);
     open(&config(None)).expect("reopens once the first has stopped");
 }

@@ -36,7 +36,9 @@ pub enum MachineError {
     /// The ledger could not record the action, so it did not happen.
     #[error("not recorded: {0}")]
     Storage(String),
-    #[error("setup: {0}")]
+    /// Why the machine cannot start, a whole sentence printed as it is
+    /// ("VM-001 is already running (pid 4242)").
+    #[error("{0}")]
     Setup(String),
 }
 
