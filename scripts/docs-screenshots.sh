@@ -26,6 +26,9 @@ for size in 800x480 1180x760; do
   shot out-of-service "$size" 'insert:100'
   # The changer jams on the 500 tube while paying 550 won change.
   shot ticket "$size" "$fill,insert:1000,buy:1,jam:500"
+  # A new machine's operator: "Fill all slots" (and "Load all tubes" on
+  # the cash tab) in one press each.
+  shot admin-stock "$size" "$login,admin-tab:stock"
   # Counted 100 won less than expected, recorded after the confirmation.
   shot admin-cash "$size" "$fill,$sold,$login,admin-tab:cash,counted:1400,collect,confirm"
   shot admin-reports "$size" "$fill,$sold,$login,admin-tab:reports"
