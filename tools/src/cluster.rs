@@ -2,6 +2,7 @@
 //! cluster as child processes, and what each replica says about itself.
 
 use crate::say;
+use crate::util::grouped;
 use anyhow::{Context, Result, bail};
 use dashboard::ReplicaStatus;
 use ledger::keys::create_cluster_keys;
@@ -614,16 +615,16 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
             match &line.error {
                 Some(error) => say!("{:<10} down      ({error})", s.id),
                 None => say!(
-                    "{:<10} {:<9} epoch {:<3} tip {:<8} commit {:<8} lag {:<6} naks {}/{} retransmitted {} machines {}",
+                    "{:<10} {:<9} epoch {:<3} tip {:<11} commit {:<11} lag {:<7} naks {}/{} retransmitted {} machines {}",
                     s.id,
                     s.role,
                     s.epoch,
-                    s.tip,
-                    s.commit,
-                    s.lag,
-                    s.naks_sent,
-                    s.naks_received,
-                    s.records_retransmitted,
+                    grouped(s.tip),
+                    grouped(s.commit),
+                    grouped(s.lag),
+                    grouped(s.naks_sent),
+                    grouped(s.naks_received),
+                    grouped(s.records_retransmitted),
                     s.machines_connected
                 ),
             }
