@@ -17,37 +17,83 @@ pub const LOCKOUT_MS: i64 = 5 * 60 * 1_000;
 /// log cannot make verification allocate without bound.
 pub const HASH_MEMORY_KIB_MAX: u32 = 256 * 1024;
 
+/// One rule of the admin password policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordRule {
+    /// At least `PASSWORD_CHARS_MIN` characters.
+    MinLength,
+    /// At most `PASSWORD_BYTES_MAX` bytes.
+    MaxLength,
+    /// At least one digit.
+    Digit,
+    /// At least one special character (not a letter, digit or space).
+    Special,
+}
+
+impl PasswordRule {
+    /// Every rule, in the order the policy states them.
+    pub const ALL: [PasswordRule; 4] = [
+        PasswordRule::MinLength,
+        PasswordRule::Digit,
+        PasswordRule::Special,
+        PasswordRule::MaxLength,
+    ];
+
+    pub fn describe(self) -> String {
+        match self {
+            PasswordRule::MinLength => format!("at least {PASSWORD_CHARS_MIN} characters"),
+            PasswordRule::MaxLength => format!("at most {PASSWORD_BYTES_MAX} bytes"),
+            PasswordRule::Digit => "a digit".to_owned(),
+            PasswordRule::Special => "a special character (not a letter or digit)".to_owned(),
+        }
+    }
+}
+
+/// A password that breaks the policy, with every rule it breaks (not just
+/// the first), so a person fixes it in one go.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PolicyViolation {
-    #[error("the password needs at least {PASSWORD_CHARS_MIN} characters")]
-    TooShort,
-    #[error("the password may have at most {PASSWORD_BYTES_MAX} bytes")]
-    TooLong,
-    #[error("the password needs at least one digit")]
-    NoDigit,
-    #[error("the password needs at least one special character (not a letter or digit)")]
-    NoSpecial,
+#[error(
+    "the password needs at least {PASSWORD_CHARS_MIN} characters with a digit and a special \
+     character (not a letter or digit); this one lacks {}",
+    list(.broken)
+)]
+pub struct PolicyViolation {
+    /// The rules broken, in [`PasswordRule::ALL`] order; never empty.
+    pub broken: Vec<PasswordRule>,
+}
+
+fn list(rules: &[PasswordRule]) -> String {
+    let described: Vec<String> = rules.iter().map(|r| r.describe()).collect();
+    match described.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 /// The admin password policy: at least 8 characters with at least one digit
-/// and one special character.
+/// and one special character (and a bound on the length).
 pub fn check_policy(password: &str) -> Result<(), PolicyViolation> {
-    if password.len() > PASSWORD_BYTES_MAX {
-        return Err(PolicyViolation::TooLong);
+    let broken: Vec<PasswordRule> = PasswordRule::ALL
+        .into_iter()
+        .filter(|rule| !keeps(password, *rule))
+        .collect();
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(PolicyViolation { broken })
     }
-    if password.chars().count() < PASSWORD_CHARS_MIN {
-        return Err(PolicyViolation::TooShort);
+}
+
+fn keeps(password: &str, rule: PasswordRule) -> bool {
+    match rule {
+        PasswordRule::MinLength => password.chars().count() >= PASSWORD_CHARS_MIN,
+        PasswordRule::MaxLength => password.len() <= PASSWORD_BYTES_MAX,
+        PasswordRule::Digit => password.chars().any(|c| c.is_ascii_digit()),
+        PasswordRule::Special => password
+            .chars()
+            .any(|c| !c.is_alphanumeric() && !c.is_whitespace()),
     }
-    if !password.chars().any(|c| c.is_ascii_digit()) {
-        return Err(PolicyViolation::NoDigit);
-    }
-    if !password
-        .chars()
-        .any(|c| !c.is_alphanumeric() && !c.is_whitespace())
-    {
-        return Err(PolicyViolation::NoSpecial);
-    }
-    Ok(())
 }
 
 /// argon2id cost settings.
@@ -129,15 +175,22 @@ mod tests {
 
     #[test]
     fn policy_requires_length_digit_and_special() {
-        assert_eq!(check_policy("a1!"), Err(PolicyViolation::TooShort));
-        assert_eq!(check_policy("abcdefgh!"), Err(PolicyViolation::NoDigit));
-        assert_eq!(check_policy("abcdefgh1"), Err(PolicyViolation::NoSpecial));
-        assert_eq!(check_policy("abcd efg1"), Err(PolicyViolation::NoSpecial));
+        use PasswordRule::*;
+        let broken = |password: &str| check_policy(password).map_err(|v| v.broken);
+        assert_eq!(broken("a1!"), Err(vec![MinLength]));
+        assert_eq!(broken("abcdefgh!"), Err(vec![Digit]));
+        assert_eq!(broken("abcdefgh1"), Err(vec![Special]));
+        assert_eq!(broken("abcd efg1"), Err(vec![Special]));
+        assert_eq!(broken(&"a1!".repeat(100)), Err(vec![MaxLength]));
+        assert_eq!(broken("vend-admin-1"), Ok(()));
+        // Every broken rule at once, not just the first.
+        assert_eq!(broken("short"), Err(vec![MinLength, Digit, Special]));
         assert_eq!(
-            check_policy(&"a1!".repeat(100)),
-            Err(PolicyViolation::TooLong)
+            check_policy("short").unwrap_err().to_string(),
+            "the password needs at least 8 characters with a digit and a special character \
+             (not a letter or digit); this one lacks at least 8 characters, a digit and a \
+             special character (not a letter or digit)"
         );
-        assert_eq!(check_policy("vend-admin-1"), Ok(()));
     }
 
     #[test]

@@ -41,12 +41,34 @@ impl std::fmt::Display for CategoryPath {
     }
 }
 
+/// Longest product code accepted (in ASCII characters).
+pub const CODE_CHARS_MAX: usize = 16;
+
 /// What a slot sells.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
+    /// What people read; any script (`아메리카노`).
     pub name: String,
     pub price: Won,
     pub category: CategoryPath,
+    /// An ASCII code (`COFFEE`) for formats that need one, such as the
+    /// DEX audit export. Empty only in slots configured before event
+    /// format 2; it is then left out of the encoding, so such a product
+    /// encodes exactly as in format 1 (see `Event::format_version`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub code: String,
+}
+
+impl Product {
+    /// The code formats use: the product's own, or `SLOT-NN` for a slot
+    /// configured before products had codes.
+    pub fn code_or_slot(&self, slot: SlotId) -> String {
+        if self.code.is_empty() {
+            format!("SLOT-{:02}", slot.0)
+        } else {
+            self.code.clone()
+        }
+    }
 }
 
 /// The configuration of one slot as installed or reconfigured.
@@ -70,6 +92,22 @@ pub enum CatalogError {
     BadCategory,
     #[error("slot numbers start at 1 and a machine has at most {SLOTS_MAX} slots")]
     BadSlot,
+    #[error(
+        "a product code has 1 to {CODE_CHARS_MAX} characters: capital letters A-Z, digits and '-'"
+    )]
+    BadCode,
+}
+
+/// A product code: 1 to `CODE_CHARS_MAX` characters of `A-Z`, `0-9` and `-`.
+pub fn validate_code(code: &str) -> Result<(), CatalogError> {
+    let allowed = code
+        .chars()
+        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-');
+    if (1..=CODE_CHARS_MAX).contains(&code.len()) && allowed {
+        Ok(())
+    } else {
+        Err(CatalogError::BadCode)
+    }
 }
 
 pub fn validate_name(name: &str) -> Result<(), CatalogError> {
@@ -97,6 +135,11 @@ impl SlotConfig {
         }
         validate_name(&self.product.name)?;
         validate_price(self.product.price)?;
+        // An empty code is a slot configured before codes existed (format
+        // 1): still valid when replayed; `decide` asks new ones for a code.
+        if !self.product.code.is_empty() {
+            validate_code(&self.product.code)?;
+        }
         if !(1..=SLOT_CAPACITY_MAX).contains(&self.capacity) {
             return Err(CatalogError::BadCapacity);
         }
@@ -111,25 +154,28 @@ impl SlotConfig {
     }
 }
 
-/// The default catalog from the original machine, capacity 10 each.
+/// The default catalog from the original machine (water, coffee, a sports
+/// drink, premium coffee, soda, a special drink), named in Korean like the
+/// seed's machines, each with its ASCII code; capacity 10 each.
 pub fn default_catalog() -> Vec<SlotConfig> {
-    let items: [(&str, Won, &str); 6] = [
-        ("Water", 450, "Drinks > Water"),
-        ("Coffee", 500, "Drinks > Coffee"),
-        ("Sports Drink", 550, "Drinks > Sports"),
-        ("Premium Coffee", 700, "Drinks > Coffee"),
-        ("Soda", 750, "Drinks > Soda"),
-        ("Special Drink", 800, "Drinks > Special"),
+    let items: [(&str, Won, &str, &str); 6] = [
+        ("생수", 450, "음료 > 생수", "WATER"),
+        ("커피", 500, "음료 > 커피", "COFFEE"),
+        ("이온음료", 550, "음료 > 이온음료", "SPORTS"),
+        ("프리미엄 커피", 700, "음료 > 커피", "PREMIUM-COFFEE"),
+        ("사이다", 750, "음료 > 탄산", "SODA"),
+        ("스페셜 음료", 800, "음료 > 스페셜", "SPECIAL"),
     ];
     items
         .into_iter()
         .zip(1..)
-        .map(|((name, price, category), slot)| SlotConfig {
+        .map(|((name, price, category, code), slot)| SlotConfig {
             slot: SlotId(slot),
             product: Product {
                 name: name.to_owned(),
                 price,
                 category: CategoryPath::parse(category),
+                code: code.to_owned(),
             },
             capacity: 10,
         })
@@ -165,10 +211,13 @@ where
     });
 }
 
-/// Case-insensitive substring search over product names.
+/// Case-insensitive substring search over product names and codes (so
+/// `coffee` finds `커피`, code `COFFEE`).
 pub fn matches_search(config: &SlotConfig, query: &str) -> bool {
     let query = query.trim().to_lowercase();
-    query.is_empty() || config.product.name.to_lowercase().contains(&query)
+    query.is_empty()
+        || config.product.name.to_lowercase().contains(&query)
+        || config.product.code.to_lowercase().contains(&query)
 }
 
 /// The category tree: each node lists the slots filed directly under it.
@@ -233,6 +282,23 @@ mod tests {
         }
         let prices: Vec<Won> = catalog.iter().map(|c| c.product.price).collect();
         assert_eq!(prices, [450, 500, 550, 700, 750, 800]);
+        assert!(
+            catalog
+                .iter()
+                .all(|c| validate_code(&c.product.code).is_ok())
+        );
+    }
+
+    #[test]
+    fn codes_are_short_ascii_and_old_products_fall_back_to_the_slot() {
+        assert_eq!(validate_code("PREMIUM-COFFEE"), Ok(()));
+        for bad in ["", "coffee", "커피", "A B", "ABCDEFGHIJKLMNOPQ"] {
+            assert_eq!(validate_code(bad), Err(CatalogError::BadCode), "{bad:?}");
+        }
+        let mut product = default_catalog().remove(1).product;
+        assert_eq!(product.code_or_slot(SlotId(2)), "COFFEE");
+        product.code.clear();
+        assert_eq!(product.code_or_slot(SlotId(2)), "SLOT-02");
     }
 
     #[test]
@@ -260,31 +326,41 @@ mod tests {
         assert_eq!(
             names,
             [
-                "Coffee",
-                "Premium Coffee",
-                "Soda",
-                "Special Drink",
-                "Sports Drink",
-                "Water"
+                "사이다",
+                "생수",
+                "스페셜 음료",
+                "이온음료",
+                "커피",
+                "프리미엄 커피"
             ]
         );
         sort_slots(&mut catalog, SortKey::Price, |c| c);
-        assert_eq!(catalog[0].product.name, "Water");
+        assert_eq!(catalog[0].product.name, "생수");
         let found: Vec<&str> = catalog
             .iter()
-            .filter(|c| matches_search(c, "COFFEE"))
+            .filter(|c| matches_search(c, "커피"))
             .map(|c| c.product.name.as_str())
             .collect();
-        assert_eq!(found, ["Coffee", "Premium Coffee"]);
+        assert_eq!(found, ["커피", "프리미엄 커피"]);
+        let by_code: Vec<&str> = catalog
+            .iter()
+            .filter(|c| matches_search(c, "coffee"))
+            .map(|c| c.product.name.as_str())
+            .collect();
+        assert_eq!(
+            by_code,
+            ["커피", "프리미엄 커피"],
+            "the code is searched too"
+        );
     }
 
     #[test]
     fn builds_the_category_tree() {
         let catalog = default_catalog();
         let tree = CategoryNode::build(&catalog);
-        let coffee = tree.find(&CategoryPath::parse("Drinks › Coffee")).unwrap();
+        let coffee = tree.find(&CategoryPath::parse("음료 › 커피")).unwrap();
         assert_eq!(coffee.slots, [SlotId(2), SlotId(4)]);
-        let drinks = tree.find(&CategoryPath::parse("Drinks")).unwrap();
+        let drinks = tree.find(&CategoryPath::parse("음료")).unwrap();
         assert_eq!(drinks.all_slots().len(), 6);
         assert!(tree.find(&CategoryPath::parse("Snacks")).is_none());
     }

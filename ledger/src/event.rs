@@ -18,6 +18,11 @@ pub enum Destination {
     CashBox,
     /// The bill stacker.
     Stacker,
+    /// The bill validator's escrow position (event format 2): the last
+    /// bill inserted waits there, as on MDB validators, and is given back
+    /// when the customer presses Return; it is stacked once the customer
+    /// buys with it or inserts another bill.
+    Escrow,
 }
 
 /// Why an inserted coin or bill was handed back.
@@ -31,6 +36,11 @@ pub enum InsertRejection {
     BillLimit,
     /// The bill stacker is full.
     StackerFull,
+    /// Nothing is stocked, so nothing can be sold (event format 2).
+    OutOfService,
+    /// The tubes could not pay this money back as change (exact change
+    /// only; event format 2).
+    NoChange,
 }
 
 impl InsertRejection {
@@ -43,6 +53,10 @@ impl InsertRejection {
             InsertRejection::BalanceLimit => "Returned: the balance may not exceed 7,000 won",
             InsertRejection::BillLimit => "Returned: at most 5,000 won in bills",
             InsertRejection::StackerFull => "Returned: the bill stacker is full, please use coins",
+            InsertRejection::OutOfService => "Returned: the machine is out of service",
+            InsertRejection::NoChange => {
+                "Returned: exact change only, the machine could not give this money back as change"
+            }
         }
     }
 }
@@ -97,7 +111,19 @@ pub enum Event {
         coins: CoinCounts,
         paid: Won,
     },
+    /// The bill held in the validator's escrow went on to the stacker
+    /// (event format 2): the customer bought with it or inserted another.
+    BillStacked {
+        denomination: Denomination,
+    },
+    /// The bill held in escrow was given back to the customer (event
+    /// format 2), at Return, before any change in coins.
+    BillReturned {
+        denomination: Denomination,
+    },
     /// What the tubes could not pay, owed to the customer until settled.
+    /// With the escrow and change checks of format 2 it only arises from a
+    /// fault (a jammed tube, a count that drifted).
     ChangeOwed {
         ticket: u64,
         amount: Won,
@@ -164,6 +190,8 @@ impl Event {
             Event::ProductPurchased { .. } => "product_purchased",
             Event::PurchaseCancelled { .. } => "purchase_cancelled",
             Event::ChangeReturned { .. } => "change_returned",
+            Event::BillStacked { .. } => "bill_stacked",
+            Event::BillReturned { .. } => "bill_returned",
             Event::ChangeOwed { .. } => "change_owed",
             Event::ChangeOwedSettled { .. } => "change_owed_settled",
             Event::SlotRefilled { .. } => "slot_refilled",
@@ -184,7 +212,9 @@ impl Event {
     /// The main money amount the event moves, where there is one.
     pub fn amount(&self) -> Option<Won> {
         match self {
-            Event::MoneyInserted { denomination, .. } => Some(denomination.value()),
+            Event::MoneyInserted { denomination, .. }
+            | Event::BillStacked { denomination }
+            | Event::BillReturned { denomination } => Some(denomination.value()),
             Event::MoneyRejected { value, .. } => Some(*value),
             Event::ProductPurchased { price, .. } | Event::PurchaseCancelled { price, .. } => {
                 Some(*price)
@@ -204,6 +234,29 @@ impl Event {
     }
 }
 
+impl Event {
+    /// The oldest event format that can express this event.
+    pub fn format_version(&self) -> u8 {
+        let version_2 = match self {
+            Event::MoneyInserted { destination, .. } => *destination == Destination::Escrow,
+            Event::MoneyRejected { reason, .. } => {
+                matches!(
+                    reason,
+                    InsertRejection::OutOfService | InsertRejection::NoChange
+                )
+            }
+            Event::BillStacked { .. } | Event::BillReturned { .. } => true,
+            Event::SlotConfigured(config) => !config.product.code.is_empty(),
+            _ => false,
+        };
+        if version_2 {
+            EVENT_FORMAT_VERSION
+        } else {
+            EVENT_FORMAT_VERSION_1
+        }
+    }
+}
+
 /// An event with its place in its machine's stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventEnvelope {
@@ -216,9 +269,19 @@ pub struct EventEnvelope {
     pub event: Event,
 }
 
-/// Version byte in front of every encoded event. Decoders keep accepting
-/// every version ever written so old logs replay after upgrades.
-pub const EVENT_FORMAT_VERSION: u8 = 1;
+/// The newest version byte in front of an encoded event. Decoders keep
+/// accepting every version ever written so old logs replay after upgrades.
+///
+/// Version 2 added the bill validator's escrow (`Destination::Escrow`,
+/// `BillStacked`, `BillReturned`), the rejections `OutOfService` and
+/// `NoChange`, and a product's ASCII code. Every event is written with the
+/// oldest version that can express it ([`Event::format_version`]): an
+/// event version 1 could hold is still written byte for byte as before,
+/// and a reader that only knows version 1 refuses a newer event by its
+/// version byte instead of misreading it.
+pub const EVENT_FORMAT_VERSION: u8 = 2;
+/// The first version, still written for events it can express.
+pub const EVENT_FORMAT_VERSION_1: u8 = 1;
 
 /// Largest encoded event accepted from outside. Every event `decide` can
 /// produce is far smaller (names are at most 40 characters, reasons are cut
@@ -236,6 +299,8 @@ pub enum DecodeError {
     TooLarge(usize),
     #[error("unknown format version {0}")]
     UnknownVersion(u8),
+    #[error("a version {version} event uses what only version {needs} has")]
+    NewerThanItsVersion { version: u8, needs: u8 },
     #[error("malformed MessagePack: {0}")]
     Malformed(rmp_serde::decode::Error),
 }
@@ -248,10 +313,11 @@ impl From<rmp_serde::decode::Error> for DecodeError {
 }
 
 impl EventEnvelope {
-    /// `[EVENT_FORMAT_VERSION] ++ MessagePack(envelope)`.
+    /// `[version] ++ MessagePack(envelope)`, with the oldest version that
+    /// can express the event.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(96);
-        out.push(EVENT_FORMAT_VERSION);
+        out.push(self.event.format_version());
         rmp_serde::encode::write(&mut out, self).expect("encoding to a Vec cannot fail");
         out
     }
@@ -261,9 +327,17 @@ impl EventEnvelope {
         if bytes.len() > EVENT_BYTES_MAX {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
-        match version {
-            EVENT_FORMAT_VERSION => Ok(rmp_serde::from_slice(body)?),
-            other => Err(DecodeError::UnknownVersion(other)),
+        // Version 2 only added variants and a trailing optional field, so
+        // one decoder reads both; an event must not use more than its
+        // version byte promises.
+        let envelope: EventEnvelope = match version {
+            EVENT_FORMAT_VERSION_1 | EVENT_FORMAT_VERSION => rmp_serde::from_slice(body)?,
+            other => return Err(DecodeError::UnknownVersion(other)),
+        };
+        let needs = envelope.event.format_version();
+        if needs > version {
+            return Err(DecodeError::NewerThanItsVersion { version, needs });
         }
+        Ok(envelope)
     }
 }

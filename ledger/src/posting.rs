@@ -30,10 +30,13 @@ pub enum Account {
     /// Money operators put in: coins loaded into tubes and settlements of
     /// change owed paid out of their pocket.
     OperatorFloat,
+    /// The bill held in the validator's escrow position (physical): the
+    /// customer's last bill, given back at Return or stacked.
+    BillEscrow,
 }
 
 /// Every account, in a fixed order (the index of its balance).
-pub const ACCOUNTS: [Account; 12] = [
+pub const ACCOUNTS: [Account; 13] = [
     Account::CustomerEscrow,
     Account::Tube(Denomination::Coin10),
     Account::Tube(Denomination::Coin50),
@@ -46,6 +49,7 @@ pub const ACCOUNTS: [Account; 12] = [
     Account::CollectedCash,
     Account::OverShort,
     Account::OperatorFloat,
+    Account::BillEscrow,
 ];
 
 impl Account {
@@ -62,6 +66,7 @@ impl Account {
             Account::CollectedCash => 9,
             Account::OverShort => 10,
             Account::OperatorFloat => 11,
+            Account::BillEscrow => 12,
         })
     }
 
@@ -70,7 +75,7 @@ impl Account {
     pub fn is_physical(self) -> bool {
         matches!(
             self,
-            Account::Tube(_) | Account::CashBox | Account::BillStacker
+            Account::Tube(_) | Account::CashBox | Account::BillStacker | Account::BillEscrow
         )
     }
 
@@ -135,6 +140,17 @@ pub fn postings(event: &Event) -> Postings {
             post(Account::CustomerEscrow, -price),
         ]),
         Event::ChangeReturned { coins, paid } => change_postings(coins, *paid),
+        // The held bill moves on to the stacker: still the machine's.
+        Event::BillStacked { denomination } => postings_of([
+            post(Account::BillStacker, denomination.value()),
+            post(Account::BillEscrow, -denomination.value()),
+        ]),
+        // The held bill goes back to the customer: it settles that much of
+        // the balance, as change paid would.
+        Event::BillReturned { denomination } => postings_of([
+            post(Account::CustomerEscrow, denomination.value()),
+            post(Account::BillEscrow, -denomination.value()),
+        ]),
         Event::ChangeOwed { amount, .. } => postings_of([
             post(Account::CustomerEscrow, *amount),
             post(Account::ChangeOwed, -amount),
@@ -185,6 +201,7 @@ fn insert_postings(denomination: Denomination, destination: Destination) -> Post
         Destination::Tube => Account::Tube(denomination),
         Destination::CashBox => Account::CashBox,
         Destination::Stacker => Account::BillStacker,
+        Destination::Escrow => Account::BillEscrow,
     };
     let value = denomination.value();
     postings_of([post(account, value), post(Account::CustomerEscrow, -value)])
@@ -331,6 +348,16 @@ mod tests {
                 stacker: 2_000,
                 counted: 2_990,
             },
+            Event::MoneyInserted {
+                denomination: Denomination::Bill1000,
+                destination: Destination::Escrow,
+            },
+            Event::BillStacked {
+                denomination: Denomination::Bill1000,
+            },
+            Event::BillReturned {
+                denomination: Denomination::Bill1000,
+            },
         ];
         for event in &events {
             let sum: Won = postings(event).iter().map(|p| p.amount).sum();
@@ -379,5 +406,7 @@ mod tests {
         assert_eq!(Account::CustomerEscrow.name(), "customer_escrow");
         assert_eq!(Account::Tube(Denomination::Coin500).name(), "tube_500");
         assert_eq!(Account::OverShort.name(), "over_short");
+        assert_eq!(Account::BillEscrow.name(), "bill_escrow");
+        assert!(Account::BillEscrow.is_physical());
     }
 }

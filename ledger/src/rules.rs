@@ -58,6 +58,12 @@ pub enum Command {
     },
     CancelLastPurchase,
     ReturnChange,
+    /// Return, but the coin changer jammed on this tube: it paid the change
+    /// without any coin of it, and what those coins were worth is owed to
+    /// the customer on a ticket (a fault the machine's hardware reports).
+    ReturnChangeJammed {
+        jammed: Denomination,
+    },
     AdminLogin {
         password: String,
     },
@@ -77,6 +83,8 @@ pub enum Command {
         denomination: Denomination,
         count: u32,
     },
+    /// Fills every coin tube to capacity.
+    LoadAllTubes,
     CollectCash {
         counted: Won,
     },
@@ -104,6 +112,7 @@ impl Command {
                 | Command::Refill { .. }
                 | Command::RefillAll
                 | Command::LoadTube { .. }
+                | Command::LoadAllTubes
                 | Command::CollectCash { .. }
                 | Command::SetPrice { .. }
                 | Command::Rename { .. }
@@ -124,8 +133,18 @@ pub enum Rejection {
     UnknownSlot(SlotId),
     #[error("{0} is sold out")]
     SoldOut(String),
-    #[error("insert {missing} won more to buy {product}")]
+    #[error("insert {missing} won more to buy {product}", missing = format_won(*missing))]
     InsufficientBalance { product: String, missing: Won },
+    #[error(
+        "cannot give {amount} won change: insert the exact amount or press Return",
+        amount = format_won(*amount)
+    )]
+    CannotMakeChange { amount: Won },
+    #[error(
+        "cannot cancel: the machine could not give {amount} won back in coins",
+        amount = format_won(*amount)
+    )]
+    CannotRefund { amount: Won },
     #[error("there is no purchase to cancel")]
     NothingToCancel,
     #[error("there is no balance to return")]
@@ -144,6 +163,8 @@ pub enum Rejection {
     OverCapacity { slot: SlotId, room: u32 },
     #[error("every slot is already full")]
     NothingToRefill,
+    #[error("every coin tube is already full")]
+    NothingToLoad,
     #[error("{0} is not a coin tube")]
     NotACoin(Denomination),
     #[error("the {denomination} tube has room for {room} more")]
@@ -221,10 +242,11 @@ fn decide_installed(
 ) -> Result<Vec<Event>, Rejection> {
     Ok(match command {
         Command::Install { .. } => unreachable!("decide handles Install first"),
-        Command::Insert { kind, value } => vec![decide_insert(state, *kind, *value)],
+        Command::Insert { kind, value } => decide_insert(state, *kind, *value),
         Command::Purchase { slot } => decide_purchase(state, *slot)?,
         Command::CancelLastPurchase => vec![decide_cancel(state)?],
-        Command::ReturnChange => decide_return_change(state)?,
+        Command::ReturnChange => decide_return_change(state, None)?,
+        Command::ReturnChangeJammed { jammed } => decide_return_change(state, Some(*jammed))?,
         Command::AdminLogin { password } => decide_login(state, password, ctx)?,
         Command::AdminLogout => decide_logout(state),
         Command::ChangePassword { current, new } => {
@@ -236,6 +258,7 @@ fn decide_installed(
             denomination,
             count,
         } => vec![decide_load_tube(state, *denomination, *count)?],
+        Command::LoadAllTubes => decide_load_all_tubes(state)?,
         Command::CollectCash { counted } => vec![decide_collect(state, *counted)?],
         Command::SetPrice { slot, price } => {
             vec![price_event(state, *slot, *price, Source::Local)?]
@@ -288,6 +311,9 @@ fn decide_install(
             catalog::SLOTS_MAX
         )));
     }
+    for slot in slots {
+        catalog::validate_code(&slot.product.code)?;
+    }
     let mut events = vec![Event::Installed(Installation {
         tube_capacity: *tube_capacity,
         stacker_capacity_bills: *stacker_capacity_bills,
@@ -307,37 +333,77 @@ fn decide_install(
 }
 
 /// An insert always produces an event: accepted, or rejected and returned.
-fn decide_insert(state: &MachineState, kind: MoneyKind, value: Won) -> Event {
-    let rejected = |reason| Event::MoneyRejected {
-        kind,
-        value,
-        reason,
+/// An accepted bill waits in the validator's escrow; a bill held before it
+/// is stacked first (one event each).
+fn decide_insert(state: &MachineState, kind: MoneyKind, value: Won) -> Vec<Event> {
+    let rejected = |reason| {
+        vec![Event::MoneyRejected {
+            kind,
+            value,
+            reason,
+        }]
     };
     let Some(denomination) = Denomination::recognise(kind, value) else {
         return rejected(InsertRejection::UnknownDenomination);
     };
+    if state.out_of_service() {
+        return rejected(InsertRejection::OutOfService);
+    }
     if state.escrow.balance + value > ESCROW_LIMIT {
         return rejected(InsertRejection::BalanceLimit);
     }
-    let destination = match denomination.tube_index() {
-        Some(tube) if state.tubes.0[tube] < state.tube_capacity.0[tube] => Destination::Tube,
-        Some(_) => Destination::CashBox,
-        None => {
-            if state.escrow.bills + value > ESCROW_BILLS_LIMIT {
-                return rejected(InsertRejection::BillLimit);
-            }
-            if state.stacker_bills >= state.stacker_capacity_bills {
-                return rejected(InsertRejection::StackerFull);
-            }
-            Destination::Stacker
+    match denomination.tube_index() {
+        // A coin in its tube can always be paid back with itself.
+        Some(tube) if state.tubes.0[tube] < state.tube_capacity.0[tube] => {
+            vec![inserted(denomination, Destination::Tube)]
         }
-    };
+        Some(_) => {
+            if !state.can_pay(state.escrow.coin_part() + value) {
+                return rejected(InsertRejection::NoChange);
+            }
+            vec![inserted(denomination, Destination::CashBox)]
+        }
+        None => decide_insert_bill(state, denomination).unwrap_or_else(rejected),
+    }
+}
+
+fn inserted(denomination: Denomination, destination: Destination) -> Event {
     Event::MoneyInserted {
         denomination,
         destination,
     }
 }
 
+/// A bill goes to the escrow position. The one held there before goes to
+/// the stacker and from then on is paid back in coins at Return, so it is
+/// accepted only when the tubes could pay that (exact change only).
+fn decide_insert_bill(
+    state: &MachineState,
+    denomination: Denomination,
+) -> Result<Vec<Event>, InsertRejection> {
+    let value = denomination.value();
+    if state.escrow.bills + value > ESCROW_BILLS_LIMIT {
+        return Err(InsertRejection::BillLimit);
+    }
+    let held = state.escrow.held_bill;
+    let bills_after = state.stacker_bills + u32::from(held.is_some()) + 1;
+    if bills_after > state.stacker_capacity_bills {
+        return Err(InsertRejection::StackerFull);
+    }
+    let mut events = Vec::with_capacity(2);
+    if let Some(held) = held {
+        if !state.can_pay(state.escrow.balance) {
+            return Err(InsertRejection::NoChange);
+        }
+        events.push(Event::BillStacked { denomination: held });
+    }
+    events.push(inserted(denomination, Destination::Escrow));
+    Ok(events)
+}
+
+/// A purchase the coins cannot cover stacks the held bill; the change left
+/// after it must be payable from the tubes, or the purchase is refused
+/// (the customer inserts the exact amount or takes the money back).
 fn decide_purchase(state: &MachineState, slot: SlotId) -> Result<Vec<Event>, Rejection> {
     let s = state.slots.get(&slot).ok_or(Rejection::UnknownSlot(slot))?;
     let product = &s.config.product;
@@ -350,20 +416,38 @@ fn decide_purchase(state: &MachineState, slot: SlotId) -> Result<Vec<Event>, Rej
             missing: product.price - state.escrow.balance,
         });
     }
-    Ok(vec![Event::ProductPurchased {
+    let stack = state
+        .escrow
+        .held_bill
+        .filter(|_| state.purchase_stacks_bill(product.price));
+    let change = state.change_after_purchase(product.price);
+    if !state.can_pay(change) {
+        return Err(Rejection::CannotMakeChange { amount: change });
+    }
+    let mut events = Vec::with_capacity(2);
+    if let Some(denomination) = stack {
+        events.push(Event::BillStacked { denomination });
+    }
+    events.push(Event::ProductPurchased {
         slot,
         product: product.name.clone(),
         price: product.price,
-    }])
+    });
+    Ok(events)
 }
 
-/// Cancel walks back the most recent purchase of the session.
+/// Cancel walks back the most recent purchase of the session, when the
+/// tubes could pay the restored balance back.
 fn decide_cancel(state: &MachineState) -> Result<Event, Rejection> {
     let last = state
         .escrow
         .purchases
         .last()
         .ok_or(Rejection::NothingToCancel)?;
+    let refund = state.escrow.coin_part() + last.price;
+    if !state.can_pay(refund) {
+        return Err(Rejection::CannotRefund { amount: refund });
+    }
     Ok(Event::PurchaseCancelled {
         slot: last.slot,
         product: last.product.clone(),
@@ -371,15 +455,37 @@ fn decide_cancel(state: &MachineState) -> Result<Event, Rejection> {
     })
 }
 
-fn decide_return_change(state: &MachineState) -> Result<Vec<Event>, Rejection> {
+/// The held bill goes back as it came, the rest in coins. `jammed` is a
+/// tube the changer reported stuck: its coins are not paid, and their
+/// value is owed on a ticket.
+fn decide_return_change(
+    state: &MachineState,
+    jammed: Option<Denomination>,
+) -> Result<Vec<Event>, Rejection> {
     if !state.escrow.active {
         return Err(Rejection::NothingToReturn);
     }
-    let plan = make_change(state.escrow.balance, &state.tubes);
-    let mut events = vec![Event::ChangeReturned {
+    if let Some(coin) = jammed {
+        coin.tube_index().ok_or(Rejection::NotACoin(coin))?;
+    }
+    let mut events = Vec::with_capacity(3);
+    if let Some(denomination) = state.escrow.held_bill {
+        events.push(Event::BillReturned { denomination });
+    }
+    let coin_part = state.escrow.coin_part();
+    if coin_part == 0 && !events.is_empty() {
+        return Ok(events);
+    }
+    let mut plan = make_change(coin_part, &state.tubes);
+    if let Some(tube) = jammed.and_then(Denomination::tube_index) {
+        plan.coins.0[tube] = 0;
+        plan.paid = plan.coins.total();
+        plan.owed = coin_part - plan.paid;
+    }
+    events.push(Event::ChangeReturned {
         coins: plan.coins,
         paid: plan.paid,
-    }];
+    });
     if plan.owed > 0 {
         events.push(Event::ChangeOwed {
             ticket: state.next_ticket,
@@ -501,6 +607,23 @@ fn decide_load_tube(
     })
 }
 
+/// Fills every tube to capacity (an operator loading a float of change).
+fn decide_load_all_tubes(state: &MachineState) -> Result<Vec<Event>, Rejection> {
+    let events: Vec<Event> = Denomination::COINS
+        .iter()
+        .zip(state.tubes.0.iter().zip(state.tube_capacity.0))
+        .filter(|&(_, (&count, capacity))| count < capacity)
+        .map(|(&denomination, (&count, capacity))| Event::TubeLoaded {
+            denomination,
+            count: capacity - count,
+        })
+        .collect();
+    if events.is_empty() {
+        return Err(Rejection::NothingToLoad);
+    }
+    Ok(events)
+}
+
 /// The event records what the ledger expected next to what the operator
 /// counted, so the over/short is visible to auditors.
 fn decide_collect(state: &MachineState, counted: Won) -> Result<Event, Rejection> {
@@ -520,6 +643,8 @@ fn decide_collect(state: &MachineState, counted: Won) -> Result<Event, Rejection
 /// A reconfigured slot keeps its stock, which must fit the new capacity.
 fn decide_configure_slot(state: &MachineState, config: &SlotConfig) -> Result<Event, Rejection> {
     config.validate()?;
+    // New configurations carry a product code (format 2).
+    catalog::validate_code(&config.product.code)?;
     if let Some(existing) = state.slots.get(&config.slot)
         && existing.stock > config.capacity
     {
@@ -645,4 +770,283 @@ pub fn envelopes(
             event,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The customer's own money (escrow, change checks) and the out of
+    //! service rule, through `decide` and `apply` like the machine runs them.
+    use super::*;
+    use crate::catalog::default_catalog;
+    use crate::state::DEFAULT_TUBE_CAPACITY;
+
+    const PASSWORD: &str = "vend-admin-1!";
+
+    fn ctx() -> Context {
+        Context {
+            now_ms: 1_000,
+            salt: [3; 16],
+            password_params: PasswordParams::Light,
+        }
+    }
+
+    /// Runs `command` and applies its events; returns them, or the
+    /// rejection.
+    fn run(state: &mut MachineState, command: Command) -> Result<Vec<Event>, Rejection> {
+        let events = decide(state, &command, &ctx())?;
+        for envelope in envelopes(&MachineId::numbered(1), state, events.clone(), 1_000) {
+            state.apply(&envelope).expect("decided events apply");
+        }
+        state.check_consistency().expect("consistent");
+        Ok(events)
+    }
+
+    fn operator(state: &mut MachineState, commands: Vec<Command>) {
+        run(
+            state,
+            Command::AdminLogin {
+                password: PASSWORD.into(),
+            },
+        )
+        .unwrap();
+        for command in commands {
+            run(state, command).unwrap();
+        }
+        run(state, Command::AdminLogout).unwrap();
+    }
+
+    /// A new machine: installed, nothing stocked, empty tubes.
+    fn installed() -> MachineState {
+        let mut state = MachineState::default();
+        run(
+            &mut state,
+            Command::Install {
+                slots: default_catalog(),
+                tube_capacity: DEFAULT_TUBE_CAPACITY,
+                stacker_capacity_bills: 300,
+                admin_password: PASSWORD.into(),
+            },
+        )
+        .unwrap();
+        state
+    }
+
+    /// Stocked, but with empty tubes: "exact change only" is lit.
+    fn stocked_without_change() -> MachineState {
+        let mut state = installed();
+        operator(&mut state, vec![Command::RefillAll]);
+        assert!(state.exact_change_only());
+        state
+    }
+
+    fn insert(state: &mut MachineState, value: Won) -> Vec<Event> {
+        let kind = if value >= 1_000 {
+            MoneyKind::Bill
+        } else {
+            MoneyKind::Coin
+        };
+        run(state, Command::Insert { kind, value }).unwrap()
+    }
+
+    fn rejection(events: &[Event]) -> Option<InsertRejection> {
+        events.iter().find_map(|e| match e {
+            Event::MoneyRejected { reason, .. } => Some(*reason),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_machine_with_nothing_stocked_is_out_of_service_and_refuses_money() {
+        let mut state = installed();
+        assert!(state.out_of_service());
+        let events = insert(&mut state, 500);
+        assert_eq!(rejection(&events), Some(InsertRejection::OutOfService));
+        assert_eq!(state.escrow.balance, 0);
+        operator(&mut state, vec![Command::RefillAll, Command::LoadAllTubes]);
+        assert!(!state.out_of_service());
+        assert_eq!(
+            state.tubes, DEFAULT_TUBE_CAPACITY,
+            "load all tubes fills them"
+        );
+        assert!(!state.exact_change_only());
+        let again = decide(&state, &Command::LoadAllTubes, &ctx());
+        assert_eq!(again, Err(Rejection::AdminRequired));
+    }
+
+    #[test]
+    fn return_before_buying_gives_the_bill_back_itself() {
+        let mut state = stocked_without_change();
+        let events = insert(&mut state, 1_000);
+        assert_eq!(
+            events,
+            [Event::MoneyInserted {
+                denomination: Denomination::Bill1000,
+                destination: Destination::Escrow,
+            }]
+        );
+        let returned = run(&mut state, Command::ReturnChange).unwrap();
+        assert_eq!(
+            returned,
+            [Event::BillReturned {
+                denomination: Denomination::Bill1000
+            }],
+            "no coins and no ticket: the bill itself comes back"
+        );
+        assert!(state.owed.is_empty());
+        assert!(!state.escrow.active);
+        assert_eq!(state.stacker_bills, 0);
+    }
+
+    #[test]
+    fn exact_change_only_refuses_what_it_could_not_change() {
+        let mut state = stocked_without_change();
+        insert(&mut state, 1_000);
+        // A second bill would stack the first, which would then have to be
+        // paid back in coins the tubes do not have.
+        let second = insert(&mut state, 1_000);
+        assert_eq!(rejection(&second), Some(InsertRejection::NoChange));
+        assert_eq!(state.escrow.balance, 1_000);
+        // A 550-won drink would leave 450 won of change the tubes lack.
+        let refused = run(&mut state, Command::Purchase { slot: SlotId(3) });
+        assert_eq!(refused, Err(Rejection::CannotMakeChange { amount: 450 }));
+        assert_eq!(
+            refused.unwrap_err().to_string(),
+            "cannot give 450 won change: insert the exact amount or press Return"
+        );
+        assert!(!state.can_buy(SlotId(3)));
+        assert!(state.owed.is_empty());
+    }
+
+    #[test]
+    fn the_exact_amount_sells_even_while_exact_change_only_is_lit() {
+        let mut state = stocked_without_change();
+        for coin in [500, 50] {
+            insert(&mut state, coin);
+        }
+        assert!(state.can_buy(SlotId(3)));
+        let bought = run(&mut state, Command::Purchase { slot: SlotId(3) }).unwrap();
+        assert!(matches!(
+            bought[..],
+            [Event::ProductPurchased { price: 550, .. }]
+        ));
+        assert_eq!(state.escrow.balance, 0);
+        // A bill and coins: the coins cover the water, the bill stays held
+        // and goes back at Return.
+        insert(&mut state, 1_000);
+        for coin in [100, 100, 100, 100, 50] {
+            insert(&mut state, coin);
+        }
+        let water = run(&mut state, Command::Purchase { slot: SlotId(1) }).unwrap();
+        assert!(matches!(
+            water[..],
+            [Event::ProductPurchased { price: 450, .. }]
+        ));
+        assert_eq!(state.escrow.held_bill, Some(Denomination::Bill1000));
+        let back = run(&mut state, Command::ReturnChange).unwrap();
+        assert!(matches!(back[..], [Event::BillReturned { .. }]));
+        assert!(state.owed.is_empty());
+    }
+
+    #[test]
+    fn a_bill_is_stacked_when_another_comes_or_a_purchase_needs_it() {
+        let mut state = stocked_without_change();
+        operator(&mut state, vec![Command::LoadAllTubes]);
+        insert(&mut state, 1_000);
+        let second = insert(&mut state, 1_000);
+        assert!(matches!(
+            second[..],
+            [Event::BillStacked { .. }, Event::MoneyInserted { .. }]
+        ));
+        assert_eq!(state.stacker_bills, 1);
+        // The first bill is coins' worth now: it covers the water, and the
+        // held bill stays where it is.
+        let water = run(&mut state, Command::Purchase { slot: SlotId(1) }).unwrap();
+        assert!(matches!(water[..], [Event::ProductPurchased { .. }]));
+        assert_eq!(state.escrow.held_bill, Some(Denomination::Bill1000));
+        // 550 won of coins' worth left: the 800-won drink needs the bill.
+        let special = run(&mut state, Command::Purchase { slot: SlotId(6) }).unwrap();
+        assert!(matches!(
+            special[..],
+            [Event::BillStacked { .. }, Event::ProductPurchased { .. }]
+        ));
+        assert_eq!((state.stacker_bills, state.escrow.held_bill), (2, None));
+        let change = run(&mut state, Command::ReturnChange).unwrap();
+        assert!(matches!(
+            change[..],
+            [Event::ChangeReturned { paid: 750, .. }]
+        ));
+        assert!(state.owed.is_empty());
+    }
+
+    #[test]
+    fn a_cancel_the_tubes_could_not_pay_back_is_refused() {
+        let mut state = stocked_without_change();
+        operator(
+            &mut state,
+            vec![Command::LoadTube {
+                denomination: Denomination::Coin100,
+                count: 5,
+            }],
+        );
+        insert(&mut state, 1_000);
+        // 1,000 won for a 750-won soda leaves 250: no 50-won coins.
+        assert_eq!(
+            run(&mut state, Command::Purchase { slot: SlotId(5) }),
+            Err(Rejection::CannotMakeChange { amount: 250 })
+        );
+        // A 700-won coffee leaves 300: three 100s. The bill is stacked.
+        let bought = run(&mut state, Command::Purchase { slot: SlotId(4) }).unwrap();
+        assert!(matches!(bought[0], Event::BillStacked { .. }));
+        // Cancelling would give 1,000 won back in coins; the tubes hold 500.
+        let refused = run(&mut state, Command::CancelLastPurchase);
+        assert_eq!(refused, Err(Rejection::CannotRefund { amount: 1_000 }));
+        let rest = run(&mut state, Command::ReturnChange).unwrap();
+        assert!(matches!(
+            rest[..],
+            [Event::ChangeReturned { paid: 300, .. }]
+        ));
+        assert!(state.owed.is_empty());
+    }
+
+    #[test]
+    fn a_jammed_tube_is_the_only_way_to_owe_change() {
+        let mut state = stocked_without_change();
+        operator(&mut state, vec![Command::LoadAllTubes]);
+        for coin in [500, 500] {
+            insert(&mut state, coin);
+        }
+        run(&mut state, Command::Purchase { slot: SlotId(1) }).unwrap();
+        let events = run(
+            &mut state,
+            Command::ReturnChangeJammed {
+                jammed: Denomination::Coin500,
+            },
+        )
+        .unwrap();
+        // 550 won of change is 500 + 50: the 500 jammed.
+        assert_eq!(
+            events,
+            [
+                Event::ChangeReturned {
+                    coins: CoinCounts([0, 1, 0, 0]),
+                    paid: 50
+                },
+                Event::ChangeOwed {
+                    ticket: 1,
+                    amount: 500
+                },
+            ]
+        );
+        assert_eq!(state.owed_total(), 500);
+        assert_eq!(
+            decide(
+                &state,
+                &Command::ReturnChangeJammed {
+                    jammed: Denomination::Bill1000
+                },
+                &ctx()
+            ),
+            Err(Rejection::NothingToReturn)
+        );
+    }
 }

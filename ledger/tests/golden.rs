@@ -142,6 +142,7 @@ fn events() -> Vec<Event> {
                 name: "Premium Coffee".into(),
                 price: 700,
                 category: CategoryPath(vec!["Drinks".into(), "Coffee".into()]),
+                code: String::new(),
             },
             capacity: 10,
         }),
@@ -158,8 +159,34 @@ fn events() -> Vec<Event> {
             command_id: 9,
             reason: "there is no slot 9".into(),
         },
+        // Format 2.
+        Event::MoneyInserted {
+            denomination: Denomination::Bill1000,
+            destination: Destination::Escrow,
+        },
+        Event::BillStacked {
+            denomination: Denomination::Bill1000,
+        },
+        Event::BillReturned {
+            denomination: Denomination::Bill1000,
+        },
+        rejected(MoneyKind::Coin, 500, InsertRejection::OutOfService),
+        rejected(MoneyKind::Bill, 1_000, InsertRejection::NoChange),
+        Event::SlotConfigured(SlotConfig {
+            slot: SlotId(2),
+            product: Product {
+                name: "커피".into(),
+                price: 500,
+                category: CategoryPath(vec!["음료".into(), "커피".into()]),
+                code: "COFFEE".into(),
+            },
+            capacity: 10,
+        }),
     ]
 }
+
+/// How many of [`events`] are written in format 1; the rest need format 2.
+const FORMAT_1_EVENTS: usize = 27;
 
 /// The position of a variant in `Event`. Exhaustive on purpose: a new
 /// variant does not compile here until it has a golden vector.
@@ -185,9 +212,11 @@ fn variant_index(event: &Event) -> usize {
         Event::AdminLoggedOut => 17,
         Event::AdminPasswordChanged { .. } => 18,
         Event::RemoteCommandRejected { .. } => 19,
+        Event::BillStacked { .. } => 20,
+        Event::BillReturned { .. } => 21,
     }
 }
-const EVENT_VARIANTS: usize = 20;
+const EVENT_VARIANTS: usize = 22;
 
 fn envelope(index: usize, event: Event) -> EventEnvelope {
     EventEnvelope {
@@ -199,7 +228,7 @@ fn envelope(index: usize, event: Event) -> EventEnvelope {
 }
 
 /// `EventEnvelope::encode` of each of [`events`], in order.
-const ENVELOPES_HEX: [&str; 27] = [
+const ENVELOPES_HEX: [&str; 33] = [
     "0194a6564d2d30303101cf0000019b76daa80081a9496e7374616c6c6564939464646432cd012cd932246172676f6e32696424763d3139246d3d382c743d312c703d31246332467364484e68624851246147467a61476868633267",
     "0194a6564d2d30303102cf0000019b76daabe881ad4d6f6e6579496e73657274656492a6436f696e3130a454756265",
     "0194a6564d2d30303103cf0000019b76daafd081ad4d6f6e6579496e73657274656492a6436f696e3530a743617368426f78",
@@ -227,6 +256,12 @@ const ENVELOPES_HEX: [&str; 27] = [
     "0194a6564d2d30303119cf0000019b76db05c0ae41646d696e4c6f676765644f7574",
     "0194a6564d2d3030311acf0000019b76db09a881b441646d696e50617373776f72644368616e67656491d932246172676f6e32696424763d3139246d3d382c743d312c703d31246332467364484e68624851246147467a61476868633267",
     "0194a6564d2d3030311bcf0000019b76db0d9081b552656d6f7465436f6d6d616e6452656a65637465649209b27468657265206973206e6f20736c6f742039",
+    "0294a6564d2d3030311ccf0000019b76db117881ad4d6f6e6579496e73657274656492a842696c6c31303030a6457363726f77",
+    "0294a6564d2d3030311dcf0000019b76db156081ab42696c6c537461636b656491a842696c6c31303030",
+    "0294a6564d2d3030311ecf0000019b76db194881ac42696c6c52657475726e656491a842696c6c31303030",
+    "0294a6564d2d3030311fcf0000019b76db1d3081ad4d6f6e657952656a656374656493a4436f696ecd01f4ac4f75744f6653657276696365",
+    "0294a6564d2d30303120cf0000019b76db211881ad4d6f6e657952656a656374656493a442696c6ccd03e8a84e6f4368616e6765",
+    "0294a6564d2d30303121cf0000019b76db250081ae536c6f74436f6e66696775726564930294a6ecbba4ed94bccd01f492a6ec9d8ceba38ca6ecbba4ed94bca6434f464645450a",
 ];
 
 #[test]
@@ -243,7 +278,38 @@ fn every_event_variant_encodes_to_its_golden_bytes() {
         let what = format!("encoded event {index} ({})", envelope.event.kind());
         assert_hex(&what, &envelope.encode(), golden);
         assert_eq!(EventEnvelope::decode(&from_hex(golden)).unwrap(), envelope);
+        let version = if index < FORMAT_1_EVENTS { 1 } else { 2 };
+        assert_eq!(
+            from_hex(golden)[0],
+            version,
+            "{what} is written in format {version}"
+        );
     }
+}
+
+/// A format 1 reader would misread what format 2 added, so an event that
+/// uses it must carry the version byte 2: one claiming 1 is refused, and
+/// so is a version this build does not know.
+#[test]
+fn an_event_must_not_use_more_than_its_version_byte_promises() {
+    let mut bytes = from_hex(ENVELOPES_HEX[FORMAT_1_EVENTS]);
+    assert_eq!(bytes[0], 2);
+    bytes[0] = 1;
+    let error = EventEnvelope::decode(&bytes).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "a version 1 event uses what only version 2 has"
+    );
+    bytes[0] = 3;
+    assert_eq!(
+        EventEnvelope::decode(&bytes).unwrap_err().to_string(),
+        "unknown format version 3"
+    );
+    // A format 1 event under the newer byte still reads: version 2 is a
+    // superset.
+    let mut old = from_hex(ENVELOPES_HEX[1]);
+    old[0] = 2;
+    assert!(EventEnvelope::decode(&old).is_ok());
 }
 
 /// The machine chain: `blake3_keyed(derive_key(context, machine key),

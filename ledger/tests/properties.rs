@@ -25,6 +25,10 @@ fn install() -> Command {
     }
 }
 
+fn denomination_any() -> impl Strategy<Value = Denomination> {
+    prop::sample::select(Denomination::ALL.to_vec())
+}
+
 fn slot() -> impl Strategy<Value = SlotId> {
     (0u16..=7).prop_map(SlotId)
 }
@@ -53,6 +57,8 @@ fn command() -> impl Strategy<Value = Command> {
         3 => slot().prop_map(|slot| Command::Purchase { slot }),
         1 => Just(Command::CancelLastPurchase),
         2 => Just(Command::ReturnChange),
+        1 => denomination_any().prop_map(|jammed| Command::ReturnChangeJammed { jammed }),
+        1 => Just(Command::LoadAllTubes),
         3 => prop_oneof![1 => Just(PASSWORD.to_owned()), 3 => Just("wrong-pass-9?".to_owned())].prop_map(|password| Command::AdminLogin { password }),
         1 => Just(Command::AdminLogout),
         1 => (slot(), proptest::option::of(0u32..12)).prop_map(|(slot, count)| Command::Refill { slot, count }),
@@ -61,9 +67,9 @@ fn command() -> impl Strategy<Value = Command> {
         1 => (-100i64..20_000).prop_map(|counted| Command::CollectCash { counted }),
         1 => (slot(), -100i64..2_000).prop_map(|(slot, price)| Command::SetPrice { slot, price }),
         1 => (slot(), "[A-Za-z ]{0,12}").prop_map(|(slot, name)| Command::Rename { slot, name }),
-        1 => (slot(), 1u32..15, "[A-Za-z]{1,8}").prop_map(|(slot, capacity, name)| Command::ConfigureSlot(SlotConfig {
+        1 => (slot(), 1u32..15, "[A-Za-z]{1,8}", "[A-Z]{0,3}").prop_map(|(slot, capacity, name, code)| Command::ConfigureSlot(SlotConfig {
             slot,
-            product: Product { name, price: 600, category: CategoryPath::parse("Snacks > Test") },
+            product: Product { name, price: 600, category: CategoryPath::parse("Snacks > Test"), code },
             capacity,
         })),
         1 => (0u64..4).prop_map(|ticket| Command::SettleChangeOwed { ticket }),
@@ -223,6 +229,8 @@ fn random_sequences_reach_every_kind_of_event() {
         "product_purchased",
         "purchase_cancelled",
         "change_returned",
+        "bill_stacked",
+        "bill_returned",
         "change_owed",
         "change_owed_settled",
         "slot_refilled",

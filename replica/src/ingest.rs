@@ -119,8 +119,14 @@ pub enum IngestAction {
         session: SessionId,
         payload: Vec<u8>,
     },
-    /// Close the session (after sending what was queued).
-    Close { session: SessionId, reason: String },
+    /// Close the session (after sending what was queued). `handshake`:
+    /// the machine never proved its key (unknown machine, other link
+    /// version, wrong key), which its operator needs to hear about.
+    Close {
+        session: SessionId,
+        reason: String,
+        handshake: bool,
+    },
     /// A machine without a key knocked: the key directory may need a
     /// reload (a machine provisioned after the replica started).
     UnknownMachine(MachineId),
@@ -280,6 +286,16 @@ impl Ingest {
         index: &dyn MachineIndex,
     ) -> Vec<IngestAction> {
         let mut out = Vec::new();
+        let handshake = matches!(
+            self.sessions.get(&session),
+            Some(
+                SessionState::AwaitingHello
+                    | SessionState::Open {
+                        authenticated: false,
+                        ..
+                    }
+            )
+        );
         let result = match self.sessions.get(&session) {
             Some(SessionState::AwaitingHello) => self.on_hello(
                 &mut out,
@@ -298,6 +314,9 @@ impl Ingest {
         if let Err(error) = result {
             self.counters.frames_rejected += 1;
             self.close(&mut out, session, error.to_string());
+            if let Some(IngestAction::Close { handshake: h, .. }) = out.last_mut() {
+                *h = handshake;
+            }
         }
         out
     }
@@ -306,7 +325,11 @@ impl Ingest {
         self.sessions.insert(session, SessionState::Closing);
         self.pending.retain(|(s, _)| *s != session);
         self.pending_events = self.pending.iter().map(|(_, e)| e.len()).sum();
-        out.push(IngestAction::Close { session, reason });
+        out.push(IngestAction::Close {
+            session,
+            reason,
+            handshake: false,
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -924,5 +947,62 @@ mod tests {
                 .remote(&MachineId::numbered(2), &command(4))
                 .is_none()
         );
+    }
+
+    /// What closed a session that never proved its key is flagged as a
+    /// failed handshake (the replica warns about those, rate-limited);
+    /// a later protocol error of an authenticated machine is not.
+    #[test]
+    fn a_failed_handshake_is_told_apart_from_a_later_error() {
+        let keys = OneKey(SecretKey::from_bytes([9; 32]));
+        let standing = standing(0);
+        let index = Interleaved(0);
+        let mut ingest = Ingest::new();
+        let handshake_of = |actions: &[IngestAction]| {
+            actions.iter().find_map(|a| match a {
+                IngestAction::Close { handshake, .. } => Some(*handshake),
+                _ => None,
+            })
+        };
+        let hello = |machine: MachineId, client_nonce| {
+            encode_plain(&Hello {
+                version: LINK_VERSION,
+                machine_id: machine,
+                client_nonce,
+            })
+        };
+        // A machine the replica has no key for.
+        assert!(ingest.accept(1));
+        let stranger = hello(MachineId::numbered(2), [1; NONCE_BYTES]);
+        let refused = ingest.on_frame(1, &stranger, [2; NONCE_BYTES], &keys, &standing, &index);
+        assert_eq!(handshake_of(&refused), Some(true), "{refused:?}");
+        // A known machine with the wrong key: its first sealed frame fails.
+        assert!(ingest.accept(2));
+        let known = hello(MachineId::numbered(1), [3; NONCE_BYTES]);
+        ingest.on_frame(2, &known, [4; NONCE_BYTES], &keys, &standing, &index);
+        let mut wrong = Channel::new(
+            &SecretKey::from_bytes([8; 32]),
+            &MachineId::numbered(1),
+            &[3; NONCE_BYTES],
+            &[4; NONCE_BYTES],
+            Side::Machine,
+        );
+        let ping = wrong.seal(&Upstream::Ping { local_tip: 0 });
+        let refused = ingest.on_frame(2, &ping, [4; NONCE_BYTES], &keys, &standing, &index);
+        assert_eq!(handshake_of(&refused), Some(true), "{refused:?}");
+        // The right key, then garbage: an error, not a handshake.
+        assert!(ingest.accept(3));
+        ingest.on_frame(3, &known, [5; NONCE_BYTES], &keys, &standing, &index);
+        let mut right = Channel::new(
+            &keys.0,
+            &MachineId::numbered(1),
+            &[3; NONCE_BYTES],
+            &[5; NONCE_BYTES],
+            Side::Machine,
+        );
+        let ping = right.seal(&Upstream::Ping { local_tip: 0 });
+        ingest.on_frame(3, &ping, [5; NONCE_BYTES], &keys, &standing, &index);
+        let garbage = ingest.on_frame(3, b"garbage", [5; NONCE_BYTES], &keys, &standing, &index);
+        assert_eq!(handshake_of(&garbage), Some(false), "{garbage:?}");
     }
 }

@@ -58,6 +58,10 @@ pub const STORAGE_ERROR_LOG_EVERY_MS: u64 = 5_000;
 /// Datagrams that fail authentication are warned about at most this often
 /// (with a count): a peer with another cluster key sends many a second.
 pub const AUTHENTICATION_FAILURE_LOG_EVERY_MS: u64 = 5_000;
+/// Machines whose handshake fails (unknown machine, other link version,
+/// wrong key) are warned about at most this often (with a count): a
+/// misconfigured machine retries every few seconds, forever.
+pub const HANDSHAKE_REFUSAL_LOG_EVERY_MS: u64 = 60_000;
 /// A replica that meets a machine it has no key for asks its shell to
 /// reload the key directory at most this often.
 pub const KEY_RELOAD_INTERVAL_MS: u64 = 1_000;
@@ -364,10 +368,43 @@ pub struct Round<B: Backend, K: FleetKeys> {
     storage_failures_unlogged: u64,
     authentication_failure_logged_at_ms: Option<u64>,
     authentication_failures_unlogged: u64,
+    handshake_refusals: Throttle,
     /// A write of this round succeeded (so a successful sync proves the log
     /// can be written again).
     wrote_this_round: bool,
     counters: RoundCounters,
+}
+
+/// Something worth a log line that may happen many times a second: said
+/// at most once per interval, with how many times it happened since.
+#[derive(Clone, Copy, Debug)]
+struct Throttle {
+    every_ms: u64,
+    logged_at_ms: Option<u64>,
+    unlogged: u64,
+}
+
+impl Throttle {
+    fn new(every_ms: u64) -> Throttle {
+        Throttle {
+            every_ms,
+            logged_at_ms: None,
+            unlogged: 0,
+        }
+    }
+
+    /// It happened at `now_ms`: `Some(count)` when it is time to say so.
+    fn note(&mut self, now_ms: u64) -> Option<u64> {
+        self.unlogged += 1;
+        let due = self
+            .logged_at_ms
+            .is_none_or(|at| now_ms >= at + self.every_ms);
+        if !due {
+            return None;
+        }
+        self.logged_at_ms = Some(now_ms);
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 impl<B: Backend, K: FleetKeys> Round<B, K> {
@@ -442,6 +479,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             storage_failures_unlogged: 0,
             authentication_failure_logged_at_ms: None,
             authentication_failures_unlogged: 0,
+            handshake_refusals: Throttle::new(HANDSHAKE_REFUSAL_LOG_EVERY_MS),
             wrote_this_round: false,
             counters: RoundCounters::default(),
         })
@@ -916,8 +954,21 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
                 IngestAction::Send { session, payload } => {
                     self.outbox.push(Some(Outgoing::Frame { session, payload }))
                 }
-                IngestAction::Close { session, reason } => {
-                    tracing::debug!(session, reason = %reason, "closing a machine session");
+                IngestAction::Close {
+                    session,
+                    reason,
+                    handshake,
+                } => {
+                    if !handshake {
+                        tracing::debug!(session, reason = %reason, "closing a machine session");
+                    } else if let Some(count) = self.handshake_refusals.note(self.now_ms) {
+                        tracing::warn!(
+                            replica = %self.config.name,
+                            count,
+                            "refused a machine's handshake: {reason} (the machine retries with \
+                             backoff; check its id, key and version)"
+                        );
+                    }
                     self.outbox.push(Some(Outgoing::Close { session }));
                 }
                 IngestAction::UnknownMachine(machine) => self.request_keys(&machine),
@@ -1287,4 +1338,24 @@ fn short_of_promise<B: Backend>(name: &str, store: &LogStore<B>, promise: &Promi
         promise.tip_gseq
     );
     Some(promise.tip_gseq)
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::Throttle;
+
+    #[test]
+    fn a_throttle_speaks_once_per_interval_with_the_count() {
+        let mut throttle = Throttle::new(60_000);
+        assert_eq!(throttle.note(1_000), Some(1), "the first one is said");
+        for second in 2..60 {
+            assert_eq!(throttle.note(second * 1_000), None);
+        }
+        assert_eq!(
+            throttle.note(61_000),
+            Some(59),
+            "then once a minute, counted"
+        );
+        assert_eq!(throttle.note(61_500), None);
+    }
 }

@@ -233,6 +233,57 @@ fn a_machine_never_makes_its_own_key() {
 }
 
 #[test]
+fn a_machine_that_cannot_start_leaves_nothing_behind_and_names_who_runs_it() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let keys = dir.join("keys");
+    run_vendctl(&[
+        "keys",
+        "machine",
+        "--dir",
+        keys.to_str().unwrap(),
+        "--id",
+        "VM-001",
+    ]);
+    let data = dir.join("vm");
+    let config = |password: Option<&str>| {
+        let mut config = MachineConfig::new(MachineId::numbered(1), data.clone(), keys.clone());
+        config.initial_admin_password = password.map(str::to_owned);
+        config
+    };
+    let open =
+        |config: &MachineConfig| Machine::open(config, system_clock(), PasswordParams::Light);
+
+    // No data directory and no password: said as such, nothing created.
+    let error = open(&config(None)).err().unwrap().to_string();
+    assert!(
+        error.contains("the data directory") && error.contains("does not exist"),
+        "{error}"
+    );
+    assert!(!data.exists());
+
+    // A weak password names every rule it breaks and leaves no directory.
+    let error = open(&config(Some("short"))).err().unwrap().to_string();
+    assert!(
+        error.contains("at least 8 characters")
+            && error.contains("a digit")
+            && error.contains("a special character"),
+        "{error}"
+    );
+    assert!(!data.exists(), "{:?}", files_under(&data));
+
+    // A second instance on the same machine says who runs it.
+    let running = open(&config(Some("vend-admin-1!"))).expect("installs");
+    let error = open(&config(None)).err().unwrap().to_string();
+    assert_eq!(
+        error,
+        format!("VM-001 is already running (pid {})", std::process::id())
+    );
+    drop(running);
+    open(&config(None)).expect("reopens once the first has stopped");
+}
+
+#[test]
 fn a_replica_with_another_cluster_key_says_so() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();

@@ -56,6 +56,9 @@ fn events_sold_offline_arrive_exactly_once_when_the_replicas_start() {
         })
         .unwrap();
     machine.execute(Command::RefillAll).unwrap();
+    // Change for the 1,000-won bills: a purchase whose change the tubes
+    // cannot pay is refused.
+    machine.execute(Command::LoadAllTubes).unwrap();
     machine.execute(Command::AdminLogout).unwrap();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -2,7 +2,7 @@
 //! rate, on this machine.
 
 use crate::say;
-use crate::util::rate;
+use crate::util::{grouped, per_second, rate};
 use anyhow::{Result, bail};
 use ledger::MachineId;
 use ledger::Until;
@@ -244,23 +244,23 @@ fn print_table(f: &Figures) {
     say!("|---:|---:|---:|---:|---:|");
     for a in &f.append {
         say!(
-            "| {} | {} | {:.2} | {:.0} | {:.0} |",
+            "| {} | {} | {:.2} | {} | {} |",
             a.batch,
-            a.events,
+            grouped(a.events as u64),
             a.seconds,
-            a.events_per_second,
-            a.syncs_per_second
+            per_second(a.events_per_second),
+            per_second(a.syncs_per_second)
         );
     }
     say!();
     say!(
-        "replay (decrypt, decode, apply, from gseq 1): {:.0} events/s ({:.2}s)",
-        f.replay_events_per_second,
+        "replay (decrypt, decode, apply, from gseq 1): {} events/s ({:.2}s)",
+        per_second(f.replay_events_per_second),
         f.replay_seconds
     );
     say!(
-        "verify (replay + both hash chains + metadata): {:.0} events/s",
-        f.verify_events_per_second
+        "verify (replay + both hash chains + metadata): {} events/s",
+        per_second(f.verify_events_per_second)
     );
     say!("reopen with checkpoint: {:.3}s", f.reopen_seconds);
 }

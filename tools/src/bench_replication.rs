@@ -18,6 +18,7 @@
 
 use crate::cluster::{ClusterArgs, ClusterFile, fetch_status, init, replica_binary, spawn_replica};
 use crate::say;
+use crate::util::per_second;
 use anyhow::{Context, Result, bail};
 use ledger::MachineId;
 use ledger::crypto::{LINK_KEY_CONTEXT, SecretKey};
@@ -171,7 +172,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let cluster = ClusterArgs {
             dir: dir.clone(),
             transport: args.transport,
-            base_port: args.base_port,
+            base_port: Some(args.base_port),
             drop_received_percent: loss,
         };
         let timeout = Duration::from_secs(args.timeout_s);
@@ -222,13 +223,13 @@ fn print_figures(figures: &Figures) {
     );
     for run in &figures.runs {
         say!(
-            "{:<22} {:>7} events in {:>6.2}s: {:>8.0} committed events/s; ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+            "{:<22} {:>7} events in {:>6.2}s: {:>10} committed events/s; ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
              follower lag mean {:.0}, max {}; followers complete {:.0} ms after the last ack; \
              NAKs {}, retransmitted {}, injected drops {}, resent {}{}",
             run.name,
             run.events,
             run.seconds,
-            run.committed_events_per_second,
+            per_second(run.committed_events_per_second),
             run.ack_latency_ms_p50,
             run.ack_latency_ms_p99,
             run.ack_latency_ms_max,

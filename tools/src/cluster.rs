@@ -2,6 +2,7 @@
 //! cluster as child processes, and what each replica says about itself.
 
 use crate::say;
+use crate::util::grouped;
 use anyhow::{Context, Result, bail};
 use dashboard::ReplicaStatus;
 use ledger::keys::create_cluster_keys;
@@ -13,8 +14,14 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 pub const CLUSTER_FILE: &str = "cluster.json";
-/// `cluster up` restarts a replica that exits after this pause.
+/// `cluster up` restarts a replica that exits after this pause, doubled
+/// for each quick exit in a row up to `RESTART_DELAY_MAX`.
 const RESTART_DELAY: Duration = Duration::from_secs(3);
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(30);
+/// A replica that ran this long before exiting was not failing to start.
+const STABLE_RUN: Duration = Duration::from_secs(30);
+/// Quick exits in a row after which `cluster up` gives up.
+const QUICK_EXITS_MAX: u32 = 3;
 
 #[derive(clap::Args, Clone)]
 pub struct ClusterArgs {
@@ -24,9 +31,10 @@ pub struct ClusterArgs {
     /// Replication transport: udp, or raw (IPv4+UDP built by hand, needs CAP_NET_RAW).
     #[arg(long, default_value = "udp")]
     pub transport: TransportKind,
-    /// Ports: machines on P+1..3, replication on P+11..13, status on P+21..23.
-    #[arg(long, default_value_t = 7100)]
-    pub base_port: u16,
+    /// Ports: machines on P+1..3, replication on P+11..13, status on P+21..23
+    /// [default: the cluster's own ports if it exists, else 7100].
+    #[arg(long)]
+    pub base_port: Option<u16>,
     /// Loss drills: each replica drops this percentage (0-50) of the
     /// replication datagrams it receives, as a lossy network would.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=50))]
@@ -172,17 +180,36 @@ fn kill(args: &KillArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes configs and keys; keeps an existing cluster id and keys.
-pub fn init(args: &ClusterArgs) -> Result<ClusterFile> {
-    if args.base_port > u16::MAX - 30 {
-        bail!("--base-port leaves no room for the cluster's ports");
+/// The ports when none is given.
+pub const DEFAULT_BASE_PORT: u16 = 7100;
+
+impl ClusterFile {
+    /// The base port the cluster was set up with (replica-1 takes
+    /// machines on base+1).
+    pub fn base_port(&self) -> Option<u16> {
+        let first = self.replicas.first()?;
+        let address: std::net::SocketAddr = first.machine_addr.parse().ok()?;
+        address.port().checked_sub(1)
     }
+}
+
+/// Writes configs and keys; keeps an existing cluster id, keys and ports
+/// (unless --base-port moves them).
+pub fn init(args: &ClusterArgs) -> Result<ClusterFile> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)?;
-    let cluster_id = match ClusterFile::load(&dir) {
-        Ok(existing) => existing.cluster_id,
-        Err(_) => rand::random::<u32>() | 1,
+    let existing = ClusterFile::load(&dir).ok();
+    let base_port = args
+        .base_port
+        .or_else(|| existing.as_ref().and_then(ClusterFile::base_port))
+        .unwrap_or(DEFAULT_BASE_PORT);
+    if base_port > u16::MAX - 30 {
+        bail!("--base-port leaves no room for the cluster's ports");
+    }
+    let cluster_id = match existing {
+        Some(existing) => existing.cluster_id,
+        None => rand::random::<u32>() | 1,
     };
     let keys_dir = dir.join("keys");
     // The same code as `vendctl keys init`: a new cluster gets its keys,
@@ -191,7 +218,7 @@ pub fn init(args: &ClusterArgs) -> Result<ClusterFile> {
         eprintln!("created {}", path.display());
     }
     let plan = LocalClusterPlan {
-        base_port: args.base_port,
+        base_port,
         host: std::net::Ipv4Addr::LOCALHOST,
     };
     let mut replicas = Vec::new();
@@ -280,6 +307,7 @@ fn up(args: &ClusterArgs) -> Result<ExitCode> {
     let mut file = init(args)?;
     let binary = replica_binary()?;
     let dir = std::fs::canonicalize(&args.dir)?;
+    check_ports_free(&file)?;
     let mut children = Vec::new();
     for replica in &mut file.replicas {
         let log = dir.join(format!("{}.log", replica.id));
@@ -289,7 +317,7 @@ fn up(args: &ClusterArgs) -> Result<ExitCode> {
     }
     file.save(&dir)?;
     print_started(&file, &dir);
-    supervise_until_stopped(&mut children, &mut file, &binary, &dir)?;
+    let outcome = supervise_until_stopped(&mut children, &mut file, &binary, &dir);
     say!("stopping the replicas...");
     stop_replicas(&mut children);
     for replica in &mut file.replicas {
@@ -297,7 +325,55 @@ fn up(args: &ClusterArgs) -> Result<ExitCode> {
     }
     file.save(&dir)?;
     say!("stopped");
+    outcome?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every port of the cluster is free, or `up` stops before starting
+/// anything, naming the port and the flag that moves the cluster (a
+/// replica that cannot bind would otherwise exit and be restarted forever).
+fn check_ports_free(file: &ClusterFile) -> Result<()> {
+    for replica in &file.replicas {
+        let tcp = [
+            (&replica.machine_addr, "machine link"),
+            (&replica.dashboard, "status API"),
+        ];
+        for (address, what) in tcp {
+            if let Err(error) = std::net::TcpListener::bind(address.as_str()) {
+                bail!(port_in_use(file, &replica.id, what, address, &error));
+            }
+        }
+        if file.transport == TransportKind::Udp
+            && let Err(error) = std::net::UdpSocket::bind(replica.replication_addr.as_str())
+        {
+            bail!(port_in_use(
+                file,
+                &replica.id,
+                "replication",
+                &replica.replication_addr,
+                &error
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn port_in_use(
+    file: &ClusterFile,
+    id: &str,
+    what: &str,
+    address: &str,
+    error: &std::io::Error,
+) -> String {
+    let base = file.base_port().unwrap_or(DEFAULT_BASE_PORT);
+    let other = base
+        .checked_add(100)
+        .filter(|p| *p <= u16::MAX - 30)
+        .unwrap_or(7_200);
+    format!(
+        "cannot use {address} ({id}'s {what}): {error}. Stop what holds it (is this cluster \
+         already up?), or move the cluster's ports with --base-port, e.g. --base-port {other}"
+    )
 }
 
 fn print_started(file: &ClusterFile, dir: &Path) {
@@ -317,14 +393,67 @@ fn print_started(file: &ClusterFile, dir: &Path) {
         );
     }
     say!(
-        "A replica that exits is restarted after {} s. Ctrl-C stops them all.",
-        RESTART_DELAY.as_secs()
+        "A replica that exits is restarted after {} s (longer if it keeps exiting; after {} \
+         quick exits in a row cluster up gives up). Ctrl-C stops them all.",
+        RESTART_DELAY.as_secs(),
+        QUICK_EXITS_MAX
     );
+}
+
+/// A replica's restarts: when it started, how many times in a row it
+/// exited soon after, and when it is due to start again.
+#[derive(Clone, Copy)]
+pub struct Restarts {
+    started: Instant,
+    quick_exits: u32,
+    due: Option<Instant>,
+}
+
+impl Restarts {
+    pub fn new() -> Restarts {
+        Restarts {
+            started: Instant::now(),
+            quick_exits: 0,
+            due: None,
+        }
+    }
+
+    /// The replica exited now: the pause before its restart, or `None`
+    /// when it keeps exiting and `up` gives up.
+    fn exited(&mut self, now: Instant) -> Option<Duration> {
+        self.quick_exits = if now.duration_since(self.started) < STABLE_RUN {
+            self.quick_exits + 1
+        } else {
+            1
+        };
+        if self.quick_exits >= QUICK_EXITS_MAX {
+            return None;
+        }
+        let delay = RESTART_DELAY
+            .saturating_mul(1 << (self.quick_exits - 1).min(8))
+            .min(RESTART_DELAY_MAX);
+        self.due = Some(now + delay);
+        Some(delay)
+    }
+}
+
+/// The last line a replica wrote to its log (its error, when it could not
+/// start), bounded in length.
+fn last_log_line(log: &Path) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let tail = &text[text.len().saturating_sub(64 * 1024)..];
+    String::from_utf8_lossy(tail)
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .map(|line| line.chars().take(1_000).collect())
+        .unwrap_or_else(|| "(its log is empty)".to_owned())
 }
 
 /// Keeps the replicas running until Ctrl-C or SIGTERM. A replica that dies
 /// is restarted after a pause, like a service manager would: it rejoins as
-/// a follower and catches up.
+/// a follower and catches up. One that keeps dying ends `up` with its last
+/// error.
 fn supervise_until_stopped(
     children: &mut [Child],
     file: &mut ClusterFile,
@@ -334,20 +463,19 @@ fn supervise_until_stopped(
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut restart_at: Vec<Option<Instant>> = vec![None; children.len()];
+    let mut restarts = vec![Restarts::new(); children.len()];
     signals.block_on(async {
         let mut terminate_signal =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut poll = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => return Ok::<_, std::io::Error>(()),
+                _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = terminate_signal.recv() => return Ok(()),
-                _ = poll.tick() => supervise(children, file, &mut restart_at, binary, dir),
+                _ = poll.tick() => supervise(children, file, &mut restarts, binary, dir)?,
             }
         }
-    })?;
-    Ok(())
+    })
 }
 
 /// Asks every replica to stop cleanly, and kills those still running after
@@ -371,41 +499,53 @@ pub fn stop_replicas(children: &mut [Child]) {
     }
 }
 
-/// Restarts replicas that exited, after `RESTART_DELAY`.
+/// Restarts replicas that exited, after their pause; gives up on one that
+/// keeps exiting.
 pub fn supervise(
     children: &mut [Child],
     file: &mut ClusterFile,
-    restart_at: &mut [Option<Instant>],
+    restarts: &mut [Restarts],
     binary: &Path,
     dir: &Path,
-) {
+) -> Result<()> {
     let mut changed = false;
     for (index, child) in children.iter_mut().enumerate() {
         let replica = &mut file.replicas[index];
-        match restart_at[index] {
+        let restart = &mut restarts[index];
+        let log = dir.join(format!("{}.log", replica.id));
+        match restart.due {
             None => {
                 if let Ok(Some(status)) = child.try_wait() {
+                    let Some(delay) = restart.exited(Instant::now()) else {
+                        bail!(
+                            "{} exited {} times in a row soon after starting ({status}); its \
+                             last error, from {}:\n  {}",
+                            replica.id,
+                            restart.quick_exits,
+                            log.display(),
+                            last_log_line(&log)
+                        );
+                    };
                     say!(
                         "{} exited ({status}); restarting it in {} s",
                         replica.id,
-                        RESTART_DELAY.as_secs()
+                        delay.as_secs()
                     );
-                    restart_at[index] = Some(Instant::now() + RESTART_DELAY);
                 }
             }
             Some(at) if Instant::now() >= at => {
-                let log = dir.join(format!("{}.log", replica.id));
                 match spawn_replica(binary, &replica.config, &log) {
                     Ok(new_child) => {
                         say!("{} restarted (pid {})", replica.id, new_child.id());
                         replica.pid = Some(new_child.id());
                         *child = new_child;
-                        restart_at[index] = None;
+                        restart.due = None;
+                        restart.started = Instant::now();
                         changed = true;
                     }
                     Err(error) => {
                         say!("{} could not be restarted: {error:#}", replica.id);
-                        restart_at[index] = Some(Instant::now() + RESTART_DELAY);
+                        restart.due = Some(Instant::now() + RESTART_DELAY);
                     }
                 }
             }
@@ -415,6 +555,7 @@ pub fn supervise(
     if changed && let Err(error) = file.save(dir) {
         say!("could not update cluster.json: {error:#}");
     }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -478,16 +619,16 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
             match &line.error {
                 Some(error) => say!("{:<10} down      ({error})", s.id),
                 None => say!(
-                    "{:<10} {:<9} epoch {:<3} tip {:<8} commit {:<8} lag {:<6} naks {}/{} retransmitted {} machines {}",
+                    "{:<10} {:<9} epoch {:<3} tip {:<11} commit {:<11} lag {:<7} naks {}/{} retransmitted {} machines {}",
                     s.id,
                     s.role,
                     s.epoch,
-                    s.tip,
-                    s.commit,
-                    s.lag,
-                    s.naks_sent,
-                    s.naks_received,
-                    s.records_retransmitted,
+                    grouped(s.tip),
+                    grouped(s.commit),
+                    grouped(s.lag),
+                    grouped(s.naks_sent),
+                    grouped(s.naks_received),
+                    grouped(s.records_retransmitted),
                     s.machines_connected
                 ),
             }
@@ -501,5 +642,13 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     } else {
         say!("{}", serde_json::to_string_pretty(&lines)?);
     }
-    Ok(ExitCode::SUCCESS)
+    if lines.iter().any(|line| line.reachable) {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "vendctl: no replica answers: start the cluster with `vendctl cluster up --dir {}`",
+            args.cluster.display()
+        );
+        Ok(ExitCode::FAILURE)
+    }
 }

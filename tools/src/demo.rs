@@ -71,7 +71,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut file = cluster::init(&ClusterArgs {
         dir: dir.clone(),
         transport,
-        base_port: plan_base,
+        base_port: Some(plan_base),
         drop_received_percent: 0,
     })?;
     let dir = std::fs::canonicalize(&dir)?;
@@ -460,7 +460,7 @@ async fn supervise(
     board: &Board,
 ) -> Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut restart_at = vec![None; replicas.len()];
+    let mut restarts = vec![cluster::Restarts::new(); replicas.len()];
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     let mut report = tokio::time::interval(REPORT_EVERY);
     report.tick().await;
@@ -468,7 +468,7 @@ async fn supervise(
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = terminate.recv() => return Ok(()),
-            _ = poll.tick() => cluster::supervise(replicas, file, &mut restart_at, binary, dir),
+            _ = poll.tick() => cluster::supervise(replicas, file, &mut restarts, binary, dir)?,
             _ = report.tick() => {
                 let now = jiff::Zoned::now().strftime("%H:%M:%S").to_string();
                 say!("{now}  {}", board.line());

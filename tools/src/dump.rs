@@ -1,6 +1,6 @@
 //! `vendctl dump`: one JSON object per log entry.
 
-use crate::util::{DataArgs, hex32};
+use crate::util::{DataArgs, hex32, scan_error};
 use anyhow::{Result, bail};
 use ledger::store::record::{Content, LogEntry};
 use serde_json::json;
@@ -32,11 +32,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let limit = args.limit.unwrap_or(u64::MAX);
+    let mut read_up_to = args.from_gseq.saturating_sub(1);
     for item in store
         .entries_from(args.from_gseq)
         .take(usize::try_from(limit).unwrap_or(usize::MAX))
     {
-        let entry = item?;
+        let entry = item.map_err(|error| scan_error(&store, error, read_up_to))?;
+        read_up_to = entry.body.gseq;
         let line = entry_line(&entry)?;
         if writeln!(out, "{line}").is_err() {
             // The reader went away (e.g. `| head`): stop quietly.

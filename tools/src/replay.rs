@@ -2,7 +2,7 @@
 //! prints inventory, cash and sales.
 
 use crate::say;
-use crate::util::{Bound, DataArgs, parse_time, progress, rate};
+use crate::util::{Bound, DataArgs, grouped, parse_time, per_second, progress, rate, scan_error};
 use anyhow::Result;
 use ledger::money::{Denomination, format_won};
 use ledger::operator::{AlertKey, CommandOutcome, OperatorRole, Operators};
@@ -121,11 +121,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let store = args.data.open_store(&keyring)?;
     let bar = progress(store.head().gseq, "replay");
     let started = Instant::now();
+    let mut read_up_to = 0;
     let projection = ledger::ledger::rebuild(&store, until, &mut |gseq| {
+        read_up_to = gseq;
         if gseq % 4_096 == 0 {
             bar.set_position(gseq);
         }
-    })?;
+    })
+    .map_err(|error| scan_error(&store, error, read_up_to))?;
     let elapsed = started.elapsed();
     bar.finish_and_clear();
     let report = build_report(&projection, args.period, elapsed);
@@ -230,11 +233,11 @@ fn operators_report(operators: &Operators) -> OperatorsReport {
 
 fn print_report(report: &Report, period: Period) {
     say!(
-        "replayed {} entries (as of gseq {}) in {:.2}s: {:.0} events/s; {} projection issues",
-        report.entries_applied,
+        "replayed {} entries (as of gseq {}) in {:.2}s: {} events/s; {} projection issues",
+        grouped(report.entries_applied),
         report.as_of_gseq,
         report.seconds,
-        report.events_per_second,
+        per_second(report.events_per_second),
         report.projection_issues
     );
     print_totals(&report.totals);
@@ -298,12 +301,12 @@ fn print_totals(t: &FleetTotals) {
     say!(
         "fleet: {} machines, {} purchases, {} cancels, net sales {} won, cash in machines {} won, change owed {} won, {} items in stock",
         t.machines,
-        t.purchases,
-        t.cancels,
+        grouped(t.purchases),
+        grouped(t.cancels),
         format_won(t.sales_won),
         format_won(t.cash_in_machines_won),
         format_won(t.change_owed_won),
-        t.items_in_stock
+        grouped(t.items_in_stock)
     );
 }
 
@@ -314,7 +317,7 @@ fn print_machine(machine: &MachineReport) {
         machine.machine_id,
         machine.last_seq,
         format_won(machine.sales_won),
-        machine.purchases,
+        grouped(machine.purchases),
         if machine.exact_change_only {
             "  [EXACT CHANGE ONLY]"
         } else {

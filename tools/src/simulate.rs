@@ -3,7 +3,7 @@
 //! (`--cluster` is `fleet.rs`.)
 
 use crate::say;
-use crate::util::{DataArgs, hex32, progress, rate, report_created_keys};
+use crate::util::{DataArgs, grouped, hex32, per_second, progress, rate, report_created_keys};
 use anyhow::{Result, bail};
 use ledger::keys::{Keyring, create_machine_keys};
 use ledger::store::OpenOptions;
@@ -273,21 +273,21 @@ fn print_summary(summary: &Summary, data: &DataArgs, json: bool) -> Result<()> {
         return Ok(());
     }
     say!(
-        "wrote {} events from {} machines to {} in {:.2}s ({:.0} events/s, durable); head {}",
-        summary.events,
+        "wrote {} events from {} machines to {} in {:.2}s ({} events/s, durable); head {}",
+        grouped(summary.events),
         summary.machines,
         data.log_dir().display(),
         summary.seconds,
-        summary.events_per_second,
+        per_second(summary.events_per_second),
         summary.head_hash
     );
     say!(
         "{} purchases, {} cancels, {} rejected inserts, {} change-owed tickets, {} collections",
-        summary.stats.purchases,
-        summary.stats.cancels,
-        summary.stats.rejected_inserts,
-        summary.stats.change_owed,
-        summary.stats.collections
+        grouped(summary.stats.purchases),
+        grouped(summary.stats.cancels),
+        grouped(summary.stats.rejected_inserts),
+        grouped(summary.stats.change_owed),
+        grouped(summary.stats.collections)
     );
     Ok(())
 }

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ledger::keys::Keyring;
+use ledger::store::rocks::TableFile;
 use ledger::store::{LogStore, StoreError};
 use std::path::PathBuf;
 
@@ -65,9 +66,71 @@ impl DataArgs {
                 log_dir.display(),
                 self.keys_dir().join("store.key").display()
             )),
+            damage if damage.is_damage() => anyhow::anyhow!(
+                "the log at {} is damaged and does not open: {}. {DAMAGE_ADVICE}",
+                log_dir.display(),
+                damage.to_string().trim_end_matches('.')
+            ),
             other => anyhow::Error::new(other)
                 .context(format!("opening the log at {}", log_dir.display())),
         })
+    }
+}
+
+/// What to do about a damaged log, after saying what is damaged.
+pub const DAMAGE_ADVICE: &str = "Stop what uses this directory and keep its files as they are; \
+     the replicas of a cluster hold the same entries: `vendctl verify --data DIR` on each finds \
+     a healthy copy to restore this one from";
+
+/// RocksDB's words for a damaged table file ("Corruption: block checksum
+/// mismatch: … in …/000016.sst offset 15997555 …") in ours: the first
+/// entry that cannot be read, which entries the file holds, and what to
+/// do. `None` when the problem is not a damaged table file.
+pub fn explain_damage(problem: &str, verified_up_to: u64, tables: &[TableFile]) -> Option<String> {
+    let (_, rocks) = problem.split_once("Corruption: ")?;
+    let name = rocks
+        .split(|c: char| c.is_whitespace() || c == '/')
+        .find(|word| word.ends_with(".sst"))?;
+    let what = rocks.split(':').next().unwrap_or(rocks).trim();
+    let held = tables
+        .iter()
+        .find(|table| table.name == name)
+        .map(|table| match table.last_chunk_gseq {
+            // An end key past every gseq says nothing about the last entry.
+            u64::MAX => format!(
+                ", which holds the entries from gseq {} on,",
+                table.first_gseq
+            ),
+            last => format!(
+                ", which holds the entries from gseq {} to at least {last},",
+                table.first_gseq
+            ),
+        })
+        .unwrap_or_default();
+    let verified = match verified_up_to {
+        0 => "no entry could be verified".to_owned(),
+        n => format!("the entries up to gseq {n} can be read"),
+    };
+    Some(format!(
+        "entry gseq {}: cannot be read: the log's table file {name}{held} is damaged ({what}); \
+         {verified}. {DAMAGE_ADVICE}.",
+        verified_up_to + 1
+    ))
+}
+
+/// A storage error met while reading the log through, in the words of
+/// [`explain_damage`] when it is a damaged table file (`read_up_to`: the
+/// last entry read before it).
+pub fn scan_error(
+    store: &LogStore,
+    error: impl Into<anyhow::Error>,
+    read_up_to: u64,
+) -> anyhow::Error {
+    let error = error.into();
+    let tables = store.backend().log_table_files().unwrap_or_default();
+    match explain_damage(&format!("{error:#}"), read_up_to, &tables) {
+        Some(explained) => anyhow::anyhow!(explained),
+        None => error,
     }
 }
 
@@ -102,6 +165,26 @@ pub fn hex32(hash: &[u8; 32]) -> String {
 /// Events per second, guarding against a zero duration.
 pub fn rate(count: u64, elapsed: std::time::Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// A whole number with thousands separators: `178,877`.
+pub fn grouped(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// A rate as people read it: a whole number with separators (`178,877`,
+/// printed before `events/s`).
+pub fn per_second(rate: f64) -> String {
+    // `as` saturates: a NaN or negative rate reads 0, an absurd one the max.
+    grouped(rate.round() as u64)
 }
 
 /// Writes a line to stdout. A reader that went away (`vendctl dump | head`)
@@ -183,4 +266,67 @@ pub fn utc_text(at_ms: i64) -> String {
             )
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_whole_numbers_with_separators() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1_000), "1,000");
+        assert_eq!(grouped(178_877), "178,877");
+        assert_eq!(grouped(1_397_881), "1,397,881");
+        assert_eq!(per_second(178_876.6), "178,877");
+        assert_eq!(per_second(f64::NAN), "0");
+    }
+
+    #[test]
+    fn a_damaged_table_file_is_named_with_its_entries() {
+        let problem = "storage error: Corruption: block checksum mismatch: stored(context \
+                       removed) = 1274784091, computed = 3732576157, type = 4  in \
+                       /tmp/r/log/000016.sst offset 15997555 size 4823, block_type = Data";
+        let tables = [
+            TableFile {
+                name: "000008.sst".into(),
+                first_gseq: 1,
+                last_chunk_gseq: 5_000,
+            },
+            TableFile {
+                name: "000016.sst".into(),
+                first_gseq: 5_121,
+                last_chunk_gseq: 150_017,
+            },
+        ];
+        let explained = explain_damage(problem, 77_000, &tables).unwrap();
+        assert!(
+            explained.starts_with(
+                "entry gseq 77001: cannot be read: the log's table file 000016.sst, which holds \
+                 the entries from gseq 5121 to at least 150017, is damaged (block checksum \
+                 mismatch); the entries up to gseq 77000 can be read. Stop what uses"
+            ),
+            "{explained}"
+        );
+        assert_eq!(
+            explain_damage("storage error: IO error: disk", 5, &tables),
+            None
+        );
+        let last = [TableFile {
+            last_chunk_gseq: u64::MAX,
+            ..tables[1].clone()
+        }];
+        let explained = explain_damage(problem, 77_000, &last).unwrap();
+        assert!(
+            explained.contains("000016.sst, which holds the entries from gseq 5121 on, is damaged"),
+            "{explained}"
+        );
+        let unknown = explain_damage(problem, 0, &[]).unwrap();
+        assert!(
+            unknown
+                .contains("table file 000016.sst is damaged (block checksum mismatch); no entry"),
+            "{unknown}"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! `vendctl verify`.
 
 use crate::say;
-use crate::util::{DataArgs, hex32, progress, rate};
+use crate::util::{DataArgs, explain_damage, grouped, hex32, per_second, progress, rate};
 use anyhow::Result;
 use ledger::store::promise::PromiseFile;
 use std::process::ExitCode;
@@ -56,7 +56,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let store = args.data.open_store(&keyring)?;
     let bar = progress(store.head().gseq, "verify");
     let started = Instant::now();
+    let mut verified_up_to = 0;
     let result = ledger::verify::verify_log(&store, &keyring, &mut |gseq| {
+        verified_up_to = gseq;
         if gseq % 4_096 == 0 {
             bar.set_position(gseq);
         }
@@ -69,18 +71,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
     match result {
         Ok(summary) => {
             say!(
-                "ok: {} entries, {} machines, {} operator records, {} closed segments, head {} ({:.0} entries/s)",
-                summary.entries,
+                "ok: {} entries, {} machines, {} operator records, {} closed segments, head {} ({} entries/s)",
+                grouped(summary.entries),
                 summary.machines,
                 summary.operator_records,
                 summary.segments,
                 hex32(&summary.head_hash),
-                rate(summary.entries, started.elapsed())
+                per_second(rate(summary.entries, started.elapsed()))
             );
             Ok(ExitCode::SUCCESS)
         }
         Err(failure) => {
-            say!("FAILED: {failure}");
+            let tables = store.backend().log_table_files().unwrap_or_default();
+            match explain_damage(&failure.problem, verified_up_to, &tables) {
+                Some(explained) if failure.gseq.is_none() => say!("FAILED: {explained}"),
+                _ => say!("FAILED: {failure}"),
+            }
             Ok(ExitCode::FAILURE)
         }
     }

@@ -52,8 +52,18 @@ fn simulate_verify_replay_and_dump_agree() {
     let verify = vendctl(&["verify", "--data", data]);
     assert!(verify.status.success(), "{}", stdout(&verify));
     let line = stdout(&verify);
+    // Counts and rates are whole numbers with separators.
+    let grouped = format!("12,{:03}", events - 12_000);
     assert!(
-        line.starts_with(&format!("ok: {events} entries, 4 machines")),
+        line.starts_with(&format!("ok: {grouped} entries, 4 machines")),
+        "{line}"
+    );
+    let rate = line
+        .rsplit_once('(')
+        .and_then(|(_, rate)| rate.strip_suffix(" entries/s)\n"))
+        .unwrap_or_else(|| panic!("a rate at the end: {line}"));
+    assert!(
+        rate.chars().all(|c| c.is_ascii_digit() || c == ',') && !rate.starts_with(','),
         "{line}"
     );
     assert!(
@@ -340,10 +350,219 @@ fn a_broken_log_is_reported_once() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.starts_with(&format!(
-            "vendctl: opening the log at {}/log: storage error: Corruption",
+            "vendctl: the log at {}/log is damaged and does not open: storage error: Corruption",
             data.display()
         )),
         "{err}"
     );
     assert_eq!(err.matches("CURRENT file corrupted").count(), 1, "{err}");
+    assert!(
+        err.contains("vendctl verify --data DIR"),
+        "what to do: {err}"
+    );
+}
+
+/// `vendctl status` is for scripts too: when no replica answers it says so
+/// and exits non-zero.
+#[test]
+fn status_fails_when_no_replica_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    let cluster = cluster.to_str().unwrap();
+    // A port block no test uses; nothing listens there.
+    let base = (20_000 + std::process::id() % 400 * 100).to_string();
+    let init = vendctl(&["cluster", "init", "--dir", cluster, "--base-port", &base]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    for table in [true, false] {
+        let mut args = vec!["status", "--cluster", cluster];
+        if table {
+            args.push("--table");
+        }
+        let out = vendctl(&args);
+        assert!(!out.status.success(), "{}", stdout(&out));
+        assert_eq!(stdout(&out).matches("down").count(), 3, "{}", stdout(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("vendctl: no replica answers"), "{err}");
+    }
+}
+
+/// Runs vendctl to its end; a run that never ends (the bug these tests
+/// pin: `cluster up` restarting replicas forever) is killed after a
+/// generous bound and fails the test instead of hanging it.
+fn vendctl_to_the_end(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vendctl"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("vendctl runs");
+    for _ in 0..1_200 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    panic!(
+        "vendctl {args:?} did not end: {}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A port block for one cluster test (machines base+1..3, replication
+/// base+11..13, status base+21..23).
+fn cluster_base(block: u32) -> u16 {
+    u16::try_from(30_000 + std::process::id() % 300 * 100 + block * 30).unwrap()
+}
+
+#[test]
+fn cluster_up_keeps_the_ports_of_init_and_fails_fast_on_a_port_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    let cluster = cluster.to_str().unwrap();
+    let base = cluster_base(0);
+    let init = vendctl(&[
+        "cluster",
+        "init",
+        "--dir",
+        cluster,
+        "--base-port",
+        &base.to_string(),
+    ]);
+    assert!(init.status.success());
+    // Someone else holds replica-1's machine port.
+    let machine_port = format!("127.0.0.1:{}", base + 1);
+    let _held = std::net::TcpListener::bind(&machine_port).unwrap();
+    // `up` without --base-port stays on init's ports, and stops at once.
+    let out = vendctl_to_the_end(&["cluster", "up", "--dir", cluster]);
+    assert!(!out.status.success());
+    assert!(!stdout(&out).contains("started"), "{}", stdout(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "vendctl: cannot use {machine_port} (replica-1's machine link)"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("--base-port {}", base + 100)),
+        "{err}"
+    );
+}
+
+#[test]
+fn cluster_up_gives_up_on_a_replica_that_keeps_dying_and_shows_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    let cluster_dir = cluster.to_str().unwrap();
+    let base = cluster_base(1).to_string();
+    let init = vendctl(&[
+        "cluster",
+        "init",
+        "--dir",
+        cluster_dir,
+        "--base-port",
+        &base,
+    ]);
+    assert!(init.status.success());
+    // replica-2's log directory is a file: it cannot open its log.
+    std::fs::write(cluster.join("replica-2/log"), "not a directory").unwrap();
+    let out = vendctl_to_the_end(&["cluster", "up", "--dir", cluster_dir]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains("replica-2 exited (exit status: 1); restarting it in 3 s"),
+        "{said}"
+    );
+    assert!(
+        said.contains("replica-2 exited (exit status: 1); restarting it in 6 s"),
+        "{said}"
+    );
+    assert!(
+        said.ends_with("stopped\n"),
+        "the others are stopped too: {said}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("vendctl: replica-2 exited 3 times in a row soon after starting"),
+        "{err}"
+    );
+    assert!(
+        err.contains("vend-replica: starting the replica: log:"),
+        "{err}"
+    );
+}
+
+/// A damaged table file is reported in our words: the first entry that
+/// cannot be read, the file and the entries it holds, and what to do.
+#[test]
+fn verify_names_the_first_entry_a_damaged_table_file_costs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fleet");
+    simulate(&data, "2", "3000", "8");
+    {
+        let keyring = Keyring::open(&data.join("keys")).unwrap();
+        let store = LogStore::open(
+            &data.join("log"),
+            keyring.store_key(),
+            OpenOptions::default(),
+        )
+        .unwrap();
+        // Into table files, as a long-running log would be.
+        store.backend().flush().unwrap();
+    }
+    let (table, size) = std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".sst"))
+        .map(|entry| (entry.path(), entry.metadata().unwrap().len()))
+        .max_by_key(|(_, size)| *size)
+        .expect("a table file");
+    let name = table.file_name().unwrap().to_string_lossy().into_owned();
+    let mut bytes = std::fs::read(&table).unwrap();
+    let middle = usize::try_from(size / 2).unwrap();
+    for byte in &mut bytes[middle..middle + 64] {
+        *byte ^= 0xff;
+    }
+    std::fs::write(&table, bytes).unwrap();
+
+    let out = vendctl(&["verify", "--data", data.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let said = stdout(&out);
+    assert!(said.starts_with("FAILED: entry gseq "), "{said}");
+    assert!(
+        said.contains(&format!(
+            ": cannot be read: the log's table file {name}, which holds the entries from gseq "
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("is damaged (block checksum mismatch)"),
+        "{said}"
+    );
+    assert!(said.contains("the entries up to gseq "), "{said}");
+    assert!(said.contains("vendctl verify --data DIR"), "{said}");
+    // replay and dump meet the same file and say the same.
+    let first_bad = said
+        .strip_prefix("FAILED: ")
+        .and_then(|rest| rest.split_once(": cannot be read"))
+        .map(|(entry, _)| entry.to_owned())
+        .unwrap();
+    for command in ["replay", "dump"] {
+        let out = vendctl(&[command, "--data", data.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with(&format!(
+                "vendctl: {first_bad}: cannot be read: the log's table file {name}"
+            )),
+            "{command}: {err}"
+        );
+    }
 }

@@ -1,17 +1,28 @@
-//! The admin screens: login (argon2id, lockout), stock, coins and cash,
-//! products and categories, reports, password. Everything works offline:
-//! it only talks to the machine's own ledger.
+//! The admin screens: login (argon2id, lockout), stock, coins and cash
+//! (with the collection history), products and categories, reports,
+//! password. Everything works offline: it only talks to the machine's own
+//! ledger.
 
-use crate::app::{App, Message, Notice, Tone};
-use iced::widget::{button, column, container, row, rule, scrollable, space, text, text_input};
-use iced::{Center, Element, Fill};
+use crate::app::{App, Layout, Message, Notice, PASSWORD_FIELD, Tone};
+use crate::customer::over_short;
+use crate::i18n::{Texts, count};
+use crate::{args, style};
+use iced::widget::{
+    Column, button, column, container, row, rule, scrollable, space, text, text_input,
+};
+use iced::{Center, Element, Fill, Length};
 use ledger::catalog::{CategoryNode, CategoryPath, Product, SlotConfig};
 use ledger::ids::SlotId;
-use ledger::money::{Denomination, Won, format_won};
-use ledger::projection::Period;
+use ledger::money::{Denomination, Won};
+use ledger::projection::{Collection, Period, kst_day};
 use ledger::state::OwedTicket;
 use ledger::{Command, MachineState};
 use std::collections::BTreeMap;
+
+/// Collections shown in the history, newest first.
+pub const HISTORY_ROWS_MAX: usize = 20;
+/// Report lines shown, newest first.
+pub const REPORT_ROWS_MAX: usize = 200;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tab {
@@ -26,6 +37,7 @@ pub enum Tab {
 pub enum SlotField {
     Slot,
     Name,
+    Code,
     Price,
     Category,
     Capacity,
@@ -37,8 +49,13 @@ pub enum AdminMessage {
     Refill(SlotId, Option<u32>),
     RefillAll,
     LoadTube(Denomination, Option<u32>),
+    LoadAllTubes,
     Counted(String),
     Collect,
+    /// Record the collection whose difference was shown.
+    ConfirmCollect,
+    /// Count again instead.
+    CancelCollect,
     Settle(u64),
     EditName(SlotId, String),
     EditPrice(SlotId, String),
@@ -52,11 +69,20 @@ pub enum AdminMessage {
     Logout,
 }
 
+/// A counted amount that differs from what the machine expected, waiting
+/// for the operator to record it or count again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingCollection {
+    pub counted: Won,
+    pub expected: Won,
+}
+
 /// The admin screen's form state (what is typed but not yet submitted).
 #[derive(Clone, Debug)]
 pub struct AdminForm {
     pub tab: Tab,
     pub counted: String,
+    pub pending: Option<PendingCollection>,
     pub names: BTreeMap<SlotId, String>,
     pub prices: BTreeMap<SlotId, String>,
     pub slot_form: BTreeMap<&'static str, String>,
@@ -65,21 +91,40 @@ pub struct AdminForm {
     pub period: Period,
 }
 
+/// What an admin message asks of the app.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub commands: Vec<Command>,
+    pub notice: Option<Notice>,
+    /// The notice of the previous view no longer applies (a tab changed).
+    pub clear_notice: bool,
+}
+
+impl Outcome {
+    fn run(commands: Vec<Command>) -> Outcome {
+        Outcome {
+            commands,
+            ..Outcome::default()
+        }
+    }
+
+    fn say(tone: Tone, text: String) -> Outcome {
+        Outcome {
+            notice: Notice::new(tone, text),
+            ..Outcome::default()
+        }
+    }
+}
+
 fn field_key(field: SlotField) -> &'static str {
     match field {
         SlotField::Slot => "slot",
         SlotField::Name => "name",
+        SlotField::Code => "code",
         SlotField::Price => "price",
         SlotField::Category => "category",
         SlotField::Capacity => "capacity",
     }
-}
-
-fn warn(text: impl Into<String>) -> Option<Notice> {
-    Some(Notice {
-        tone: Tone::Warning,
-        text: text.into(),
-    })
 }
 
 /// Parses a won amount typed by an operator ("1,500" and "1500" both work).
@@ -100,6 +145,7 @@ impl AdminForm {
         let mut form = AdminForm {
             tab: Tab::Stock,
             counted: String::new(),
+            pending: None,
             names: BTreeMap::new(),
             prices: BTreeMap::new(),
             slot_form: BTreeMap::new(),
@@ -131,40 +177,47 @@ impl AdminForm {
         &mut self,
         message: AdminMessage,
         state: &MachineState,
-    ) -> (Vec<Command>, Option<Notice>) {
+        texts: &Texts,
+    ) -> Outcome {
         match message {
-            AdminMessage::Tab(tab) => self.tab = tab,
-            AdminMessage::Refill(slot, count) => {
-                return (vec![Command::Refill { slot, count }], None);
+            AdminMessage::Tab(tab) => {
+                self.tab = tab;
+                self.pending = None;
+                return Outcome {
+                    clear_notice: true,
+                    ..Outcome::default()
+                };
             }
-            AdminMessage::RefillAll => return (vec![Command::RefillAll], None),
+            AdminMessage::Refill(slot, count) => {
+                return Outcome::run(vec![Command::Refill { slot, count }]);
+            }
+            AdminMessage::RefillAll => return Outcome::run(vec![Command::RefillAll]),
             AdminMessage::LoadTube(denomination, count) => {
                 let tube = denomination.tube_index().unwrap_or(0);
                 let room = state.tube_capacity.0[tube].saturating_sub(state.tubes.0[tube]);
                 let count = count.unwrap_or(room);
-                return (
-                    vec![Command::LoadTube {
-                        denomination,
-                        count,
-                    }],
-                    None,
-                );
+                return Outcome::run(vec![Command::LoadTube {
+                    denomination,
+                    count,
+                }]);
             }
-            AdminMessage::Counted(text) => self.counted = text,
-            AdminMessage::Collect => {
-                return match parse_won(&self.counted) {
-                    Some(counted) => {
-                        self.counted.clear();
-                        (vec![Command::CollectCash { counted }], None)
-                    }
-                    None => (
-                        Vec::new(),
-                        warn("Enter the counted cash in won, e.g. 15000"),
-                    ),
-                };
+            AdminMessage::LoadAllTubes => return Outcome::run(vec![Command::LoadAllTubes]),
+            AdminMessage::Counted(text) => {
+                self.counted = text;
+                self.pending = None;
             }
+            AdminMessage::Collect => return self.collect(state, texts),
+            AdminMessage::ConfirmCollect => {
+                if let Some(pending) = self.pending.take() {
+                    self.counted.clear();
+                    return Outcome::run(vec![Command::CollectCash {
+                        counted: pending.counted,
+                    }]);
+                }
+            }
+            AdminMessage::CancelCollect => self.pending = None,
             AdminMessage::Settle(ticket) => {
-                return (vec![Command::SettleChangeOwed { ticket }], None);
+                return Outcome::run(vec![Command::SettleChangeOwed { ticket }]);
             }
             AdminMessage::EditName(slot, name) => {
                 self.names.insert(slot, name);
@@ -172,31 +225,48 @@ impl AdminForm {
             AdminMessage::EditPrice(slot, price) => {
                 self.prices.insert(slot, price);
             }
-            AdminMessage::SaveProduct(slot) => return self.save_product(slot, state),
+            AdminMessage::SaveProduct(slot) => return self.save_product(slot, state, texts),
             AdminMessage::SlotForm(field, value) => {
                 self.slot_form.insert(field_key(field), value);
             }
-            AdminMessage::ConfigureSlot => return self.configure_slot(),
+            AdminMessage::ConfigureSlot => return self.configure_slot(texts),
             AdminMessage::CurrentPassword(text) => self.current_password = text,
             AdminMessage::NewPassword(text) => self.new_password = text,
             AdminMessage::ChangePassword => {
                 let current = std::mem::take(&mut self.current_password);
                 let new = std::mem::take(&mut self.new_password);
-                return (vec![Command::ChangePassword { current, new }], None);
+                return Outcome::run(vec![Command::ChangePassword { current, new }]);
             }
             AdminMessage::Period(period) => self.period = period,
             AdminMessage::Logout => {}
         }
-        (Vec::new(), None)
+        Outcome::default()
     }
 
-    fn save_product(
-        &mut self,
-        slot: SlotId,
-        state: &MachineState,
-    ) -> (Vec<Command>, Option<Notice>) {
+    /// A count that matches is recorded at once; one that differs is shown
+    /// with its over/short first, to be recorded or counted again.
+    fn collect(&mut self, state: &MachineState, texts: &Texts) -> Outcome {
+        let Some(counted) = parse_won(&self.counted) else {
+            return Outcome::say(Tone::Warning, texts.get("enter-counted"));
+        };
+        let expected = state.cash_box + state.stacker_total();
+        if counted == expected {
+            self.counted.clear();
+            return Outcome::run(vec![Command::CollectCash { counted }]);
+        }
+        self.pending = Some(PendingCollection { counted, expected });
+        Outcome {
+            clear_notice: true,
+            ..Outcome::default()
+        }
+    }
+
+    fn save_product(&mut self, slot: SlotId, state: &MachineState, texts: &Texts) -> Outcome {
         let Some(current) = state.slots.get(&slot) else {
-            return (Vec::new(), warn(format!("There is no slot {slot}")));
+            return Outcome::say(
+                Tone::Warning,
+                texts.with("unknown-slot", &args![slot = slot.0]),
+            );
         };
         let mut commands = Vec::new();
         let name = self.names.get(&slot).cloned().unwrap_or_default();
@@ -211,15 +281,18 @@ impl AdminForm {
                 commands.push(Command::SetPrice { slot, price })
             }
             Some(_) => {}
-            None => return (Vec::new(), warn("Enter the price in won, a multiple of 10")),
+            None => return Outcome::say(Tone::Warning, texts.get("enter-price")),
         }
         if commands.is_empty() {
-            return (Vec::new(), warn(format!("Slot {slot}: nothing changed")));
+            return Outcome::say(
+                Tone::Warning,
+                texts.with("nothing-changed", &args![slot = slot.0]),
+            );
         }
-        (commands, None)
+        Outcome::run(commands)
     }
 
-    fn configure_slot(&mut self) -> (Vec<Command>, Option<Notice>) {
+    fn configure_slot(&mut self, texts: &Texts) -> Outcome {
         let get = |key: &str| {
             self.slot_form
                 .get(key)
@@ -230,7 +303,7 @@ impl AdminForm {
         let price = parse_won(&get("price"));
         let capacity = get("capacity").parse::<u32>().ok();
         let (Some(slot), Some(price), Some(capacity)) = (slot, price, capacity) else {
-            return (Vec::new(), warn("Slot, price and capacity must be numbers"));
+            return Outcome::say(Tone::Warning, texts.get("numbers-needed"));
         };
         let config = SlotConfig {
             slot: SlotId(slot),
@@ -238,57 +311,75 @@ impl AdminForm {
                 name: get("name"),
                 price,
                 category: CategoryPath::parse(&get("category")),
+                code: get("code").to_ascii_uppercase(),
             },
             capacity,
         };
-        (vec![Command::ConfigureSlot(config)], None)
+        Outcome::run(vec![Command::ConfigureSlot(config)])
     }
 }
 
-pub fn login_view(app: &App) -> Element<'_, Message> {
+pub fn login_view<'a>(app: &'a App, layout: Layout) -> Element<'a, Message> {
+    let texts = &app.texts;
     let state = app.machine.state();
     let now = app.machine.now_ms();
     let status = if state.admin.is_locked(now) {
         let seconds = (state.admin.locked_until_ms.unwrap_or(now) - now + 999) / 1_000;
-        text(format!(
-            "Locked after too many failed logins: try again in {seconds} s"
-        ))
-        .style(text::danger)
+        text(texts.with("locked-until", &args![seconds = seconds])).color(style::ERROR)
     } else {
-        text(format!(
-            "{} failed attempts since the last login (5 lock the admin screen for 5 minutes)",
-            state.admin.failures
+        text(texts.with(
+            "failed-attempts",
+            &args![count = count(state.admin.failures)],
         ))
         .size(13)
     };
     let form = column![
-        text("Operator login").size(24),
-        text_input("Admin password", &app.password)
-            .id("admin-password")
+        text(texts.get("login-title")).size(layout.pick(24, 18)),
+        text_input(&texts.get("password-placeholder"), &app.password)
+            .id(PASSWORD_FIELD)
             .secure(true)
             .on_input(Message::PasswordInput)
             .on_submit(Message::Login)
             .width(320)
             .padding(8),
         row![
-            button(text("Log in"))
+            button(text(texts.get("log-in")))
                 .on_press(Message::Login)
                 .style(button::primary),
-            button(text("Back"))
+            button(text(texts.get("back")))
                 .on_press(Message::CloseLogin)
                 .style(button::secondary),
         ]
         .spacing(8),
+        notice_line(app.notice.as_ref()),
         status,
     ]
     .spacing(12);
-    container(form).center_x(Fill).padding(40).into()
+    container(form)
+        .center_x(Fill)
+        .padding(layout.pick(40, 12))
+        .into()
 }
 
-pub fn view(app: &App) -> Element<'_, AdminMessage> {
+/// Feedback under the admin tabs and on the login.
+fn notice_line<Message: 'static>(notice: Option<&Notice>) -> Element<'static, Message> {
+    let Some(notice) = notice else {
+        return space().height(0).into();
+    };
+    let color = match notice.tone {
+        Tone::Info => style::INFO,
+        Tone::Success => style::LED,
+        Tone::Warning => style::WARNING,
+        Tone::Error => style::ERROR,
+    };
+    text(notice.text.clone()).size(15).color(color).into()
+}
+
+pub fn view<'a>(app: &'a App, layout: Layout) -> Element<'a, AdminMessage> {
+    let texts = &app.texts;
     let form = &app.admin;
-    let tab = |label: &'static str, which: Tab| {
-        button(text(label))
+    let tab = |label: &str, which: Tab| {
+        button(text(texts.get(label)).size(layout.pick(16, 13)))
             .on_press(AdminMessage::Tab(which))
             .style(if form.tab == which {
                 button::primary
@@ -297,31 +388,40 @@ pub fn view(app: &App) -> Element<'_, AdminMessage> {
             })
     };
     let tabs = row![
-        tab("Stock", Tab::Stock),
-        tab("Coins & cash", Tab::Cash),
-        tab("Products", Tab::Products),
-        tab("Reports", Tab::Reports),
-        tab("Password", Tab::Password),
+        tab("tab-stock", Tab::Stock),
+        tab("tab-cash", Tab::Cash),
+        tab("tab-products", Tab::Products),
+        tab("tab-reports", Tab::Reports),
+        tab("tab-password", Tab::Password),
         space::horizontal(),
-        button(text("Log out"))
+        button(text(texts.get("log-out")).size(layout.pick(16, 13)))
             .on_press(AdminMessage::Logout)
             .style(button::danger),
     ]
-    .spacing(8);
+    .spacing(layout.pick(8, 4));
     let state = app.machine.state();
     let body = match form.tab {
-        Tab::Stock => stock(state),
-        Tab::Cash => cash(state, form),
-        Tab::Products => products(state, form),
+        Tab::Stock => stock(texts, state),
+        Tab::Cash => cash(app, state, form),
+        Tab::Products => products(texts, state, form),
         Tab::Reports => reports(app),
-        Tab::Password => password(form),
+        Tab::Password => password(texts, form),
     };
-    column![tabs, rule::horizontal(1), scrollable(body).height(Fill)]
-        .spacing(10)
-        .into()
+    column![
+        tabs,
+        notice_line(app.notice.as_ref()),
+        rule::horizontal(1),
+        scrollable(body).height(Fill)
+    ]
+    .spacing(layout.pick(10, 5))
+    .into()
 }
 
-fn stock(state: &MachineState) -> Element<'_, AdminMessage> {
+fn heading(label: String) -> iced::widget::Text<'static> {
+    text(label).size(20)
+}
+
+fn stock<'a>(texts: &Texts, state: &'a MachineState) -> Element<'a, AdminMessage> {
     let rows = state.slots.values().map(|slot| {
         let id = slot.config.slot;
         row![
@@ -331,7 +431,7 @@ fn stock(state: &MachineState) -> Element<'_, AdminMessage> {
             button(text("+1"))
                 .on_press(AdminMessage::Refill(id, Some(1)))
                 .style(button::secondary),
-            button(text(format!("Fill slot {id}")))
+            button(text(texts.with("fill-slot", &args![slot = id.0])))
                 .on_press(AdminMessage::Refill(id, None))
                 .style(button::secondary),
         ]
@@ -340,9 +440,9 @@ fn stock(state: &MachineState) -> Element<'_, AdminMessage> {
         .into()
     });
     column![
-        text("Refill slots").size(20),
-        column(rows).spacing(6),
-        button(text("Fill all slots"))
+        heading(texts.get("refill-title")),
+        Column::with_children(rows).spacing(6),
+        button(text(texts.get("fill-all-slots")))
             .on_press(AdminMessage::RefillAll)
             .style(button::primary),
     ]
@@ -350,33 +450,43 @@ fn stock(state: &MachineState) -> Element<'_, AdminMessage> {
     .into()
 }
 
-fn cash<'a>(state: &'a MachineState, form: &'a AdminForm) -> Element<'a, AdminMessage> {
+fn cash<'a>(
+    app: &'a App,
+    state: &'a MachineState,
+    form: &'a AdminForm,
+) -> Element<'a, AdminMessage> {
+    let texts = &app.texts;
     let tubes = Denomination::COINS
         .iter()
-        .map(|&coin| tube_row(state, coin));
-    let owed = state.owed.values().map(owed_row);
+        .map(|&coin| tube_row(texts, state, coin));
+    let owed = state.owed.values().map(|ticket| owed_row(texts, ticket));
     column![
-        text("Coin tubes").size(20),
-        column(tubes).spacing(6),
+        heading(texts.get("tubes-title")),
+        Column::with_children(tubes).spacing(6),
+        button(text(texts.get("load-all-tubes")))
+            .on_press(AdminMessage::LoadAllTubes)
+            .style(button::primary),
         rule::horizontal(1),
-        collection(state, form),
+        collection(texts, state, form),
         rule::horizontal(1),
-        text(format!(
-            "Change owed to customers: {} won",
-            format_won(state.owed_total())
-        ))
-        .size(20),
-        column(owed).spacing(6),
+        history(texts, &app.machine.collections()),
+        rule::horizontal(1),
+        heading(texts.with("owed-title", &args![amount = texts.won(state.owed_total())])),
+        Column::with_children(owed).spacing(6),
     ]
     .spacing(10)
     .into()
 }
 
 /// One coin tube: its fill level and buttons to load it.
-fn tube_row<'a>(state: &MachineState, coin: Denomination) -> Element<'a, AdminMessage> {
+fn tube_row<'a>(
+    texts: &Texts,
+    state: &MachineState,
+    coin: Denomination,
+) -> Element<'a, AdminMessage> {
     let tube = coin.tube_index().unwrap_or(0);
     row![
-        text(format!("{} won tube", coin.value())).width(130),
+        text(texts.with("tube-name", &args![value = coin.value()])).width(130),
         text(format!(
             "{} / {}",
             state.tubes.0[tube], state.tube_capacity.0[tube]
@@ -385,7 +495,7 @@ fn tube_row<'a>(state: &MachineState, coin: Denomination) -> Element<'a, AdminMe
         button(text("+10"))
             .on_press(AdminMessage::LoadTube(coin, Some(10)))
             .style(button::secondary),
-        button(text(format!("Fill {} tube", coin.value())))
+        button(text(texts.with("fill-tube", &args![value = coin.value()])))
             .on_press(AdminMessage::LoadTube(coin, None))
             .style(button::secondary),
     ]
@@ -395,43 +505,138 @@ fn tube_row<'a>(state: &MachineState, coin: Denomination) -> Element<'a, AdminMe
 }
 
 /// The cash collection form: what the ledger expects next to the amount
-/// the operator counts, so an over/short is visible before it is recorded.
-fn collection<'a>(state: &MachineState, form: &'a AdminForm) -> Element<'a, AdminMessage> {
+/// the operator counts. A count that differs is shown with its over or
+/// short in a warning colour and recorded only when confirmed.
+fn collection<'a>(
+    texts: &Texts,
+    state: &MachineState,
+    form: &'a AdminForm,
+) -> Element<'a, AdminMessage> {
     let expected = state.cash_box + state.stacker_total();
-    column![
-        text("Cash collection").size(20),
-        text(format!(
-            "Cash box {} won + bill stacker {} won = {} won expected",
-            format_won(state.cash_box),
-            format_won(state.stacker_total()),
-            format_won(expected)
+    let mut content = column![
+        heading(texts.get("collection-title")),
+        text(texts.with(
+            "collection-expected",
+            &args![
+                cash_box = texts.won(state.cash_box),
+                stacker = texts.won(state.stacker_total()),
+                expected = texts.won(expected)
+            ],
         )),
         row![
-            text_input("Counted amount (won)", &form.counted)
+            text_input(&texts.get("counted-placeholder"), &form.counted)
                 .on_input(AdminMessage::Counted)
                 .on_submit(AdminMessage::Collect)
                 .width(220)
                 .padding(6),
-            button(text("Record collection"))
+            button(text(texts.get("record-collection")))
                 .on_press(AdminMessage::Collect)
                 .style(button::primary),
         ]
         .spacing(10),
     ]
-    .spacing(10)
-    .into()
+    .spacing(10);
+    if let Some(pending) = form.pending {
+        let difference = pending.counted - pending.expected;
+        let question = texts.with(
+            "confirm-difference",
+            &args![
+                counted = texts.won(pending.counted),
+                expected = texts.won(pending.expected),
+                difference = over_short(texts, difference)
+            ],
+        );
+        content = content.push(
+            container(
+                column![
+                    text(question).color(style::WARNING),
+                    row![
+                        button(text(texts.with(
+                            "record-anyway",
+                            &args![counted = texts.won(pending.counted)]
+                        )))
+                        .on_press(AdminMessage::ConfirmCollect)
+                        .style(button::warning),
+                        button(text(texts.get("count-again")))
+                            .on_press(AdminMessage::CancelCollect)
+                            .style(button::secondary),
+                    ]
+                    .spacing(10),
+                ]
+                .spacing(8),
+            )
+            .padding(10)
+            .style(style::warning_box),
+        );
+    }
+    content.into()
+}
+
+/// The machine's collections, newest first: time, expected, counted and
+/// the over/short in a warning colour when there is one.
+fn history<'a>(texts: &Texts, collections: &[Collection]) -> Element<'a, AdminMessage> {
+    let header = table_row(
+        [
+            texts.get("history-time"),
+            texts.get("history-expected"),
+            texts.get("history-counted"),
+            texts.get("history-difference"),
+        ],
+        None,
+    );
+    let mut rows = vec![heading(texts.get("history-title")).into(), header];
+    if collections.is_empty() {
+        rows.push(text(texts.get("history-empty")).size(14).into());
+    }
+    rows.extend(collections.iter().rev().take(HISTORY_ROWS_MAX).map(|c| {
+        let difference = c.counted - c.expected();
+        table_row(
+            [
+                texts.time(c.at_ms),
+                texts.won(c.expected()),
+                texts.won(c.counted),
+                over_short(texts, difference),
+            ],
+            (difference != 0).then_some(style::WARNING),
+        )
+    }));
+    Column::with_children(rows).spacing(4).into()
+}
+
+/// One row of a table of four columns; `color` marks the last cell.
+fn table_row<'a>(cells: [String; 4], color: Option<iced::Color>) -> Element<'a, AdminMessage> {
+    let widths = [170.0, 130.0, 130.0, 150.0];
+    let mut cells = cells
+        .into_iter()
+        .zip(widths)
+        .enumerate()
+        .map(|(i, (cell, width))| {
+            let cell = text(cell).size(14).width(Length::Fixed(width));
+            match color {
+                Some(color) if i == 3 => cell.color(color),
+                _ => cell,
+            }
+        });
+    let mut line = row![].spacing(10);
+    for cell in cells.by_ref() {
+        line = line.push(cell);
+    }
+    line.into()
 }
 
 /// An open change-owed ticket with the button that settles it.
-fn owed_row<'a>(ticket: &OwedTicket) -> Element<'a, AdminMessage> {
+fn owed_row<'a>(texts: &Texts, ticket: &OwedTicket) -> Element<'a, AdminMessage> {
     row![
-        text(format!(
-            "Ticket #{}: {} won",
-            ticket.ticket,
-            format_won(ticket.amount)
+        text(texts.with(
+            "owed-ticket",
+            &args![
+                ticket = ticket.ticket,
+                amount = texts.won(ticket.amount),
+                time = texts.time(ticket.at_ms)
+            ],
         ))
-        .width(240),
-        button(text(format!("Settle #{}", ticket.ticket)))
+        .width(360),
+        button(text(texts.with("settle", &args![ticket = ticket.ticket])))
             .on_press(AdminMessage::Settle(ticket.ticket))
             .style(button::secondary),
     ]
@@ -440,22 +645,31 @@ fn owed_row<'a>(ticket: &OwedTicket) -> Element<'a, AdminMessage> {
     .into()
 }
 
-fn products<'a>(state: &'a MachineState, form: &'a AdminForm) -> Element<'a, AdminMessage> {
+fn products<'a>(
+    texts: &Texts,
+    state: &'a MachineState,
+    form: &'a AdminForm,
+) -> Element<'a, AdminMessage> {
     let editors = state.slots.values().map(|slot| {
         let id = slot.config.slot;
         let name = form.names.get(&id).map_or("", String::as_str);
         let price = form.prices.get(&id).map_or("", String::as_str);
         row![
             text(format!("{id}")).width(30),
-            text_input("Name", name)
+            text_input(&texts.get("name-placeholder"), name)
                 .on_input(move |n| AdminMessage::EditName(id, n))
+                .on_submit(AdminMessage::SaveProduct(id))
                 .width(200)
                 .padding(6),
-            text_input("Price", price)
+            text_input(&texts.get("price-placeholder"), price)
                 .on_input(move |p| AdminMessage::EditPrice(id, p))
+                .on_submit(AdminMessage::SaveProduct(id))
                 .width(100)
                 .padding(6),
-            button(text(format!("Save slot {id}")))
+            text(slot.config.product.code_or_slot(id))
+                .size(13)
+                .width(120),
+            button(text(texts.with("save-slot", &args![slot = id.0])))
                 .on_press(AdminMessage::SaveProduct(id))
                 .style(button::primary),
         ]
@@ -463,12 +677,12 @@ fn products<'a>(state: &'a MachineState, form: &'a AdminForm) -> Element<'a, Adm
         .align_y(Center)
         .into()
     });
-    let field = |placeholder: &'static str, which: SlotField, width: u32| {
+    let field = |placeholder: &str, which: SlotField, width: u32| {
         let value = form
             .slot_form
             .get(field_key(which))
             .map_or("", String::as_str);
-        text_input(placeholder, value)
+        text_input(&texts.get(placeholder), value)
             .on_input(move |v| AdminMessage::SlotForm(which, v))
             .width(width)
             .padding(6)
@@ -477,24 +691,28 @@ fn products<'a>(state: &'a MachineState, form: &'a AdminForm) -> Element<'a, Adm
     let mut tree_lines = Vec::new();
     category_lines(&tree, 0, state, &mut tree_lines);
     column![
-        text("Names and prices").size(20),
-        column(editors).spacing(6),
+        heading(texts.get("names-title")),
+        Column::with_children(editors).spacing(6),
         rule::horizontal(1),
-        text("Add or reconfigure a slot").size(20),
+        heading(texts.get("configure-title")),
         row![
-            field("Slot", SlotField::Slot, 60),
-            field("Product name", SlotField::Name, 180),
-            field("Price", SlotField::Price, 90),
-            field("Category (Drinks > Tea)", SlotField::Category, 200),
-            field("Capacity", SlotField::Capacity, 90),
-            button(text("Configure slot"))
+            field("slot-placeholder", SlotField::Slot, 60),
+            field("product-placeholder", SlotField::Name, 160),
+            field("code-placeholder", SlotField::Code, 130),
+            field("price-placeholder", SlotField::Price, 90),
+        ]
+        .spacing(8),
+        row![
+            field("category-placeholder", SlotField::Category, 200),
+            field("capacity-placeholder", SlotField::Capacity, 90),
+            button(text(texts.get("configure-slot")))
                 .on_press(AdminMessage::ConfigureSlot)
                 .style(button::primary),
         ]
         .spacing(8),
         rule::horizontal(1),
-        text("Categories").size(20),
-        column(
+        heading(texts.get("categories-title")),
+        Column::with_children(
             tree_lines
                 .into_iter()
                 .map(|line| text(line).size(14).into())
@@ -523,13 +741,17 @@ fn category_lines(node: &CategoryNode, depth: usize, state: &MachineState, out: 
     }
 }
 
+/// Sales by period and product with column headers and a total, then the
+/// cash of the same periods: collected and over/short, and the change
+/// owed now.
 fn reports(app: &App) -> Element<'_, AdminMessage> {
+    let texts = &app.texts;
     let form = &app.admin;
     let rows = app.machine.sales(form.period);
     let total_count: i64 = rows.iter().map(|r| r.count).sum();
     let total_won: Won = rows.iter().map(|r| r.won).sum();
-    let period_button = |label: &'static str, period: Period| {
-        button(text(label))
+    let period_button = |label: &str, period: Period| {
+        button(text(texts.get(label)))
             .on_press(AdminMessage::Period(period))
             .style(if form.period == period {
                 button::primary
@@ -537,49 +759,125 @@ fn reports(app: &App) -> Element<'_, AdminMessage> {
                 button::secondary
             })
     };
-    let lines = rows.iter().rev().take(200).map(|r| {
-        row![
-            text(r.period.clone()).width(110),
-            text(r.product.clone()).width(180),
-            text(format!("{}", r.count)).width(70),
-            text(format!("{} won", format_won(r.won))),
-        ]
-        .spacing(10)
-        .into()
-    });
+    let mut sales = vec![table_row(
+        [
+            texts.get("report-period"),
+            texts.get("report-product"),
+            texts.get("report-count"),
+            texts.get("report-sales"),
+        ],
+        None,
+    )];
+    if rows.is_empty() {
+        sales.push(text(texts.get("report-empty")).size(14).into());
+    }
+    sales.extend(rows.iter().rev().take(REPORT_ROWS_MAX).map(|r| {
+        table_row(
+            [
+                r.period.clone(),
+                r.product.clone(),
+                r.count.to_string(),
+                texts.won(r.won),
+            ],
+            None,
+        )
+    }));
+    sales.push(rule::horizontal(1).into());
+    sales.push(table_row(
+        [
+            texts.get("report-total"),
+            String::new(),
+            total_count.to_string(),
+            texts.won(total_won),
+        ],
+        None,
+    ));
     column![
         row![
-            period_button("Daily", Period::Day),
-            period_button("Monthly", Period::Month)
+            period_button("daily", Period::Day),
+            period_button("monthly", Period::Month)
         ]
         .spacing(8),
-        text(format!(
-            "Total: {total_count} sold, {} won",
-            format_won(total_won)
-        ))
-        .size(20),
-        column(lines).spacing(4),
+        Column::with_children(sales).spacing(4),
+        rule::horizontal(1),
+        cash_summary(texts, app, form.period),
     ]
     .spacing(10)
     .into()
 }
 
-fn password(form: &AdminForm) -> Element<'_, AdminMessage> {
+/// Collected and over/short per period, and the change owed now.
+fn cash_summary<'a>(texts: &Texts, app: &App, period: Period) -> Element<'a, AdminMessage> {
+    let mut by_period: BTreeMap<String, (Won, Won)> = BTreeMap::new();
+    for c in app.machine.collections() {
+        let entry = by_period.entry(period.label(kst_day(c.at_ms))).or_default();
+        entry.0 += c.counted;
+        entry.1 += c.counted - c.expected();
+    }
+    let mut lines = vec![
+        heading(texts.get("cash-summary")).into(),
+        table_row(
+            [
+                texts.get("report-period"),
+                texts.get("cash-collected"),
+                texts.get("cash-over-short"),
+                String::new(),
+            ],
+            None,
+        ),
+    ];
+    let (mut collected_total, mut difference_total) = (0, 0);
+    for (label, (counted, difference)) in by_period.iter().rev().take(REPORT_ROWS_MAX) {
+        collected_total += counted;
+        difference_total += difference;
+        lines.push(table_row(
+            [
+                label.clone(),
+                texts.won(*counted),
+                over_short(texts, *difference),
+                String::new(),
+            ],
+            None,
+        ));
+    }
+    lines.push(rule::horizontal(1).into());
+    lines.push(table_row(
+        [
+            texts.get("report-total"),
+            texts.won(collected_total),
+            over_short(texts, difference_total),
+            String::new(),
+        ],
+        None,
+    ));
+    lines.push(
+        text(format!(
+            "{}: {}",
+            texts.get("cash-owed"),
+            texts.won(app.machine.state().owed_total())
+        ))
+        .size(16)
+        .into(),
+    );
+    Column::with_children(lines).spacing(4).into()
+}
+
+fn password<'a>(texts: &Texts, form: &'a AdminForm) -> Element<'a, AdminMessage> {
     column![
-        text("Change the admin password").size(20),
-        text_input("Current password", &form.current_password)
+        heading(texts.get("password-title")),
+        text_input(&texts.get("current-password"), &form.current_password)
             .secure(true)
             .on_input(AdminMessage::CurrentPassword)
             .width(320)
             .padding(6),
-        text_input("New password", &form.new_password)
+        text_input(&texts.get("new-password"), &form.new_password)
             .secure(true)
             .on_input(AdminMessage::NewPassword)
             .on_submit(AdminMessage::ChangePassword)
             .width(320)
             .padding(6),
-        text("At least 8 characters with a digit and a special character.").size(13),
-        button(text("Change password"))
+        text(texts.get("password-rules")).size(13),
+        button(text(texts.get("change-password")))
             .on_press(AdminMessage::ChangePassword)
             .style(button::primary),
     ]

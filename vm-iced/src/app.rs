@@ -1,17 +1,20 @@
 //! The iced application: state, messages, `update` and `view`. `update` only
 //! talks to the [`Machine`], which records every action durably before the
 //! state the screen shows changes; views are pure functions of the state.
+//! Every text comes from [`Texts`] (Korean by default, English on a switch).
 
 use crate::admin::{self, AdminForm, AdminMessage};
 use crate::customer;
+use crate::i18n::{Language, Texts};
 use crate::machine::{Machine, MachineError};
-use iced::widget::{column, container};
-use iced::{Element, Fill, Subscription, Task, Theme};
+use iced::widget::{column, container, responsive};
+use iced::{Element, Fill, Size, Subscription, Task, Theme};
 use ledger::Command;
-use ledger::catalog::SortKey;
+use ledger::catalog::{CategoryPath, SortKey};
 use ledger::event::Event;
 use ledger::ids::SlotId;
-use ledger::money::{MoneyKind, Won, format_won};
+use ledger::money::{Denomination, MoneyKind, Won};
+use link::channel::RefusalReason;
 use link::driver::UplinkReport;
 use link::uplink::LinkState;
 use std::time::Duration;
@@ -21,14 +24,26 @@ use std::time::Duration;
 /// walks away).
 pub const SESSION_IDLE_MS: i64 = 120_000;
 
+/// The id of the admin password field (focused when the login opens).
+pub const PASSWORD_FIELD: &str = "admin-password";
+
 #[derive(Debug, Clone)]
 pub enum Message {
     Insert(MoneyKind, Won),
     Buy(SlotId),
     CancelLast,
     ReturnChange,
+    /// The coin changer reported a jam on this tube while paying change
+    /// (from the machine's hardware; `--script jam:100` for drills).
+    ChangerJammed(Denomination),
     SortBy(SortKey),
     Search(String),
+    /// Show one category (`None`: all).
+    Category(Option<CategoryPath>),
+    /// Switch between Korean and English.
+    SwitchLanguage,
+    /// The customer took their change-owed ticket.
+    CloseTicket,
     OpenAdmin,
     CloseLogin,
     PasswordInput(String),
@@ -53,7 +68,8 @@ pub enum Tone {
     Error,
 }
 
-/// The line of feedback under the controls.
+/// Feedback for the person in front of the machine: next to the balance
+/// on the customer screen, under the tabs on the admin screen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
     pub tone: Tone,
@@ -61,7 +77,7 @@ pub struct Notice {
 }
 
 impl Notice {
-    fn new(tone: Tone, text: impl Into<String>) -> Option<Notice> {
+    pub fn new(tone: Tone, text: impl Into<String>) -> Option<Notice> {
         Some(Notice {
             tone,
             text: text.into(),
@@ -69,42 +85,87 @@ impl Notice {
     }
 }
 
-/// The connection indicator.
+/// A change-owed ticket, shown to the customer it was issued to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    pub number: u64,
+    pub amount: Won,
+    pub at_ms: i64,
+}
+
+/// The connection light: whether replicas are configured, what the uplink
+/// last reported, and when the fleet last answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
     pub configured: bool,
     pub state: LinkState,
     pub primary: Option<String>,
+    /// Why the replicas refused this machine, as far as it can tell
+    /// (`Some(None)`: its key does not open their frames).
+    pub refused: Option<Option<RefusalReason>>,
+}
+
+/// The window's shape, which the screens adapt to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Layout {
+    pub size: Size,
+    /// Taller than wide (a 1080×1920 kiosk panel): the money panel goes
+    /// under the products.
+    pub portrait: bool,
+    /// A small panel (800×480): smaller type and spacing.
+    pub compact: bool,
+}
+
+impl Layout {
+    pub fn of(size: Size) -> Layout {
+        Layout {
+            size,
+            portrait: size.height > size.width,
+            compact: size.height < 640.0 || size.width < 900.0,
+        }
+    }
+
+    /// `normal`, or `small` on a compact panel.
+    pub fn pick<T>(&self, normal: T, small: T) -> T {
+        if self.compact { small } else { normal }
+    }
 }
 
 pub struct App {
     pub machine: Machine,
+    pub texts: Texts,
     pub screen: Screen,
     pub notice: Option<Notice>,
     pub sort: SortKey,
     pub search: String,
+    pub category: Option<CategoryPath>,
     pub password: String,
     pub admin: AdminForm,
     pub link: Link,
+    pub ticket: Option<Ticket>,
     last_customer_action_ms: i64,
 }
 
 impl App {
-    pub fn new(machine: Machine, uplink_configured: bool) -> App {
+    pub fn new(machine: Machine, uplink_configured: bool, language: Language) -> App {
         let now = machine.now_ms();
         App {
             admin: AdminForm::new(machine.state()),
             machine,
+            texts: Texts::new(language),
             screen: Screen::Customer,
             notice: None,
             sort: SortKey::Slot,
             search: String::new(),
+            category: None,
             password: String::new(),
             link: Link {
                 configured: uplink_configured,
                 state: LinkState::Offline,
                 primary: None,
+                refused: None,
             },
+            ticket: None,
             last_customer_action_ms: now,
         }
     }
@@ -130,25 +191,30 @@ impl App {
             Message::Buy(slot) => self.customer_command(Command::Purchase { slot }),
             Message::CancelLast => self.customer_command(Command::CancelLastPurchase),
             Message::ReturnChange => self.customer_command(Command::ReturnChange),
+            Message::ChangerJammed(jammed) => {
+                self.customer_command(Command::ReturnChangeJammed { jammed })
+            }
             Message::SortBy(key) => self.sort = key,
             Message::Search(text) => self.search = text,
-            Message::OpenAdmin => {
-                if self.screen == Screen::Customer {
-                    self.screen = Screen::Login;
-                    self.password.clear();
-                    self.notice = None;
-                }
+            Message::Category(category) => self.category = category,
+            Message::SwitchLanguage => {
+                self.texts.set_language(self.texts.language().other());
+                // A notice stays in the language it was said in: drop it.
+                self.notice = None;
             }
+            Message::CloseTicket => self.ticket = None,
+            Message::OpenAdmin => return self.open_login(),
             Message::CloseLogin => {
                 self.screen = Screen::Customer;
                 self.password.clear();
+                self.notice = None;
             }
             Message::PasswordInput(text) => self.password = text,
             Message::Login => self.login(),
             Message::Admin(AdminMessage::Logout) => {
                 self.run(Command::AdminLogout);
                 self.screen = Screen::Customer;
-                self.notice = Notice::new(Tone::Info, "Logged out");
+                self.notice = Notice::new(Tone::Info, self.texts.get("logged-out"));
             }
             Message::Admin(message) => {
                 if self.screen == Screen::Admin {
@@ -161,25 +227,41 @@ impl App {
         Task::none()
     }
 
+    /// The login screen, with the cursor in the password field.
+    fn open_login(&mut self) -> Task<Message> {
+        if self.screen != Screen::Customer {
+            return Task::none();
+        }
+        self.screen = Screen::Login;
+        self.password.clear();
+        self.notice = None;
+        iced::widget::operation::focus(PASSWORD_FIELD)
+    }
+
     fn admin_message(&mut self, message: AdminMessage) {
-        let (commands, mut notice) = self.admin.update(message, self.machine.state());
-        if commands.is_empty() {
-            if notice.is_some() {
-                self.notice = notice;
-            }
+        let outcome = self
+            .admin
+            .update(message, self.machine.state(), &self.texts);
+        if let Some(notice) = outcome.notice {
+            self.notice = Some(notice);
+        } else if outcome.clear_notice {
+            self.notice = None;
+        }
+        if outcome.commands.is_empty() {
             return;
         }
         let mut events = Vec::new();
-        for command in commands {
+        for command in outcome.commands {
             match self.machine.execute(command) {
                 Ok(more) => events.extend(more),
                 Err(error) => {
-                    notice = error_notice(&error);
-                    break;
+                    self.notice = self.error_notice(&error);
+                    self.admin.refresh(self.machine.state());
+                    return;
                 }
             }
         }
-        self.notice = notice.or_else(|| describe_admin(&events));
+        self.notice = customer::describe_admin(&self.texts, &events);
         self.admin.refresh(self.machine.state());
     }
 
@@ -189,14 +271,32 @@ impl App {
         }
         self.last_customer_action_ms = self.machine.now_ms();
         self.notice = match self.machine.execute(command) {
-            Ok(events) => describe_customer(&events, &self.machine),
-            Err(error) => error_notice(&error),
+            Ok(events) => {
+                self.note_ticket(&events);
+                customer::describe_customer(&self.texts, &events)
+            }
+            Err(error) => self.error_notice(&error),
         };
+    }
+
+    /// A ticket the machine just issued is shown to its customer.
+    fn note_ticket(&mut self, events: &[Event]) {
+        let at_ms = self.machine.state().last_at_ms;
+        if let Some(ticket) = events.iter().find_map(|event| match event {
+            Event::ChangeOwed { ticket, amount } => Some(Ticket {
+                number: *ticket,
+                amount: *amount,
+                at_ms,
+            }),
+            _ => None,
+        }) {
+            self.ticket = Some(ticket);
+        }
     }
 
     fn run(&mut self, command: Command) {
         if let Err(error) = self.machine.execute(command) {
-            self.notice = error_notice(&error);
+            self.notice = self.error_notice(&error);
         }
     }
 
@@ -206,7 +306,7 @@ impl App {
             Ok(events) if events.iter().any(|e| matches!(e, Event::AdminLoggedIn)) => {
                 self.screen = Screen::Admin;
                 self.admin = AdminForm::new(self.machine.state());
-                self.notice = Notice::new(Tone::Success, "Welcome, operator");
+                self.notice = Notice::new(Tone::Success, self.texts.get("login-welcome"));
             }
             Ok(events) => {
                 let locked = events
@@ -217,40 +317,49 @@ impl App {
                     _ => None,
                 });
                 self.notice = if locked {
-                    Notice::new(
-                        Tone::Error,
-                        "Wrong password. Admin is locked for 5 minutes.",
-                    )
+                    Notice::new(Tone::Error, self.texts.get("login-locked"))
                 } else {
                     let left = ledger::admin::LOGIN_FAILURES_MAX - failures.unwrap_or(0);
                     Notice::new(
                         Tone::Warning,
-                        format!("Wrong password. {left} attempts left before a 5-minute lock."),
+                        self.texts.with(
+                            "login-wrong",
+                            &crate::args![left = crate::i18n::count(left)],
+                        ),
                     )
                 };
             }
-            Err(error) => self.notice = error_notice(&error),
+            Err(error) => self.notice = self.error_notice(&error),
         }
     }
 
     fn on_uplink(&mut self, report: UplinkReport) {
         match report {
             UplinkReport::Acknowledged(seq) => self.machine.acknowledged(seq),
-            UplinkReport::State { state, primary, .. } => {
+            UplinkReport::State {
+                state,
+                primary,
+                refused,
+                ..
+            } => {
+                if state == LinkState::Online {
+                    self.machine.synced();
+                }
                 self.link.state = state;
                 self.link.primary = primary;
+                self.link.refused = refused.map(|r| r.reason);
             }
             UplinkReport::Remote(command) => {
                 // Applied even while a customer or operator is busy: the
                 // command changes a price or a name, or settles a debt.
                 match self.machine.execute(Command::Remote(command)) {
                     Ok(events) => {
-                        if let Some(notice) = describe_admin(&events) {
+                        if let Some(notice) = customer::describe_admin(&self.texts, &events) {
                             self.notice = Some(notice);
                         }
                         self.admin.refresh(self.machine.state());
                     }
-                    Err(error) => self.notice = error_notice(&error),
+                    Err(error) => self.notice = self.error_notice(&error),
                 }
             }
         }
@@ -262,174 +371,55 @@ impl App {
         if self.screen == Screen::Customer && state.escrow.active && idle >= SESSION_IDLE_MS {
             self.last_customer_action_ms = self.machine.now_ms();
             self.notice = match self.machine.execute(Command::ReturnChange) {
-                Ok(events) => describe_customer(&events, &self.machine).map(|n| Notice {
-                    text: format!("Session timed out. {}", n.text),
-                    ..n
-                }),
-                Err(error) => error_notice(&error),
+                Ok(events) => {
+                    self.note_ticket(&events);
+                    customer::describe_customer(&self.texts, &events).map(|n| Notice {
+                        text: self
+                            .texts
+                            .with("session-timed-out", &crate::args![text = n.text]),
+                        ..n
+                    })
+                }
+                Err(error) => self.error_notice(&error),
             };
         }
     }
 
+    /// What went wrong, in the screen's language.
+    pub fn error_notice(&self, error: &MachineError) -> Option<Notice> {
+        match error {
+            MachineError::Rejected(rejection) => {
+                Notice::new(Tone::Warning, self.texts.rejection(rejection))
+            }
+            MachineError::Storage(problem) => Notice::new(
+                Tone::Error,
+                self.texts
+                    .with("not-recorded", &crate::args![problem = problem.as_str()]),
+            ),
+            MachineError::Setup(problem) => Notice::new(
+                Tone::Error,
+                self.texts
+                    .with("other-problem", &crate::args![problem = problem.as_str()]),
+            ),
+        }
+    }
+
     pub fn view(&self) -> Element<'_, Message> {
+        responsive(move |size| self.page(Layout::of(size))).into()
+    }
+
+    fn page(&self, layout: Layout) -> Element<'_, Message> {
         let body = match self.screen {
-            Screen::Customer => customer::view(self),
-            Screen::Login => admin::login_view(self),
-            Screen::Admin => admin::view(self).map(Message::Admin),
+            Screen::Customer => customer::view(self, layout),
+            Screen::Login => admin::login_view(self, layout),
+            Screen::Admin => admin::view(self, layout).map(Message::Admin),
         };
-        let page = column![
-            customer::header(self),
-            body,
-            customer::notice_line(self.notice.as_ref())
-        ]
-        .spacing(12);
+        let page = column![customer::header(self, layout), body].spacing(layout.pick(12, 6));
         container(page)
-            .padding(16)
+            .padding(layout.pick(16, 8))
             .width(Fill)
             .height(Fill)
             .style(crate::style::cabinet)
             .into()
-    }
-}
-
-fn error_notice(error: &MachineError) -> Option<Notice> {
-    match error {
-        MachineError::Rejected(rejection) => {
-            Notice::new(Tone::Warning, capitalise(&rejection.to_string()))
-        }
-        other => Notice::new(Tone::Error, capitalise(&other.to_string())),
-    }
-}
-
-fn capitalise(text: &str) -> String {
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars).collect(),
-        None => String::new(),
-    }
-}
-
-/// What the customer is told after an action.
-fn describe_customer(events: &[Event], machine: &Machine) -> Option<Notice> {
-    let mut notice = None;
-    for event in events {
-        notice = match event {
-            Event::MoneyInserted { denomination, .. } => Notice::new(
-                Tone::Info,
-                format!("{} accepted", capitalise(&denomination.to_string())),
-            ),
-            Event::MoneyRejected { reason, .. } => Notice::new(Tone::Warning, reason.message()),
-            Event::ProductPurchased { product, .. } => {
-                Notice::new(Tone::Success, format!("Enjoy your {product}!"))
-            }
-            Event::PurchaseCancelled { product, price, .. } => Notice::new(
-                Tone::Info,
-                format!(
-                    "Cancelled {product}: {} won back in your balance",
-                    format_won(*price)
-                ),
-            ),
-            Event::ChangeReturned { coins, paid } => {
-                let breakdown: Vec<String> = coins
-                    .breakdown()
-                    .iter()
-                    .map(|(d, n)| format!("{n}×{}", d.value()))
-                    .collect();
-                let text = if *paid == 0 {
-                    "Thank you!".to_owned()
-                } else {
-                    format!(
-                        "Your change: {} won ({})",
-                        format_won(*paid),
-                        breakdown.join(" + ")
-                    )
-                };
-                Notice::new(Tone::Success, text)
-            }
-            Event::ChangeOwed { ticket, amount } => {
-                let before = notice.map(|n: Notice| n.text + ". ").unwrap_or_default();
-                Notice::new(
-                    Tone::Warning,
-                    format!(
-                        "{before}The machine owes you {} won (ticket #{ticket} at {}): please call the operator",
-                        format_won(*amount),
-                        machine.id()
-                    ),
-                )
-            }
-            _ => notice,
-        };
-    }
-    notice
-}
-
-/// What an operator (or a remote command) just did.
-fn describe_admin(events: &[Event]) -> Option<Notice> {
-    let lines: Vec<String> = events
-        .iter()
-        .filter_map(|event| match event {
-            Event::SlotRefilled { slot, added } => Some(format!("slot {slot} +{added}")),
-            Event::TubeLoaded {
-                denomination,
-                count,
-            } => Some(format!("{count} × {} loaded", denomination)),
-            Event::CashCollected {
-                cash_box,
-                stacker,
-                counted,
-            } => {
-                let difference = counted - cash_box - stacker;
-                Some(match difference {
-                    0 => format!("collected {} won, as expected", format_won(*counted)),
-                    d if d > 0 => format!(
-                        "collected {} won: {} won over",
-                        format_won(*counted),
-                        format_won(d)
-                    ),
-                    d => format!(
-                        "collected {} won: {} won short",
-                        format_won(*counted),
-                        format_won(-d)
-                    ),
-                })
-            }
-            Event::PriceChanged {
-                slot,
-                price,
-                source,
-            } => Some(format!(
-                "slot {slot} now costs {} won{}",
-                format_won(*price),
-                remote_suffix(source)
-            )),
-            Event::ProductRenamed { slot, name, source } => Some(format!(
-                "slot {slot} is now {name}{}",
-                remote_suffix(source)
-            )),
-            Event::SlotConfigured(config) => Some(format!(
-                "slot {} configured: {}",
-                config.slot, config.product.name
-            )),
-            Event::ChangeOwedSettled { ticket, amount, .. } => Some(format!(
-                "ticket #{ticket} settled ({} won)",
-                format_won(*amount)
-            )),
-            Event::AdminPasswordChanged { .. } => Some("password changed".to_owned()),
-            Event::RemoteCommandRejected { command_id, reason } => {
-                Some(format!("remote command {command_id} refused: {reason}"))
-            }
-            _ => None,
-        })
-        .collect();
-    if lines.is_empty() {
-        return None;
-    }
-    Notice::new(Tone::Success, capitalise(&lines.join("; ")))
-}
-
-fn remote_suffix(source: &ledger::event::Source) -> &'static str {
-    match source {
-        ledger::event::Source::Remote { .. } => " (from the dashboard)",
-        ledger::event::Source::Local => "",
     }
 }

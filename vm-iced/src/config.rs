@@ -2,6 +2,7 @@
 //! about a machine is set by editing code (the original needed a source
 //! edit to run a second machine).
 
+use crate::i18n::Language;
 use ledger::catalog::{CategoryPath, Product, SlotConfig, default_catalog};
 use ledger::ids::SlotId;
 use ledger::money::CoinCounts;
@@ -35,6 +36,10 @@ pub struct MachineConfig {
     pub tube_capacity: [u32; 4],
     #[serde(default = "default_stacker")]
     pub stacker_capacity_bills: u32,
+    /// The screens' language at start (`ko`, the default, or `en`); the
+    /// customer screen has a switch.
+    #[serde(default)]
+    pub language: Language,
 }
 
 /// Why a configuration file could not be loaded; the path is named so the
@@ -50,6 +55,8 @@ pub enum ConfigError {
         path: String,
         error: toml::de::Error,
     },
+    #[error("replica address {0:?} needs a host and a port, e.g. 127.0.0.1:7101")]
+    Address(String),
 }
 
 /// A slot as written in the configuration file.
@@ -62,6 +69,9 @@ pub struct SlotEntry {
     /// "Drinks > Coffee"
     pub category: String,
     pub capacity: u32,
+    /// The product's ASCII code (`COFFEE`); `SLOT-NN` when left out.
+    #[serde(default)]
+    pub code: String,
 }
 
 fn default_tubes() -> [u32; 4] {
@@ -95,7 +105,23 @@ impl MachineConfig {
             slots: Vec::new(),
             tube_capacity: default_tubes(),
             stacker_capacity_bills: default_stacker(),
+            language: Language::default(),
         }
+    }
+
+    /// Every replica address is `host:port` with a port number (a bare
+    /// `localhost` would never connect, and the screen would only say
+    /// "offline").
+    pub fn check_replicas(&self) -> Result<(), ConfigError> {
+        for address in &self.replicas {
+            let port_ok = address.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !port_ok {
+                return Err(ConfigError::Address(address.clone()));
+            }
+        }
+        Ok(())
     }
 
     /// The slots to install: the configured ones, or the default catalog.
@@ -105,14 +131,19 @@ impl MachineConfig {
         }
         self.slots
             .iter()
-            .map(|entry| SlotConfig {
-                slot: SlotId(entry.slot),
-                product: Product {
+            .map(|entry| {
+                let mut product = Product {
                     name: entry.name.clone(),
                     price: entry.price,
                     category: CategoryPath::parse(&entry.category),
-                },
-                capacity: entry.capacity,
+                    code: entry.code.clone(),
+                };
+                product.code = product.code_or_slot(SlotId(entry.slot));
+                SlotConfig {
+                    slot: SlotId(entry.slot),
+                    product,
+                    capacity: entry.capacity,
+                }
             })
             .collect()
     }
@@ -151,10 +182,38 @@ capacity = 8
         let catalog = config.catalog();
         assert_eq!(catalog.len(), 1);
         assert_eq!(catalog[0].product.category.0, ["Drinks", "Tea"]);
+        assert_eq!(
+            catalog[0].product.code, "SLOT-01",
+            "a code when none is given"
+        );
+        assert_eq!(config.language, Language::Korean, "Korean by default");
+        config.check_replicas().unwrap();
         let bad = text.replace("VM-002", "VM 002");
         assert!(
             toml::from_str::<MachineConfig>(&bad).is_err(),
             "ids are validated"
         );
+    }
+
+    #[test]
+    fn a_replica_address_needs_a_port() {
+        let mut config = MachineConfig::new(MachineId::numbered(1), "d".into(), "k".into());
+        for good in ["127.0.0.1:7101", "localhost:7101", "[::1]:7101"] {
+            config.replicas = vec![good.into()];
+            assert!(config.check_replicas().is_ok(), "{good}");
+        }
+        for bad in [
+            "localhost",
+            "localhost:",
+            ":7101",
+            "localhost:http",
+            "host:0",
+        ] {
+            config.replicas = vec![bad.into()];
+            assert_eq!(
+                config.check_replicas().unwrap_err().to_string(),
+                format!("replica address {bad:?} needs a host and a port, e.g. 127.0.0.1:7101")
+            );
+        }
     }
 }

@@ -1,99 +1,216 @@
-//! The customer screen: products, money, balance, change, and the header
-//! with the exact-change light and the connection indicator.
+//! The customer screen: categories, products, the money panel (balance,
+//! feedback, Return and Cancel, the money the machine takes), the
+//! change-owed ticket, "Out of service", and the header with the
+//! exact-change light, the connection light and the language switch.
+//!
+//! It adapts to the window: at 800×480 the type shrinks and the money
+//! panel still shows Return; taller than wide, the money panel goes under
+//! the products. The product grid is laid out here in rows of cards of one
+//! size, so no card is drawn across another.
 
-use crate::app::{App, Link, Message, Notice, Tone};
-use crate::style;
-use iced::widget::{button, column, container, row, scrollable, space, text, text_input};
-use iced::{Center, Color, Element, Fill, FillPortion, Theme};
-use ledger::catalog::{SortKey, matches_search, sort_slots};
-use ledger::money::{MoneyKind, format_won};
+use crate::app::{App, Layout, Link, Message, Notice, Ticket, Tone};
+use crate::i18n::Texts;
+use crate::{args, style};
+use iced::widget::{
+    Column, Row, button, column, container, row, scrollable, space, text, text_input,
+};
+use iced::{Center, Color, Element, Fill, Length, Theme};
+use ledger::catalog::{CategoryPath, SortKey, matches_search, sort_slots};
+use ledger::event::{Event, Source};
+use ledger::money::{MoneyKind, Won};
 use ledger::state::Slot;
+use link::channel::RefusalReason;
 use link::uplink::LinkState;
 
-/// The coins and bills a customer can put in, as (label, kind, value). The
-/// 5,000-won bill and the foreign coin exist so a customer can try them and
-/// see them refused, as on a real machine.
-pub const MONEY_BUTTONS: [(&str, MoneyKind, i64); 7] = [
-    ("10-won coin", MoneyKind::Coin, 10),
-    ("50-won coin", MoneyKind::Coin, 50),
-    ("100-won coin", MoneyKind::Coin, 100),
-    ("500-won coin", MoneyKind::Coin, 500),
-    ("1,000-won bill", MoneyKind::Bill, 1_000),
-    ("5,000-won bill", MoneyKind::Bill, 5_000),
-    ("Foreign coin", MoneyKind::Coin, 200),
+/// The money the machine takes, as (kind, value), smallest first.
+pub const ACCEPTED_MONEY: [(MoneyKind, Won); 5] = [
+    (MoneyKind::Coin, 10),
+    (MoneyKind::Coin, 50),
+    (MoneyKind::Coin, 100),
+    (MoneyKind::Coin, 500),
+    (MoneyKind::Bill, 1_000),
 ];
 
-pub fn header(app: &App) -> Element<'_, Message> {
+/// Money the machine refuses, kept apart so a customer can try it and see
+/// it handed back: a 5,000-won bill and a foreign coin.
+pub const REFUSED_MONEY: [(MoneyKind, Won); 2] = [(MoneyKind::Bill, 5_000), (MoneyKind::Coin, 200)];
+
+pub fn header<'a>(app: &'a App, layout: Layout) -> Element<'a, Message> {
+    let texts = &app.texts;
     let state = app.machine.state();
-    let exact = state.exact_change_only().then(|| {
-        container(text("EXACT CHANGE ONLY").size(14))
-            .padding([4, 10])
-            .style(|_: &Theme| style::pill(style::AMBER))
-    });
-    let admin = (app.screen == crate::app::Screen::Customer).then(|| {
-        button(text("Admin"))
+    let pill = |label: String, color: Color| {
+        container(text(label).size(layout.pick(14, 12)))
+            .padding([3, 10])
+            .style(move |_: &Theme| style::pill(color))
+    };
+    let status = if state.out_of_service() {
+        Some(pill(texts.get("out-of-service-pill"), style::REFUSED))
+    } else if state.exact_change_only() {
+        Some(pill(texts.get("exact-change-only"), style::AMBER))
+    } else {
+        None
+    };
+    let on_customer_screen = app.screen == crate::app::Screen::Customer;
+    let admin = on_customer_screen.then(|| {
+        button(text(texts.get("admin-button")).size(layout.pick(16, 13)))
             .on_press(Message::OpenAdmin)
             .style(button::secondary)
     });
-    row![
-        text(app.machine.id().to_string()).size(26),
-        exact,
+    let language = button(text(texts.get("language-switch")).size(layout.pick(16, 13)))
+        .on_press(Message::SwitchLanguage)
+        .style(button::secondary);
+    let top = row![
+        text(app.machine.id().to_string()).size(layout.pick(26, 18)),
+        status,
         space::horizontal(),
-        link_indicator(&app.link, app.machine.unacknowledged()),
+        language,
         admin,
     ]
-    .spacing(12)
-    .align_y(Center)
-    .into()
+    .spacing(layout.pick(12, 8))
+    .align_y(Center);
+    column![top, link_indicator(app, layout)]
+        .spacing(layout.pick(6, 2))
+        .into()
 }
 
-/// "Online · primary 127.0.0.1:7101 · 0 unsent", as the connection light.
-pub fn link_text(link: &Link, unsent: u64) -> String {
-    let state = match (link.configured, link.state) {
-        (false, _) => "Standalone".to_owned(),
-        (true, LinkState::Online) => match &link.primary {
-            Some(primary) => format!("Online · primary {primary}"),
-            None => "Online".to_owned(),
+/// The connection light in words: kept locally when no replica is
+/// configured; online with the primary; or why the machine is offline
+/// (no replica answers, the replicas do not know it, its key differs, they
+/// speak another link version) and when it last synced.
+pub fn link_text(
+    texts: &Texts,
+    link: &Link,
+    unsent: u64,
+    events: u64,
+    synced: Option<i64>,
+) -> String {
+    if !link.configured {
+        return texts.with("link-standalone", &args![events = events]);
+    }
+    let synced = synced.map_or_else(|| texts.get("never"), |at| texts.time(at));
+    let common = |id: &str| texts.with(id, &args![unsent = unsent, synced = synced.as_str()]);
+    match (link.state, &link.refused) {
+        (LinkState::Online, _) => match &link.primary {
+            Some(primary) => texts.with(
+                "link-online",
+                &args![primary = primary.as_str(), unsent = unsent],
+            ),
+            None => texts.with("link-online-no-primary", &args![unsent = unsent]),
         },
-        (true, LinkState::Connecting) => "Connecting…".to_owned(),
-        (true, LinkState::Offline) => "Offline".to_owned(),
-        // The details (which replica, what it said) are in the log; the
-        // screen says what an operator checks first.
-        (true, LinkState::Refused) => "Refused: unknown machine or wrong key".to_owned(),
-    };
-    format!("{state} · {unsent} unsent")
+        (_, Some(Some(RefusalReason::UnknownMachine))) => common("link-unknown-machine"),
+        (_, Some(None)) => common("link-wrong-key"),
+        (_, Some(Some(RefusalReason::Version { supported }))) => texts.with(
+            "link-version",
+            &args![
+                supported = *supported,
+                unsent = unsent,
+                synced = synced.as_str()
+            ],
+        ),
+        (LinkState::Connecting, None) => common("link-connecting"),
+        (_, None) => common("link-unreachable"),
+    }
 }
 
-fn link_indicator(link: &Link, unsent: u64) -> Element<'static, Message> {
-    let color = match (link.configured, link.state) {
-        (true, LinkState::Online) => Color::from_rgb8(0x16, 0xa3, 0x4a),
-        (true, LinkState::Connecting) => style::AMBER,
-        (true, LinkState::Refused) => style::REFUSED,
-        _ => style::MUTED,
+fn link_indicator<'a>(app: &'a App, layout: Layout) -> Element<'a, Message> {
+    let link = &app.link;
+    let color = match (link.configured, link.state, &link.refused) {
+        (false, ..) => style::LED,
+        (true, LinkState::Online, _) => style::ONLINE,
+        (true, _, Some(_)) => style::REFUSED,
+        (true, LinkState::Connecting, None) => style::AMBER,
+        (true, _, None) => style::MUTED,
     };
+    let words = link_text(
+        &app.texts,
+        link,
+        app.machine.unacknowledged(),
+        app.machine.state().last_seq,
+        app.machine.synced_ms(),
+    );
     row![
-        container(space().width(12).height(12)).style(move |_: &Theme| style::pill(color)),
-        text(link_text(link, unsent)).size(14),
+        container(space().width(10).height(10)).style(move |_: &Theme| style::pill(color)),
+        text(words).size(layout.pick(13, 11)),
     ]
     .spacing(6)
     .align_y(Center)
     .into()
 }
 
-pub fn view(app: &App) -> Element<'_, Message> {
+pub fn view<'a>(app: &'a App, layout: Layout) -> Element<'a, Message> {
+    let products: Element<'a, Message> = if let Some(ticket) = &app.ticket {
+        ticket_card(app, ticket, layout)
+    } else if app.machine.state().out_of_service() {
+        out_of_service(&app.texts, layout)
+    } else {
+        product_area(app, layout)
+    };
+    if layout.portrait {
+        column![container(products).height(Fill), money_panel(app, layout)]
+            .spacing(12)
+            .height(Fill)
+            .into()
+    } else {
+        row![container(products).width(Fill), money_panel(app, layout)]
+            .spacing(layout.pick(20, 10))
+            .height(Fill)
+            .into()
+    }
+}
+
+/// Width of the money panel beside the products (landscape).
+fn panel_width(layout: Layout) -> f32 {
+    layout.pick(280.0, 236.0)
+}
+
+/// Card size: the grid fits as many as the width allows.
+fn card_size(layout: Layout) -> (f32, f32) {
+    if layout.portrait {
+        (230.0, 150.0)
+    } else {
+        layout.pick((172.0, 128.0), (150.0, 104.0))
+    }
+}
+
+fn product_area<'a>(app: &'a App, layout: Layout) -> Element<'a, Message> {
+    let texts = &app.texts;
     let state = app.machine.state();
     let mut slots: Vec<&Slot> = state
         .slots
         .values()
         .filter(|s| matches_search(&s.config, &app.search))
+        .filter(|s| {
+            app.category
+                .as_ref()
+                .is_none_or(|c| s.config.product.category.0.starts_with(&c.0))
+        })
         .collect();
     sort_slots(&mut slots, app.sort, |s| &s.config);
-    let cards = slots
-        .into_iter()
-        .map(|slot| product_card(slot, state.can_buy(slot.config.slot)));
-    let sort_button = |label: &'static str, key: SortKey| {
-        button(text(label).size(14))
+    let categories = categories(app);
+    let (card_width, card_height) = card_size(layout);
+    let gap = layout.pick(14.0, 8.0);
+    let padding = layout.pick(14.0, 8.0);
+    let grid_width = grid_width(layout, padding);
+    let columns = (((grid_width + gap) / (card_width + gap)).floor() as usize).max(1);
+    let rows = slots.chunks(columns).map(|chunk| {
+        Row::with_children(chunk.iter().map(|slot| {
+            let color = category_color(&categories, &slot.config.product.category);
+            product_card(app, slot, color, (card_width, card_height), layout)
+        }))
+        .spacing(gap)
+        .into()
+    });
+    let grid = scrollable(Column::with_children(rows).spacing(gap)).height(Fill);
+    let window = container(grid)
+        .padding(padding)
+        .width(Fill)
+        .height(Fill)
+        .style(style::product_window);
+    let size = layout.pick(14, 12);
+    let sort_button = |label: String, key: SortKey| {
+        button(text(label).size(size))
             .on_press(Message::SortBy(key))
+            .padding([3, 8])
             .style(if app.sort == key {
                 button::primary
             } else {
@@ -101,112 +218,445 @@ pub fn view(app: &App) -> Element<'_, Message> {
             })
     };
     let controls = row![
-        text("Sort").size(14),
-        sort_button("Slot", SortKey::Slot),
-        sort_button("Name", SortKey::Name),
-        sort_button("Price", SortKey::Price),
-        text_input("Search products", &app.search)
+        text(texts.get("sort")).size(size),
+        sort_button(texts.get("sort-slot"), SortKey::Slot),
+        sort_button(texts.get("sort-name"), SortKey::Name),
+        sort_button(texts.get("sort-price"), SortKey::Price),
+        text_input(&texts.get("search"), &app.search)
             .on_input(Message::Search)
-            .width(220)
-            .padding(6),
+            .size(size)
+            .width(layout.pick(220, 150))
+            .padding(4),
     ]
-    .spacing(8)
+    .spacing(layout.pick(8, 5))
     .align_y(Center);
-    let window =
-        container(scrollable(row(cards).spacing(14).wrap().vertical_spacing(14)).height(Fill))
-            .padding(14)
-            .width(Fill)
-            .height(Fill)
-            .style(style::product_window);
-    let products = column![controls, window].spacing(12).width(FillPortion(3));
-    row![products, money_panel(app)]
-        .spacing(20)
-        .height(Fill)
+    column![category_filter(app, &categories, layout), controls, window]
+        .spacing(layout.pick(10, 5))
         .into()
 }
 
-fn product_card(slot: &Slot, enabled: bool) -> Element<'_, Message> {
+/// The width the product grid can use inside its window.
+fn grid_width(layout: Layout, padding: f32) -> f32 {
+    let page_padding = layout.pick(16.0, 8.0) * 2.0;
+    let beside = if layout.portrait {
+        0.0
+    } else {
+        panel_width(layout) + layout.pick(20.0, 10.0)
+    };
+    // The scrollbar takes a strip at the right.
+    layout.size.width - page_padding - beside - padding * 2.0 - 12.0
+}
+
+/// The categories products are filed under (their full paths), in order.
+fn categories(app: &App) -> Vec<CategoryPath> {
+    let mut paths: Vec<CategoryPath> = app
+        .machine
+        .state()
+        .slots
+        .values()
+        .map(|s| s.config.product.category.clone())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+fn category_color(categories: &[CategoryPath], category: &CategoryPath) -> Color {
+    let index = categories.iter().position(|c| c == category).unwrap_or(0);
+    style::CATEGORY_COLORS[index % style::CATEGORY_COLORS.len()]
+}
+
+/// One button per category (its last name, in its colour) and "All".
+fn category_filter<'a>(
+    app: &'a App,
+    categories: &[CategoryPath],
+    layout: Layout,
+) -> Element<'a, Message> {
+    let size = layout.pick(14, 12);
+    let chip = |label: String, color: Color, choice: Option<CategoryPath>| {
+        let selected = app.category == choice;
+        button(
+            row![
+                container(space().width(10).height(10)).style(move |_: &Theme| style::pill(color)),
+                text(label).size(size),
+            ]
+            .spacing(5)
+            .align_y(Center),
+        )
+        .on_press(Message::Category(choice))
+        .padding([3, 9])
+        .style(style::chip(selected))
+    };
+    let mut chips = vec![chip(app.texts.get("category-all"), style::MUTED, None).into()];
+    chips.extend(categories.iter().map(|path| {
+        let label = path.0.last().cloned().unwrap_or_default();
+        chip(label, category_color(categories, path), Some(path.clone())).into()
+    }));
+    Row::with_children(chips).spacing(layout.pick(8, 5)).into()
+}
+
+/// The widget id of a slot's product card (`slot-2`), for tests and tools
+/// that find a product whatever its name.
+pub fn product_id(slot: ledger::SlotId) -> String {
+    format!("slot-{}", slot.0)
+}
+
+/// A product: its category colour, name, price and stock. It can always
+/// be pressed: what cannot be bought says why (how much more to insert,
+/// sold out, no change) next to the balance, as the keyboard does.
+fn product_card<'a>(
+    app: &'a App,
+    slot: &'a Slot,
+    color: Color,
+    (width, height): (f32, f32),
+    layout: Layout,
+) -> Element<'a, Message> {
+    let texts = &app.texts;
     let product = &slot.config.product;
     let stock = if slot.sold_out() {
-        text("SOLD OUT")
-            .size(14)
-            .color(Color::from_rgb8(0xdc, 0x26, 0x26))
+        text(texts.get("sold-out"))
+            .size(layout.pick(14, 12))
+            .color(style::SOLD_OUT)
     } else {
-        text(format!("{} left", slot.stock)).size(14)
+        text(texts.with("items-left", &args![count = slot.stock])).size(layout.pick(14, 12))
     };
-    let price = text(format!("{} won", format_won(product.price)))
-        .size(20)
-        .color(style::PRICE);
+    let category = product.category.0.last().cloned().unwrap_or_default();
     let label = column![
-        text(format!("{}  ·  {}", slot.config.slot, product.category)).size(11),
-        text(product.name.as_str()).size(19),
-        price,
+        row![
+            container(space().width(8).height(8)).style(move |_: &Theme| style::pill(color)),
+            text(format!("{} · {category}", slot.config.slot)).size(layout.pick(12, 10)),
+        ]
+        .spacing(5)
+        .align_y(Center),
+        text(product.name.as_str()).size(layout.pick(19, 15)),
+        text(texts.won(product.price))
+            .size(layout.pick(20, 16))
+            .color(style::PRICE),
         stock,
     ]
-    .spacing(4);
-    button(container(label).width(168).padding(8))
-        .on_press_maybe(enabled.then_some(Message::Buy(slot.config.slot)))
-        .style(style::product)
-        .into()
+    .spacing(layout.pick(4, 2));
+    let buyable = app.machine.state().can_buy(slot.config.slot);
+    button(
+        container(label)
+            .id(product_id(slot.config.slot))
+            .width(Length::Fixed(width))
+            .height(Length::Fixed(height))
+            .padding(layout.pick(8, 5)),
+    )
+    .on_press(Message::Buy(slot.config.slot))
+    .padding(0)
+    .style(style::product(buyable, color))
+    .into()
 }
 
-fn money_panel(app: &App) -> Element<'_, Message> {
+fn money_panel<'a>(app: &'a App, layout: Layout) -> Element<'a, Message> {
+    let texts = &app.texts;
     let state = app.machine.state();
-    let balance =
-        container(text(format!("Balance {} won", format_won(state.escrow.balance))).size(24))
-            .padding(12)
-            .width(Fill)
-            .style(style::led);
-    let money = MONEY_BUTTONS.iter().map(|&(label, kind, value)| {
-        let fill = match (kind, value) {
-            (MoneyKind::Bill, _) => style::BILL,
-            (_, 500) => style::GOLD,
-            (_, 10) => style::BRONZE,
-            _ => style::SILVER,
-        };
-        button(text(label).size(15))
-            .on_press(Message::Insert(kind, value))
-            .width(Fill)
-            .padding([6, 14])
-            .style(style::money(fill))
-            .into()
-    });
-    let session_buttons = column![
-        button(text("Cancel last purchase").size(15))
-            .on_press_maybe((!state.escrow.purchases.is_empty()).then_some(Message::CancelLast))
-            .width(Fill)
-            .style(button::warning),
-        button(text("Return change").size(15))
+    let selling = !state.out_of_service();
+    let size = layout.pick(15, 12);
+    let balance = container(
+        column![
+            text(texts.get("balance")).size(layout.pick(13, 11)),
+            text(texts.won(state.escrow.balance)).size(layout.pick(30, 22)),
+        ]
+        .spacing(0),
+    )
+    .padding([layout.pick(8, 4), 12])
+    .width(Fill)
+    .style(style::led);
+    let session = column![
+        button(text(texts.get("return-change")).size(size))
             .on_press_maybe(state.escrow.active.then_some(Message::ReturnChange))
             .width(Fill)
+            .padding(layout.pick([8, 12], [5, 10]))
             .style(button::success),
+        button(text(texts.get("cancel-last")).size(size))
+            .on_press_maybe((!state.escrow.purchases.is_empty()).then_some(Message::CancelLast))
+            .width(Fill)
+            .padding(layout.pick([6, 12], [4, 10]))
+            .style(button::warning),
     ]
-    .spacing(8);
-    let content = column![
+    .spacing(layout.pick(8, 4));
+    let money_button = |kind: MoneyKind, value: Won, accepted: bool| {
+        let fill = match (accepted, kind, value) {
+            (false, ..) => style::REFUSED_MONEY,
+            (true, MoneyKind::Bill, _) => style::BILL,
+            (true, _, 500) => style::GOLD,
+            (true, _, 10) => style::BRONZE,
+            _ => style::SILVER,
+        };
+        button(text(texts.money(kind, value)).size(size))
+            .on_press_maybe(selling.then_some(Message::Insert(kind, value)))
+            .width(Fill)
+            .padding(layout.pick([6, 10], [4, 8]))
+            .style(style::money(fill, accepted))
+    };
+    let accepted = ACCEPTED_MONEY.chunks(2).map(|pair| {
+        Row::with_children(
+            pair.iter()
+                .map(|&(kind, value)| money_button(kind, value, true).into()),
+        )
+        .spacing(6)
+        .into()
+    });
+    let refused = Row::with_children(
+        REFUSED_MONEY
+            .iter()
+            .map(|&(kind, value)| money_button(kind, value, false).into()),
+    )
+    .spacing(6);
+    let mut content = column![
         balance,
-        text("Insert money").size(14),
-        column(money).spacing(6),
-        session_buttons,
-        text("Keys: a s d f = 10 50 100 500 · g = 1,000 bill · 1-9 buy · c cancel · x change")
-            .size(11),
+        feedback(app.notice.as_ref(), layout),
+        session,
+        text(texts.get("accepted-money")).size(layout.pick(13, 11)),
+        Column::with_children(accepted).spacing(layout.pick(6, 4)),
+        text(texts.get("not-accepted-money")).size(layout.pick(13, 11)),
+        refused,
     ]
-    .spacing(10);
-    container(content)
-        .padding(14)
-        .width(FillPortion(1))
-        .style(style::panel)
+    .spacing(layout.pick(10, 5));
+    if !layout.compact {
+        content = content.push(text(texts.get("keys-hint")).size(11));
+    }
+    let panel = container(scrollable(content))
+        .padding(layout.pick(14, 8))
+        .style(style::panel);
+    if layout.portrait {
+        panel.width(Fill).into()
+    } else {
+        panel.width(Length::Fixed(panel_width(layout))).into()
+    }
+}
+
+/// What the customer is told, right under the balance.
+fn feedback(notice: Option<&Notice>, layout: Layout) -> Element<'static, Message> {
+    let Some(notice) = notice else {
+        return space().height(layout.pick(20, 14)).into();
+    };
+    let color = match notice.tone {
+        Tone::Info => style::INFO,
+        Tone::Success => style::LED,
+        Tone::Warning => style::WARNING,
+        Tone::Error => style::ERROR,
+    };
+    text(notice.text.clone())
+        .size(layout.pick(15, 12))
+        .color(color)
         .into()
 }
 
-pub fn notice_line(notice: Option<&Notice>) -> Element<'static, Message> {
-    let Some(notice) = notice else {
-        return text(" ").size(16).into();
+/// "Out of service" with what the operator does about it, in place of the
+/// products; the money buttons are off.
+fn out_of_service(texts: &Texts, layout: Layout) -> Element<'_, Message> {
+    let content = column![
+        text(texts.get("out-of-service")).size(layout.pick(40, 28)),
+        text(texts.get("out-of-service-hint")).size(layout.pick(18, 14)),
+    ]
+    .spacing(16)
+    .align_x(Center);
+    container(content)
+        .padding(24)
+        .center(Fill)
+        .style(style::product_window)
+        .into()
+}
+
+/// The change-owed ticket: number, amount, machine, time and how to claim
+/// it, until the customer presses OK.
+fn ticket_card<'a>(app: &'a App, ticket: &Ticket, layout: Layout) -> Element<'a, Message> {
+    let texts = &app.texts;
+    let line = |label: String, value: String| {
+        row![
+            text(label)
+                .size(layout.pick(16, 13))
+                .width(Length::Fixed(layout.pick(130.0, 90.0))),
+            text(value).size(layout.pick(18, 14)),
+        ]
+        .spacing(10)
     };
-    let color = match notice.tone {
-        Tone::Info => Color::from_rgb8(0x93, 0xc5, 0xfd),
-        Tone::Success => style::LED,
-        Tone::Warning => Color::from_rgb8(0xfb, 0xbf, 0x24),
-        Tone::Error => Color::from_rgb8(0xf8, 0x71, 0x71),
-    };
-    text(notice.text.clone()).size(16).color(color).into()
+    let card = column![
+        text(texts.get("ticket-title")).size(layout.pick(28, 20)),
+        text(texts.with("ticket-number", &args![ticket = ticket.number])).size(layout.pick(20, 15)),
+        line(texts.get("ticket-amount"), texts.won(ticket.amount)),
+        line(texts.get("ticket-machine"), app.machine.id().to_string()),
+        line(texts.get("ticket-time"), texts.time(ticket.at_ms)),
+        text(texts.get("ticket-claim")).size(layout.pick(14, 12)),
+        button(text(texts.get("ticket-ok")).size(layout.pick(16, 13)))
+            .on_press(Message::CloseTicket)
+            .style(button::primary),
+    ]
+    .spacing(layout.pick(10, 5))
+    .max_width(460);
+    container(
+        container(card)
+            .padding(layout.pick(20, 12))
+            .style(style::ticket),
+    )
+    .center(Fill)
+    .style(style::product_window)
+    .into()
+}
+
+/// What the customer is told after an action.
+pub fn describe_customer(texts: &Texts, events: &[Event]) -> Option<Notice> {
+    let mut notice: Option<Notice> = None;
+    let mut returned_bill = None;
+    for event in events {
+        notice = match event {
+            Event::MoneyInserted { denomination, .. } => Notice::new(
+                Tone::Info,
+                texts.with(
+                    "inserted",
+                    &args![money = texts.denomination(*denomination)],
+                ),
+            ),
+            Event::MoneyRejected { reason, .. } => {
+                Notice::new(Tone::Warning, texts.insert_rejection(*reason))
+            }
+            Event::ProductPurchased { product, .. } => Notice::new(
+                Tone::Success,
+                texts.with("purchased", &args![product = product.as_str()]),
+            ),
+            Event::PurchaseCancelled { product, price, .. } => Notice::new(
+                Tone::Info,
+                texts.with(
+                    "cancelled",
+                    &args![product = product.as_str(), amount = texts.won(*price)],
+                ),
+            ),
+            Event::BillReturned { denomination } => {
+                returned_bill = Some(texts.denomination(*denomination));
+                Notice::new(
+                    Tone::Success,
+                    texts.with(
+                        "bill-returned",
+                        &args![money = texts.denomination(*denomination)],
+                    ),
+                )
+            }
+            Event::ChangeReturned { coins, paid } => Notice::new(
+                Tone::Success,
+                match (&returned_bill, *paid) {
+                    (None, 0) => texts.get("thank-you"),
+                    (Some(_), 0) => notice.map(|n| n.text).unwrap_or_default(),
+                    (None, paid) => texts.with(
+                        "change-returned",
+                        &args![amount = texts.won(paid), coins = texts.coins(coins)],
+                    ),
+                    (Some(bill), paid) => texts.with(
+                        "bill-and-change-returned",
+                        &args![
+                            money = bill.as_str(),
+                            amount = texts.won(paid),
+                            coins = texts.coins(coins)
+                        ],
+                    ),
+                },
+            ),
+            Event::ChangeOwed { amount, .. } => Notice::new(
+                Tone::Warning,
+                texts.with("change-owed-notice", &args![amount = texts.won(*amount)]),
+            ),
+            _ => notice,
+        };
+    }
+    notice
+}
+
+/// What an operator (or a remote command) just did.
+pub fn describe_admin(texts: &Texts, events: &[Event]) -> Option<Notice> {
+    let mut tone = Tone::Success;
+    let lines: Vec<String> = events
+        .iter()
+        .filter_map(|event| {
+            Some(match event {
+                Event::SlotRefilled { slot, added } => {
+                    texts.with("refilled", &args![slot = slot.0, added = *added])
+                }
+                Event::TubeLoaded {
+                    denomination,
+                    count,
+                } => texts.with(
+                    "tube-loaded",
+                    &args![count = *count, money = texts.denomination(*denomination)],
+                ),
+                Event::CashCollected {
+                    cash_box,
+                    stacker,
+                    counted,
+                } => {
+                    let difference = counted - cash_box - stacker;
+                    if difference != 0 {
+                        tone = Tone::Warning;
+                    }
+                    collected(texts, *counted, difference)
+                }
+                Event::PriceChanged {
+                    slot,
+                    price,
+                    source,
+                } => texts.with(
+                    remote_id(source, "price-changed", "price-changed-remote"),
+                    &args![slot = slot.0, price = texts.won(*price)],
+                ),
+                Event::ProductRenamed { slot, name, source } => texts.with(
+                    remote_id(source, "renamed", "renamed-remote"),
+                    &args![slot = slot.0, name = name.as_str()],
+                ),
+                Event::SlotConfigured(config) => texts.with(
+                    "configured",
+                    &args![slot = config.slot.0, name = config.product.name.as_str()],
+                ),
+                Event::ChangeOwedSettled { ticket, amount, .. } => texts.with(
+                    "settled",
+                    &args![ticket = *ticket, amount = texts.won(*amount)],
+                ),
+                Event::AdminPasswordChanged { .. } => texts.get("password-changed"),
+                Event::RemoteCommandRejected { command_id, reason } => {
+                    tone = Tone::Warning;
+                    texts.with(
+                        "remote-refused",
+                        &args![id = *command_id, reason = reason.as_str()],
+                    )
+                }
+                _ => return None,
+            })
+        })
+        .collect();
+    if lines.is_empty() {
+        return None;
+    }
+    Notice::new(tone, lines.join("; "))
+}
+
+/// "Collected 990 won: 10 won short".
+pub fn collected(texts: &Texts, counted: Won, difference: Won) -> String {
+    let counted = texts.won(counted);
+    match difference {
+        0 => texts.with("collected-exact", &args![counted = counted]),
+        d if d > 0 => texts.with(
+            "collected-over",
+            &args![counted = counted, amount = texts.won(d)],
+        ),
+        d => texts.with(
+            "collected-short",
+            &args![counted = counted, amount = texts.won(-d)],
+        ),
+    }
+}
+
+fn remote_id(source: &Source, local: &'static str, remote: &'static str) -> &'static str {
+    match source {
+        Source::Remote { .. } => remote,
+        Source::Local => local,
+    }
+}
+
+/// "3,000 won over" / "10 won short" / "0 won".
+pub fn over_short(texts: &Texts, difference: Won) -> String {
+    match difference {
+        d if d > 0 => texts.with("over", &args![amount = texts.won(d)]),
+        d if d < 0 => texts.with("short", &args![amount = texts.won(-d)]),
+        _ => texts.won(0),
+    }
 }

@@ -10,9 +10,24 @@ use ledger::money::MoneyKind;
 use ledger::{Command, MachineId};
 use std::path::PathBuf;
 use std::sync::Mutex;
+use vm_iced::admin::{AdminMessage, Tab};
 use vm_iced::app::{App, Message};
 use vm_iced::config::MachineConfig;
+use vm_iced::fonts;
+use vm_iced::i18n::Language;
 use vm_iced::machine::{Machine, system_clock};
+
+/// The window at start: `VEND_VM_WINDOW=800x480` for a small kiosk panel,
+/// 1180×760 otherwise.
+fn window_size() -> (f32, f32) {
+    std::env::var("VEND_VM_WINDOW")
+        .ok()
+        .and_then(|text| {
+            let (width, height) = text.split_once('x')?;
+            Some((width.parse().ok()?, height.parse().ok()?))
+        })
+        .unwrap_or((1180.0, 760.0))
+}
 
 #[derive(Parser)]
 #[command(
@@ -41,9 +56,15 @@ struct Args {
     /// admin password.
     #[arg(long)]
     admin_password: Option<String>,
+    /// The screens' language at start: ko (Korean, the default) or en.
+    #[arg(long, value_name = "ko|en")]
+    language: Option<Language>,
     /// Actions to perform at start, e.g. "admin:PASSWORD,refill,tubes,logout,insert:1000,buy:2"
-    /// (admin:PASSWORD, refill[:SLOT], tubes, logout, insert:VALUE, buy:SLOT, cancel, change) — for
-    /// demos and screenshots. Each goes through the rules and the ledger like a button press.
+    /// (admin:PASSWORD, refill[:SLOT], tubes, logout, insert:VALUE, buy:SLOT, cancel, change,
+    /// jam:COIN (the changer jams on that tube while paying change), admin-tab:cash|reports|...,
+    /// admin-open (the login screen), admin-login:PASSWORD, admin-submit, counted:WON, collect,
+    /// confirm) — for demos and screenshots. Each goes through the rules and
+    /// the ledger like a button press.
     #[arg(long)]
     script: Option<String>,
 }
@@ -89,6 +110,11 @@ fn configuration(args: &Args) -> Result<MachineConfig> {
     if args.admin_password.is_some() {
         config.initial_admin_password = args.admin_password.clone();
     }
+    if let Some(language) = args.language {
+        config.language = language;
+    }
+    // Checked before anything is opened or created.
+    config.check_replicas()?;
     Ok(config)
 }
 
@@ -97,8 +123,6 @@ fn configuration(args: &Args) -> Result<MachineConfig> {
 enum Step {
     Screen(Message),
     Operator(Command),
-    /// Fill every coin tube (an operator loading change).
-    FillTubes,
 }
 
 /// Parses the --script actions.
@@ -129,6 +153,30 @@ fn script_steps(script: &str) -> Result<Vec<Step>> {
                 }
                 "cancel" => Step::Screen(Message::CancelLast),
                 "change" => Step::Screen(Message::ReturnChange),
+                "jam" => {
+                    let value: i64 = argument
+                        .parse()
+                        .with_context(|| format!("jam needs a coin: {step}"))?;
+                    let coin = ledger::money::Denomination::recognise(MoneyKind::Coin, value)
+                        .with_context(|| format!("jam needs a 10, 50, 100 or 500 coin: {step}"))?;
+                    Step::Screen(Message::ChangerJammed(coin))
+                }
+                "admin-open" => Step::Screen(Message::OpenAdmin),
+                "admin-login" => Step::Screen(Message::PasswordInput(argument.to_owned())),
+                "admin-submit" => Step::Screen(Message::Login),
+                "admin-tab" => Step::Screen(Message::Admin(AdminMessage::Tab(match argument {
+                    "stock" => Tab::Stock,
+                    "cash" => Tab::Cash,
+                    "products" => Tab::Products,
+                    "reports" => Tab::Reports,
+                    "password" => Tab::Password,
+                    other => bail!("unknown admin tab {other:?}"),
+                }))),
+                "counted" => {
+                    Step::Screen(Message::Admin(AdminMessage::Counted(argument.to_owned())))
+                }
+                "collect" => Step::Screen(Message::Admin(AdminMessage::Collect)),
+                "confirm" => Step::Screen(Message::Admin(AdminMessage::ConfirmCollect)),
                 "admin" => Step::Operator(Command::AdminLogin {
                     password: argument.to_owned(),
                 }),
@@ -143,7 +191,7 @@ fn script_steps(script: &str) -> Result<Vec<Step>> {
                     })
                 }
                 "logout" => Step::Operator(Command::AdminLogout),
-                "tubes" => Step::FillTubes,
+                "tubes" => Step::Operator(Command::LoadAllTubes),
                 other => bail!("unknown script step {other:?}"),
             })
         })
@@ -157,19 +205,6 @@ fn run_script(app: &mut App, steps: Vec<Step>) -> Result<()> {
             Step::Screen(message) => {
                 let _ = app.update(message);
             }
-            Step::FillTubes => {
-                for coin in ledger::money::Denomination::COINS {
-                    let state = app.machine.state();
-                    let tube = coin.tube_index().unwrap_or(0);
-                    let room = state.tube_capacity.0[tube] - state.tubes.0[tube];
-                    if room > 0 {
-                        app.machine.execute(Command::LoadTube {
-                            denomination: coin,
-                            count: room,
-                        })?;
-                    }
-                }
-            }
             Step::Operator(command) => {
                 app.machine.execute(command)?;
             }
@@ -178,8 +213,27 @@ fn run_script(app: &mut App, steps: Vec<Step>) -> Result<()> {
     Ok(())
 }
 
+/// The Hangul font, or English and a clear word when there is none.
+fn choose_font(language: Language) -> (Option<(fonts::HangulFont, Vec<u8>)>, Language) {
+    match fonts::find_hangul_font(&fonts::HANGUL_FONTS) {
+        Some(font) => match fonts::load(&font) {
+            Some(bytes) => (Some((font, bytes)), language),
+            None => {
+                eprintln!("vend-vm: {}", fonts::NO_HANGUL_FONT);
+                (None, Language::English)
+            }
+        },
+        None => {
+            eprintln!("vend-vm: {}", fonts::NO_HANGUL_FONT);
+            (None, Language::English)
+        }
+    }
+}
+
 fn run(args: Args) -> Result<()> {
     let config = configuration(&args)?;
+    let steps = script_steps(args.script.as_deref().unwrap_or(""))?;
+    let (font, language) = choose_font(config.language);
     let mut machine = Machine::open(&config, system_clock(), PasswordParams::Standard)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -188,15 +242,12 @@ fn run(args: Args) -> Result<()> {
         .build()
         .context("starting the uplink runtime")?;
     let reports = machine.start_uplink(runtime.handle(), config.replicas.clone());
-    let mut app = App::new(machine, reports.is_some());
-    run_script(
-        &mut app,
-        script_steps(args.script.as_deref().unwrap_or(""))?,
-    )?;
+    let mut app = App::new(machine, reports.is_some(), language);
+    run_script(&mut app, steps)?;
     // iced's boot function may be called through `Fn`; the app is handed
     // over exactly once.
     let start = Mutex::new(Some((app, reports)));
-    iced::application(
+    let mut application = iced::application(
         move || {
             let (app, reports) = start
                 .lock()
@@ -220,9 +271,13 @@ fn run(args: Args) -> Result<()> {
     .title(App::title)
     .theme(App::theme)
     .subscription(App::subscription)
-    .window_size((1180.0, 760.0))
-    .run()
-    .context("the window system")?;
+    .window_size(window_size());
+    if let Some((font, bytes)) = font {
+        application = application
+            .font(bytes)
+            .default_font(iced::Font::with_name(font.family));
+    }
+    application.run().context("the window system")?;
     drop(runtime);
     Ok(())
 }

@@ -12,7 +12,7 @@
 use ledger::admin::PasswordParams;
 use ledger::catalog::default_catalog;
 use ledger::crypto::SecretKey;
-use ledger::money::{Denomination, MoneyKind};
+use ledger::money::{COIN_KINDS, Denomination, MoneyKind};
 use ledger::state::{DEFAULT_STACKER_CAPACITY_BILLS, DEFAULT_TUBE_CAPACITY};
 use ledger::store::record::SignedEvent;
 use ledger::{
@@ -200,13 +200,16 @@ impl SimMachine {
     }
 
     /// A customer arrives some minutes later, pays (sometimes badly), buys
-    /// one or two products, sometimes cancels, and takes the change.
+    /// one or two products, sometimes cancels, and takes the change. Some
+    /// change their mind and press Return before buying; while "exact
+    /// change only" is lit some pay the exact price in coins (and the rest
+    /// find their purchase refused and take their money back); now and then
+    /// the changer jams.
     fn plan_customer(&mut self) {
         self.customers_since_service += 1;
         self.advance(60_000..1_800_000);
-        let available: Vec<(SlotId, Won)> = self
-            .core
-            .state()
+        let state = self.core.state();
+        let available: Vec<(SlotId, Won)> = state
             .slots
             .values()
             .filter(|s| !s.sold_out())
@@ -216,16 +219,19 @@ impl SimMachine {
             self.plan_service();
             return;
         }
+        let exact_change_only = state.exact_change_only();
         let (slot, price) = available[self.rng.random_range(0..available.len())];
         let second = self.rng.random_bool(0.2);
         let target = if second { price * 2 } else { price };
-        let mut paid = 0;
-        while paid < target {
-            let (kind, value) = self.pick_money();
-            self.plan.push_back(Command::Insert { kind, value });
-            if Denomination::recognise(kind, value).is_some() {
-                paid += value;
-            }
+        if exact_change_only && self.rng.random_bool(0.5) {
+            self.plan_exact_coins(target);
+        } else {
+            self.plan_payment(target);
+        }
+        if self.rng.random_bool(0.05) {
+            // Changed their mind: the money comes back as it went in.
+            self.plan.push_back(Command::ReturnChange);
+            return;
         }
         self.plan.push_back(Command::Purchase { slot });
         if second {
@@ -237,7 +243,39 @@ impl SimMachine {
                 self.plan.push_back(Command::CancelLastPurchase);
             }
         }
+        if self.rng.random_bool(0.01) {
+            let jammed = Denomination::COINS[self.rng.random_range(0..COIN_KINDS)];
+            self.plan.push_back(Command::ReturnChangeJammed { jammed });
+        }
         self.plan.push_back(Command::ReturnChange);
+    }
+
+    /// Money in until `target` is reached, as people pay: mostly bills and
+    /// large coins, now and then something the machine refuses.
+    fn plan_payment(&mut self, target: Won) {
+        let mut paid = 0;
+        while paid < target {
+            let (kind, value) = self.pick_money();
+            self.plan.push_back(Command::Insert { kind, value });
+            if Denomination::recognise(kind, value).is_some() {
+                paid += value;
+            }
+        }
+    }
+
+    /// Exactly `target` in coins, largest first (a customer who read the
+    /// "exact change only" light).
+    fn plan_exact_coins(&mut self, target: Won) {
+        let mut left = target;
+        for coin in Denomination::COINS.into_iter().rev() {
+            while left >= coin.value() {
+                left -= coin.value();
+                self.plan.push_back(Command::Insert {
+                    kind: MoneyKind::Coin,
+                    value: coin.value(),
+                });
+            }
+        }
     }
 
     fn pick_money(&mut self) -> (MoneyKind, Won) {
@@ -268,6 +306,10 @@ impl SimMachine {
         });
         self.plan.push_back(Command::RefillAll);
         let state = self.core.state();
+        if self.rng.random_bool(0.1) {
+            // A full float of change in one go.
+            self.plan.push_back(Command::LoadAllTubes);
+        }
         // Now and then the operator brings no coins, so tubes run low and
         // customers are owed change until the next visit.
         let brings_coins = !state.installed || self.rng.random_bool(0.8);
@@ -319,6 +361,8 @@ pub struct WorkloadStats {
     pub rejected_inserts: u64,
     pub change_owed: u64,
     pub collections: u64,
+    /// Bills given back from the validator's escrow at Return.
+    pub bills_returned: u64,
 }
 
 impl WorkloadStats {
@@ -330,6 +374,7 @@ impl WorkloadStats {
             Event::MoneyRejected { .. } => self.rejected_inserts += 1,
             Event::ChangeOwed { .. } => self.change_owed += 1,
             Event::CashCollected { .. } => self.collections += 1,
+            Event::BillReturned { .. } => self.bills_returned += 1,
             _ => {}
         }
     }
@@ -374,6 +419,8 @@ mod tests {
         assert!(stats.cancels > 10, "{stats:?}");
         assert!(stats.rejected_inserts > 10, "{stats:?}");
         assert!(stats.collections > 5, "{stats:?}");
+        assert!(stats.bills_returned > 10, "{stats:?}");
+        assert!(stats.change_owed > 0, "jams still owe change: {stats:?}");
     }
 
     #[test]

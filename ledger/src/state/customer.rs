@@ -12,7 +12,9 @@ use crate::money::{CoinCounts, Denomination, Won};
 
 impl MachineState {
     /// A coin goes to its tube, or to the cash box once the tube is full; a
-    /// bill goes to the stacker. Either way it joins the customer's balance.
+    /// bill waits in the validator's escrow (format 2; before, bills went
+    /// straight to the stacker). Either way it joins the customer's
+    /// balance.
     pub(super) fn apply_money_inserted(
         &mut self,
         denomination: Denomination,
@@ -25,6 +27,10 @@ impl MachineState {
         match (destination, denomination.tube_index()) {
             (Destination::Tube, Some(tube)) => self.tubes.0[tube] += 1,
             (Destination::CashBox, _) => self.cash_box += value,
+            (Destination::Escrow, _) => {
+                self.escrow.held_bill = Some(denomination);
+                self.escrow.bills += value;
+            }
             _ => {
                 self.stacker_bills += 1;
                 self.escrow.bills += value;
@@ -54,12 +60,20 @@ impl MachineState {
                 }
             }
             (Some(_), Destination::CashBox) => {}
-            (None, Destination::Stacker) => {
+            (None, Destination::Stacker | Destination::Escrow) => {
                 if self.escrow.bills + value > ESCROW_BILLS_LIMIT {
                     return Err(ApplyError::EscrowLimit("bills above 5,000 won"));
                 }
-                if self.stacker_bills >= self.stacker_capacity_bills {
+                // Room for every bill, the held one included: it goes to
+                // the stacker when the customer buys.
+                let held = u32::from(self.escrow.held_bill.is_some());
+                if self.stacker_bills + held >= self.stacker_capacity_bills {
                     return Err(ApplyError::StackerOverflow);
+                }
+                if destination == Destination::Escrow && held > 0 {
+                    return Err(ApplyError::SessionMismatch(
+                        "a bill is already held: it is stacked first",
+                    ));
                 }
             }
             _ => return Err(ApplyError::BadDestination(denomination)),
@@ -94,6 +108,11 @@ impl MachineState {
         }
         if !self.escrow.active || self.escrow.balance < price || price <= 0 {
             return Err(ApplyError::SessionMismatch("purchase exceeds the balance"));
+        }
+        if self.escrow.coin_part() < price {
+            return Err(ApplyError::SessionMismatch(
+                "a purchase that needs the held bill stacks it first",
+            ));
         }
         pending.post(&mut self.balances)?;
         self.slot_mut(slot).stock -= 1;
@@ -160,7 +179,7 @@ impl MachineState {
         if !self.escrow.active {
             return Err(ApplyError::NoSession);
         }
-        if coins.total() != paid || paid > self.escrow.balance {
+        if coins.total() != paid || paid > self.escrow.coin_part() {
             return Err(ApplyError::SessionMismatch(
                 "change does not match the balance",
             ));
@@ -190,7 +209,8 @@ impl MachineState {
         at_ms: i64,
         pending: PendingPostings,
     ) -> Result<(), ApplyError> {
-        if !self.escrow.active || amount != self.escrow.balance || amount <= 0 {
+        let remaining = self.escrow.balance == amount && self.escrow.held_bill.is_none();
+        if !self.escrow.active || !remaining || amount <= 0 {
             return Err(ApplyError::SessionMismatch(
                 "change owed is not the remaining balance",
             ));
@@ -211,6 +231,48 @@ impl MachineState {
         debug_assert!(previous.is_none(), "ticket numbers are never reused");
         self.next_ticket += 1;
         self.escrow = Escrow::default();
+        Ok(())
+    }
+}
+
+impl MachineState {
+    /// The held bill goes on to the stacker (the customer bought with it,
+    /// or inserted another bill).
+    pub(super) fn apply_bill_stacked(
+        &mut self,
+        denomination: Denomination,
+        pending: PendingPostings,
+    ) -> Result<(), ApplyError> {
+        if self.escrow.held_bill != Some(denomination) {
+            return Err(ApplyError::SessionMismatch("no such bill is held"));
+        }
+        if self.stacker_bills >= self.stacker_capacity_bills {
+            return Err(ApplyError::StackerOverflow);
+        }
+        pending.post(&mut self.balances)?;
+        self.escrow.held_bill = None;
+        self.stacker_bills += 1;
+        Ok(())
+    }
+
+    /// The held bill goes back to the customer at Return; the session ends
+    /// when it was all that was left.
+    pub(super) fn apply_bill_returned(
+        &mut self,
+        denomination: Denomination,
+        pending: PendingPostings,
+    ) -> Result<(), ApplyError> {
+        if !self.escrow.active || self.escrow.held_bill != Some(denomination) {
+            return Err(ApplyError::SessionMismatch("no such bill is held"));
+        }
+        pending.post(&mut self.balances)?;
+        let value = denomination.value();
+        self.escrow.held_bill = None;
+        self.escrow.balance -= value;
+        self.escrow.bills -= value;
+        if self.escrow.balance == 0 {
+            self.escrow = Escrow::default();
+        }
         Ok(())
     }
 }

@@ -18,7 +18,10 @@ mod operator;
 use crate::catalog::{CatalogError, CategoryNode, SlotConfig};
 use crate::event::{Event, EventEnvelope, Source};
 use crate::ids::SlotId;
-use crate::money::{CoinCounts, Denomination, Won, can_pay_every_amount_up_to};
+use crate::money::{
+    CHANGE_AMOUNT_MAX, CoinCounts, Denomination, WON_UNIT, Won, can_pay_every_amount_up_to,
+    make_change,
+};
 use crate::posting::{Account, Balances, PostingError, Postings, postings};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -70,6 +73,23 @@ pub struct Escrow {
     pub bills: Won,
     /// Purchases that cancel can still walk back, most recent last.
     pub purchases: Vec<PurchaseRecord>,
+    /// The bill waiting in the validator's escrow position (the last one
+    /// inserted), given back at Return. Part of `balance`.
+    #[serde(default)]
+    pub held_bill: Option<Denomination>,
+}
+
+impl Escrow {
+    /// The value of the bill held in escrow (0 without one).
+    pub fn held_won(&self) -> Won {
+        self.held_bill.map_or(0, Denomination::value)
+    }
+
+    /// The part of the balance paid back in coins at Return: everything
+    /// but the held bill.
+    pub fn coin_part(&self) -> Won {
+        self.balance - self.held_won()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,6 +255,10 @@ impl MachineState {
             Event::ChangeReturned { coins, paid } => {
                 self.apply_change_returned(coins, *paid, pending)
             }
+            Event::BillStacked { denomination } => self.apply_bill_stacked(*denomination, pending),
+            Event::BillReturned { denomination } => {
+                self.apply_bill_returned(*denomination, pending)
+            }
             Event::ChangeOwed { ticket, amount } => {
                 self.apply_change_owed(*ticket, *amount, at_ms, pending)
             }
@@ -292,7 +316,11 @@ impl MachineState {
         debug_assert!((0..=ESCROW_BILLS_LIMIT).contains(&self.escrow.bills));
         debug_assert!(self.escrow.purchases.len() <= PURCHASE_STACK_MAX);
         debug_assert!(self.cash_box >= 0, "cash box {}", self.cash_box);
-        debug_assert!(self.stacker_bills <= self.stacker_capacity_bills);
+        debug_assert!(
+            self.stacker_bills + u32::from(self.escrow.held_bill.is_some())
+                <= self.stacker_capacity_bills
+        );
+        debug_assert!(self.escrow.held_won() <= self.escrow.balance);
         debug_assert!(
             (self.tubes.0.iter().zip(self.tube_capacity.0)).all(|(&count, cap)| count <= cap),
             "a tube holds more than its capacity"
@@ -339,11 +367,44 @@ impl MachineState {
         self.owed.values().map(|t| t.amount).sum()
     }
 
-    /// A product button is enabled only with enough balance and stock.
+    /// Nothing is stocked, so nothing can be sold: the machine says it is
+    /// out of service and refuses money.
+    pub fn out_of_service(&self) -> bool {
+        self.installed && self.slots.values().all(Slot::sold_out)
+    }
+
+    /// Whether the tubes can pay `amount` exactly.
+    pub fn can_pay(&self, amount: Won) -> bool {
+        let payable = (0..=CHANGE_AMOUNT_MAX).contains(&amount) && amount % WON_UNIT == 0;
+        amount == 0 || (payable && make_change(amount, &self.tubes).owed == 0)
+    }
+
+    /// Whether a purchase at `price` stacks the held bill: the coins in
+    /// the balance do not cover it.
+    pub fn purchase_stacks_bill(&self, price: Won) -> bool {
+        self.escrow.held_bill.is_some() && self.escrow.coin_part() < price
+    }
+
+    /// The change the tubes would owe after a purchase at `price`: the
+    /// balance left, less a bill still held (which goes back as it is).
+    pub fn change_after_purchase(&self, price: Won) -> Won {
+        let held_after = if self.purchase_stacks_bill(price) {
+            0
+        } else {
+            self.escrow.held_won()
+        };
+        self.escrow.balance - price - held_after
+    }
+
+    /// A product can be bought with enough balance and stock, and when the
+    /// tubes can pay the change that leaves.
     pub fn can_buy(&self, slot: SlotId) -> bool {
-        self.slots
-            .get(&slot)
-            .is_some_and(|s| s.stock > 0 && self.escrow.balance >= s.config.product.price)
+        self.slots.get(&slot).is_some_and(|s| {
+            let price = s.config.product.price;
+            s.stock > 0
+                && self.escrow.balance >= price
+                && self.can_pay(self.change_after_purchase(price))
+        })
     }
 
     /// The "exact change only" light.
@@ -382,6 +443,11 @@ impl MachineState {
                 "stacker",
                 self.stacker_total(),
                 self.balances.get(Account::BillStacker),
+            ),
+            (
+                "bill escrow",
+                self.escrow.held_won(),
+                self.balances.get(Account::BillEscrow),
             ),
             (
                 "escrow",

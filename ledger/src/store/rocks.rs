@@ -63,6 +63,17 @@ const CHUNK_LENGTH_BYTES: usize = 4;
 /// The first gseq of a chunk and the records of it that are kept.
 type ChunkPrefix = (u64, Vec<Vec<u8>>);
 
+/// One table file of the log: entries are stored in chunks keyed by
+/// their first gseq, so the file holds the entries from `first_gseq` up to
+/// the end of the chunk that starts at `last_chunk_gseq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableFile {
+    /// The file's name in the log directory (`000016.sst`).
+    pub name: String,
+    pub first_gseq: u64,
+    pub last_chunk_gseq: u64,
+}
+
 pub struct RocksBackend {
     db: Arc<DB>,
     path: PathBuf,
@@ -542,6 +553,25 @@ impl RocksBackend {
             .key()
             .and_then(be_u64)
             .zip(raw.value().map(<[u8]>::to_vec)))
+    }
+
+    /// The log's table files and the entries each holds, for saying which
+    /// entries a damaged file costs (`vendctl verify`).
+    pub fn log_table_files(&self) -> Result<Vec<TableFile>, StoreError> {
+        let gseq = |key: Option<Vec<u8>>| key.as_deref().and_then(be_u64);
+        Ok(self
+            .db
+            .live_files()?
+            .into_iter()
+            .filter(|file| file.column_family_name == CF_LOG)
+            .filter_map(|file| {
+                Some(TableFile {
+                    name: file.name.trim_start_matches('/').to_owned(),
+                    first_gseq: gseq(file.start_key)?,
+                    last_chunk_gseq: gseq(file.end_key)?,
+                })
+            })
+            .collect())
     }
 
     /// Flushes memtables so a following open is fast (used before backups

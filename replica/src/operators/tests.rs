@@ -184,13 +184,13 @@ fn machine_commands_are_checked_by_the_machines_own_rules() {
 #[test]
 fn a_fleet_price_is_one_command_per_slot_that_sells_the_product() {
     let mut projection = fleet();
-    // Machine 2 sells Water in a second slot too.
+    // Machine 2 sells 생수 (water) in a second slot too.
     let rename = plan(
         "kim",
         &Asked::Rename {
             machine: machine(2),
             slot: SlotId(3),
-            name: "Water".into(),
+            name: "생수".into(),
         },
         AT_MS,
         &projection,
@@ -198,9 +198,9 @@ fn a_fleet_price_is_one_command_per_slot_that_sells_the_product() {
     .unwrap();
     record(&mut projection, &rename);
     // The rename is only requested: the machine has not applied it, so
-    // slot 3 does not sell Water yet.
+    // slot 3 does not sell 생수 yet.
     let action = Asked::FleetPrice {
-        product: "Water".into(),
+        product: "생수".into(),
         price: 480,
     };
     let records = plan("head-office", &action, AT_MS, &projection).unwrap();
@@ -235,7 +235,7 @@ fn a_fleet_price_is_one_command_per_slot_that_sells_the_product() {
         plan(
             "kim",
             &Asked::FleetPrice {
-                product: "Water".into(),
+                product: "생수".into(),
                 price: 485
             },
             AT_MS,

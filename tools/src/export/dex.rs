@@ -37,7 +37,7 @@ pub struct Counters {
     pub to_box: Won,
     /// Coins that went to the change tubes.
     pub to_tubes: Won,
-    /// Bills accepted.
+    /// Bills accepted: stacked directly, or from the escrow once stacked.
     pub bills_in: Won,
     /// Change paid out by the coin mechanism.
     pub change_dispensed: Won,
@@ -66,8 +66,13 @@ impl Counters {
                     Destination::Tube => self.to_tubes += value,
                     Destination::CashBox => self.to_box += value,
                     Destination::Stacker => self.bills_in += value,
+                    // A bill in the validator's escrow is still the
+                    // customer's: it counts once stacked (below), and a
+                    // returned one never does.
+                    Destination::Escrow => {}
                 }
             }
+            Event::BillStacked { denomination } => self.bills_in += denomination.value(),
             Event::ProductPurchased { slot, price, .. } => self.vend(*slot, 1, *price),
             Event::PurchaseCancelled { slot, price, .. } => self.vend(*slot, -1, -price),
             Event::ChangeReturned { paid, .. } => self.change_dispensed += paid,

@@ -12,7 +12,7 @@ pub use machine::{DarkSpells, Local, MachineRun, MachineSetup, MachineSummary, P
 
 use crate::cluster::ClusterFile;
 use crate::say;
-use crate::util::report_created_keys;
+use crate::util::{grouped, report_created_keys};
 use anyhow::{Result, bail};
 use ledger::keys::{Keyring, SingleMachineKey, create_machine_keys};
 use ledger::store::OpenOptions;
@@ -278,13 +278,13 @@ fn summarize(
 fn print_summary(summary: &Summary) -> Result<()> {
     eprintln!(
         "fleet: {} machines, {} events, {} acknowledged ({:.0}/s; ack p50 {:.1} ms, p99 {:.1} ms), {} resent after reconnects, {} failovers seen, {} offline periods, {:.1}s",
-        summary.machines,
-        summary.events,
-        summary.events_acked,
+        grouped(u64::from(summary.machines)),
+        grouped(summary.events),
+        grouped(summary.events_acked),
         summary.events_per_second,
         summary.ack_p50_ms,
         summary.ack_p99_ms,
-        summary.events_resent,
+        grouped(summary.events_resent),
         summary.failovers_seen,
         summary.offline_periods,
         summary.seconds
