@@ -17,8 +17,10 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get install -y --no-install-recommends "${need[@]}" || { apt-get update && apt-get install -y --no-install-recommends "${need[@]}"; }
 fi
 
-cargo build --locked -p vm-iced
+cargo build --locked -p vm-iced -p tools
 work="$(mktemp -d /tmp/vend-vm-shot-XXXXXX)"
+# vend-vm makes no key of its own: provision the machine first.
+./target/debug/vendctl keys machine --dir "$work/keys" --id VM-001 > /dev/null
 display=":$((90 + RANDOM % 9))"
 Xvfb "$display" -screen 0 1180x760x24 -nolisten tcp > "$work/xvfb.log" 2>&1 &
 xvfb=$!

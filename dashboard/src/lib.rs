@@ -52,6 +52,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// How long after the last datagram that failed authentication the status
+/// still warns about the cluster key.
+pub const CLUSTER_KEY_WARNING_MS: u64 = 10_000;
+
 /// What a replica reports about itself (`GET /api/v1/status`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaStatus {
@@ -79,6 +83,12 @@ pub struct ReplicaStatus {
     /// Datagrams dropped before the protocol saw them, by reason
     /// (`unauthenticated`, `foreign_cluster`, `malformed`, ...).
     pub datagrams_rejected: Vec<(String, u64)>,
+    /// Set while replication datagrams fail authentication (the last one
+    /// within `CLUSTER_KEY_WARNING_MS`): most likely this replica's or a
+    /// peer's cluster.key is not the cluster's, and they cannot hear each
+    /// other. `None` otherwise.
+    #[serde(default)]
+    pub cluster_key_warning: Option<String>,
     pub datagrams_replayed: u64,
     pub datagrams_stale_epoch: u64,
     pub elections_started: u64,

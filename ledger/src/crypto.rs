@@ -29,12 +29,10 @@ impl std::fmt::Debug for SecretKey {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("key file {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is part of the message, not a `source`, so `{:#}` does not
+    // print it twice.
+    #[error("key file {path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("key file {path}: expected 64 hex characters")]
     Malformed { path: String },
 }
@@ -70,9 +68,9 @@ impl SecretKey {
     }
 
     pub fn load(path: &Path) -> Result<SecretKey, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| KeyError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         SecretKey::from_hex(&text).ok_or_else(|| KeyError::Malformed {
             path: path.display().to_string(),
@@ -82,9 +80,9 @@ impl SecretKey {
     /// Writes the key readable by its owner only. Refuses to overwrite.
     pub fn save_new(&self, path: &Path) -> Result<(), KeyError> {
         use std::io::Write;
-        let io = |source| KeyError::Io {
+        let io = |error| KeyError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;

@@ -237,7 +237,14 @@ pub enum DecodeError {
     #[error("unknown format version {0}")]
     UnknownVersion(u8),
     #[error("malformed MessagePack: {0}")]
-    Malformed(#[from] rmp_serde::decode::Error),
+    Malformed(rmp_serde::decode::Error),
+}
+
+// The cause is in the message, not also a `source` (see `StoreError::Db`).
+impl From<rmp_serde::decode::Error> for DecodeError {
+    fn from(error: rmp_serde::decode::Error) -> DecodeError {
+        DecodeError::Malformed(error)
+    }
 }
 
 impl EventEnvelope {

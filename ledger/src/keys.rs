@@ -22,42 +22,85 @@ pub trait ChainKeys {
 }
 
 /// A loaded key directory.
+///
+/// Loading never creates a key: a key made behind an operator's back
+/// either isolates a replica (a cluster key nobody else has) or seals data
+/// nobody can open later. Keys are created only on request, by
+/// [`create_cluster_keys`] and [`create_machine_keys`] (`vendctl keys`).
 #[derive(Debug)]
 pub struct Keyring {
     dir: PathBuf,
     store: SecretKey,
     machine: HashMap<MachineId, SecretKey>,
     chain: HashMap<MachineId, SecretKey>,
+    skipped: Vec<SkippedKeyFile>,
 }
 
+/// A file in `machines/` that could not be loaded. It is skipped, so one
+/// bad file does not take every machine offline; the owner warns about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedKeyFile {
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+impl std::fmt::Display for SkippedKeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is skipped: {}", self.path.display(), self.problem)
+    }
+}
+
+// The messages include their cause's text and do not also return it as a
+// `source`, so a chain printed with `{:#}` says everything once.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
     #[error(transparent)]
     Key(#[from] KeyError),
-    #[error("key directory {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("key file name {0:?} is not a machine id")]
-    BadMachineFile(String),
+    #[error("key file {path} is missing: {remedy}")]
+    Missing { path: String, remedy: String },
+    #[error("key directory {path}: {error}")]
+    Io { path: String, error: std::io::Error },
+}
+
+impl KeyringError {
+    fn missing(path: &Path, remedy: String) -> KeyringError {
+        KeyringError::Missing {
+            path: path.display().to_string(),
+            remedy,
+        }
+    }
+}
+
+/// Loads a key file that must exist; a missing one is named with the
+/// command that makes it.
+fn load_required(path: &Path, remedy: impl FnOnce() -> String) -> Result<SecretKey, KeyringError> {
+    match SecretKey::load(path) {
+        Ok(key) => Ok(key),
+        Err(KeyError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+            Err(KeyringError::missing(path, remedy()))
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 impl Keyring {
-    /// Loads `dir`, creating the store key first if `create` is set and it
-    /// does not exist yet.
-    pub fn open(dir: &Path, create: bool) -> Result<Keyring, KeyringError> {
-        let store_path = dir.join(STORE_KEY_FILE);
-        if create && !store_path.exists() {
-            SecretKey::generate().save_new(&store_path)?;
-        }
-        let store = SecretKey::load(&store_path)?;
+    /// Loads `dir`: the store key (which must exist) and every machine key
+    /// under `machines/` that loads; the others are listed by
+    /// [`skipped`](Self::skipped). Creates nothing.
+    pub fn open(dir: &Path) -> Result<Keyring, KeyringError> {
+        let store = load_required(&dir.join(STORE_KEY_FILE), || {
+            format!(
+                "create it with `vendctl keys init --dir {}` (a log that exists opens only \
+                 with the store.key it was sealed with: restore that file instead)",
+                dir.display()
+            )
+        })?;
         let mut ring = Keyring {
             dir: dir.to_path_buf(),
             store,
             machine: HashMap::new(),
             chain: HashMap::new(),
+            skipped: Vec::new(),
         };
         ring.load_machines()?;
         Ok(ring)
@@ -65,30 +108,37 @@ impl Keyring {
 
     fn load_machines(&mut self) -> Result<(), KeyringError> {
         let machines_dir = self.dir.join(MACHINE_KEYS_DIR);
+        let io = |error| KeyringError::Io {
+            path: machines_dir.display().to_string(),
+            error,
+        };
         let entries = match std::fs::read_dir(&machines_dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => {
-                return Err(KeyringError::Io {
-                    path: machines_dir.display().to_string(),
-                    source,
-                });
-            }
+            Err(error) => return Err(io(error)),
         };
         for entry in entries {
-            let entry = entry.map_err(|source| KeyringError::Io {
-                path: machines_dir.display().to_string(),
-                source,
-            })?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.map_err(io)?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let Some(stem) = name.strip_suffix(".key") else {
                 continue;
             };
-            let id =
-                MachineId::new(stem).map_err(|_| KeyringError::BadMachineFile(name.clone()))?;
-            let key = SecretKey::load(&entry.path())?;
-            self.insert_machine(id, key);
+            let loaded = MachineId::new(stem)
+                .map_err(|_| format!("{name:?} is not a machine id"))
+                .and_then(|id| {
+                    SecretKey::load(&path)
+                        .map(|key| (id, key))
+                        .map_err(|e| e.to_string())
+                });
+            match loaded {
+                Ok((id, key)) => self.insert_machine(id, key),
+                Err(problem) => self.skipped.push(SkippedKeyFile { path, problem }),
+            }
         }
+        self.skipped.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(())
     }
 
@@ -105,22 +155,44 @@ impl Keyring {
         &self.store
     }
 
-    pub fn machine_key_path(&self, id: &MachineId) -> PathBuf {
-        self.dir.join(MACHINE_KEYS_DIR).join(format!("{id}.key"))
+    /// Machine key files that could not be loaded, in path order.
+    pub fn skipped(&self) -> &[SkippedKeyFile] {
+        &self.skipped
     }
 
-    /// The machine's key, created (and saved) if it does not exist yet.
-    pub fn ensure_machine(&mut self, id: &MachineId) -> Result<&SecretKey, KeyringError> {
-        if !self.machine.contains_key(id) {
-            let key = SecretKey::generate();
-            key.save_new(&self.machine_key_path(id))?;
-            self.insert_machine(id.clone(), key);
-        }
-        Ok(&self.machine[id])
+    pub fn machine_key_path(&self, id: &MachineId) -> PathBuf {
+        machine_key_path(&self.dir, id)
     }
 
     pub fn machine_key(&self, id: &MachineId) -> Option<&SecretKey> {
         self.machine.get(id)
+    }
+
+    /// The machine's key, or why there is none: the file is missing (named
+    /// with the command that makes it) or could not be loaded.
+    pub fn require_machine(&self, id: &MachineId) -> Result<&SecretKey, KeyringError> {
+        if let Some(key) = self.machine.get(id) {
+            return Ok(key);
+        }
+        let path = self.machine_key_path(id);
+        match SecretKey::load(&path) {
+            Err(KeyError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+                Err(KeyringError::missing(
+                    &path,
+                    format!(
+                        "create it with `vendctl keys machine --dir {} --id {id}`; the machine \
+                         and the replicas need the same file",
+                        self.dir.display()
+                    ),
+                ))
+            }
+            Err(other) => Err(other.into()),
+            // Written since the directory was loaded: load it again.
+            Ok(_) => Err(KeyringError::Io {
+                path: path.display().to_string(),
+                error: std::io::Error::other("appeared after the key directory was loaded"),
+            }),
+        }
     }
 
     pub fn link_key(&self, id: &MachineId) -> Option<SecretKey> {
@@ -131,14 +203,69 @@ impl Keyring {
         self.machine.keys()
     }
 
-    /// The cluster key, created if `create` is set and it does not exist.
-    pub fn cluster_key(&self, create: bool) -> Result<SecretKey, KeyringError> {
-        let path = self.dir.join(CLUSTER_KEY_FILE);
-        if create && !path.exists() {
-            SecretKey::generate().save_new(&path)?;
-        }
-        Ok(SecretKey::load(&path)?)
+    /// The cluster key, which must exist.
+    pub fn cluster_key(&self) -> Result<SecretKey, KeyringError> {
+        load_required(&self.dir.join(CLUSTER_KEY_FILE), || {
+            format!(
+                "copy the cluster's cluster.key here (every replica of a cluster needs the \
+                 same one), or create the keys of a new cluster with `vendctl keys init --dir {}`",
+                self.dir.display()
+            )
+        })
     }
+}
+
+fn machine_key_path(dir: &Path, id: &MachineId) -> PathBuf {
+    dir.join(MACHINE_KEYS_DIR).join(format!("{id}.key"))
+}
+
+/// Writes a new random key to `path` unless a file is there already;
+/// returns whether it wrote one.
+fn create_if_absent(path: &Path) -> Result<bool, KeyringError> {
+    match SecretKey::generate().save_new(path) {
+        Ok(()) => Ok(true),
+        Err(KeyError::Io { error, .. }) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(false)
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// Creates the store key and the cluster key in `dir`, keeping those that
+/// exist (never overwriting a file); returns the files it wrote. This is
+/// `vendctl keys init`, and what `vendctl cluster init` runs for a new
+/// cluster.
+pub fn create_cluster_keys(dir: &Path) -> Result<Vec<PathBuf>, KeyringError> {
+    let mut created = Vec::new();
+    for name in [STORE_KEY_FILE, CLUSTER_KEY_FILE] {
+        let path = dir.join(name);
+        if create_if_absent(&path)? {
+            created.push(path);
+        }
+    }
+    Ok(created)
+}
+
+/// Creates the store key (if absent) and a key for each of `machines`
+/// that has no key file, in `dir`; returns the files it wrote. This is
+/// `vendctl keys machine`, and how the simulated fleets provision their
+/// machines.
+pub fn create_machine_keys(
+    dir: &Path,
+    machines: &[MachineId],
+) -> Result<Vec<PathBuf>, KeyringError> {
+    let mut created = Vec::new();
+    let store = dir.join(STORE_KEY_FILE);
+    if create_if_absent(&store)? {
+        created.push(store);
+    }
+    for id in machines {
+        let path = machine_key_path(dir, id);
+        if create_if_absent(&path)? {
+            created.push(path);
+        }
+    }
+    Ok(created)
 }
 
 impl ChainKeys for Keyring {
@@ -176,22 +303,95 @@ mod tests {
     fn creates_and_reloads_keys() {
         let dir = tempfile::tempdir().unwrap();
         let vm = MachineId::numbered(1);
+        let created = create_machine_keys(dir.path(), std::slice::from_ref(&vm)).unwrap();
+        assert_eq!(
+            created,
+            vec![
+                dir.path().join("store.key"),
+                dir.path().join("machines/VM-001.key")
+            ]
+        );
         let (store, machine) = {
-            let mut ring = Keyring::open(dir.path(), true).unwrap();
-            let machine = ring.ensure_machine(&vm).unwrap().clone();
-            (ring.store_key().clone(), machine)
+            let ring = Keyring::open(dir.path()).unwrap();
+            (
+                ring.store_key().clone(),
+                ring.machine_key(&vm).unwrap().clone(),
+            )
         };
-        let ring = Keyring::open(dir.path(), false).unwrap();
+        // Existing keys are kept, never overwritten.
+        assert!(
+            create_machine_keys(dir.path(), std::slice::from_ref(&vm))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            create_cluster_keys(dir.path()).unwrap(),
+            vec![dir.path().join("cluster.key")]
+        );
+        let ring = Keyring::open(dir.path()).unwrap();
         assert_eq!(ring.store_key(), &store);
         assert_eq!(ring.machine_key(&vm), Some(&machine));
+        assert_eq!(ring.require_machine(&vm).unwrap(), &machine);
         assert!(ring.chain_key(&vm).is_some());
         assert!(ring.chain_key(&MachineId::numbered(2)).is_none());
+        assert!(ring.cluster_key().is_ok());
     }
 
+    /// Loading a key directory never creates a key: each missing file is
+    /// named, with the command that makes it.
     #[test]
-    fn missing_directory_is_a_clear_error() {
+    fn missing_keys_are_named_with_the_command_that_makes_them() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Keyring::open(&dir.path().join("nope"), false).unwrap_err();
-        assert!(err.to_string().contains("store.key"), "{err}");
+        let keys = dir.path().join("keys");
+        let err = Keyring::open(&keys).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{}/store.key is missing", keys.display())),
+            "{err}"
+        );
+        assert!(err.contains("vendctl keys init --dir"), "{err}");
+        assert!(!keys.exists(), "nothing was created");
+
+        create_machine_keys(&keys, &[]).unwrap();
+        let ring = Keyring::open(&keys).unwrap();
+        let err = ring.cluster_key().unwrap_err().to_string();
+        assert!(err.contains("cluster.key is missing"), "{err}");
+        assert!(err.contains("vendctl keys init --dir"), "{err}");
+        let err = ring
+            .require_machine(&MachineId::numbered(4))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("machines/VM-004.key is missing"), "{err}");
+        assert!(err.contains("vendctl keys machine --dir"), "{err}");
+        assert!(err.contains("--id VM-004"), "{err}");
+        let mut names: Vec<_> = std::fs::read_dir(&keys)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["store.key"], "loading created nothing");
+    }
+
+    /// One unreadable machine key file costs that machine, not the
+    /// directory: it is skipped and listed.
+    #[test]
+    fn an_unreadable_machine_key_file_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let machines = [MachineId::numbered(1), MachineId::numbered(2)];
+        create_machine_keys(dir.path(), &machines).unwrap();
+        let bad = dir.path().join("machines/VM-002.key");
+        std::fs::remove_file(&bad).unwrap();
+        std::fs::write(&bad, "not a key\n").unwrap();
+        std::fs::write(dir.path().join("machines/not an id.key"), "00").unwrap();
+        std::fs::write(dir.path().join("machines/README"), "ignored").unwrap();
+        let ring = Keyring::open(dir.path()).unwrap();
+        assert!(ring.machine_key(&machines[0]).is_some());
+        assert!(ring.machine_key(&machines[1]).is_none());
+        let skipped: Vec<String> = ring.skipped().iter().map(ToString::to_string).collect();
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped[0].contains("VM-002.key is skipped"), "{skipped:?}");
+        assert!(skipped[0].contains("64 hex characters"), "{skipped:?}");
+        assert!(skipped[1].contains("is not a machine id"), "{skipped:?}");
+        let err = ring.require_machine(&machines[1]).unwrap_err().to_string();
+        assert!(err.contains("64 hex characters"), "{err}");
     }
 }

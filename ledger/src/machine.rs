@@ -80,11 +80,11 @@ impl Prepared {
 /// disk, so these are errors, not panics.
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
-    #[error("stored event {position} cannot be decoded: {source}")]
+    #[error("stored event {position} cannot be decoded: {error}")]
     Decode {
         /// 1-based position among the stored events.
         position: u64,
-        source: DecodeError,
+        error: DecodeError,
     },
     #[error("stored event #{seq} belongs to {found}, not {expected}")]
     WrongMachine {
@@ -94,8 +94,8 @@ pub enum RebuildError {
     },
     #[error("stored event #{seq} does not continue the machine's hash chain")]
     ChainBroken { seq: u64 },
-    #[error("stored event #{seq} does not apply: {source}")]
-    Apply { seq: u64, source: ApplyError },
+    #[error("stored event #{seq} does not apply: {error}")]
+    Apply { seq: u64, error: ApplyError },
 }
 
 impl MachineCore {
@@ -135,7 +135,7 @@ impl MachineCore {
         for (position, signed) in (1..).zip(stored) {
             let envelope = signed
                 .envelope()
-                .map_err(|source| RebuildError::Decode { position, source })?;
+                .map_err(|error| RebuildError::Decode { position, error })?;
             let seq = envelope.machine_seq;
             if envelope.machine_id != core.id {
                 return Err(RebuildError::WrongMachine {
@@ -149,7 +149,7 @@ impl MachineCore {
             }
             core.state
                 .apply(&envelope)
-                .map_err(|source| RebuildError::Apply { seq, source })?;
+                .map_err(|error| RebuildError::Apply { seq, error })?;
         }
         Ok(core)
     }

@@ -166,7 +166,14 @@ pub enum Rejection {
     #[error("installation: {0}")]
     BadInstallation(String),
     #[error("internal error: a decided event does not apply: {0}")]
-    Internal(#[from] ApplyError),
+    Internal(ApplyError),
+}
+
+// The cause is in the message, not also a `source` (see `StoreError::Db`).
+impl From<ApplyError> for Rejection {
+    fn from(error: ApplyError) -> Rejection {
+        Rejection::Internal(error)
+    }
 }
 
 /// Largest counted amount an operator can enter at a collection.

@@ -50,14 +50,23 @@ fn open(dir: &Path, keyring: &Keyring) -> LogStore {
 }
 
 fn child(dir: &Path, round: u32) {
-    let mut keyring = Keyring::open(&dir.join("keys"), true).unwrap();
+    let ids: Vec<MachineId> = (1..=3)
+        .map(|n| MachineId::new(format!("R{round}-{n}")).unwrap())
+        .collect();
+    ledger::keys::create_machine_keys(&dir.join("keys"), &ids).unwrap();
+    let keyring = Keyring::open(&dir.join("keys")).unwrap();
     let mut store = open(dir, &keyring);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(u64::from(round));
     let mut machines: Vec<SimMachine> = (1..=3)
-        .map(|n| {
-            let id = MachineId::new(format!("R{round}-{n}")).unwrap();
-            let key: SecretKey = keyring.ensure_machine(&id).unwrap().clone();
-            SimMachine::new(id, &key, u64::from(round * 10 + n), SIMULATION_START_MS)
+        .zip(&ids)
+        .map(|(n, id)| {
+            let key: &SecretKey = keyring.require_machine(id).unwrap();
+            SimMachine::new(
+                id.clone(),
+                key,
+                u64::from(round * 10 + n),
+                SIMULATION_START_MS,
+            )
         })
         .collect();
     let started = Instant::now();
@@ -120,7 +129,7 @@ fn parent() {
                 }
             }
         }
-        let keyring = Keyring::open(&dir.path().join("keys"), false).unwrap();
+        let keyring = Keyring::open(&dir.path().join("keys")).unwrap();
         let store = open(dir.path(), &keyring);
         let head = store.head().gseq;
         assert!(

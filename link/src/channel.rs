@@ -7,6 +7,7 @@
 //! frame       = length (u32 BE, at most FRAME_BYTES_MAX) ++ payload
 //! handshake   = Hello { version, machine_id, client_nonce }      machine → replica, plaintext
 //!               HelloReply { version, server_nonce }              replica → machine, plaintext
+//!             | Refusal::HelloRefused { reason }, then close      replica → machine, plaintext
 //! session_key = blake3_keyed(link_key, "vendledger link session v1" ++ machine_id
 //!                                      ++ client_nonce ++ server_nonce)
 //! sealed      = nonce (24) ++ XChaCha20-Poly1305(session_key, nonce,
@@ -73,6 +74,28 @@ pub struct HelloReply {
     pub version: u8,
     #[serde(with = "serde_bytes")]
     pub server_nonce: [u8; NONCE_BYTES],
+}
+
+/// The plaintext answer of a replica that will not serve a Hello, sent
+/// just before it closes the connection, so the machine can tell people
+/// why. It cannot be authenticated (the replica may have no key for the
+/// machine), so a machine treats it as a hint for people only: it backs
+/// off exactly as after any failed attempt and changes nothing else.
+///
+/// An enum (a map of one entry on the wire), so it is never mistaken for a
+/// `HelloReply` (an array).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    HelloRefused { reason: RefusalReason },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalReason {
+    /// The replica has no key for this machine id (not provisioned, or
+    /// its key file is missing or unreadable on the replica).
+    UnknownMachine,
+    /// The replica speaks another link version.
+    Version { supported: u8 },
 }
 
 /// Messages from a machine to a replica.
@@ -275,11 +298,34 @@ mod tests {
         );
     }
 
+    /// A refusal never decodes as a reply, nor a reply as a refusal: the
+    /// machine tells them apart by trying both.
+    #[test]
+    fn a_refusal_is_not_a_reply() {
+        for reason in [
+            RefusalReason::UnknownMachine,
+            RefusalReason::Version { supported: 1 },
+        ] {
+            let refusal = encode_plain(&Refusal::HelloRefused { reason });
+            assert!(decode_plain::<HelloReply>(&refusal).is_err());
+            assert_eq!(
+                decode_plain::<Refusal>(&refusal),
+                Ok(Refusal::HelloRefused { reason })
+            );
+        }
+        let reply = encode_plain(&HelloReply {
+            version: LINK_VERSION,
+            server_nonce: [0x55; NONCE_BYTES],
+        });
+        assert!(decode_plain::<Refusal>(&reply).is_err());
+    }
+
     proptest! {
         #[test]
         fn arbitrary_payloads_never_panic(payload in prop::collection::vec(any::<u8>(), 0..600)) {
             let _ = decode_plain::<Hello>(&payload);
             let _ = decode_plain::<HelloReply>(&payload);
+            let _ = decode_plain::<Refusal>(&payload);
             let _ = decode_plain::<Upstream>(&payload);
             let _ = decode_plain::<Downstream>(&payload);
             let (mut machine, mut replica) = pair();

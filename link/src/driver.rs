@@ -7,7 +7,7 @@
 use crate::channel::fresh_nonce;
 use crate::codec::frame_codec;
 use crate::uplink::{
-    CONNECT_TIMEOUT_MS, LinkState, LocalEvents, Uplink, UplinkAction, UplinkStats,
+    CONNECT_TIMEOUT_MS, HandshakeRefused, LinkState, LocalEvents, Uplink, UplinkAction, UplinkStats,
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -78,6 +78,9 @@ pub enum UplinkReport {
         state: LinkState,
         primary: Option<String>,
         stats: UplinkStats,
+        /// Why the last handshake was refused, while no replica has taken
+        /// a session since (a hint for people; see `uplink`).
+        refused: Option<HandshakeRefused>,
     },
 }
 
@@ -92,8 +95,14 @@ pub struct UplinkControl {
 type Connection = Framed<TcpStream, LengthDelimitedCodec>;
 /// A connection attempt in progress, bounded by `CONNECT_TIMEOUT_MS`.
 type Connecting = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
-/// What the machine was last told about the link: state, primary, stats.
-type Reported = (LinkState, Option<String>, UplinkStats);
+/// What the machine was last told about the link: state, primary, stats,
+/// the last refusal.
+type Reported = (
+    LinkState,
+    Option<String>,
+    UplinkStats,
+    Option<HandshakeRefused>,
+);
 
 /// Runs the uplink until stopped. Reports go to `reports` (bounded; when
 /// the machine does not read them, state updates are dropped first).
@@ -246,11 +255,12 @@ impl<L: LocalEvents> Driver<L> {
             return;
         }
         self.reported = now.clone();
-        let (state, primary, stats) = now;
+        let (state, primary, stats, refused) = now;
         let _ = self.reports.try_send(UplinkReport::State {
             state,
             primary,
             stats,
+            refused,
         });
     }
 }
@@ -260,6 +270,7 @@ fn observe(uplink: &Uplink) -> Reported {
         uplink.state(),
         uplink.primary().map(str::to_owned),
         uplink.stats().clone(),
+        uplink.refused().cloned(),
     )
 }
 

@@ -6,10 +6,17 @@
 //! trying every replica address, following redirects to the primary) and
 //! resends from the primary's committed mark. Nothing is lost and the
 //! primary's dedup makes sure nothing doubles. The GUI never waits on it.
+//!
+//! A replica that will not serve the machine (it has no key for it) says
+//! so in a plaintext [`Refusal`] before it closes; a key that differs from
+//! the replica's shows as a first sealed frame that does not open. Either
+//! way the uplink remembers why ([`HandshakeRefused`], [`LinkState::Refused`])
+//! so people can be told, and backs off as after any failed attempt: the
+//! refusal is unauthenticated, a hint and never a reason to act.
 
 use crate::channel::{
-    Channel, Downstream, Hello, HelloReply, LINK_VERSION, LinkError, SUBMIT_EVENTS_MAX, Side,
-    Upstream, decode_plain, encode_plain,
+    Channel, Downstream, Hello, HelloReply, LINK_VERSION, LinkError, Refusal, RefusalReason,
+    SUBMIT_EVENTS_MAX, Side, Upstream, decode_plain, encode_plain,
 };
 use ledger::MachineId;
 use ledger::crypto::{NONCE_BYTES, SecretKey};
@@ -62,6 +69,44 @@ pub enum LinkState {
     Offline,
     Connecting,
     Online,
+    /// Not online, and the last handshake was refused (see
+    /// [`Uplink::refused`]); the uplink keeps trying with backoff.
+    Refused,
+}
+
+/// Why a replica would not take the machine's session, as far as the
+/// machine can tell. For people only: see the module documentation.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HandshakeRefused {
+    /// The replica's machine address.
+    pub address: String,
+    /// What the replica's refusal said; `None` when it answered but its
+    /// first sealed frame did not open with this machine's key.
+    pub reason: Option<RefusalReason>,
+}
+
+impl std::fmt::Display for HandshakeRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let address = &self.address;
+        match self.reason {
+            Some(RefusalReason::UnknownMachine) => {
+                write!(
+                    f,
+                    "handshake refused (unknown machine or wrong key) by {address}"
+                )
+            }
+            None => write!(
+                f,
+                "handshake refused (unknown machine or wrong key) by {address}: its first \
+                 sealed frame does not open with this machine's key"
+            ),
+            Some(RefusalReason::Version { supported }) => write!(
+                f,
+                "handshake refused by {address}: it speaks link version {supported}, this \
+                 machine {LINK_VERSION}"
+            ),
+        }
+    }
 }
 
 enum State {
@@ -82,6 +127,9 @@ enum State {
         address: usize,
         last_heard_ms: u64,
         last_ping_ms: u64,
+        /// A sealed frame of the replica opened in this session (so the
+        /// replica has this machine's key).
+        authenticated: bool,
     },
 }
 
@@ -98,6 +146,8 @@ pub struct UplinkStats {
     pub resend_requests: u64,
     pub events_sent: u64,
     pub protocol_errors: u64,
+    /// Handshakes a replica refused (see [`HandshakeRefused`]).
+    pub handshakes_refused: u64,
 }
 
 pub struct Uplink {
@@ -117,6 +167,8 @@ pub struct Uplink {
     primary: Option<String>,
     /// After a resend request: send nothing until then (or the next ack).
     paused_until_ms: Option<u64>,
+    /// The last refused handshake, until a replica's sealed frame opens.
+    refused: Option<HandshakeRefused>,
     stats: UplinkStats,
 }
 
@@ -144,6 +196,7 @@ impl Uplink {
             next_address: 0,
             primary: None,
             paused_until_ms: None,
+            refused: None,
             stats: UplinkStats::default(),
         }
     }
@@ -158,10 +211,17 @@ impl Uplink {
 
     pub fn state(&self) -> LinkState {
         match self.state {
+            State::Open { .. } => LinkState::Online,
+            _ if self.refused.is_some() => LinkState::Refused,
             State::Idle { .. } => LinkState::Offline,
             State::Connecting { .. } | State::Handshaking { .. } => LinkState::Connecting,
-            State::Open { .. } => LinkState::Online,
         }
+    }
+
+    /// Why the last handshake was refused, while no replica has taken a
+    /// session since.
+    pub fn refused(&self) -> Option<&HandshakeRefused> {
+        self.refused.as_ref()
     }
 
     pub fn primary(&self) -> Option<&str> {
@@ -264,29 +324,55 @@ impl Uplink {
         local: &dyn LocalEvents,
     ) -> Vec<UplinkAction> {
         let mut out = Vec::new();
-        if let Err(error) = self.handle_frame(&mut out, now_ms, payload, local) {
-            tracing::warn!(machine = %self.machine, error = %error, "closing the link after a bad frame");
-            self.stats.protocol_errors += 1;
-            out.push(UplinkAction::Close);
-            self.fail(now_ms, true);
+        match self.handle_frame(&mut out, now_ms, payload, local) {
+            Ok(None) => {}
+            Ok(Some(refused)) => {
+                // Once per kind of refusal, not per replica tried in turn.
+                if self.refused.as_ref().map(|r| r.reason) != Some(refused.reason) {
+                    tracing::warn!(machine = %self.machine, "{refused}; retrying with backoff");
+                }
+                self.stats.handshakes_refused += 1;
+                self.refused = Some(refused);
+                out.push(UplinkAction::Close);
+                self.fail(now_ms, true);
+            }
+            Err(error) => {
+                tracing::warn!(machine = %self.machine, error = %error, "closing the link after a bad frame");
+                self.stats.protocol_errors += 1;
+                out.push(UplinkAction::Close);
+                self.fail(now_ms, true);
+            }
         }
         out
     }
 
+    /// Handles one frame; `Ok(Some(_))` when it shows the replica refused
+    /// this machine's handshake.
     fn handle_frame(
         &mut self,
         out: &mut Vec<UplinkAction>,
         now_ms: u64,
         payload: &[u8],
         local: &dyn LocalEvents,
-    ) -> Result<(), LinkError> {
+    ) -> Result<Option<HandshakeRefused>, LinkError> {
         match &mut self.state {
             State::Handshaking {
                 address,
                 client_nonce,
                 ..
             } => {
-                let reply: HelloReply = decode_plain(payload)?;
+                let reply: HelloReply = match decode_plain(payload) {
+                    Ok(reply) => reply,
+                    Err(error) => {
+                        let Ok(Refusal::HelloRefused { reason }) = decode_plain(payload) else {
+                            return Err(error);
+                        };
+                        return Ok(Some(HandshakeRefused {
+                            address: self.addresses[*address].clone(),
+                            reason: Some(reason),
+                        }));
+                    }
+                };
                 if reply.version != LINK_VERSION {
                     return Err(LinkError::Version(reply.version));
                 }
@@ -302,20 +388,35 @@ impl Uplink {
                     address: *address,
                     last_heard_ms: now_ms,
                     last_ping_ms: now_ms,
+                    authenticated: false,
                 };
-                Ok(())
+                Ok(None)
             }
             State::Open {
                 channel,
                 address,
                 last_heard_ms,
+                authenticated,
                 ..
             } => {
                 *last_heard_ms = now_ms;
                 let address = *address;
-                let message: Downstream = channel.open(payload)?;
+                let message: Downstream = match channel.open(payload) {
+                    Ok(message) => message,
+                    // The replica's very first sealed frame: it sealed with
+                    // a key for this machine that is not this machine's.
+                    Err(LinkError::Authentication) if !*authenticated => {
+                        return Ok(Some(HandshakeRefused {
+                            address: self.addresses[address].clone(),
+                            reason: None,
+                        }));
+                    }
+                    Err(error) => return Err(error),
+                };
+                *authenticated = true;
+                self.refused = None;
                 self.on_message(out, now_ms, address, message, local);
-                Ok(())
+                Ok(None)
             }
             State::Idle { .. } | State::Connecting { .. } => {
                 Err(LinkError::Protocol("frame without a session"))
@@ -447,9 +548,9 @@ impl Uplink {
 mod tests {
     use super::*;
 
-    struct NothingToSend;
+    struct NoEvents;
 
-    impl LocalEvents for NothingToSend {
+    impl LocalEvents for NoEvents {
         fn local_tip(&self) -> u64 {
             0
         }
@@ -458,29 +559,144 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_machine_with_nothing_to_send_proves_its_key_right_after_the_welcome() {
-        let machine = MachineId::numbered(1);
-        let key = SecretKey::from_bytes([5; 32]);
-        let mut uplink = Uplink::new(machine.clone(), key.clone(), vec!["a:1".into()], 0);
-        assert_eq!(
-            uplink.tick(0, &NothingToSend),
-            vec![UplinkAction::Connect("a:1".into())]
-        );
-        let client_nonce = [1; NONCE_BYTES];
-        let server_nonce = [2; NONCE_BYTES];
-        uplink.on_connected(1, client_nonce);
-        let reply = encode_plain(&HelloReply {
+    const CLIENT_NONCE: [u8; NONCE_BYTES] = [1; NONCE_BYTES];
+    const SERVER_NONCE: [u8; NONCE_BYTES] = [2; NONCE_BYTES];
+
+    fn key() -> SecretKey {
+        SecretKey::from_bytes([5; 32])
+    }
+
+    fn uplink() -> Uplink {
+        Uplink::new(
+            MachineId::numbered(1),
+            key(),
+            vec!["10.0.0.1:7101".into(), "10.0.0.2:7102".into()],
+            0,
+        )
+    }
+
+    /// Ticks from `now_ms` until the uplink connects, then says hello;
+    /// returns when it connected.
+    fn attempt(uplink: &mut Uplink, mut now_ms: u64) -> u64 {
+        while !uplink
+            .tick(now_ms, &NoEvents)
+            .iter()
+            .any(|a| matches!(a, UplinkAction::Connect(_)))
+        {
+            now_ms += 1;
+        }
+        uplink.on_connected(now_ms, CLIENT_NONCE);
+        now_ms
+    }
+
+    fn reply() -> Vec<u8> {
+        encode_plain(&HelloReply {
             version: LINK_VERSION,
-            server_nonce,
+            server_nonce: SERVER_NONCE,
+        })
+    }
+
+    fn replica_channel(key: &SecretKey) -> Channel {
+        Channel::new(
+            key,
+            &MachineId::numbered(1),
+            &CLIENT_NONCE,
+            &SERVER_NONCE,
+            Side::Replica,
+        )
+    }
+
+    #[test]
+    fn a_refused_handshake_says_why_and_backs_off_like_any_failure() {
+        let mut uplink = uplink();
+        let refusal = encode_plain(&Refusal::HelloRefused {
+            reason: RefusalReason::UnknownMachine,
         });
-        assert!(uplink.on_frame(2, &reply, &NothingToSend).is_empty());
-        let mut replica = Channel::new(&key, &machine, &client_nonce, &server_nonce, Side::Replica);
+        let mut connected_at = Vec::new();
+        let mut now_ms = 0;
+        for _ in 0..5 {
+            now_ms = attempt(&mut uplink, now_ms);
+            connected_at.push(now_ms);
+            assert_eq!(
+                uplink.on_frame(now_ms, &refusal, &NoEvents),
+                [UplinkAction::Close]
+            );
+            assert_eq!(uplink.state(), LinkState::Refused);
+        }
+        let gaps: Vec<u64> = connected_at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps, [50, 100, 200, 400], "the delay doubles");
+        assert_eq!(uplink.stats().handshakes_refused, 5);
+        assert_eq!(uplink.stats().protocol_errors, 0);
+        assert_eq!(
+            uplink.refused().unwrap().to_string(),
+            "handshake refused (unknown machine or wrong key) by 10.0.0.1:7101"
+        );
+
+        // A replica that takes the session ends the refusal.
+        now_ms = attempt(&mut uplink, now_ms);
+        assert_eq!(uplink.state(), LinkState::Refused, "still only connecting");
+        uplink.on_frame(now_ms, &reply(), &NoEvents);
+        let welcome = replica_channel(&key()).seal(&Downstream::Welcome {
+            committed_seq: 0,
+            epoch: 1,
+        });
+        uplink.on_frame(now_ms, &welcome, &NoEvents);
+        assert_eq!(uplink.state(), LinkState::Online);
+        assert_eq!(uplink.refused(), None);
+    }
+
+    #[test]
+    fn a_first_sealed_frame_that_does_not_open_is_a_refusal() {
+        let mut uplink = uplink();
+        let now_ms = attempt(&mut uplink, 0);
+        uplink.on_frame(now_ms, &reply(), &NoEvents);
+        // The replica holds another key for this machine.
+        let welcome = replica_channel(&SecretKey::from_bytes([6; 32])).seal(&Downstream::Welcome {
+            committed_seq: 0,
+            epoch: 1,
+        });
+        assert_eq!(
+            uplink.on_frame(now_ms, &welcome, &NoEvents),
+            [UplinkAction::Close]
+        );
+        assert_eq!(uplink.state(), LinkState::Refused);
+        let refused = uplink.refused().unwrap().clone();
+        assert_eq!(refused.reason, None);
+        assert!(
+            refused
+                .to_string()
+                .contains("(unknown machine or wrong key)"),
+            "{refused}"
+        );
+        assert_eq!(uplink.stats().protocol_errors, 0);
+
+        // Later in a session that opened, a frame that fails is a broken
+        // frame, not a refusal.
+        let now_ms = attempt(&mut uplink, now_ms);
+        uplink.on_frame(now_ms, &reply(), &NoEvents);
+        let mut replica = replica_channel(&key());
         let welcome = replica.seal(&Downstream::Welcome {
             committed_seq: 0,
             epoch: 1,
         });
-        let out = uplink.on_frame(3, &welcome, &NothingToSend);
+        uplink.on_frame(now_ms, &welcome, &NoEvents);
+        assert_eq!(uplink.refused(), None);
+        uplink.on_frame(now_ms, b"not sealed", &NoEvents);
+        assert_eq!(uplink.stats().protocol_errors, 1);
+        assert_eq!(uplink.state(), LinkState::Offline);
+    }
+
+    #[test]
+    fn a_machine_with_nothing_to_send_proves_its_key_right_after_the_welcome() {
+        let mut uplink = uplink();
+        let now_ms = attempt(&mut uplink, 0);
+        assert!(uplink.on_frame(now_ms, &reply(), &NoEvents).is_empty());
+        let mut replica = replica_channel(&key());
+        let welcome = replica.seal(&Downstream::Welcome {
+            committed_seq: 0,
+            epoch: 1,
+        });
+        let out = uplink.on_frame(now_ms, &welcome, &NoEvents);
         let [UplinkAction::Send(ping)] = &out[..] else {
             panic!("one frame right after the welcome: {out:?}");
         };
@@ -488,9 +704,9 @@ mod tests {
         // The next ping is a whole interval later.
         assert!(
             uplink
-                .tick(3 + PING_INTERVAL_MS - 1, &NothingToSend)
+                .tick(now_ms + PING_INTERVAL_MS - 1, &NoEvents)
                 .is_empty()
         );
-        assert_eq!(uplink.tick(3 + PING_INTERVAL_MS, &NothingToSend).len(), 1);
+        assert_eq!(uplink.tick(now_ms + PING_INTERVAL_MS, &NoEvents).len(), 1);
     }
 }

@@ -15,8 +15,8 @@ use ledger::MachineId;
 use ledger::crypto::SecretKey;
 use ledger::store::record::SignedEvent;
 use link::channel::{
-    Channel, Downstream, Hello, HelloReply, LINK_VERSION, Side, Upstream, decode_plain,
-    encode_plain,
+    Channel, Downstream, Hello, HelloReply, LINK_VERSION, Refusal, RefusalReason, Side, Upstream,
+    decode_plain, encode_plain,
 };
 use link::codec::frame_codec;
 use tokio_util::codec::{Decoder, Encoder};
@@ -158,6 +158,28 @@ fn hello_and_its_reply_are_plain_messagepack_arrays() {
         decode_plain::<HelloReply>(&unhex(&expected)).unwrap(),
         reply
     );
+}
+
+#[test]
+fn a_refusal_is_a_plain_messagepack_enum() {
+    let refusals = [
+        (
+            RefusalReason::UnknownMachine,
+            "81 ac 48656c6c6f52656675736564 91 ae 556e6b6e6f776e4d616368696e65",
+        ),
+        (
+            RefusalReason::Version { supported: 1 },
+            "81 ac 48656c6c6f52656675736564 91 81 a7 56657273696f6e 91 01",
+        ),
+    ];
+    for (reason, expected) in refusals {
+        let refusal = Refusal::HelloRefused { reason };
+        assert_eq!(
+            hex::encode(encode_plain(&refusal)),
+            expected.replace(' ', "")
+        );
+        assert_eq!(decode_plain::<Refusal>(&unhex(expected)).unwrap(), refusal);
+    }
 }
 
 #[test]

@@ -222,17 +222,14 @@ fn default_nak_backoff_max_ms() -> u64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
+    // Each message includes its cause, which is not also a `source`:
+    // printed with `{:#}`, it would appear twice.
+    #[error("reading {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{path}: {error}")]
     Parse {
         path: String,
-        #[source]
-        source: toml::de::Error,
+        error: toml::de::Error,
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
@@ -240,13 +237,13 @@ pub enum ConfigError {
 
 /// Reads and parses a TOML file, naming the file in any error.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+    toml::from_str(&text).map_err(|error| ConfigError::Parse {
         path: path.display().to_string(),
-        source,
+        error,
     })
 }
 

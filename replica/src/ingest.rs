@@ -12,8 +12,8 @@ use ledger::crypto::{NONCE_BYTES, SecretKey};
 use ledger::store::record::SignedEvent;
 use ledger::store::{APPEND_BATCH_MAX, Appended, EventRejection};
 use link::channel::{
-    Channel, Downstream, Hello, HelloReply, LINK_VERSION, LinkError, SUBMIT_EVENTS_MAX, Side,
-    Upstream, decode_plain, encode_plain,
+    Channel, Downstream, Hello, HelloReply, LINK_VERSION, LinkError, Refusal, RefusalReason,
+    SUBMIT_EVENTS_MAX, Side, Upstream, decode_plain, encode_plain,
 };
 use std::collections::BTreeMap;
 
@@ -249,11 +249,21 @@ impl Ingest {
         index: &dyn MachineIndex,
     ) -> Result<(), LinkError> {
         let hello: Hello = decode_plain(payload)?;
+        // A refusal tells the machine's people why before the session
+        // closes (in plaintext: there may be no key to seal it with).
+        let refuse = |reason| IngestAction::Send {
+            session,
+            payload: encode_plain(&Refusal::HelloRefused { reason }),
+        };
         if hello.version != LINK_VERSION {
+            out.push(refuse(RefusalReason::Version {
+                supported: LINK_VERSION,
+            }));
             return Err(LinkError::Version(hello.version));
         }
         let Some(key) = keys.link_key(&hello.machine_id) else {
             out.push(IngestAction::UnknownMachine(hello.machine_id.clone()));
+            out.push(refuse(RefusalReason::UnknownMachine));
             return Err(LinkError::UnknownMachine(hello.machine_id.to_string()));
         };
         out.push(IngestAction::Send {

@@ -41,6 +41,9 @@ pub const COMMIT_HINT_EVERY_MS: u64 = 250;
 pub const META_CACHE_ENTRIES: usize = 65_536;
 /// Storage failures are logged at most this often (with a count).
 pub const STORAGE_ERROR_LOG_EVERY_MS: u64 = 5_000;
+/// Datagrams that fail authentication are warned about at most this often
+/// (with a count): a peer with another cluster key sends many a second.
+pub const AUTHENTICATION_FAILURE_LOG_EVERY_MS: u64 = 5_000;
 /// A replica that meets a machine it has no key for asks its shell to
 /// reload the key directory at most this often.
 pub const KEY_RELOAD_INTERVAL_MS: u64 = 1_000;
@@ -232,6 +235,10 @@ pub struct RoundCounters {
     pub write_failures: u64,
     pub sync_failures: u64,
     pub key_reloads_requested: u64,
+    /// The last datagram that failed authentication: the sender it claimed
+    /// and when (the round's clock). Most likely this replica's or that
+    /// peer's cluster.key is not the cluster's.
+    pub last_unauthenticated: Option<(NodeId, u64)>,
 }
 
 pub struct Round<B: Backend, K: FleetKeys> {
@@ -269,6 +276,8 @@ pub struct Round<B: Backend, K: FleetKeys> {
     keys_requested_at_ms: Option<u64>,
     storage_failure_logged_at_ms: Option<u64>,
     storage_failures_unlogged: u64,
+    authentication_failure_logged_at_ms: Option<u64>,
+    authentication_failures_unlogged: u64,
     /// A write of this round succeeded (so a successful sync proves the log
     /// can be written again).
     wrote_this_round: bool,
@@ -342,6 +351,8 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             keys_requested_at_ms: None,
             storage_failure_logged_at_ms: None,
             storage_failures_unlogged: 0,
+            authentication_failure_logged_at_ms: None,
+            authentication_failures_unlogged: 0,
             wrote_this_round: false,
             counters: RoundCounters::default(),
         })
@@ -564,13 +575,35 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
         self.execute(actions);
     }
 
+    /// Counts a dropped datagram. One that fails authentication is also
+    /// warned about (rate-limited, with a count) and remembered for the
+    /// status: without it a replica with the wrong cluster.key would drop
+    /// everything its peers say and never tell anyone.
     fn count_rejected(&mut self, error: &WireError) {
         *self
             .counters
             .datagrams_rejected
             .entry(error.label())
             .or_insert(0) += 1;
-        tracing::debug!(error = %error, "dropped a datagram");
+        let WireError::Authentication { sender } = *error else {
+            tracing::debug!(error = %error, "dropped a datagram");
+            return;
+        };
+        self.counters.last_unauthenticated = Some((sender, self.now_ms));
+        self.authentication_failures_unlogged += 1;
+        let due = self
+            .authentication_failure_logged_at_ms
+            .is_none_or(|at| self.now_ms >= at + AUTHENTICATION_FAILURE_LOG_EVERY_MS);
+        if due {
+            tracing::warn!(
+                replica = %self.config.name,
+                sender,
+                count = self.authentication_failures_unlogged,
+                "datagrams from replica {sender} fail authentication: is this replica's cluster.key the cluster's?"
+            );
+            self.authentication_failure_logged_at_ms = Some(self.now_ms);
+            self.authentication_failures_unlogged = 0;
+        }
     }
 
     fn standing(&self) -> Standing {

@@ -85,8 +85,10 @@ impl FromStr for TransportKind {
 /// Everything that can go wrong while building or sending a datagram.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("{context}: {source}")]
-    Io { context: String, source: io::Error },
+    /// The cause is in the message, not also a `source` (printed with
+    /// `{:#}` it would appear twice).
+    #[error("{context}: {error}")]
+    Io { context: String, error: io::Error },
     #[error(
         "payload of {0} bytes exceeds the largest datagram payload of {DATAGRAM_PAYLOAD_BYTES_MAX} bytes"
     )]
@@ -122,10 +124,10 @@ pub enum TransportError {
 }
 
 impl TransportError {
-    fn io(context: impl Into<String>, source: io::Error) -> TransportError {
+    fn io(context: impl Into<String>, error: io::Error) -> TransportError {
         TransportError::Io {
             context: context.into(),
-            source,
+            error,
         }
     }
 }

@@ -203,8 +203,12 @@ pub enum WireError {
     ForeignCluster(u32),
     #[error("unknown message kind {0}")]
     UnknownKind(u8),
-    #[error("authentication failed (forged, corrupted or wrong cluster key)")]
-    Authentication,
+    /// `sender` is what the header claims; it is not authenticated, but
+    /// a replica whose cluster key differs shows up under its own number.
+    #[error(
+        "authentication failed (forged, corrupted or wrong cluster key); claims sender {sender}"
+    )]
+    Authentication { sender: NodeId },
     #[error("malformed body: {0}")]
     Malformed(String),
 }
@@ -218,7 +222,7 @@ impl WireError {
                 "bad_header"
             }
             WireError::ForeignCluster(_) => "foreign_cluster",
-            WireError::Authentication => "unauthenticated",
+            WireError::Authentication { .. } => "unauthenticated",
             WireError::Malformed(_) => "malformed",
         }
     }
@@ -443,7 +447,7 @@ impl DatagramCodec {
         let body = self
             .sealer
             .open(header, sealed)
-            .map_err(|_| WireError::Authentication)?;
+            .map_err(|_| WireError::Authentication { sender })?;
         // The kind is checked only after authentication, so a forged
         // datagram is counted as unauthenticated whatever its kind byte.
         let message = decode_body(MessageKind::try_from(kind)?, first_gseq, count, &body)?;

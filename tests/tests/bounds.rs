@@ -349,8 +349,8 @@ fn a_replica_with_1024_descriptors_serves_machines_and_status_under_a_flood() {
     let topology = init_cluster(&dir, base_port());
     // A machine of our own, provisioned before the replicas load keys.
     let machine = MachineId::numbered(900);
-    let mut keyring = Keyring::open(&dir.join("keys"), false).unwrap();
-    keyring.ensure_machine(&machine).unwrap();
+    ledger::keys::create_machine_keys(&dir.join("keys"), std::slice::from_ref(&machine)).unwrap();
+    let keyring = Keyring::open(&dir.join("keys")).unwrap();
     let link_key = keyring.link_key(&machine).unwrap();
 
     let mut cluster = Cluster::start_limited(&dir, topology, Some(DESCRIPTORS));

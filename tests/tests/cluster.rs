@@ -167,8 +167,7 @@ fn raw_sockets_in_network_namespaces_survive_a_killed_primary() {
     let dir = temp.path().join("cluster");
     std::fs::create_dir_all(&dir).unwrap();
     let keys = dir.join("keys");
-    let keyring = ledger::keys::Keyring::open(&keys, true).unwrap();
-    keyring.cluster_key(true).unwrap();
+    ledger::keys::create_cluster_keys(&keys).unwrap();
     let address = |i: u8| Ipv4Addr::new(10, 77, subnet, i);
     // Every replica has its own namespace, so all use the same ports.
     let (machine_port, replication_port, status_port) = (7_101, 7_111, 7_121);

@@ -72,7 +72,19 @@ fn apply(damage: Damage, log: &Path) -> PathBuf {
             .next(),
         Damage::FlipTable => files(log, |name| name.ends_with(".sst")).into_iter().next(),
     }
-    .unwrap_or_else(|| panic!("no file to damage for {damage:?} in {}", log.display()));
+    .unwrap_or_else(|| {
+        let names: Vec<String> = std::fs::read_dir(log)
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        panic!(
+            "no file to damage for {damage:?} in {}: {names:?}",
+            log.display()
+        )
+    });
     match damage {
         Damage::FlipWal => flip(&target, 8),
         Damage::FlipTable => flip(&target, 1),
@@ -88,7 +100,12 @@ fn replica_log(dir: &Path, index: usize) -> String {
 /// Damages the stopped replica, restarts it alone with the sync replica,
 /// checks that it repairs instead of serving, then brings the primary back.
 fn damage_and_repair(cluster: &mut Cluster, dir: &Path, damage: Damage) {
-    cluster.stop(DAMAGED);
+    match damage {
+        // A replica stopped cleanly flushes its log to table files and
+        // leaves an empty WAL: the WAL is damaged after a crash.
+        Damage::FlipWal | Damage::CutWal => cluster.kill(DAMAGED),
+        Damage::CutManifest | Damage::FlipTable => cluster.stop(DAMAGED),
+    }
     cluster.stop(PRIMARY);
     let data = dir.join(format!("replica-{}", DAMAGED + 1));
     let damaged = apply(damage, &data.join("log"));

@@ -5,7 +5,7 @@ mod common;
 
 use bytes::{Bytes, BytesMut};
 use ledger::crypto::SecretKey;
-use link::channel::{Hello, LINK_VERSION, encode_plain};
+use link::channel::{Hello, LINK_VERSION, Refusal, RefusalReason, encode_plain};
 use link::codec::frame_codec;
 use replica::config::LocalClusterPlan;
 use replica::transport::TransportKind;
@@ -67,10 +67,11 @@ fn a_replica_drops_and_counts_hostile_datagrams_and_frames() {
         host: Ipv4Addr::LOCALHOST,
     };
     let config = plan.config(2, 99, dir, TransportKind::Udp);
+    ledger::keys::create_cluster_keys(&config.keys_dir).unwrap();
     let handle = replica::server::start(config.clone()).expect("replica starts");
     let status_address = config.status_listen.to_string();
-    let keyring = ledger::keys::Keyring::open(&dir.join("keys"), false).unwrap();
-    let cluster_key = keyring.cluster_key(false).unwrap();
+    let keyring = ledger::keys::Keyring::open(&config.keys_dir).unwrap();
+    let cluster_key = keyring.cluster_key().unwrap();
     let before = status(&status_address);
 
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -143,7 +144,16 @@ fn a_replica_drops_and_counts_hostile_datagrams_and_frames() {
     stranger
         .write_all(&encode_frame(&encode_plain(&hello)))
         .unwrap();
-    read_until_closed(&mut stranger);
+    // The stranger is told why before the close, in plaintext (a hint: it
+    // is not authenticated), and nothing else.
+    let answer = read_until_closed(&mut stranger);
+    assert_eq!(
+        answer,
+        encode_frame(&encode_plain(&Refusal::HelloRefused {
+            reason: RefusalReason::UnknownMachine
+        }))
+        .to_vec()
+    );
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let after = loop {

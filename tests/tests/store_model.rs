@@ -112,6 +112,7 @@ fn open_rocks(path: &Path, key: &SecretKey) -> Ledger {
         // Small memtables: hundreds of stores are opened, each a few
         // hundred entries.
         memtable_bytes: 1 << 20,
+        read_only: false,
     };
     let mut ledger = Ledger::open(path, key, options).unwrap();
     ledger.set_checkpoint_every(16);

@@ -1,6 +1,7 @@
 //! The machine's uplink against real replicas: sell while the replicas
 //! are down (the machine keeps working on its own ledger), start them, and
-//! see every event arrive exactly once and be acknowledged.
+//! see every event arrive exactly once and be acknowledged; and a fleet the
+//! replicas refuse says why.
 
 mod common;
 
@@ -41,6 +42,10 @@ fn events_sold_offline_arrive_exactly_once_when_the_replicas_start() {
         host: Ipv4Addr::LOCALHOST,
     };
     let id = MachineId::numbered(1);
+    // Provisioned as an operator would: `vendctl keys init` and `vendctl
+    // keys machine` (the machine and the replicas share the directory).
+    ledger::keys::create_cluster_keys(&keys).unwrap();
+    ledger::keys::create_machine_keys(&keys, std::slice::from_ref(&id)).unwrap();
     let mut config = MachineConfig::new(id.clone(), dir.path().join("vm"), keys.clone());
     config.initial_admin_password = Some("vend-admin-1!".into());
     config.replicas = (1..=3).map(|n| plan.machine_addr(n).to_string()).collect();
@@ -101,7 +106,7 @@ fn events_sold_offline_arrive_exactly_once_when_the_replicas_start() {
     for replica in replicas {
         replica.shutdown();
     }
-    let keyring = Keyring::open(&keys, false).unwrap();
+    let keyring = Keyring::open(&keys).unwrap();
     for n in 1..=3 {
         let store = LogStore::open(
             &dir.path().join(format!("replica-{n}/log")),
@@ -128,4 +133,54 @@ fn events_sold_offline_arrive_exactly_once_when_the_replicas_start() {
         );
         ledger::verify::verify_log(&store, &keyring, &mut |_| {}).unwrap();
     }
+}
+
+/// The machines' keys never reached the replicas: `vendctl simulate
+/// --cluster` says that the replicas refuse the handshake, not only that
+/// nothing was acknowledged when its time ran out.
+#[test]
+fn a_fleet_the_replicas_refuse_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    let port = 27_000 + u16::try_from(std::process::id() % 1_000).unwrap() * 3;
+    let init = common::vendctl(&[
+        "cluster",
+        "init",
+        "--dir",
+        cluster.to_str().unwrap(),
+        "--base-port",
+        &port.to_string(),
+    ]);
+    assert!(init.status.success());
+    // The replica's host has the cluster's store and cluster keys, but no
+    // machine keys: the operator provisioned the fleet in `cluster/keys`
+    // and never copied the machine keys over.
+    let replica_keys = dir.path().join("replica-keys");
+    std::fs::create_dir_all(&replica_keys).unwrap();
+    for file in ["store.key", "cluster.key"] {
+        std::fs::copy(cluster.join("keys").join(file), replica_keys.join(file)).unwrap();
+    }
+    let mut config = replica::config::ReplicaConfig::load(&cluster.join("replica-1.toml")).unwrap();
+    config.keys_dir = replica_keys;
+    let replica = replica::server::start(config).expect("replica starts");
+
+    let fleet = common::vendctl(&[
+        "simulate",
+        "--cluster",
+        cluster.to_str().unwrap(),
+        "--machines",
+        "1",
+        "--events-per-machine",
+        "20",
+        "--timeout-s",
+        "3",
+    ]);
+    replica.shutdown();
+    let stderr = String::from_utf8_lossy(&fleet.stderr);
+    assert!(!fleet.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("VM-001: handshake refused (unknown machine or wrong key)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("when the time ran out"), "{stderr}");
 }

@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use ledger::MachineId;
 use ledger::Until;
 use ledger::crypto::SecretKey;
-use ledger::keys::Keyring;
+use ledger::keys::{Keyring, create_machine_keys};
 use ledger::store::record::SignedEvent;
 use ledger::store::{LogStore, OpenOptions};
 use serde::Serialize;
@@ -76,12 +76,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let scratch = tempfile::Builder::new()
         .prefix("vendctl-bench-")
         .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    let mut keyring = Keyring::open(&scratch.path().join("keys"), true)?;
+    let keys_dir = scratch.path().join("keys");
+    let ids: Vec<MachineId> = (1..=args.machines).map(MachineId::numbered).collect();
+    create_machine_keys(&keys_dir, &ids)?;
+    let keyring = Keyring::open(&keys_dir)?;
     eprintln!(
         "generating {} events from {} simulated machines...",
         args.events, args.machines
     );
-    let events = generate(&mut keyring, args.machines, args.events)?;
+    let events = generate(&keyring, &ids, args.events)?;
     let mean_record_bytes =
         events.iter().map(|e| e.bytes.len() as f64).sum::<f64>() / events.len() as f64;
     let (append, full_log) = measure_appends(scratch.path(), &keyring, &events, &args.batch_sizes)?;
@@ -172,12 +175,11 @@ fn measure_reads(full_log: &Path, keyring: &Keyring, events: usize) -> Result<Re
 
 /// `total` events from `machines` simulated machines, taken in turns.
 /// Memory is their storage: each decision is kept before it is applied.
-fn generate(keyring: &mut Keyring, machines: u32, total: usize) -> Result<Vec<SignedEvent>> {
+fn generate(keyring: &Keyring, ids: &[MachineId], total: usize) -> Result<Vec<SignedEvent>> {
     let mut sims = Vec::new();
-    for n in 1..=machines {
-        let id = MachineId::numbered(n);
-        let key: SecretKey = keyring.ensure_machine(&id)?.clone();
-        sims.push(SimMachine::new(id, &key, u64::from(n), SIMULATION_START_MS));
+    for (n, id) in (1u64..).zip(ids) {
+        let key: &SecretKey = keyring.require_machine(id)?;
+        sims.push(SimMachine::new(id.clone(), key, n, SIMULATION_START_MS));
     }
     let mut events = Vec::with_capacity(total + 4);
     'outer: loop {

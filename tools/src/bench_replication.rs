@@ -321,7 +321,7 @@ impl Drop for LocalCluster {
 impl LocalCluster {
     fn start(args: &ClusterArgs, binary: &Path, fleet: &FleetEvents) -> Result<LocalCluster> {
         let file = init(args)?;
-        let keyring = Keyring::open(&file.keys_dir, false)?;
+        let keyring = Keyring::open(&file.keys_dir)?;
         for (id, key, _) in &fleet.machines {
             key.save_new(&keyring.machine_key_path(id))?;
         }

@@ -4,7 +4,7 @@
 use crate::say;
 use anyhow::{Context, Result, bail};
 use dashboard::ReplicaStatus;
-use ledger::keys::Keyring;
+use ledger::keys::create_cluster_keys;
 use replica::config::LocalClusterPlan;
 use replica::transport::TransportKind;
 use serde::{Deserialize, Serialize};
@@ -182,8 +182,11 @@ pub fn init(args: &ClusterArgs) -> Result<ClusterFile> {
         Err(_) => rand::random::<u32>() | 1,
     };
     let keys_dir = dir.join("keys");
-    let keyring = Keyring::open(&keys_dir, true)?;
-    keyring.cluster_key(true)?;
+    // The same code as `vendctl keys init`: a new cluster gets its keys,
+    // an existing one keeps them.
+    for path in create_cluster_keys(&keys_dir)? {
+        eprintln!("created {}", path.display());
+    }
     let plan = LocalClusterPlan {
         base_port: args.base_port,
         host: std::net::Ipv4Addr::LOCALHOST,
@@ -483,6 +486,12 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                     s.records_retransmitted,
                     s.machines_connected
                 ),
+            }
+            for warning in [&s.cluster_key_warning, &s.storage_error]
+                .into_iter()
+                .flatten()
+            {
+                say!("{:<10} ! {warning}", "");
             }
         }
     } else {

@@ -25,7 +25,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if args.format != "jsonl" {
         bail!("unknown format {:?}: only jsonl is supported", args.format);
     }
-    let keyring = args.data.keyring(false)?;
+    let keyring = args.data.keyring()?;
     let store = args.data.open_store(&keyring)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

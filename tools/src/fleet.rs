@@ -8,13 +8,14 @@
 
 use crate::cluster::ClusterFile;
 use crate::say;
-use anyhow::{Context, Result, bail};
+use crate::util::report_created_keys;
+use anyhow::{Result, bail};
 use ledger::crypto::{LINK_KEY_CONTEXT, SecretKey};
-use ledger::keys::{Keyring, SingleMachineKey};
+use ledger::keys::{Keyring, SingleMachineKey, create_machine_keys};
 use ledger::store::{Appended, OpenOptions};
 use ledger::{Ledger, MachineId, Prepared};
 use link::driver::{LocalLedger, UplinkControl, UplinkReport, spawn_uplink};
-use link::uplink::{Uplink, UplinkStats};
+use link::uplink::{HandshakeRefused, Uplink, UplinkStats};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -109,11 +110,15 @@ fn open_machines(
     machines_dir: &Path,
     args: &FleetArgs,
 ) -> Result<Vec<MachineSetup>> {
-    let mut keyring = Keyring::open(&file.keys_dir, false).context("loading the cluster's keys")?;
+    // The simulated machines are provisioned like real ones, through the
+    // same code as `vendctl keys machine` (keys that exist are kept); the
+    // replicas load a new machine's key when it first knocks.
+    let ids: Vec<MachineId> = (1..=args.machines).map(MachineId::numbered).collect();
+    report_created_keys(&create_machine_keys(&file.keys_dir, &ids)?, &file.keys_dir);
+    let keyring = Keyring::open(&file.keys_dir)?;
     let mut setups = Vec::new();
-    for n in 1..=args.machines {
-        let id = MachineId::numbered(n);
-        let key = keyring.ensure_machine(&id)?.clone();
+    for (n, id) in (1u64..).zip(ids) {
+        let key = keyring.require_machine(&id)?.clone();
         let options = OpenOptions {
             create: true,
             ..OpenOptions::default()
@@ -123,7 +128,7 @@ fn open_machines(
             keyring.store_key(),
             options,
         )?;
-        let seed = args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(n);
+        let seed = args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n;
         setups.push(MachineSetup {
             sim: SimMachine::new(id.clone(), &key, seed, SIMULATION_START_MS),
             chain: SingleMachineKey::new(id.clone(), &key),
@@ -228,12 +233,23 @@ async fn drive_machine(
     let mut machine = MachineRun::start(setup, target, addresses, seed);
     loop {
         if Instant::now() > deadline {
-            bail!(
-                "{}: {} of {} events acknowledged when the time ran out",
-                machine.summary.id,
-                machine.summary.acked,
-                machine.summary.events
-            );
+            let summary = &machine.summary;
+            match &machine.refused {
+                // Why, rather than only how much: the replicas would not
+                // take this machine's session.
+                Some(refused) => bail!(
+                    "{}: {refused}, so {} of {} events were acknowledged",
+                    summary.id,
+                    summary.acked,
+                    summary.events
+                ),
+                None => bail!(
+                    "{}: {} of {} events acknowledged when the time ran out",
+                    summary.id,
+                    summary.acked,
+                    summary.events
+                ),
+            }
         }
         if machine.summary.events < target {
             machine.sell_burst()?;
@@ -283,6 +299,9 @@ struct MachineRun {
     reports: mpsc::Receiver<UplinkReport>,
     offline_until: Option<Instant>,
     last_primary: Option<String>,
+    /// Why the replicas last refused this machine's handshake, until one
+    /// takes a session (see `link::uplink::HandshakeRefused`).
+    refused: Option<HandshakeRefused>,
     summary: MachineSummary,
 }
 
@@ -312,6 +331,7 @@ impl MachineRun {
             reports,
             offline_until: None,
             last_primary: None,
+            refused: None,
         }
     }
 
@@ -374,15 +394,21 @@ impl MachineRun {
         match report {
             UplinkReport::Acknowledged(seq) => self.summary.acked = self.summary.acked.max(seq),
             UplinkReport::State {
-                primary: Some(primary),
-                ..
+                primary, refused, ..
             } => {
-                if self.last_primary.as_ref().is_some_and(|p| *p != primary) {
-                    self.summary.failovers_seen += 1;
+                if let Some(primary) = primary {
+                    if self.last_primary.as_ref().is_some_and(|p| *p != primary) {
+                        self.summary.failovers_seen += 1;
+                    }
+                    self.last_primary = Some(primary);
                 }
-                self.last_primary = Some(primary);
+                if let (None, Some(now)) = (&self.refused, &refused) {
+                    // Said at once, not only when the time runs out.
+                    eprintln!("{}: {now}; retrying", self.summary.id);
+                }
+                self.refused = refused;
             }
-            UplinkReport::State { .. } | UplinkReport::Remote(_) => {}
+            UplinkReport::Remote(_) => {}
         }
     }
 

@@ -3,8 +3,8 @@
 use crate::say;
 use anyhow::{Result, bail};
 use ledger::MachineId;
-use ledger::keys::Keyring;
-use std::path::PathBuf;
+use ledger::keys::{create_cluster_keys, create_machine_keys};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(clap::Subcommand)]
@@ -14,7 +14,9 @@ pub enum KeysCommand {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
     },
-    /// Create machine keys (kept if present): --machines N makes VM-001..N.
+    /// Create machine keys (kept if present), and DIR's store.key if it has
+    /// none: --machines N makes VM-001..N. A machine needs its key file and
+    /// a store key; the replicas need the same machine key files.
     Machine {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
@@ -27,12 +29,15 @@ pub enum KeysCommand {
     },
 }
 
+/// `vendctl keys` is the one command that creates keys: nothing else makes
+/// one behind an operator's back (`cluster init` and the simulated fleets
+/// call the same functions, and say what they made).
 pub fn run(command: KeysCommand) -> Result<ExitCode> {
     match command {
         KeysCommand::Init { dir } => {
-            let keyring = Keyring::open(&dir, true)?;
-            keyring.cluster_key(true)?;
+            let created = create_cluster_keys(&dir)?;
             say!("keys ready in {}: store.key, cluster.key", dir.display());
+            report_created(&created, &dir);
         }
         KeysCommand::Machine {
             dir,
@@ -43,16 +48,25 @@ pub fn run(command: KeysCommand) -> Result<ExitCode> {
             if ids.is_empty() {
                 bail!("name machines with --id VM-001 or --machines N");
             }
-            let mut keyring = Keyring::open(&dir, true)?;
-            for id in &ids {
-                keyring.ensure_machine(id)?;
-            }
+            let created = create_machine_keys(&dir, &ids)?;
             say!(
                 "{} machine keys ready in {}",
                 ids.len(),
                 dir.join("machines").display()
             );
+            report_created(&created, &dir);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says which files are new: a key that existed is kept, never replaced.
+fn report_created(created: &[PathBuf], dir: &Path) {
+    if created.is_empty() {
+        say!("  (all of them existed and were kept)");
+    }
+    for path in created {
+        let name = path.strip_prefix(dir).unwrap_or(path);
+        say!("  created {}", name.display());
+    }
 }

@@ -74,7 +74,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         (None, Some(text)) => Until::MachineTime(parse_until(text)?),
         (None, None) => Until::End,
     };
-    let keyring = args.data.keyring(false)?;
+    let keyring = args.data.keyring()?;
     let store = args.data.open_store(&keyring)?;
     let bar = progress(store.head().gseq, "replay");
     let started = Instant::now();

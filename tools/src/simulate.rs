@@ -3,9 +3,9 @@
 //! (`--cluster` is `fleet.rs`.)
 
 use crate::say;
-use crate::util::{DataArgs, hex32, progress, rate};
+use crate::util::{DataArgs, hex32, progress, rate, report_created_keys};
 use anyhow::{Result, bail};
-use ledger::keys::Keyring;
+use ledger::keys::{Keyring, create_machine_keys};
 use ledger::store::OpenOptions;
 use ledger::store::record::SignedEvent;
 use ledger::{Ledger, MachineId, Until};
@@ -79,9 +79,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
         });
     }
     let data = offline_data(&args)?;
-    let mut keyring = data.keyring(true)?;
+    refuse_existing_log(&data)?;
+    // A new fleet log: its machines get keys through the same code as
+    // `vendctl keys machine` (existing keys are kept), before anything else
+    // is written.
+    let ids: Vec<MachineId> = (1..=args.machines).map(MachineId::numbered).collect();
+    let keys_dir = data.keys_dir();
+    report_created_keys(&create_machine_keys(&keys_dir, &ids)?, &keys_dir);
+    let keyring = data.keyring()?;
     let mut ledger = open_fresh_log(&data, &keyring)?;
-    let machines = new_machines(&mut keyring, args.machines, args.seed)?;
+    let machines = new_machines(&keyring, &ids, args.seed)?;
     let started = Instant::now();
     let stats = write_fleet_log(&mut ledger, &keyring, machines, &args)?;
     ledger.checkpoint()?;
@@ -123,8 +130,19 @@ fn offline_data(args: &Args) -> Result<DataArgs> {
     })
 }
 
-/// Opens (or creates) the log, which must be empty: a simulated fleet
-/// starts every machine's stream at #1, so it cannot continue a log.
+/// A simulated fleet starts every machine's stream at #1, so it cannot
+/// continue a log; this is checked before any key or file is made.
+fn refuse_existing_log(data: &DataArgs) -> Result<()> {
+    if data.log_dir().join("CURRENT").exists() {
+        bail!(
+            "{} already holds a log; simulate into a new directory",
+            data.log_dir().display()
+        );
+    }
+    Ok(())
+}
+
+/// Creates the log, which must be empty (see [`refuse_existing_log`]).
 fn open_fresh_log(data: &DataArgs, keyring: &Keyring) -> Result<Ledger> {
     let options = OpenOptions {
         create: true,
@@ -141,15 +159,19 @@ fn open_fresh_log(data: &DataArgs, keyring: &Keyring) -> Result<Ledger> {
     Ok(ledger)
 }
 
-/// VM-001, VM-002, ..., each with its key (created in the keyring if new)
-/// and its own seed derived from the run's.
-fn new_machines(keyring: &mut Keyring, count: u32, seed: u64) -> Result<Vec<SimMachine>> {
+/// VM-001, VM-002, ..., each with its key from the keyring and its own
+/// seed derived from the run's.
+fn new_machines(keyring: &Keyring, ids: &[MachineId], seed: u64) -> Result<Vec<SimMachine>> {
     let mut machines = Vec::new();
-    for n in 1..=count {
-        let id = MachineId::numbered(n);
-        let key = keyring.ensure_machine(&id)?.clone();
-        let machine_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(n);
-        machines.push(SimMachine::new(id, &key, machine_seed, SIMULATION_START_MS));
+    for (n, id) in (1u64..).zip(ids) {
+        let key = keyring.require_machine(id)?;
+        let machine_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n;
+        machines.push(SimMachine::new(
+            id.clone(),
+            key,
+            machine_seed,
+            SIMULATION_START_MS,
+        ));
     }
     Ok(machines)
 }

@@ -1,10 +1,10 @@
 //! Shared helpers: data-directory layout, opening a log, progress bars.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ledger::keys::Keyring;
-use ledger::store::{LogStore, OpenOptions};
-use std::path::{Path, PathBuf};
+use ledger::store::{LogStore, StoreError};
+use std::path::PathBuf;
 
 /// A data directory holds the RocksDB log under `log/` and, unless told
 /// otherwise, its keys under `keys/`.
@@ -33,21 +33,35 @@ impl DataArgs {
             .unwrap_or_else(|| self.data.join(KEYS_SUBDIR))
     }
 
-    pub fn keyring(&self, create: bool) -> Result<Keyring> {
-        let dir = self.keys_dir();
-        Keyring::open(&dir, create).with_context(|| format!("loading keys from {}", dir.display()))
+    /// Loads the key directory; creates nothing (a missing key file is
+    /// named with the `vendctl keys` command that makes it).
+    pub fn keyring(&self) -> Result<Keyring> {
+        Ok(Keyring::open(&self.keys_dir())?)
     }
 
-    /// Opens an existing log read-write (RocksDB has no shared read mode;
-    /// the replica owning it must be stopped).
+    /// Opens an existing log for reading only: inspecting a log never
+    /// changes a file of it, and a log a running replica holds open is
+    /// read as it was when the command started.
     pub fn open_store(&self, keyring: &Keyring) -> Result<LogStore> {
-        open_existing(&self.log_dir(), keyring)
+        let log_dir = self.log_dir();
+        LogStore::open_read_only(&log_dir, keyring.store_key()).map_err(|error| match error {
+            // These name the directory already.
+            StoreError::NotFound(_) | StoreError::Live { .. } => error.into(),
+            other => anyhow::Error::new(other)
+                .context(format!("opening the log at {}", log_dir.display())),
+        })
     }
 }
 
-pub fn open_existing(log_dir: &Path, keyring: &Keyring) -> Result<LogStore> {
-    LogStore::open(log_dir, keyring.store_key(), OpenOptions::default())
-        .with_context(|| format!("opening the log at {}", log_dir.display()))
+/// Tells the operator on stderr which key files a command created (the
+/// simulated fleets provision their machines through the same code as
+/// `vendctl keys`; keys that existed are kept and not mentioned).
+pub fn report_created_keys(created: &[PathBuf], dir: &std::path::Path) {
+    match created {
+        [] => {}
+        [one] => eprintln!("created {}", one.display()),
+        many => eprintln!("created {} key files in {}", many.len(), dir.display()),
+    }
 }
 
 /// A progress bar on stderr, hidden when stderr is not a terminal so logs

@@ -51,7 +51,7 @@ fn short_of_promise(
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let keyring = args.data.keyring(false)?;
+    let keyring = args.data.keyring()?;
     let store = args.data.open_store(&keyring)?;
     let bar = progress(store.head().gseq, "verify");
     let started = Instant::now();

@@ -137,7 +137,7 @@ fn verify_names_a_tampered_entry_and_rejects_a_wrong_key() {
     let data = dir.path().join("fleet");
     simulate(&data, "2", "400", "3");
     {
-        let keyring = Keyring::open(&data.join("keys"), false).unwrap();
+        let keyring = Keyring::open(&data.join("keys")).unwrap();
         let mut store = LogStore::open(
             &data.join("log"),
             keyring.store_key(),
@@ -186,12 +186,139 @@ fn refuses_to_simulate_over_an_existing_log_and_reports_missing_logs() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a log"));
-    let out = vendctl(&[
-        "verify",
-        "--data",
-        dir.path().join("nothing").to_str().unwrap(),
-    ]);
+    // The tools make no key: a missing one is named, with the command that
+    // makes it, and nothing is created.
+    let nothing = dir.path().join("nothing");
+    for command in ["verify", "replay", "dump"] {
+        let out = vendctl(&[command, "--data", nothing.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{}/keys/store.key is missing", nothing.display())),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "vendctl keys init --dir {}/keys",
+                nothing.display()
+            )),
+            "{err}"
+        );
+        assert!(!nothing.exists(), "{command} created {}", nothing.display());
+    }
+}
+
+/// Every file under `dir` with its size and modification time.
+fn files_of(dir: &Path) -> std::collections::BTreeMap<String, (u64, std::time::SystemTime)> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let entry = entry.unwrap();
+            let metadata = entry.metadata().unwrap();
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            } else {
+                let name = entry
+                    .path()
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .display()
+                    .to_string();
+                files.insert(name, (metadata.len(), metadata.modified().unwrap()));
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn verify_replay_and_dump_leave_the_data_directory_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fleet");
+    let summary = simulate(&data, "2", "300", "4");
+    let data_str = data.to_str().unwrap();
+    let before = files_of(&data);
+    // Modification times have a coarse granularity on some file systems:
+    // let any rewrite show as a later time.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for args in [
+        vec!["verify", "--data", data_str],
+        vec!["replay", "--data", data_str, "--json"],
+        vec!["dump", "--data", data_str],
+    ] {
+        let out = vendctl(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            files_of(&data),
+            before,
+            "{args:?} changed the data directory"
+        );
+    }
+    let verify = vendctl(&["verify", "--data", data_str]);
+    assert!(
+        stdout(&verify).contains(summary["head_hash"].as_str().unwrap()),
+        "{}",
+        stdout(&verify)
+    );
+}
+
+#[test]
+fn verify_reads_a_ledger_that_another_process_holds_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fleet");
+    let summary = simulate(&data, "2", "300", "6");
+    let keyring = Keyring::open(&data.join("keys")).unwrap();
+    // This test process is the writer that owns the log (as a running
+    // replica would be); vendctl is another process.
+    let held = LogStore::open(
+        &data.join("log"),
+        keyring.store_key(),
+        OpenOptions::default(),
+    )
+    .unwrap();
+    let out = vendctl(&["verify", "--data", data.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(summary["head_hash"].as_str().unwrap()),
+        "{text}"
+    );
+    let dump = vendctl(&["dump", "--data", data.to_str().unwrap()]);
+    assert!(dump.status.success());
+    assert_eq!(
+        stdout(&dump).lines().count() as u64,
+        summary["events"].as_u64().unwrap()
+    );
+    drop(held);
+}
+
+/// An error says its cause once: RocksDB's message used to follow itself
+/// (`storage error: X: X`), because the error also returned it as its
+/// source and `vendctl` prints the whole chain.
+#[test]
+fn a_broken_log_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fleet");
+    simulate(&data, "1", "30", "2");
+    std::fs::write(data.join("log/CURRENT"), "garbage\n").unwrap();
+    let out = vendctl(&["verify", "--data", data.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("store.key"), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "vendctl: opening the log at {}/log: storage error: Corruption",
+            data.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("CURRENT file corrupted").count(), 1, "{err}");
 }

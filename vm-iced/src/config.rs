@@ -41,17 +41,14 @@ pub struct MachineConfig {
 /// operator knows which file to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
+    // Each message includes its cause, which is not also a `source`:
+    // printed with `{:#}`, it would appear twice.
+    #[error("reading {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{path}: {error}")]
     Parse {
         path: String,
-        #[source]
-        source: toml::de::Error,
+        error: toml::de::Error,
     },
 }
 
@@ -77,13 +74,13 @@ fn default_stacker() -> u32 {
 
 impl MachineConfig {
     pub fn load(path: &Path) -> Result<MachineConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        toml::from_str(&text).map_err(|error| ConfigError::Parse {
             path: path.display().to_string(),
-            source,
+            error,
         })
     }
 

@@ -57,6 +57,9 @@ pub fn link_text(link: &Link, unsent: u64) -> String {
         },
         (true, LinkState::Connecting) => "Connecting…".to_owned(),
         (true, LinkState::Offline) => "Offline".to_owned(),
+        // The details (which replica, what it said) are in the log; the
+        // screen says what an operator checks first.
+        (true, LinkState::Refused) => "Refused: unknown machine or wrong key".to_owned(),
     };
     format!("{state} · {unsent} unsent")
 }
@@ -65,6 +68,7 @@ fn link_indicator(link: &Link, unsent: u64) -> Element<'static, Message> {
     let color = match (link.configured, link.state) {
         (true, LinkState::Online) => Color::from_rgb8(0x16, 0xa3, 0x4a),
         (true, LinkState::Connecting) => style::AMBER,
+        (true, LinkState::Refused) => style::REFUSED,
         _ => style::MUTED,
     };
     row![

@@ -24,7 +24,7 @@ const ACKED_META: &str = "uplink_acked";
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
     /// The rules said no; the text is for the screen.
-    #[error("{0}")]
+    #[error(transparent)]
     Rejected(#[from] Rejection),
     /// The ledger could not record the action, so it did not happen.
     #[error("not recorded: {0}")]
@@ -57,24 +57,40 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// Opens (or creates and installs) the machine described by `config`.
+    /// Opens the machine described by `config`, or installs a new one when
+    /// the operator asked for an install (`initial_admin_password`) and
+    /// the data directory holds no ledger yet.
+    ///
+    /// The machine never creates a key, not even for an install: its key
+    /// is the secret it shares with the replicas, so it is made where both
+    /// get it (`vendctl keys machine`); a key the machine made for itself
+    /// would be refused by the fleet, and a wrong `--keys` would write it
+    /// into somebody else's key directory. A missing key is an error naming
+    /// the file and that command.
     pub fn open(
         config: &MachineConfig,
         clock: Clock,
         password_params: PasswordParams,
     ) -> Result<Machine, MachineError> {
         let setup = |e: &dyn std::fmt::Display| MachineError::Setup(e.to_string());
-        let mut keyring = Keyring::open(&config.keys_dir, true).map_err(|e| setup(&e))?;
+        let keyring = Keyring::open(&config.keys_dir).map_err(|e| setup(&e))?;
         let key = keyring
-            .ensure_machine(&config.machine_id)
+            .require_machine(&config.machine_id)
             .map_err(|e| setup(&e))?
             .clone();
+        let log_dir = config.log_dir();
+        let install = config.initial_admin_password.is_some();
+        if !install && !log_dir.join("CURRENT").exists() {
+            return Err(MachineError::Setup(format!(
+                "no ledger at {}: install a new machine with --admin-password",
+                log_dir.display()
+            )));
+        }
         let options = OpenOptions {
-            create: true,
+            create: install,
             ..OpenOptions::default()
         };
-        let ledger =
-            Ledger::open(&config.log_dir(), keyring.store_key(), options).map_err(|e| setup(&e))?;
+        let ledger = Ledger::open(&log_dir, keyring.store_key(), options).map_err(|e| setup(&e))?;
         let head = ledger.store().machine_head(&config.machine_id);
         if ledger.store().head().gseq != head.seq {
             return Err(MachineError::Setup(format!(

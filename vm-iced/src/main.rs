@@ -30,13 +30,15 @@ struct Args {
     /// Where the machine keeps its own ledger.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Key directory (store.key and machines/<id>.key).
+    /// Key directory (store.key and machines/<id>.key), provisioned with
+    /// `vendctl keys machine --dir DIR --id ID`: vend-vm creates no key.
     #[arg(long, value_name = "DIR")]
     keys: Option<PathBuf>,
     /// A replica's machine address (repeat for each replica).
     #[arg(long = "replica", value_name = "HOST:PORT")]
     replicas: Vec<String>,
-    /// The admin password to install a new machine with.
+    /// Install a new machine (a data directory without a ledger) with this
+    /// admin password.
     #[arg(long)]
     admin_password: Option<String>,
     /// Actions to perform at start, e.g. "admin:PASSWORD,refill,tubes,logout,insert:1000,buy:2"

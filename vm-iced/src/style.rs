@@ -12,6 +12,8 @@ pub const PRICE: Color = Color::from_rgb8(0x1d, 0x4e, 0xd8);
 pub const LED: Color = Color::from_rgb8(0x4a, 0xde, 0x80);
 pub const AMBER: Color = Color::from_rgb8(0xd9, 0x77, 0x06);
 pub const MUTED: Color = Color::from_rgb8(0x94, 0xa3, 0xb8);
+/// The link light when the replicas refuse this machine.
+pub const REFUSED: Color = Color::from_rgb8(0xdc, 0x26, 0x26);
 
 pub fn cabinet(_: &Theme) -> container::Style {
     container::Style {

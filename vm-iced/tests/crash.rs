@@ -88,6 +88,8 @@ fn child(dir: &Path, round: u64) {
 
 fn parent() {
     let dir = tempfile::tempdir().unwrap();
+    // Provisioned as an operator would (`vendctl keys machine`).
+    ledger::keys::create_machine_keys(&dir.path().join("keys"), &[MachineId::numbered(9)]).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(77);
     for round in 1..=ROUNDS {
         let mut child = Process::new(std::env::current_exe().unwrap())
@@ -130,7 +132,7 @@ fn parent() {
             );
         }
         drop(machine);
-        let keyring = Keyring::open(&dir.path().join("keys"), false).unwrap();
+        let keyring = Keyring::open(&dir.path().join("keys")).unwrap();
         let store = LogStore::open(
             &dir.path().join("vm/log"),
             keyring.store_key(),

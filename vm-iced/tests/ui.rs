@@ -36,6 +36,7 @@ impl Harness {
             dir.path().join("keys"),
         );
         config.initial_admin_password = Some(PASSWORD.to_owned());
+        ledger::keys::create_machine_keys(&config.keys_dir, &[config.machine_id.clone()]).unwrap();
         let clock = Arc::new(AtomicI64::new(SIMULATION_START_MS));
         let time = clock.clone();
         let mut machine = Machine::open(

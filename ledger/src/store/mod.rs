@@ -57,8 +57,12 @@ const ITER_BATCH_RECORDS: u64 = 256;
 pub enum StoreError {
     #[error("no ledger at {0} (run `vendctl simulate --offline` or start a replica to create one)")]
     NotFound(String),
+    /// RocksDB's own message. (Like every error of this project, the
+    /// message includes its cause and does not also return it as a
+    /// `source`: the binaries print chains with `{:#}`, which would say it
+    /// twice.)
     #[error("storage error: {0}")]
-    Db(#[from] rocksdb::Error),
+    Db(rocksdb::Error),
     #[error("the key does not open this ledger (wrong key file?)")]
     WrongKey,
     #[error("entry gseq {gseq}: {problem}")]
@@ -73,10 +77,22 @@ pub enum StoreError {
     NotContiguous { gseq: u64, problem: String },
     #[error("cannot truncate to gseq {to}: {problem}")]
     Truncate { to: u64, problem: String },
+    /// The store was opened with `read_only`.
+    #[error("the log at {0} is open read-only; nothing can be written to it")]
+    ReadOnly(String),
+    /// A log another process holds open could not be opened beside it.
+    #[error("cannot read the live log at {path}: {problem}")]
+    Live { path: String, problem: String },
     /// A backend refused a write or a sync (a full disk, an I/O error, an
     /// injected fault).
     #[error("write failed: {0}")]
     Io(String),
+}
+
+impl From<rocksdb::Error> for StoreError {
+    fn from(error: rocksdb::Error) -> StoreError {
+        StoreError::Db(error)
+    }
 }
 
 impl StoreError {
@@ -201,6 +217,12 @@ pub struct OpenOptions {
     /// files are preallocated to). Replicas keep the default; a machine's
     /// own small ledger and tests that open many stores need far less.
     pub memtable_bytes: usize,
+    /// Opens an existing store for reading only (`verify`, `replay`,
+    /// `dump`): nothing in its directory is written, not even RocksDB's
+    /// own recovery, and every write fails with [`StoreError::ReadOnly`].
+    /// A store another process holds open (a running replica) is read as
+    /// it was at the moment of opening.
+    pub read_only: bool,
 }
 
 /// RocksDB's own default write buffer.
@@ -213,6 +235,7 @@ impl Default for OpenOptions {
             segment_entries: SEGMENT_ENTRIES_DEFAULT,
             deferred_sync: false,
             memtable_bytes: MEMTABLE_BYTES_DEFAULT,
+            read_only: false,
         }
     }
 }
@@ -235,6 +258,17 @@ impl LogStore<RocksBackend> {
     ) -> Result<LogStore, StoreError> {
         let backend = RocksBackend::open(path, key, options)?;
         LogStore::with_backend(backend, options.segment_entries)
+    }
+
+    /// Opens an existing store for reading only (see
+    /// [`OpenOptions::read_only`]): the tools that inspect a log never
+    /// change it, and can read one a running replica holds open.
+    pub fn open_read_only(path: &Path, key: &SecretKey) -> Result<LogStore, StoreError> {
+        let options = OpenOptions {
+            read_only: true,
+            ..OpenOptions::default()
+        };
+        LogStore::open(path, key, options)
     }
 
     pub fn path(&self) -> &Path {

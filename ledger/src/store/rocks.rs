@@ -70,6 +70,12 @@ pub struct RocksBackend {
     deferred_sync: bool,
     /// Writes since the last sync (with `deferred_sync`).
     unsynced: bool,
+    /// Opened with `OpenOptions::read_only`: every write is refused.
+    read_only: bool,
+    /// A secondary instance's own directory (its info log), removed when
+    /// the backend is dropped; declared after `db` so the database closes
+    /// first.
+    _secondary_dir: Option<tempfile::TempDir>,
 }
 
 fn gseq_key(gseq: u64) -> [u8; 8] {
@@ -207,6 +213,95 @@ fn read_records(
     Ok(())
 }
 
+/// Opens the database as `options` ask: read-write, or for reading only.
+///
+/// A read-only open (RocksDB's `OpenForReadOnly`) writes nothing into the
+/// directory: not the info log, not a new MANIFEST, not a flush of the
+/// write-ahead log, which it replays in memory. It takes no lock either,
+/// but a writer holding the store open may delete files it is reading, so
+/// a store another process holds (a running replica) is opened as a
+/// secondary instance instead, which is made for that: it keeps every
+/// table file open and writes only into a scratch directory of its own.
+fn open_db(
+    path: &Path,
+    options: OpenOptions,
+) -> Result<(DB, Option<tempfile::TempDir>), StoreError> {
+    let mut db_options = Options::default();
+    db_options.create_if_missing(options.create);
+    db_options.create_missing_column_families(!options.read_only);
+    db_options.set_compression_type(DBCompressionType::None);
+    db_options.set_max_open_files(i32::from(OPEN_TABLE_FILES_MAX));
+    db_options.set_keep_log_file_num(4);
+    db_options.set_write_buffer_size(options.memtable_bytes);
+    // Recovery as strict as a clean crash allows. A crash can leave a
+    // torn record at the end of the WAL — a write that was never
+    // synced, so never acknowledged — which this mode drops; anything
+    // wrong before the tail (a flipped byte, a lost block) fails the
+    // open instead of being silently cut off as the default mode
+    // (point in time) would. Absolute consistency would refuse even
+    // the torn tail a power cut leaves, and the replica could not
+    // restart at all. A log cut short anyway is caught by the
+    // replica's promise file; corrupt table blocks by paranoid checks
+    // and the chain check at start.
+    db_options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
+    db_options.set_paranoid_checks(true);
+    // RocksDB's "default" column family is listed too, with the same
+    // options: it is always open, and its write buffer sets how large
+    // WAL files are preallocated.
+    let descriptors = [rocksdb::DEFAULT_COLUMN_FAMILY_NAME]
+        .into_iter()
+        .chain(COLUMN_FAMILIES)
+        .map(|name| {
+            let mut cf_options = Options::default();
+            cf_options.set_compression_type(DBCompressionType::None);
+            cf_options.set_write_buffer_size(options.memtable_bytes);
+            ColumnFamilyDescriptor::new(name, cf_options)
+        });
+    if !options.read_only {
+        return Ok((
+            DB::open_cf_descriptors(&db_options, path, descriptors)?,
+            None,
+        ));
+    }
+    if !held_by_another_process(path) {
+        let db = DB::open_cf_descriptors_read_only(&db_options, path, descriptors, false)?;
+        return Ok((db, None));
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("vendledger-secondary-")
+        .tempdir()
+        .map_err(|e| StoreError::Live {
+            path: path.display().to_string(),
+            problem: format!("creating a scratch directory for a secondary instance: {e}"),
+        })?;
+    // Every table file stays open, so the writer's compactions cannot
+    // delete one from under the reader.
+    db_options.set_max_open_files(-1);
+    let db = DB::open_cf_descriptors_as_secondary(&db_options, path, scratch.path(), descriptors)?;
+    Ok((db, Some(scratch)))
+}
+
+/// Whether another process holds the RocksDB lock of the store at `path`
+/// (RocksDB locks its `LOCK` file with `fcntl`, which `F_GETLK` tests
+/// without taking). When that cannot be told, the answer is yes: reading a
+/// store as a secondary instance is safe either way.
+fn held_by_another_process(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let lock = match std::fs::File::open(path.join("LOCK")) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+        Err(_) => return true,
+    };
+    // SAFETY: an all-zero `flock` is a valid value of this plain C struct.
+    let mut probe: libc::flock = unsafe { std::mem::zeroed() };
+    probe.l_type = libc::F_WRLCK as libc::c_short;
+    probe.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_GETLK reads and writes only `probe`, which outlives the
+    // call, on a descriptor `lock` keeps open.
+    let result = unsafe { libc::fcntl(lock.as_raw_fd(), libc::F_GETLK, &mut probe) };
+    result != 0 || probe.l_type != libc::F_UNLCK as libc::c_short
+}
+
 /// Reads a RocksDB store's records from any thread, beside the writer that
 /// owns it (the dashboard's log pages). Cheap to clone.
 #[derive(Clone)]
@@ -244,47 +339,22 @@ impl RocksBackend {
         key: &SecretKey,
         options: OpenOptions,
     ) -> Result<RocksBackend, StoreError> {
+        assert!(
+            !(options.read_only && options.create),
+            "a read-only open cannot create a store"
+        );
         if !options.create && !path.join("CURRENT").exists() {
             return Err(StoreError::NotFound(path.display().to_string()));
         }
-        let mut db_options = Options::default();
-        db_options.create_if_missing(options.create);
-        db_options.create_missing_column_families(true);
-        db_options.set_compression_type(DBCompressionType::None);
-        db_options.set_max_open_files(i32::from(OPEN_TABLE_FILES_MAX));
-        db_options.set_keep_log_file_num(4);
-        db_options.set_write_buffer_size(options.memtable_bytes);
-        // Recovery as strict as a clean crash allows. A crash can leave a
-        // torn record at the end of the WAL — a write that was never
-        // synced, so never acknowledged — which this mode drops; anything
-        // wrong before the tail (a flipped byte, a lost block) fails the
-        // open instead of being silently cut off as the default mode
-        // (point in time) would. Absolute consistency would refuse even
-        // the torn tail a power cut leaves, and the replica could not
-        // restart at all. A log cut short anyway is caught by the
-        // replica's promise file; corrupt table blocks by paranoid checks
-        // and the chain check at start.
-        db_options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
-        db_options.set_paranoid_checks(true);
-        // RocksDB's "default" column family is listed too, with the same
-        // options: it is always open, and its write buffer sets how large
-        // WAL files are preallocated.
-        let descriptors = [rocksdb::DEFAULT_COLUMN_FAMILY_NAME]
-            .into_iter()
-            .chain(COLUMN_FAMILIES)
-            .map(|name| {
-                let mut cf_options = Options::default();
-                cf_options.set_compression_type(DBCompressionType::None);
-                cf_options.set_write_buffer_size(options.memtable_bytes);
-                ColumnFamilyDescriptor::new(name, cf_options)
-            });
-        let db = DB::open_cf_descriptors(&db_options, path, descriptors)?;
+        let (db, secondary_dir) = open_db(path, options)?;
         let mut backend = RocksBackend {
             db: Arc::new(db),
             path: path.to_path_buf(),
             sealer: Sealer::new(key),
             deferred_sync: options.deferred_sync,
             unsynced: false,
+            read_only: options.read_only,
+            _secondary_dir: secondary_dir,
         };
         backend.check_key()?;
         Ok(backend)
@@ -298,6 +368,9 @@ impl RocksBackend {
                 .open(META_KEY_CHECK, &sealed)
                 .map(drop)
                 .map_err(|_| StoreError::WrongKey),
+            // A store that crashed before its key check was written holds
+            // nothing sealed yet; read-only, there is nothing to prove.
+            None if self.read_only => Ok(()),
             None => {
                 let mut batch = WriteBatch::default();
                 batch.put_cf(
@@ -312,6 +385,13 @@ impl RocksBackend {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly(self.path.display().to_string()));
+        }
+        Ok(())
     }
 
     /// Whether writes are waiting for a sync (with `deferred_sync`).
@@ -340,6 +420,7 @@ impl RocksBackend {
     /// Writes a batch atomically and durably — or, with `deferred_sync`
     /// and unless `force_sync`, atomically now and durably at the next sync.
     fn write_batch(&mut self, batch: WriteBatch, force_sync: bool) -> Result<(), StoreError> {
+        self.writable()?;
         let sync = force_sync || !self.deferred_sync;
         let mut options = WriteOptions::default();
         options.set_sync(sync);
@@ -466,6 +547,7 @@ impl RocksBackend {
     /// Flushes memtables so a following open is fast (used before backups
     /// and by tools).
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.writable()?;
         for cf in COLUMN_FAMILIES {
             self.db.flush_cf(self.cf(cf))?;
         }

@@ -250,6 +250,46 @@ fn resends_are_duplicates_and_gaps_conflicts_forgeries_are_rejected() {
     );
 }
 
+/// A read-only store reads everything, including writes still in the
+/// write-ahead log and writes of a process that holds the store open, and
+/// refuses every write by name.
+#[test]
+fn a_read_only_store_reads_everything_and_refuses_writes() {
+    let fx = Fixture::new();
+    let events = fx.events(12);
+    let mut writer = fx.open();
+    writer
+        .append_events(1, 5, &events[..6], &fx.keys())
+        .unwrap();
+    // Opened beside the writer, in this process (no lock is taken).
+    let mut reader = LogStore::open_read_only(&fx.path, &fx.store_key).unwrap();
+    assert_eq!(reader.head(), writer.head());
+    assert_eq!(reader.entries_from(1).count(), 6);
+    let refused = reader
+        .append_events(1, 5, &events[6..], &fx.keys())
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::ReadOnly(_)), "{refused}");
+    assert!(refused.to_string().contains("read-only"), "{refused}");
+    assert!(matches!(
+        reader.put_app_meta("note", &1u64),
+        Err(StoreError::ReadOnly(_))
+    ));
+    assert!(matches!(reader.flush(), Err(StoreError::ReadOnly(_))));
+    drop(reader);
+    drop(writer);
+    let reader = LogStore::open_read_only(&fx.path, &fx.store_key).unwrap();
+    assert_eq!(reader.head().gseq, 6);
+    let wrong = LogStore::open_read_only(&fx.path, &SecretKey::generate())
+        .err()
+        .unwrap();
+    assert!(matches!(wrong, StoreError::WrongKey), "{wrong}");
+    let missing = LogStore::open_read_only(&fx.path.join("nope"), &fx.store_key)
+        .err()
+        .unwrap();
+    assert!(matches!(missing, StoreError::NotFound(_)), "{missing}");
+    assert!(!fx.path.join("nope").exists(), "nothing was created");
+}
+
 #[test]
 fn wrong_key_is_a_clear_error() {
     let fx = Fixture::new();

@@ -104,6 +104,11 @@ impl Core {
             tracing::warn!(error = %e, "could not checkpoint the projection at shutdown");
         }
         self.end_round(publisher);
+        // The buffered writes go to table files, so the next start need
+        // not replay them.
+        if let Err(e) = self.round.ledger().store().flush() {
+            tracing::warn!(error = %e, "could not flush the log at shutdown");
+        }
         tracing::info!(replica = %self.config.name, "replica stopped");
     }
 

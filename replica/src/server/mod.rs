@@ -37,7 +37,7 @@ use dashboard::ports::{
     COMMITTED_FEED_ENTRIES_MAX, OPERATOR_REQUESTS_MAX, OperatorRequest, ReadPorts, Snapshot,
 };
 use ledger::Ledger;
-use ledger::keys::Keyring;
+use ledger::keys::{Keyring, SkippedKeyFile};
 use ledger::store::promise::PromiseFile;
 use ledger::store::{OpenOptions, StoreError};
 use log_reader::StoreLogReader;
@@ -49,27 +49,53 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
+/// Why a replica could not start or run. Each message includes its
+/// cause's text and does not also return the cause as a `source`: the
+/// binaries print error chains with `{:#}`, which would say it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("configuration: {0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(crate::config::ConfigError),
     #[error("keys: {0}")]
-    Keys(#[from] ledger::keys::KeyringError),
+    Keys(ledger::keys::KeyringError),
     #[error("log: {0}")]
-    Store(#[from] StoreError),
-    #[error("{context}: {source}")]
+    Store(StoreError),
+    #[error("{context}: {error}")]
     Io {
         context: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("transport: {0}")]
-    Transport(#[from] crate::transport::TransportError),
+    Transport(crate::transport::TransportError),
+}
+
+impl From<crate::config::ConfigError> for ServerError {
+    fn from(error: crate::config::ConfigError) -> ServerError {
+        ServerError::Config(error)
+    }
+}
+
+impl From<ledger::keys::KeyringError> for ServerError {
+    fn from(error: ledger::keys::KeyringError) -> ServerError {
+        ServerError::Keys(error)
+    }
+}
+
+impl From<StoreError> for ServerError {
+    fn from(error: StoreError) -> ServerError {
+        ServerError::Store(error)
+    }
+}
+
+impl From<crate::transport::TransportError> for ServerError {
+    fn from(error: crate::transport::TransportError) -> ServerError {
+        ServerError::Transport(error)
+    }
 }
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
     let context = context.into();
-    move |source| ServerError::Io { context, source }
+    move |error| ServerError::Io { context, error }
 }
 
 /// Where frames for one machine session go (to its writing task).
@@ -123,12 +149,19 @@ async fn until_stopped(stopped: &mut tokio::sync::watch::Receiver<bool>) {
 }
 
 /// Opens the replica's log and builds its core.
+/// Also returns the machine key files the keyring skipped (and warned
+/// about), so the key loader does not warn about them again.
 fn open_core(
     config: &ReplicaConfig,
     load_keys: SyncSender<()>,
-) -> Result<(Core, ledger::store::rocks::RocksReader), ServerError> {
-    let keyring = Keyring::open(&config.keys_dir, true)?;
-    let cluster_key = keyring.cluster_key(true)?;
+) -> Result<(Core, ledger::store::rocks::RocksReader, Vec<SkippedKeyFile>), ServerError> {
+    // A replica makes no key of its own: a cluster key nobody else has
+    // would leave it running alone, and a new store key cannot open the
+    // log it already has. `vendctl keys` makes them.
+    let keyring = Keyring::open(&config.keys_dir)?;
+    let cluster_key = keyring.cluster_key()?;
+    let mut skipped = Vec::new();
+    warn_skipped(&keyring, &mut skipped);
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io_error(format!("creating {}", config.data_dir.display())))?;
     let (ledger, damaged) = open_log(config, &keyring)?;
@@ -153,7 +186,7 @@ fn open_core(
         load_keys,
         shutdown: false,
     };
-    Ok((core, reader))
+    Ok((core, reader, skipped))
 }
 
 fn round_config(config: &ReplicaConfig) -> RoundConfig {
@@ -221,19 +254,43 @@ fn open_log(config: &ReplicaConfig, keyring: &Keyring) -> Result<(Ledger, bool),
 
 /// Reloads the key directory when the core asks, off the core thread
 /// (a directory of thousands of machine keys takes a while to read).
+///
+/// `warned` lists the skipped key files reported already (at start or at an
+/// earlier reload), so a stranger knocking every second does not repeat
+/// the same warnings.
 fn load_keys_on_request(
     keys_dir: std::path::PathBuf,
     requests: Receiver<()>,
     inputs: SyncSender<CoreInput>,
+    mut warned: Vec<SkippedKeyFile>,
 ) {
     for () in requests {
-        match Keyring::open(&keys_dir, false) {
+        match Keyring::open(&keys_dir) {
             Ok(keyring) => {
+                warn_skipped(&keyring, &mut warned);
                 if inputs.send(CoreInput::Round(Input::Keys(keyring))).is_err() {
                     return;
                 }
             }
-            Err(error) => tracing::warn!(error = %error, "could not reload the key directory"),
+            Err(error) => tracing::warn!(
+                error = %error,
+                "could not reload the key directory; the keys loaded before stay in use"
+            ),
+        }
+    }
+}
+
+/// Warns about machine key files the keyring skipped (each one once per
+/// `warned` list): those machines cannot connect, the others can.
+fn warn_skipped(keyring: &Keyring, warned: &mut Vec<SkippedKeyFile>) {
+    for skipped in keyring.skipped() {
+        if !warned.contains(skipped) {
+            tracing::warn!(
+                file = %skipped.path.display(),
+                problem = %skipped.problem,
+                "a machine key file is unreadable and skipped; that machine cannot connect"
+            );
+            warned.push(skipped.clone());
         }
     }
 }
@@ -257,7 +314,7 @@ fn spawn_threads(
     let (projection_tx, projection) = tokio::sync::watch::channel(Arc::default());
     let (committed, _) = tokio::sync::broadcast::channel(COMMITTED_FEED_ENTRIES_MAX);
     let readable_tip = Arc::new(ReadableTip::default());
-    let (mut core, reader) = open_core(config, load_keys)?;
+    let (mut core, reader, skipped) = open_core(config, load_keys)?;
     let mut publisher = Publisher::new(
         snapshot_tx,
         projection_tx,
@@ -280,7 +337,7 @@ fn spawn_threads(
     let keys = {
         let (inputs, dir) = (inputs.clone(), config.keys_dir.clone());
         spawn("key-loader")
-            .spawn(move || load_keys_on_request(dir, key_requests, inputs))
+            .spawn(move || load_keys_on_request(dir, key_requests, inputs, skipped))
             .map_err(io_error("starting the key loader"))?
     };
     let (actions, operator_requests) = tokio::sync::mpsc::channel(OPERATOR_REQUESTS_MAX);

@@ -9,7 +9,7 @@ use dashboard::ports::{
     COMMITTED_FEED_ENTRIES_MAX, CommittedEntry, FleetTotals, MachineSummary, PROJECTION_EVERY_MS,
     Role, Snapshot,
 };
-use dashboard::{FollowerStatus, ReplicaStatus};
+use dashboard::{CLUSTER_KEY_WARNING_MS, FollowerStatus, ReplicaStatus};
 use ledger::projection::Projection;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -211,6 +211,28 @@ fn datagrams_rejected(core: &Core) -> Vec<(String, u64)> {
     rejected
 }
 
+/// A warning while datagrams fail authentication (see
+/// `ReplicaStatus::cluster_key_warning`).
+fn cluster_key_warning(core: &Core) -> Option<String> {
+    let counters = core.round.counters();
+    let (sender, at_ms) = counters.last_unauthenticated?;
+    let now_ms = core.now_ms();
+    if now_ms >= at_ms + CLUSTER_KEY_WARNING_MS {
+        return None;
+    }
+    let count = counters
+        .datagrams_rejected
+        .get("unauthenticated")
+        .copied()
+        .unwrap_or(0);
+    Some(format!(
+        "datagrams from {} fail authentication ({count} since the start, the last {:.1} s ago): \
+         is this replica's cluster.key the cluster's?",
+        member_name(core, sender),
+        (now_ms - at_ms) as f64 / 1_000.0
+    ))
+}
+
 fn status(core: &Core) -> ReplicaStatus {
     let node = core.round.node();
     let counters = node.counters();
@@ -249,6 +271,7 @@ fn status(core: &Core) -> ReplicaStatus {
         records_retransmitted: counters.records_retransmitted,
         datagrams_received: counters.datagrams_received,
         datagrams_rejected: datagrams_rejected(core),
+        cluster_key_warning: cluster_key_warning(core),
         datagrams_replayed: counters.replayed_dropped,
         datagrams_stale_epoch: counters.stale_epoch_dropped,
         elections_started: counters.elections_started,

@@ -92,7 +92,10 @@ fn forged_corrupted_truncated_and_foreign_datagrams_are_refused() {
         assert!(codec.decode(&bytes[..cut]).is_err());
     }
     let other_key = DatagramCodec::new(7, &SecretKey::from_bytes([8; 32]));
-    assert_eq!(other_key.decode(&bytes), Err(WireError::Authentication));
+    assert_eq!(
+        other_key.decode(&bytes),
+        Err(WireError::Authentication { sender: 2 })
+    );
     let other_cluster = DatagramCodec::new(8, &SecretKey::from_bytes([9; 32]));
     assert_eq!(
         other_cluster.decode(&bytes),
@@ -102,7 +105,10 @@ fn forged_corrupted_truncated_and_foreign_datagrams_are_refused() {
     // the header is authenticated data.
     let mut raised_epoch = bytes.clone();
     raised_epoch[12..20].copy_from_slice(&99u64.to_be_bytes());
-    assert_eq!(codec.decode(&raised_epoch), Err(WireError::Authentication));
+    assert_eq!(
+        codec.decode(&raised_epoch),
+        Err(WireError::Authentication { sender: 2 })
+    );
 }
 
 #[test]
@@ -239,8 +245,14 @@ fn a_captured_vote_cannot_be_readdressed_to_another_candidate() {
     assert_eq!((opened.receiver, opened.message), (1, vote));
     let mut readdressed = captured.clone();
     readdressed[11] = 3;
-    assert_eq!(codec.decode(&readdressed), Err(WireError::Authentication));
+    assert_eq!(
+        codec.decode(&readdressed),
+        Err(WireError::Authentication { sender: 2 })
+    );
     let mut to_everyone = captured;
     to_everyone[11] = RECEIVER_ALL;
-    assert_eq!(codec.decode(&to_everyone), Err(WireError::Authentication));
+    assert_eq!(
+        codec.decode(&to_everyone),
+        Err(WireError::Authentication { sender: 2 })
+    );
 }
