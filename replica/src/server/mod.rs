@@ -385,7 +385,7 @@ fn dashboard_options(
     config: &ReplicaConfig,
     http_connections: usize,
 ) -> Result<dashboard::DashboardOptions, ServerError> {
-    let cluster_key = Keyring::open(&config.keys_dir, false)?.cluster_key(false)?;
+    let cluster_key = Keyring::open(&config.keys_dir)?.cluster_key()?;
     let dashboard_config = &config.dashboard;
     Ok(dashboard::DashboardOptions {
         session_key: blake3::derive_key(
