@@ -279,11 +279,18 @@ fn links_ok(entries: &[LogEntryView]) -> bool {
     })
 }
 
-fn audit_blocking(
-    log: &dyn LogReader,
-    query: &AuditQuery,
-    tip: u64,
-) -> Result<(Vec<LogEntryView>, u64, Option<u64>, bool, Option<String>), Problem> {
+/// What one page's reading found.
+struct Scanned {
+    /// Newest first.
+    entries: Vec<LogEntryView>,
+    scanned: u64,
+    /// Where reading stopped, when there is more in that direction.
+    stopped: Option<u64>,
+    newest_first: bool,
+    head_hash: Option<String>,
+}
+
+fn audit_blocking(log: &dyn LogReader, query: &AuditQuery, tip: u64) -> Result<Scanned, Problem> {
     let filter = build_filter(query, log, tip)?;
     let storage = |e: ReadError| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     let (mut entries, scanned, stopped) = scan(log, &filter, PAGE_ENTRIES).map_err(storage)?;
@@ -294,19 +301,28 @@ fn audit_blocking(
         .map_err(storage)?
         .first()
         .map(|e| e.hash.clone());
-    Ok((entries, scanned, stopped, filter.newest_first, head_hash))
+    Ok(Scanned {
+        entries,
+        scanned,
+        stopped,
+        newest_first: filter.newest_first,
+        head_hash,
+    })
 }
 
 pub async fn model(app: &AppState, query: &AuditQuery) -> Result<AuditPage, Problem> {
     let tip = app.snapshot().status.tip;
     let log: Arc<dyn LogReader> = app.ports.log.clone();
     let query_owned = query.clone();
-    let (entries, scanned, stopped, newest_first, head_hash) =
-        tokio::task::spawn_blocking(move || audit_blocking(log.as_ref(), &query_owned, tip))
-            .await
-            .map_err(|_| {
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "the log reader stopped")
-            })??;
+    let Scanned {
+        entries,
+        scanned,
+        stopped,
+        newest_first,
+        head_hash,
+    } = tokio::task::spawn_blocking(move || audit_blocking(log.as_ref(), &query_owned, tip))
+        .await
+        .map_err(|_| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "the log reader stopped"))??;
     let (next_before, previous_after) = if newest_first {
         (
             stopped,
@@ -521,11 +537,11 @@ mod tests {
         loop {
             let before_text = before.map(|b| b.to_string()).unwrap_or_default();
             let q = query(&[("before", &before_text)]);
-            let (entries, _, stopped, _, head) = audit_blocking(&log, &q, 3_210).unwrap();
-            assert_eq!(head.as_deref(), Some("h3210"));
-            assert!(links_ok(&entries));
-            seen.extend(gseqs(&entries));
-            match stopped {
+            let page = audit_blocking(&log, &q, 3_210).unwrap();
+            assert_eq!(page.head_hash.as_deref(), Some("h3210"));
+            assert!(links_ok(&page.entries));
+            seen.extend(gseqs(&page.entries));
+            match page.stopped {
                 Some(next) => before = Some(next),
                 None => break,
             }
@@ -538,7 +554,7 @@ mod tests {
     fn filters_by_machine_kind_and_time() {
         let log = FakeLog(500);
         let q = query(&[("machine", "VM-001"), ("kind", "cash_collected")]);
-        let (entries, _, _, _, _) = audit_blocking(&log, &q, 500).unwrap();
+        let entries = audit_blocking(&log, &q, 500).unwrap().entries;
         // VM-001 has the even gseqs; cash collections are every tenth.
         assert_eq!(gseqs(&entries)[..3], [500, 490, 480]);
         assert!(entries.iter().all(|e| e.gseq % 10 == 0));
@@ -546,14 +562,14 @@ mod tests {
         let from = format::time_rfc3339(100_000);
         let to = format::time_rfc3339(110_000);
         let q = query(&[("from", &from), ("to", &to)]);
-        let (entries, _, stopped, _, _) = audit_blocking(&log, &q, 500).unwrap();
-        assert_eq!(gseqs(&entries), (100..=110).rev().collect::<Vec<_>>());
-        assert_eq!(stopped, None);
+        let page = audit_blocking(&log, &q, 500).unwrap();
+        assert_eq!(gseqs(&page.entries), (100..=110).rev().collect::<Vec<_>>());
+        assert_eq!(page.stopped, None);
         // A newer page runs the other way and is shown newest first.
         let q = query(&[("after", "200")]);
-        let (entries, _, _, newest_first, _) = audit_blocking(&log, &q, 500).unwrap();
-        assert!(!newest_first);
-        let mut shown = gseqs(&entries);
+        let page = audit_blocking(&log, &q, 500).unwrap();
+        assert!(!page.newest_first);
+        let mut shown = gseqs(&page.entries);
         shown.reverse();
         assert_eq!(shown, (201..=250).collect::<Vec<_>>());
     }

@@ -10,8 +10,8 @@ pub struct Bar<'a> {
     pub won: Won,
 }
 
-const WIDTH: i64 = 760;
-const HEIGHT: i64 = 220;
+const WIDTH: i64 = 1200;
+const HEIGHT: i64 = 260;
 const LEFT: i64 = 70;
 const BOTTOM: i64 = 34;
 const TOP: i64 = 16;
@@ -52,13 +52,15 @@ pub fn columns(title: &str, bars: &[Bar<'_>]) -> Markup {
 /// A horizontal bar chart (products or machines down the side).
 pub fn rows(title: &str, bars: &[Bar<'_>]) -> Markup {
     let max = bars.iter().map(|b| b.won).max().unwrap_or(0).max(1);
+    // Drawn for a side column about 420 px wide.
+    let width = 420;
     let row_height = 24;
-    let label_width = 130;
-    let value_width = 100;
-    let plot = WIDTH - label_width - value_width;
+    let label_width = 110;
+    let value_width = 90;
+    let plot = width - label_width - value_width;
     let height = i64::try_from(bars.len()).unwrap_or(0) * row_height + 8;
     html! {
-        svg.chart viewBox={"0 0 " (WIDTH) " " (height.max(row_height))} role="img" aria-label=(title) {
+        svg.chart viewBox={"0 0 " (width) " " (height.max(row_height))} role="img" aria-label=(title) {
             title { (title) }
             @for (index, bar) in bars.iter().enumerate() {
                 @let y = i64::try_from(index).unwrap_or(0) * row_height + 4;

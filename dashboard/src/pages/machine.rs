@@ -522,7 +522,7 @@ pub fn collection_table(collections: &[CollectionRow], with_machine: bool) -> Ma
                     @for c in collections {
                         tr {
                             @if with_machine { td { a href={"/machines/" (c.machine)} { (c.machine) } } }
-                            td { (format::time(c.at_ms)) div.gseq { "gseq " (c.gseq) } }
+                            td.nowrap { (format::time(c.at_ms)) div.gseq { "gseq " (c.gseq) } }
                             td.num { (format::won(c.expected)) }
                             td.num { (format::won(c.counted)) }
                             td.num.over[c.over_short > 0].short[c.over_short < 0] { (format::won_signed(c.over_short)) }

@@ -110,7 +110,7 @@ pub fn layout(
                 link rel="stylesheet" href=(assets::url("style.css"));
                 script src=(assets::url("app.js")) defer {}
             }
-            body data-live=[live.then_some("1")] {
+            body data-live=[live.then_some("1")] data-as-of=(app.projection().as_of_gseq) {
                 header.top {
                     div.brand {
                         a href="/" { "vendledger" }

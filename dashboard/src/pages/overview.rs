@@ -259,7 +259,7 @@ fn machine_table(overview: &Overview) -> Markup {
                                 div.muted { "seen " (format::ago(now, seen)) }
                             }
                         }
-                        td title=(format::time(row.last_event_ms)) { (format::ago(now, row.last_event_ms)) div.muted { "#" (row.last_seq) } }
+                        td.nowrap title=(format::time(row.last_event_ms)) { (format::ago(now, row.last_event_ms)) div.muted { "#" (row.last_seq) } }
                         td.num {
                             @match row.backlog { Some(b) => { (format::count(b)) } None => { span.muted { "—" } } }
                         }
