@@ -188,3 +188,98 @@ fn sse_response(
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::{App, DashboardOptions};
+    use crate::ports::{EntryKind, LogReader, ReadPorts, Snapshot};
+    use std::sync::Mutex;
+
+    struct Log(Mutex<Vec<LogEntryView>>);
+
+    impl LogReader for Log {
+        fn entries(&self, from: u64, to: u64) -> Result<Vec<LogEntryView>, ReadError> {
+            let entries = self.0.lock().unwrap();
+            Ok(entries
+                .iter()
+                .filter(|e| (from..=to).contains(&e.gseq))
+                .cloned()
+                .collect())
+        }
+    }
+
+    fn entry(gseq: u64) -> LogEntryView {
+        LogEntryView {
+            gseq,
+            epoch: 1,
+            logged_ms: 0,
+            hash: String::new(),
+            prev_hash: String::new(),
+            kind: EntryKind::EpochStarted {
+                primary: "replica-1".into(),
+            },
+        }
+    }
+
+    fn gseq_of(event: Event) -> u64 {
+        // The id line of the rendered event.
+        let text = format!("{event:?}");
+        let start = text.find("id: ").expect("an id") + 4;
+        text[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    }
+
+    /// The feed repeats entries the log already gave, skips some, and the
+    /// snapshot's commit trails it: the subscriber still gets each entry
+    /// once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_switch_from_the_log_to_the_live_feed_loses_and_repeats_nothing() {
+        let log = Arc::new(Log(Mutex::new((1..=10).map(entry).collect())));
+        let mut snapshot = Snapshot::default();
+        snapshot.status.commit = 5;
+        let (_publish, snapshot) = tokio::sync::watch::channel(Arc::new(snapshot));
+        let committed = broadcast::channel(16).0;
+        let ports = ReadPorts {
+            snapshot,
+            projection: tokio::sync::watch::channel(Arc::default()).1,
+            log,
+            committed: committed.clone(),
+            actions: tokio::sync::mpsc::channel(1).0,
+        };
+        let app = App::new(ports, DashboardOptions::ephemeral());
+        let feed = Feed {
+            last: 2,
+            target: 5,
+            pending: VecDeque::new(),
+            live: None,
+            _permit: app.subscribers.clone().try_acquire_owned().unwrap(),
+            app,
+        };
+        let mut stream = Box::pin(futures_util::stream::unfold(feed, next));
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(gseq_of(stream.next().await.unwrap().unwrap()));
+        }
+        // Caught up with the log (3..=5); the next call subscribes and waits.
+        let waiting = tokio::spawn(async move {
+            let mut more = Vec::new();
+            for _ in 0..5 {
+                more.push(gseq_of(stream.next().await.unwrap().unwrap()));
+            }
+            more
+        });
+        while committed.receiver_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        for gseq in [4, 5, 6, 8, 9, 10] {
+            committed.send(Arc::new(entry(gseq))).unwrap();
+        }
+        seen.extend(waiting.await.unwrap());
+        assert_eq!(seen, (3..=10).collect::<Vec<_>>());
+    }
+}
