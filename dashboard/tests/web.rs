@@ -542,3 +542,58 @@ fn live_updates_resume_after_a_reconnect_without_losing_or_repeating() {
     let _ = stream.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 }
+
+#[test]
+fn https_serves_the_pages_and_plain_http_only_the_status_api() {
+    let temp = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let certificate = temp.path().join("cert.pem");
+    let private_key = temp.path().join("key.pem");
+    std::fs::write(&certificate, certified.cert.pem()).unwrap();
+    std::fs::write(&private_key, certified.signing_key.serialize_pem()).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut fixture = runtime.block_on(async { Fixture::new(2, 50, 1, Role::Primary) });
+    fixture.options.tls = Some(dashboard::TlsFiles {
+        certificate,
+        private_key,
+    });
+    let (address, _stop) = runtime.block_on(fixture.serve("127.0.0.1:0"));
+    // Plain HTTP: pages move to HTTPS; the status API still answers.
+    let mut plain = Browser::new(&format!("http://{address}"));
+    let answer = plain.get("/machines/VM-001");
+    assert_eq!(answer.status, 308);
+    assert_eq!(
+        answer.location,
+        format!("https://{address}/machines/VM-001")
+    );
+    assert_eq!(plain.get("/api/v1/status").status, 200);
+    // TLS: the login form, with a Secure cookie.
+    let answer = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certified.cert.der().clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"GET /login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    });
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("Secure"), "{answer}");
+}
