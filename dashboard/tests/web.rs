@@ -597,3 +597,50 @@ fn https_serves_the_pages_and_plain_http_only_the_status_api() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("Secure"), "{answer}");
 }
+
+#[test]
+fn live_update_subscribers_are_bounded() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut fixture = runtime.block_on(async { Fixture::new(1, 20, 1, Role::Primary) });
+    fixture.options.sse_subscribers_max = 1;
+    let (address, _stop) = runtime.block_on(fixture.serve("127.0.0.1:0"));
+    let mut browser = Browser::new(&format!("http://{address}"));
+    browser.log_in(ADMIN.0, ADMIN.1);
+    let cookie = browser.cookie_header();
+    let open = |cookie: &str| {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /api/v1/events HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        (stream, String::from_utf8_lossy(&head).into_owned())
+    };
+    let (first, status) = open(&cookie);
+    assert_eq!(status, "HTTP/1.1 200");
+    let (_, status) = open(&cookie);
+    assert_eq!(status, "HTTP/1.1 503");
+    // The slot frees when the first subscriber leaves.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = open(&cookie);
+        if status == "HTTP/1.1 200" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
