@@ -287,13 +287,13 @@ pub async fn page(
                         (slot_table(&app, &viewer, &detail))
                     }
                     section.panel { h2 { "Remote commands" } (command_table(&detail)) }
+                    section.panel { h2 { "Collections" } (collection_table(&detail.collections, false)) }
                     section.panel { h2 { "Recent events" } (event_table(&detail.recent_events)) }
                 }
                 div {
                     section.panel { h2 { "Alerts" } (alert_list(&app, &viewer, &detail.alerts, Some(&detail.machine))) }
                     section.panel { h2 { "Coin tubes" } (tube_table(&detail)) }
                     section.panel { h2 { "Change owed" } (ticket_table(&app, &viewer, &detail)) }
-                    section.panel { h2 { "Collections" } (collection_table(&detail.collections, false)) }
                     (live_feed(Some(&detail.machine)))
                 }
             }

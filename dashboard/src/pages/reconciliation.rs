@@ -194,20 +194,18 @@ pub async fn page(
                 a href={"/reconciliation?period=" (name) (machine_param)} class=[(name == report.period).then_some("active")] { (name) }
             }
         }
-        div.grid2 {
-            section.panel {
-                div.exports { h2 { "Collections" } "Export" a href={"/api/v1/reconciliation.csv?" (query_string)} { "CSV" } a href={"/api/v1/reconciliation?" (query_string)} { "JSON" } }
-                (collection_table(&report.collections, true))
-                div.pager {
-                    span {}
-                    @if let Some(before) = report.next_before {
-                        a href={"/reconciliation?" (query_string) "&before=" (before)} { "Older →" }
-                    }
+        div.grid-even {
+            section.panel { h2 { "Per machine" } (totals_table("Machine", &report.per_machine, &report.total)) }
+            section.panel { h2 { "Per " (report.period) } (totals_table("Period", &report.per_period, &report.total)) }
+        }
+        section.panel {
+            div.exports { h2 { "Collections" } "Export" a href={"/api/v1/reconciliation.csv?" (query_string)} { "CSV" } a href={"/api/v1/reconciliation?" (query_string)} { "JSON" } }
+            (collection_table(&report.collections, true))
+            div.pager {
+                span {}
+                @if let Some(before) = report.next_before {
+                    a href={"/reconciliation?" (query_string) "&before=" (before)} { "Older →" }
                 }
-            }
-            div {
-                section.panel { h2 { "Per machine" } (totals_table("Machine", &report.per_machine, &report.total)) }
-                section.panel { h2 { "Per " (report.period) } (totals_table("Period", &report.per_period, &report.total)) }
             }
         }
     };
