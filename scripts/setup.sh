@@ -10,6 +10,8 @@ have_package() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'instal
 have_package libclang-dev || need+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
+# scripts/test.sh asks the demo's dashboard whether it answers.
+command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -6,6 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
+# The export test reads our CSV and JSON lines with DuckDB's Python package,
+# which it installs into a virtual environment when missing.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  echo "setup: installing python3 and python3-venv"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends python3 python3-venv \
+    || { apt-get update && apt-get install -y --no-install-recommends python3 python3-venv; }
+fi
+
 start=$(date +%s)
 step() { echo; echo "== $* ($(( $(date +%s) - start ))s)"; }
 
@@ -48,5 +57,21 @@ if [ "$colors" -lt 100 ]; then
   exit 1
 fi
 echo "screenshot has $colors colours"
+
+step "scripts/run.sh (the README's run command) starts the demo and stops on Ctrl-C"
+demo_dir="$(mktemp -d /tmp/vendledger-demo-XXXXXX)"
+scripts/run.sh --no-gui --dir "$demo_dir" --base-port 8700 > "$demo_dir/run.out" 2>&1 &
+demo_pid=$!
+for _ in $(seq 120); do
+  grep -q "Ctrl-C stops everything" "$demo_dir/run.out" && break
+  kill -0 "$demo_pid" 2>/dev/null || break
+  sleep 1
+done
+cat "$demo_dir/run.out"
+grep -q "Ctrl-C stops everything" "$demo_dir/run.out"
+curl -fsS -o /dev/null "http://127.0.0.1:8700/api/v1/status"
+kill -INT "$demo_pid"
+wait "$demo_pid"
+echo "the demo stopped cleanly"
 
 step "all tests passed"

@@ -298,6 +298,17 @@ fn audit_rows(page: audit::AuditPage) -> Vec<AuditRow> {
                     String::new(),
                     format!("started by {primary}"),
                 ),
+                crate::ports::EntryKind::Operator {
+                    operator,
+                    at_ms,
+                    machine,
+                    ..
+                } => (
+                    machine.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    None,
+                    format::time_rfc3339(*at_ms),
+                    format!("by {operator}"),
+                ),
                 crate::ports::EntryKind::Unreadable { problem } => {
                     (String::new(), None, String::new(), problem.clone())
                 }

@@ -155,6 +155,18 @@ pub enum EntryKind {
     EpochStarted {
         primary: String,
     },
+    /// What an operator did (an account, a command for a machine, an
+    /// acknowledged alert), recorded through the primary.
+    Operator {
+        operator: String,
+        /// The primary's clock when it was recorded.
+        at_ms: i64,
+        /// The action's kind, e.g. `command_requested`
+        /// (`ledger::operator::OperatorAction::kind`).
+        action: String,
+        /// The machine it concerns, if any.
+        machine: Option<MachineId>,
+    },
     /// A record that does not decode (reported, never hidden).
     Unreadable {
         problem: String,

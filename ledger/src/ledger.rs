@@ -8,9 +8,9 @@ use crate::ids::MachineId;
 use crate::keys::ChainKeys;
 use crate::projection::Projection;
 use crate::store::backend::Backend;
-use crate::store::record::{GENESIS_HASH, LogEntry, ReplicatedRecord, SignedEvent};
+use crate::store::record::{Content, GENESIS_HASH, LogEntry, ReplicatedRecord, SignedEvent};
 use crate::store::rocks::RocksBackend;
-use crate::store::{AppendOutcome, LogStore, OpenOptions, StoreError};
+use crate::store::{AppendOutcome, LogStore, OpenOptions, Proposed, StoreError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -160,11 +160,29 @@ impl<B: Backend> Ledger<B> {
         keys: &dyn ChainKeys,
     ) -> Result<AppendOutcome, StoreError> {
         let outcome = self.store.append_events(epoch, logged_ms, events, keys)?;
-        for (entry, envelope) in &outcome.new_entries {
-            self.apply_to_projection(entry.body.gseq, Some(envelope));
-        }
-        self.maybe_checkpoint()?;
+        self.apply_new_entries(&outcome)?;
         Ok(outcome)
+    }
+
+    /// See [`LogStore::append`]: a primary's proposal of machine events and
+    /// operator records, applied to the projection like everything else.
+    pub fn append(
+        &mut self,
+        epoch: u64,
+        logged_ms: i64,
+        entries: &[Proposed],
+        keys: &dyn ChainKeys,
+    ) -> Result<AppendOutcome, StoreError> {
+        let outcome = self.store.append(epoch, logged_ms, entries, keys)?;
+        self.apply_new_entries(&outcome)?;
+        Ok(outcome)
+    }
+
+    fn apply_new_entries(&mut self, outcome: &AppendOutcome) -> Result<(), StoreError> {
+        for (entry, content) in &outcome.new_entries {
+            self.apply_to_projection(entry.body.gseq, content);
+        }
+        self.maybe_checkpoint()
     }
 
     /// See [`LogStore::append_replicated`].
@@ -173,9 +191,9 @@ impl<B: Backend> Ledger<B> {
         records: &[ReplicatedRecord],
         keys: &dyn ChainKeys,
     ) -> Result<(), StoreError> {
-        let envelopes = self.store.append_replicated(records, keys)?;
-        for (record, envelope) in records.iter().zip(&envelopes) {
-            self.apply_to_projection(record.gseq(), envelope.as_ref());
+        let contents = self.store.append_replicated(records, keys)?;
+        for (record, content) in records.iter().zip(&contents) {
+            self.apply_to_projection(record.gseq(), content);
         }
         self.maybe_checkpoint()
     }
@@ -188,20 +206,13 @@ impl<B: Backend> Ledger<B> {
         primary: &str,
     ) -> Result<LogEntry, StoreError> {
         let entry = self.store.append_marker(epoch, logged_ms, primary)?;
-        self.apply_to_projection(entry.body.gseq, None);
+        self.apply_to_projection(entry.body.gseq, &Content::Marker);
         self.maybe_checkpoint()?;
         Ok(entry)
     }
 
-    fn apply_to_projection(&mut self, gseq: u64, envelope: Option<&EventEnvelope>) {
-        match envelope {
-            // An entry that does not apply is recorded as a projection
-            // issue; the log keeps it.
-            Some(envelope) => {
-                let _ = self.projection.apply(gseq, envelope);
-            }
-            None => self.projection.skip(gseq),
-        }
+    fn apply_to_projection(&mut self, gseq: u64, content: &Content) {
+        apply_content(&mut self.projection, gseq, content);
     }
 
     /// Drops entries after `to_gseq` and rebuilds the projection.
@@ -267,6 +278,20 @@ impl<B: Backend> Ledger<B> {
     }
 }
 
+/// Applies what one entry carries. An entry that does not apply is
+/// recorded as a projection issue; the log keeps it.
+fn apply_content(projection: &mut Projection, gseq: u64, content: &Content) {
+    match content {
+        Content::Event(envelope) => {
+            let _ = projection.apply(gseq, envelope);
+        }
+        Content::Operator(record) => {
+            let _ = projection.apply_operator(gseq, record);
+        }
+        Content::Marker => projection.skip(gseq),
+    }
+}
+
 fn load_checkpoint<B: Backend>(
     store: &LogStore<B>,
     at_or_before: u64,
@@ -314,29 +339,37 @@ fn apply_range<B: Backend>(
     // skipped too, even if the clock went backwards, so a stream is never
     // applied with a hole in it.
     let mut stopped: std::collections::HashSet<MachineId> = std::collections::HashSet::new();
-    let decode = |gseq: u64, bytes: &[u8]| -> Result<(u64, Option<EventEnvelope>), StoreError> {
-        let envelope = LogEntry::decode_event(bytes).map_err(|e| StoreError::Entry {
+    let decode = |gseq: u64, bytes: &[u8]| -> Result<(u64, Content), StoreError> {
+        let content = LogEntry::decode_content(bytes).map_err(|e| StoreError::Entry {
             gseq,
             problem: format!("undecodable record: {e}"),
         })?;
-        Ok((gseq, envelope))
+        Ok((gseq, content))
     };
-    crate::store::scan_records(store, from, last, decode, |(gseq, envelope)| {
-        let Some(envelope) = envelope else {
-            projection.skip(gseq);
-            return Ok(());
-        };
-        if let Until::MachineTime(limit) = until
-            && (envelope.at_ms > limit || stopped.contains(&envelope.machine_id))
-        {
-            // Later events of other machines may still be in range, so skip
-            // rather than stop; the projection still advances its gseq.
-            stopped.insert(envelope.machine_id);
-            projection.skip(gseq);
-            return Ok::<(), StoreError>(());
+    crate::store::scan_records(store, from, last, decode, |(gseq, content)| {
+        if let Until::MachineTime(limit) = until {
+            let excluded = match &content {
+                Content::Event(envelope) => {
+                    envelope.at_ms > limit || stopped.contains(&envelope.machine_id)
+                }
+                // What operators did counts by the primary's clock.
+                Content::Operator(record) => record.at_ms > limit,
+                Content::Marker => false,
+            };
+            if excluded {
+                if let Content::Event(envelope) = content {
+                    stopped.insert(envelope.machine_id);
+                }
+                // Later entries may still be in range, so skip rather than
+                // stop; the projection still advances its gseq.
+                projection.skip(gseq);
+                return Ok::<(), StoreError>(());
+            }
         }
-        let _ = projection.apply(gseq, &envelope);
-        progress(gseq);
+        apply_content(projection, gseq, &content);
+        if !matches!(content, Content::Marker) {
+            progress(gseq);
+        }
         Ok(())
     })
 }

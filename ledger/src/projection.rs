@@ -6,9 +6,10 @@
 //! can checkpoint it, and applies each machine's events with the very same
 //! [`MachineState::apply`] the machine itself uses.
 
-use crate::event::{Event, EventEnvelope};
+use crate::event::{Event, EventEnvelope, Source};
 use crate::ids::MachineId;
 use crate::money::Won;
+use crate::operator::{OperatorError, OperatorRecord};
 use crate::posting::Balances;
 use crate::state::{ApplyError, MachineState};
 use serde::{Deserialize, Serialize};
@@ -279,6 +280,7 @@ impl Projection {
                 counted: *counted,
             });
         }
+        self.settle_remote_command(gseq, envelope);
         let sale = match &envelope.event {
             Event::ProductPurchased { product, price, .. } => Some((product, 1, *price)),
             Event::PurchaseCancelled { product, price, .. } => Some((product, -1, -price)),
@@ -293,6 +295,51 @@ impl Projection {
             );
         }
         Ok(())
+    }
+
+    /// A machine's event that answers a remote command (the change it made,
+    /// or its refusal) settles the command requested in the log.
+    fn settle_remote_command(&mut self, gseq: u64, envelope: &EventEnvelope) {
+        let machine = &envelope.machine_id;
+        match &envelope.event {
+            Event::PriceChanged {
+                source: Source::Remote { command_id },
+                ..
+            }
+            | Event::ProductRenamed {
+                source: Source::Remote { command_id },
+                ..
+            }
+            | Event::ChangeOwedSettled {
+                source: Source::Remote { command_id },
+                ..
+            } => self
+                .operators
+                .command_applied(machine, *command_id, gseq, envelope.at_ms),
+            Event::RemoteCommandRejected { command_id, reason } => {
+                self.operators
+                    .command_rejected(machine, *command_id, gseq, reason)
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies the operator record at `gseq` (an account, a command for a
+    /// machine, an acknowledged alert). A record that does not apply is
+    /// recorded as an issue and skipped; the error is returned too.
+    pub fn apply_operator(
+        &mut self,
+        gseq: u64,
+        record: &OperatorRecord,
+    ) -> Result<(), OperatorError> {
+        debug_assert!(gseq > self.as_of_gseq, "entries are applied in gseq order");
+        self.as_of_gseq = gseq;
+        let applied = self.operators.apply(gseq, record);
+        if let Err(error) = &applied {
+            self.issue_count += 1;
+            self.operators.record_issue(gseq, error);
+        }
+        applied
     }
 
     /// Advances past an entry that carries no machine event (an epoch

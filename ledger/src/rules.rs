@@ -583,12 +583,7 @@ fn decide_remote(state: &MachineState, remote: &RemoteCommand) -> Vec<Event> {
     let source = Source::Remote {
         command_id: remote.command_id,
     };
-    let outcome = match &remote.action {
-        RemoteAction::SetPrice { slot, price } => price_event(state, *slot, *price, source),
-        RemoteAction::Rename { slot, name } => rename_event(state, *slot, name, source),
-        RemoteAction::SettleChangeOwed { ticket } => settle_event(state, *ticket, source),
-    };
-    match outcome {
+    match remote_event(state, &remote.action, source) {
         Ok(event) => vec![event],
         Err(rejection) => vec![Event::RemoteCommandRejected {
             command_id: remote.command_id,
@@ -599,6 +594,38 @@ fn decide_remote(state: &MachineState, remote: &RemoteCommand) -> Vec<Event> {
                 .collect(),
         }],
     }
+}
+
+/// The event a remote command makes, by the rules of the same change made
+/// at the machine.
+fn remote_event(
+    state: &MachineState,
+    action: &RemoteAction,
+    source: Source,
+) -> Result<Event, Rejection> {
+    match action {
+        RemoteAction::SetPrice { slot, price } => price_event(state, *slot, *price, source),
+        RemoteAction::Rename { slot, name } => rename_event(state, *slot, name, source),
+        RemoteAction::SettleChangeOwed { ticket } => settle_event(state, *ticket, source),
+    }
+}
+
+/// Whether a machine in `state` would apply `action` if it arrived now as
+/// its next remote command, by the very rules it will use: the primary
+/// checks an operator's request with this before it records the command.
+/// (The machine decides again when the command arrives; its state may have
+/// moved on, and then it records the refusal.)
+pub fn check_remote(state: &MachineState, action: &RemoteAction) -> Result<(), Rejection> {
+    let command = Command::Remote(RemoteCommand {
+        command_id: state.last_remote_command_id + 1,
+        action: action.clone(),
+    });
+    check_access(state, &command)?;
+    let source = Source::Remote {
+        command_id: state.last_remote_command_id + 1,
+    };
+    let event = remote_event(state, action, source)?;
+    verify_applies(state, &[event], state.last_at_ms)
 }
 
 /// Wraps decided events in envelopes that continue the machine's stream.

@@ -7,7 +7,9 @@ use crate::event::EventEnvelope;
 use crate::ids::MachineId;
 use crate::keys::ChainKeys;
 use crate::projection::Projection;
-use crate::store::record::{GENESIS_HASH, LogEntry, SignedEvent, check_machine_chain};
+use crate::store::record::{
+    Content, GENESIS_HASH, LogEntry, Payload, SignedEvent, check_machine_chain,
+};
 use crate::store::{LogStore, StoreError, scan_records};
 use std::collections::HashMap;
 
@@ -18,6 +20,8 @@ pub struct VerifySummary {
     pub machines: usize,
     pub head_hash: Hash32,
     pub segments: usize,
+    /// Entries that record what operators did.
+    pub operator_records: u64,
 }
 
 /// The first problem found, with the entry it is in when there is one.
@@ -66,9 +70,9 @@ pub fn verify_log(
 ) -> Result<VerifySummary, VerifyFailure> {
     let head = store.head();
     let mut walk = ChainWalk::new(keys);
-    scan_records(store, 1, head.gseq, decode_record, |(entry, envelope)| {
+    scan_records(store, 1, head.gseq, decode_record, |(entry, content)| {
         let gseq = entry.body.gseq;
-        walk.entry(&entry, envelope)?;
+        walk.entry(&entry, content)?;
         progress(gseq);
         Ok::<(), VerifyFailure>(())
     })?;
@@ -89,16 +93,18 @@ pub fn verify_log(
         machines: walk.machine_heads.len(),
         head_hash: walk.previous_hash,
         segments,
+        operator_records: walk.projection.operators.records_applied,
     })
 }
 
 /// Decodes one record on the scan's reader thread. A record that does not
-/// decode, or sits at the wrong gseq, stops the scan; an event that does
-/// not decode is reported by the walk, which knows the machine it is from.
+/// decode, or sits at the wrong gseq, stops the scan; an event or operator
+/// record that does not decode is reported by the walk, which knows the
+/// machine it is from.
 fn decode_record(
     gseq: u64,
     bytes: &[u8],
-) -> Result<(LogEntry, Result<Option<EventEnvelope>, String>), StoreError> {
+) -> Result<(LogEntry, Result<Content, String>), StoreError> {
     let entry = LogEntry::decode(bytes).map_err(|e| StoreError::Entry {
         gseq,
         problem: format!("undecodable record: {e}"),
@@ -109,10 +115,11 @@ fn decode_record(
             problem: format!("record claims gseq {}", entry.body.gseq),
         });
     }
-    let envelope = entry
-        .envelope()
-        .map_err(|e| format!("undecodable event: {e}"));
-    Ok((entry, envelope))
+    let content = entry.content().map_err(|e| match entry.body.payload {
+        Payload::Operator { .. } => format!("undecodable operator record: {e}"),
+        _ => format!("undecodable event: {e}"),
+    });
+    Ok((entry, content))
 }
 
 /// What verification has established so far, walking the log in order.
@@ -142,12 +149,12 @@ impl<'k> ChainWalk<'k> {
         }
     }
 
-    /// Checks the next entry: the fleet chain and epochs, then the marker or
-    /// the machine event it carries.
+    /// Checks the next entry: the fleet chain and epochs, then the marker,
+    /// the machine event or the operator record it carries.
     fn entry(
         &mut self,
         entry: &LogEntry,
-        envelope: Result<Option<EventEnvelope>, String>,
+        content: Result<Content, String>,
     ) -> Result<(), VerifyFailure> {
         let gseq = entry.body.gseq;
         if entry.prev_hash != self.previous_hash {
@@ -167,12 +174,40 @@ impl<'k> ChainWalk<'k> {
                 ),
             ));
         }
-        match entry.body.machine_event() {
-            None => self.epoch_marker(gseq, entry.body.epoch)?,
-            Some((machine, seq, event)) => {
-                let envelope = envelope
-                    .map_err(|problem| fail(Some(gseq), Some((machine.clone(), seq)), problem))?;
-                self.event_entry(gseq, (machine, seq, event), envelope)?;
+        match (&entry.body.payload, content) {
+            (
+                Payload::Event {
+                    machine_id,
+                    machine_seq,
+                    event,
+                },
+                content,
+            ) => {
+                let at = |problem| {
+                    fail(
+                        Some(gseq),
+                        Some((machine_id.clone(), *machine_seq)),
+                        problem,
+                    )
+                };
+                let envelope = content.map_err(at)?.event().cloned();
+                self.event_entry(gseq, (machine_id, *machine_seq, event), envelope)?;
+            }
+            (Payload::EpochStarted { .. }, _) => self.epoch_marker(gseq, entry.body.epoch)?,
+            (Payload::Operator { .. }, Ok(Content::Operator(record))) => {
+                self.projection.apply_operator(gseq, &record).map_err(|e| {
+                    fail(
+                        Some(gseq),
+                        None,
+                        format!("operator record does not apply: {e}"),
+                    )
+                })?;
+            }
+            (Payload::Operator { .. }, Ok(_)) => {
+                return Err(fail(Some(gseq), None, "operator entry without its record"));
+            }
+            (Payload::Operator { .. }, Err(problem)) => {
+                return Err(fail(Some(gseq), None, problem));
             }
         }
         self.previous_hash = entry.hash;

@@ -18,8 +18,10 @@ use ledger::event::{Destination, Event, EventEnvelope, InsertRejection, Installa
 use ledger::ids::{MachineId, SlotId};
 use ledger::keys::SingleMachineKey;
 use ledger::money::{CoinCounts, Denomination, MoneyKind};
+use ledger::operator::{OperatorAction, OperatorRecord};
+use ledger::rules::RemoteAction;
 use ledger::store::record::{
-    EntryBody, GENESIS_HASH, LogEntry, Payload, ReplicatedRecord, SignedEvent,
+    Content, EntryBody, GENESIS_HASH, LogEntry, Payload, ReplicatedRecord, SignedEvent,
 };
 use ledger::store::{LogStore, OpenOptions};
 
@@ -376,4 +378,72 @@ fn a_golden_sealed_chunk_opens_and_reads_back() {
     let [(event, _), (marker, _)] = golden_records();
     assert_eq!(store.get(1).unwrap(), Some(event));
     assert_eq!(store.get(2).unwrap(), Some(marker));
+}
+
+/// An operator's record: `kim` asks machine VM-001 to sell slot 2 at 600
+/// won, as command 1.
+const OPERATOR_RECORD_HEX: &str = "0193a36b696dcf0000019b76daa81481b0436f6d6d616e6452657175657374656493a6564d2d3030310181a853657450726963659202cd0258";
+/// Log record of gseq 3 (after the golden marker) carrying it.
+const RECORD_OPERATOR_HEX: &str = "014cb02c7916dc6ec0f190c55bef395d83380abb3279185b581e34e3a811c791a7940302cf0000019b76daa81581a84f70657261746f7291c4390193a36b696dcf0000019b76daa81481b0436f6d6d616e6452657175657374656493a6564d2d3030310181a853657450726963659202cd0258";
+const RECORD_OPERATOR_HASH_HEX: &str =
+    "da51bd157f21af55d75827cea7976fea6ea9fc9e1123487cc5813b4de6353ebd";
+
+fn golden_operator_record() -> OperatorRecord {
+    OperatorRecord {
+        operator: "kim".into(),
+        at_ms: AT_MS + 20,
+        action: OperatorAction::CommandRequested {
+            machine: machine(),
+            command_id: 1,
+            action: RemoteAction::SetPrice {
+                slot: SlotId(2),
+                price: 600,
+            },
+        },
+    }
+}
+
+#[test]
+fn operator_records_and_their_log_records_are_golden() {
+    let record = golden_operator_record();
+    let encoded = record.encode();
+    assert_hex("operator record", &encoded, OPERATOR_RECORD_HEX);
+    assert_eq!(
+        OperatorRecord::decode(&from_hex(OPERATOR_RECORD_HEX)).unwrap(),
+        record
+    );
+    let [_, (marker, _)] = golden_records();
+    let body = EntryBody {
+        gseq: 3,
+        epoch: 2,
+        logged_ms: AT_MS + 21,
+        payload: Payload::Operator { record: encoded },
+    };
+    let (entry, bytes) = LogEntry::seal_body(body, marker.hash);
+    assert_hex("operator log record", &bytes, RECORD_OPERATOR_HEX);
+    assert_hex(
+        "operator log record hash",
+        &entry.hash,
+        RECORD_OPERATOR_HASH_HEX,
+    );
+    let decoded = LogEntry::decode(&from_hex(RECORD_OPERATOR_HEX)).unwrap();
+    assert_eq!(decoded, entry);
+    assert_eq!(
+        decoded.content().unwrap(),
+        Content::Operator(record.clone())
+    );
+    assert_eq!(
+        LogEntry::decode_content(&from_hex(RECORD_OPERATOR_HEX)).unwrap(),
+        Content::Operator(record)
+    );
+    // The two golden records before it decode as before: adding the
+    // operator payload changed no existing byte.
+    assert_eq!(
+        LogEntry::decode_content(&from_hex(RECORD_MARKER_HEX)).unwrap(),
+        Content::Marker
+    );
+    assert!(matches!(
+        LogEntry::decode_content(&from_hex(RECORD_EVENT_HEX)).unwrap(),
+        Content::Event(_)
+    ));
 }

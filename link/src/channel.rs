@@ -43,7 +43,12 @@ const SUBMIT_SEALED_BYTES_MAX: usize =
 // A Submit the uplink builds must always fit a frame; otherwise the machine
 // would be refused the same batch forever.
 const _: () = assert!(SUBMIT_SEALED_BYTES_MAX <= FRAME_BYTES_MAX);
-pub const LINK_VERSION: u8 = 1;
+/// The link version machines speak. Version 2 added the machine's local
+/// tip to its `Ping` (so operators see each machine's unsent backlog).
+pub const LINK_VERSION: u8 = 2;
+/// The oldest version a replica still accepts: a machine that speaks it
+/// is answered in it and served as before (its backlog is unknown).
+pub const LINK_VERSION_MIN: u8 = 1;
 /// Mixed into every session key, so a link key never derives anything else.
 const SESSION_CONTEXT: &[u8] = b"vendledger link session v1";
 
@@ -53,7 +58,9 @@ pub enum LinkError {
     Malformed(String),
     #[error("frame failed authentication (replayed, reordered, forged or wrong key)")]
     Authentication,
-    #[error("unsupported link version {0}")]
+    #[error(
+        "link version {0} is not spoken here (versions {LINK_VERSION_MIN} to {LINK_VERSION} are)"
+    )]
     Version(u8),
     #[error("unknown machine {0}")]
     UnknownMachine(String),
@@ -98,12 +105,22 @@ pub enum RefusalReason {
     Version { supported: u8 },
 }
 
-/// Messages from a machine to a replica.
+/// Messages from a machine to a replica (link version 2).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Upstream {
     /// Events in machine_seq order, continuing from what was acknowledged.
     Submit { events: Vec<SignedEvent> },
-    /// Keeps an idle session alive and asks for the committed mark.
+    /// Keeps an idle session alive, asks for the committed mark, and says
+    /// how far the machine's own ledger reaches (its highest machine_seq),
+    /// so the replica knows how much the machine has not shipped yet.
+    Ping { local_tip: u64 },
+}
+
+/// Messages from a machine of link version 1, which a replica still reads
+/// from machines that speak it: the same, but a `Ping` without the tip.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpstreamV1 {
+    Submit { events: Vec<SignedEvent> },
     Ping,
 }
 
@@ -239,8 +256,11 @@ mod tests {
     #[test]
     fn sealed_messages_flow_both_ways() {
         let (mut machine, mut replica) = pair();
-        let up = machine.seal(&Upstream::Ping);
-        assert_eq!(replica.open::<Upstream>(&up).unwrap(), Upstream::Ping);
+        let up = machine.seal(&Upstream::Ping { local_tip: 3 });
+        assert_eq!(
+            replica.open::<Upstream>(&up).unwrap(),
+            Upstream::Ping { local_tip: 3 }
+        );
         let down = replica.seal(&Downstream::Ack { committed_seq: 7 });
         assert_eq!(
             machine.open::<Downstream>(&down).unwrap(),
@@ -251,7 +271,7 @@ mod tests {
     #[test]
     fn replayed_reordered_reflected_and_wrong_key_frames_fail() {
         let (mut machine, mut replica) = pair();
-        let first = machine.seal(&Upstream::Ping);
+        let first = machine.seal(&Upstream::Ping { local_tip: 0 });
         let second = machine.seal(&Upstream::Submit { events: vec![] });
         assert_eq!(
             replica.open::<Upstream>(&second),
@@ -291,7 +311,7 @@ mod tests {
             &[2; NONCE_BYTES],
             Side::Replica,
         );
-        let up = machine.seal(&Upstream::Ping);
+        let up = machine.seal(&Upstream::Ping { local_tip: 0 });
         assert_eq!(
             wrong_key.open::<Upstream>(&up),
             Err(LinkError::Authentication)
@@ -327,6 +347,7 @@ mod tests {
             let _ = decode_plain::<HelloReply>(&payload);
             let _ = decode_plain::<Refusal>(&payload);
             let _ = decode_plain::<Upstream>(&payload);
+            let _ = decode_plain::<UpstreamV1>(&payload);
             let _ = decode_plain::<Downstream>(&payload);
             let (mut machine, mut replica) = pair();
             prop_assert!(replica.open::<Upstream>(&payload).is_err());

@@ -262,7 +262,10 @@ impl Uplink {
                     self.fail(now_ms, true);
                 } else if now_ms >= *last_ping_ms + PING_INTERVAL_MS {
                     *last_ping_ms = now_ms;
-                    out.push(UplinkAction::Send(channel.seal(&Upstream::Ping)));
+                    let ping = Upstream::Ping {
+                        local_tip: local.local_tip(),
+                    };
+                    out.push(UplinkAction::Send(channel.seal(&ping)));
                 }
             }
             _ => {}
@@ -450,7 +453,7 @@ impl Uplink {
                     .iter()
                     .any(|action| matches!(action, UplinkAction::Send(_)));
                 if !submitted {
-                    self.prove_key(out, now_ms);
+                    self.prove_key(out, now_ms, local);
                 }
             }
             Downstream::Ack { committed_seq } => {
@@ -504,7 +507,7 @@ impl Uplink {
     /// not get there within a few seconds (or sooner, when strangers crowd
     /// its handshake pool), so a machine with nothing to send proves its
     /// key right after the welcome instead of at its next ping.
-    fn prove_key(&mut self, out: &mut Vec<UplinkAction>, now_ms: u64) {
+    fn prove_key(&mut self, out: &mut Vec<UplinkAction>, now_ms: u64, local: &dyn LocalEvents) {
         if let State::Open {
             channel,
             last_ping_ms,
@@ -512,7 +515,10 @@ impl Uplink {
         } = &mut self.state
         {
             *last_ping_ms = now_ms;
-            out.push(UplinkAction::Send(channel.seal(&Upstream::Ping)));
+            let ping = Upstream::Ping {
+                local_tip: local.local_tip(),
+            };
+            out.push(UplinkAction::Send(channel.seal(&ping)));
         }
     }
 
@@ -700,7 +706,11 @@ mod tests {
         let [UplinkAction::Send(ping)] = &out[..] else {
             panic!("one frame right after the welcome: {out:?}");
         };
-        assert_eq!(replica.open::<Upstream>(ping).unwrap(), Upstream::Ping);
+        assert_eq!(
+            replica.open::<Upstream>(ping).unwrap(),
+            Upstream::Ping { local_tip: 0 },
+            "the ping says how far the machine's ledger reaches"
+        );
         // The next ping is a whole interval later.
         assert!(
             uplink

@@ -15,8 +15,8 @@ use ledger::MachineId;
 use ledger::crypto::SecretKey;
 use ledger::store::record::SignedEvent;
 use link::channel::{
-    Channel, Downstream, Hello, HelloReply, LINK_VERSION, Refusal, RefusalReason, Side, Upstream,
-    decode_plain, encode_plain,
+    Channel, Downstream, Hello, HelloReply, LINK_VERSION, LINK_VERSION_MIN, Refusal, RefusalReason,
+    Side, Upstream, UpstreamV1, decode_plain, encode_plain,
 };
 use link::codec::frame_codec;
 use tokio_util::codec::{Decoder, Encoder};
@@ -30,12 +30,18 @@ const FRAME_NONCE: [u8; 24] = [0x44; 24];
 
 /// `blake3_keyed(LINK_KEY, "vendledger link session v1" ++ "VM-003" ++ 24 × 11 ++ 24 × 22)`.
 const SESSION_KEY_HEX: &str = "42e671d0e7c19a04ac47335431a6d2e2e38b342235da3b595ba089c76b0a618d";
-/// The first sealed frame from the machine, carrying `Upstream::Ping`:
-/// length, nonce, ciphertext, tag.
-const SEALED_PING_FRAME_HEX: &str = "0000002d \
+/// The first sealed frame from a machine of link version 1, carrying
+/// `UpstreamV1::Ping`: length, nonce, ciphertext, tag.
+const SEALED_PING_V1_FRAME_HEX: &str = "0000002d \
     444444444444444444444444444444444444444444444444 \
     6fa913b5eb \
     0a284707e0278ded39b4fce6a5e442c1";
+/// The first sealed frame from a machine of link version 2, carrying
+/// `Upstream::Ping { local_tip: 7 }`: length, nonce, ciphertext, tag.
+const SEALED_PING_FRAME_HEX: &str = "00000030 \
+    444444444444444444444444444444444444444444444444 \
+    4a5d2ab2e2350b85 \
+    5b5b16a661e2970abfa20d129ef3d789";
 /// The first sealed frame from the replica, carrying
 /// `Downstream::Ack { committed_seq: 7 }`: length, nonce, ciphertext, tag.
 const SEALED_ACK_FRAME_HEX: &str = "0000002f \
@@ -133,13 +139,19 @@ fn a_frame_is_a_big_endian_length_then_the_payload() {
 }
 
 #[test]
+fn the_link_is_at_version_2_and_still_reads_version_1() {
+    assert_eq!(LINK_VERSION, 2);
+    assert_eq!(LINK_VERSION_MIN, 1);
+}
+
+#[test]
 fn hello_and_its_reply_are_plain_messagepack_arrays() {
     let hello = Hello {
         version: LINK_VERSION,
         machine_id: machine(),
         client_nonce: CLIENT_NONCE,
     };
-    let expected = format!("93 01 a6 564d2d303033 c418 {}", "11".repeat(24));
+    let expected = format!("93 02 a6 564d2d303033 c418 {}", "11".repeat(24));
     assert_eq!(hex::encode(encode_plain(&hello)), expected.replace(' ', ""));
     assert_eq!(decode_plain::<Hello>(&unhex(&expected)).unwrap(), hello);
     // On the wire: 4 + 1 + 1 + 7 + 2 + 24 = 39 bytes, 35 of them payload.
@@ -152,11 +164,23 @@ fn hello_and_its_reply_are_plain_messagepack_arrays() {
         version: LINK_VERSION,
         server_nonce: SERVER_NONCE,
     };
-    let expected = format!("92 01 c418 {}", "22".repeat(24));
+    let expected = format!("92 02 c418 {}", "22".repeat(24));
     assert_eq!(hex::encode(encode_plain(&reply)), expected.replace(' ', ""));
     assert_eq!(
         decode_plain::<HelloReply>(&unhex(&expected)).unwrap(),
         reply
+    );
+    // A machine of version 1 says so in the same place, and is answered
+    // in its version.
+    let hello_v1 = format!("93 01 a6 564d2d303033 c418 {}", "11".repeat(24));
+    assert_eq!(decode_plain::<Hello>(&unhex(&hello_v1)).unwrap().version, 1);
+    let reply_v1 = HelloReply {
+        version: 1,
+        server_nonce: SERVER_NONCE,
+    };
+    assert_eq!(
+        hex::encode(encode_plain(&reply_v1)),
+        format!("9201c418{}", "22".repeat(24))
     );
 }
 
@@ -168,8 +192,8 @@ fn a_refusal_is_a_plain_messagepack_enum() {
             "81 ac 48656c6c6f52656675736564 91 ae 556e6b6e6f776e4d616368696e65",
         ),
         (
-            RefusalReason::Version { supported: 1 },
-            "81 ac 48656c6c6f52656675736564 91 81 a7 56657273696f6e 91 01",
+            RefusalReason::Version { supported: 2 },
+            "81 ac 48656c6c6f52656675736564 91 81 a7 56657273696f6e 91 02",
         ),
     ];
     for (reason, expected) in refusals {
@@ -185,7 +209,10 @@ fn a_refusal_is_a_plain_messagepack_enum() {
 #[test]
 fn every_message_has_its_pinned_encoding() {
     let upstream = [
-        (Upstream::Ping, "a4 50696e67".to_owned()),
+        (
+            Upstream::Ping { local_tip: 7 },
+            "81 a4 50696e67 91 07".to_owned(),
+        ),
         (
             Upstream::Submit {
                 events: vec![SignedEvent {
@@ -209,6 +236,23 @@ fn every_message_has_its_pinned_encoding() {
             message
         );
     }
+    // Version 1: the same Submit, and a Ping without the tip; neither
+    // version's Ping reads as the other's.
+    assert_eq!(hex::encode(encode_plain(&UpstreamV1::Ping)), "a450696e67");
+    assert_eq!(
+        decode_plain::<UpstreamV1>(&unhex("a4 50696e67")).unwrap(),
+        UpstreamV1::Ping
+    );
+    let submit = format!(
+        "81 a6 5375626d6974 91 91 92 c403 010203 c420 {}",
+        "33".repeat(32)
+    );
+    assert!(matches!(
+        decode_plain::<UpstreamV1>(&unhex(&submit)).unwrap(),
+        UpstreamV1::Submit { events } if events.len() == 1
+    ));
+    assert!(decode_plain::<Upstream>(&unhex("a4 50696e67")).is_err());
+    assert!(decode_plain::<UpstreamV1>(&unhex("81 a4 50696e67 91 07")).is_err());
     let downstream = [
         (
             Downstream::Welcome {
@@ -255,22 +299,40 @@ fn the_session_key_is_pinned() {
 
 #[test]
 fn a_sealed_ping_from_the_machine_is_pinned() {
-    let plaintext = unhex("a4 50696e67");
+    let ping = Upstream::Ping { local_tip: 7 };
+    let plaintext = unhex("81 a4 50696e67 91 07");
     let frame = framed(&reference_seal(1, 1, &plaintext));
     assert_eq!(hex::encode(&frame), SEALED_PING_FRAME_HEX.replace(' ', ""));
-    assert_eq!(&frame[..4], &[0, 0, 0, 45], "24 + 5 + 16 bytes");
+    assert_eq!(&frame[..4], &[0, 0, 0, 48], "24 + 8 + 16 bytes");
 
     // The replica's channel opens the pinned frame...
     let mut replica = channel(Side::Replica);
     let payload = unframed(&unhex(SEALED_PING_FRAME_HEX));
-    assert_eq!(replica.open::<Upstream>(&payload).unwrap(), Upstream::Ping);
+    assert_eq!(replica.open::<Upstream>(&payload).unwrap(), ping);
     // ...and what the machine's channel seals opens with the reference.
     let mut machine = channel(Side::Machine);
-    let sealed = machine.seal(&Upstream::Ping);
-    assert_eq!(sealed.len(), 45);
+    let sealed = machine.seal(&ping);
+    assert_eq!(sealed.len(), 48);
     assert_eq!(reference_open(1, 1, &sealed), plaintext);
-    let second = machine.seal(&Upstream::Ping);
+    let second = machine.seal(&ping);
     assert_eq!(reference_open(1, 2, &second), plaintext, "counted from 1");
+}
+
+#[test]
+fn a_sealed_ping_of_link_version_1_is_still_read() {
+    let plaintext = unhex("a4 50696e67");
+    let frame = framed(&reference_seal(1, 1, &plaintext));
+    assert_eq!(
+        hex::encode(&frame),
+        SEALED_PING_V1_FRAME_HEX.replace(' ', "")
+    );
+    assert_eq!(&frame[..4], &[0, 0, 0, 45], "24 + 5 + 16 bytes");
+    let mut replica = channel(Side::Replica);
+    let payload = unframed(&unhex(SEALED_PING_V1_FRAME_HEX));
+    assert_eq!(
+        replica.open::<UpstreamV1>(&payload).unwrap(),
+        UpstreamV1::Ping
+    );
 }
 
 #[test]

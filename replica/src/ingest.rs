@@ -6,24 +6,39 @@
 //! executes the [`IngestAction`]s it returns. Between loop iterations it
 //! takes the accumulated submissions with [`Ingest::take_proposal`] and
 //! proposes them to the node as one group commit.
+//!
+//! It also carries operators' commands to machines: a committed command
+//! goes to its machine's authenticated session at once ([`Ingest::remote`]),
+//! and a session that authenticates is sent every committed command still
+//! pending for its machine, in id order. And it remembers when each machine
+//! was last heard and how far its own ledger reached, as it said in its
+//! last `Ping`.
 
 use ledger::MachineId;
 use ledger::crypto::{NONCE_BYTES, SecretKey};
+use ledger::rules::RemoteCommand;
 use ledger::store::record::SignedEvent;
 use ledger::store::{APPEND_BATCH_MAX, Appended, EventRejection};
 use link::channel::{
-    Channel, Downstream, Hello, HelloReply, LINK_VERSION, LinkError, Refusal, RefusalReason,
-    SUBMIT_EVENTS_MAX, Side, Upstream, decode_plain, encode_plain,
+    Channel, Downstream, Hello, HelloReply, LINK_VERSION, LINK_VERSION_MIN, LinkError, Refusal,
+    RefusalReason, SUBMIT_EVENTS_MAX, Side, Upstream, UpstreamV1, decode_plain, encode_plain,
 };
 use std::collections::BTreeMap;
 
 pub type SessionId = u64;
 
 /// Most sessions served at once; more connections are refused.
-pub const SESSIONS_MAX: usize = 4_096;
+pub const SESSIONS_MAX: usize = 12_288;
 /// Most events waiting for the next group commit; a session submitting
 /// beyond that is asked to resend later.
 pub const PENDING_EVENTS_MAX: usize = APPEND_BATCH_MAX / 2;
+/// Most pending commands sent to a machine when its session authenticates
+/// (the primary refuses to queue more than this for one machine, see
+/// `crate::operators::COMMANDS_PENDING_MAX`, so all of them fit).
+pub const COMMANDS_PER_SESSION_MAX: usize = 64;
+/// Machines whose last contact is remembered; beyond it the one heard
+/// from longest ago is forgotten.
+pub const MACHINES_SEEN_MAX: usize = 65_536;
 /// The link keys of provisioned machines.
 pub trait LinkKeys {
     fn link_key(&self, machine: &MachineId) -> Option<SecretKey>;
@@ -35,11 +50,19 @@ impl LinkKeys for ledger::keys::Keyring {
     }
 }
 
-/// What the log says about machines' streams.
+/// What the log says about machines' streams and the commands for them.
 pub trait MachineIndex {
     /// The last logged (seq, gseq) of `machine`, (0, 0) if none.
     fn machine_head(&self, machine: &MachineId) -> (u64, u64);
     fn gseq_of(&self, machine: &MachineId, seq: u64) -> Option<u64>;
+    /// Commands for `machine` requested at or below `commit_gseq` that it
+    /// has not applied yet, in id order, at most `max`.
+    fn pending_commands(
+        &self,
+        machine: &MachineId,
+        commit_gseq: u64,
+        max: usize,
+    ) -> Vec<RemoteCommand>;
 }
 
 /// The highest seq of `machine` whose entry is at or below `commit`.
@@ -74,6 +97,19 @@ pub struct Standing {
     pub commit_gseq: u64,
     /// The primary's machine address, when another replica is primary.
     pub primary_address: Option<String>,
+    /// The replica's wall clock (ms since the Unix epoch), for when a
+    /// machine was last heard.
+    pub wall_ms: i64,
+}
+
+/// What this replica last heard from a machine over its link.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkSeen {
+    /// When a sealed frame from it last opened (the replica's wall clock).
+    pub last_seen_ms: i64,
+    /// The highest machine_seq in its own ledger, as its last `Ping` said
+    /// (machines of link version 1 do not say).
+    pub local_tip: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +136,8 @@ enum SessionState {
     Open {
         machine: MachineId,
         channel: Box<Channel>,
+        /// The link version the machine speaks (its `Hello`'s).
+        version: u8,
         /// The committed mark last told to the machine.
         acked: u64,
         /// Whether a sealed frame from the machine has opened yet.
@@ -117,6 +155,11 @@ pub struct IngestCounters {
     pub events_duplicate: u64,
     pub events_rejected: u64,
     pub redirects: u64,
+    /// Operators' commands sent to machines (a command may be sent again
+    /// on a later session until the machine applies it).
+    pub commands_sent: u64,
+    /// Sessions of machines that speak an older link version.
+    pub sessions_old_version: u64,
 }
 
 /// The sealed frame that sends a machine on to the primary.
@@ -138,6 +181,8 @@ pub struct Ingest {
     /// Submissions since the last proposal, oldest first.
     pending: Vec<(SessionId, Vec<SignedEvent>)>,
     pending_events: usize,
+    /// When each machine was last heard, and its reported tip.
+    seen: BTreeMap<MachineId, LinkSeen>,
     counters: IngestCounters,
 }
 
@@ -153,7 +198,34 @@ impl Ingest {
             sessions: BTreeMap::new(),
             pending: Vec::new(),
             pending_events: 0,
+            seen: BTreeMap::new(),
             counters: IngestCounters::default(),
+        }
+    }
+
+    /// What this replica last heard from `machine` over its link, if it
+    /// has since it started.
+    pub fn seen(&self, machine: &MachineId) -> Option<LinkSeen> {
+        self.seen.get(machine).copied()
+    }
+
+    /// A sealed frame from `machine` opened at `wall_ms`; a `Ping` also
+    /// said how far its ledger reaches.
+    fn heard(&mut self, machine: &MachineId, wall_ms: i64, local_tip: Option<u64>) {
+        if !self.seen.contains_key(machine) && self.seen.len() >= MACHINES_SEEN_MAX {
+            let oldest = self
+                .seen
+                .iter()
+                .min_by_key(|(_, seen)| seen.last_seen_ms)
+                .map(|(machine, _)| machine.clone());
+            if let Some(oldest) = oldest {
+                self.seen.remove(&oldest);
+            }
+        }
+        let seen = self.seen.entry(machine.clone()).or_default();
+        seen.last_seen_ms = seen.last_seen_ms.max(wall_ms);
+        if local_tip.is_some() {
+            seen.local_tip = local_tip;
         }
     }
 
@@ -255,7 +327,7 @@ impl Ingest {
             session,
             payload: encode_plain(&Refusal::HelloRefused { reason }),
         };
-        if hello.version != LINK_VERSION {
+        if !(LINK_VERSION_MIN..=LINK_VERSION).contains(&hello.version) {
             out.push(refuse(RefusalReason::Version {
                 supported: LINK_VERSION,
             }));
@@ -268,8 +340,9 @@ impl Ingest {
         };
         out.push(IngestAction::Send {
             session,
+            // Answered in the machine's own version, which it checks.
             payload: encode_plain(&HelloReply {
-                version: LINK_VERSION,
+                version: hello.version,
                 server_nonce,
             }),
         });
@@ -293,11 +366,15 @@ impl Ingest {
         });
         out.push(IngestAction::Send { session, payload });
         self.counters.sessions_opened += 1;
+        if hello.version < LINK_VERSION {
+            self.counters.sessions_old_version += 1;
+        }
         self.sessions.insert(
             session,
             SessionState::Open {
                 machine: hello.machine_id,
                 channel,
+                version: hello.version,
                 acked,
                 authenticated: false,
             },
@@ -316,14 +393,17 @@ impl Ingest {
         let Some(SessionState::Open {
             machine,
             channel,
+            version,
             acked,
             authenticated,
         }) = self.sessions.get_mut(&session)
         else {
             return Ok(());
         };
-        let message: Upstream = channel.open(payload)?;
-        if !*authenticated {
+        let message = open_upstream(channel, *version, payload)?;
+        let machine = machine.clone();
+        let first_frame = !*authenticated;
+        if first_frame {
             *authenticated = true;
             out.push(IngestAction::Authenticated { session });
         }
@@ -334,44 +414,87 @@ impl Ingest {
             return Ok(());
         }
         match message {
-            Upstream::Ping => {
-                *acked = committed_seq(index, machine, standing.commit_gseq);
+            Heard::Ping { local_tip } => {
+                *acked = committed_seq(index, &machine, standing.commit_gseq);
                 let payload = channel.seal(&Downstream::Ack {
                     committed_seq: *acked,
                 });
                 out.push(IngestAction::Send { session, payload });
+                self.heard(&machine, standing.wall_ms, local_tip);
             }
-            Upstream::Submit { events } => {
-                if events.is_empty() || events.len() > SUBMIT_EVENTS_MAX {
-                    return Err(LinkError::Protocol("a submit carries 1 to 128 events"));
-                }
-                for event in &events {
-                    let envelope = event
-                        .envelope()
-                        .map_err(|e| LinkError::Malformed(e.to_string()))?;
-                    if &envelope.machine_id != machine {
-                        return Err(LinkError::Protocol("event of another machine"));
-                    }
-                }
-                if self.pending_events + events.len() > PENDING_EVENTS_MAX {
-                    // Group commit is behind; let the machine come back.
-                    let first = events[0]
-                        .envelope()
-                        .map(|e| e.machine_seq)
-                        .unwrap_or(*acked + 1);
-                    let payload = channel.seal(&Downstream::Resend {
-                        resend_from: first,
-                        reason: "primary busy".into(),
-                    });
-                    out.push(IngestAction::Send { session, payload });
-                    return Ok(());
-                }
-                self.counters.events_submitted += events.len() as u64;
-                self.pending_events += events.len();
-                self.pending.push((session, events));
+            Heard::Submit { events } => {
+                self.heard(&machine, standing.wall_ms, None);
+                self.on_submit(out, session, &machine, events)?;
             }
         }
+        if first_frame {
+            // The machine proved its key: what was committed for it while
+            // it was away (or on a primary that has since died) goes now.
+            let pending =
+                index.pending_commands(&machine, standing.commit_gseq, COMMANDS_PER_SESSION_MAX);
+            self.send_commands(out, session, &pending);
+        }
         Ok(())
+    }
+
+    /// A machine's batch of events, queued for the next group commit (or
+    /// sent back when the group commit is behind).
+    fn on_submit(
+        &mut self,
+        out: &mut Vec<IngestAction>,
+        session: SessionId,
+        machine: &MachineId,
+        events: Vec<SignedEvent>,
+    ) -> Result<(), LinkError> {
+        if events.is_empty() || events.len() > SUBMIT_EVENTS_MAX {
+            return Err(LinkError::Protocol("a submit carries 1 to 128 events"));
+        }
+        for event in &events {
+            let envelope = event
+                .envelope()
+                .map_err(|e| LinkError::Malformed(e.to_string()))?;
+            if &envelope.machine_id != machine {
+                return Err(LinkError::Protocol("event of another machine"));
+            }
+        }
+        if self.pending_events + events.len() > PENDING_EVENTS_MAX {
+            // Group commit is behind; let the machine come back.
+            let Some(SessionState::Open { channel, acked, .. }) = self.sessions.get_mut(&session)
+            else {
+                return Ok(());
+            };
+            let first = events[0]
+                .envelope()
+                .map(|e| e.machine_seq)
+                .unwrap_or(*acked + 1);
+            let payload = channel.seal(&Downstream::Resend {
+                resend_from: first,
+                reason: "primary busy".into(),
+            });
+            out.push(IngestAction::Send { session, payload });
+            return Ok(());
+        }
+        self.counters.events_submitted += events.len() as u64;
+        self.pending_events += events.len();
+        self.pending.push((session, events));
+        Ok(())
+    }
+
+    /// Seals `commands` for the session, in order.
+    fn send_commands(
+        &mut self,
+        out: &mut Vec<IngestAction>,
+        session: SessionId,
+        commands: &[RemoteCommand],
+    ) {
+        let Some(SessionState::Open { channel, .. }) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        for command in commands {
+            let payload = channel.seal(&Downstream::Remote(command.clone()));
+            out.push(IngestAction::Send { session, payload });
+            self.counters.commands_sent += 1;
+        }
     }
 
     /// Everything submitted since the last call, for one group commit, with
@@ -455,21 +578,26 @@ impl Ingest {
         out
     }
 
-    /// Seals a dashboard command for `machine` on its open session, if it
-    /// has one (the newest, when it reconnected and the old one lingers).
+    /// Seals a committed dashboard command for `machine` on its session,
+    /// if it has one that authenticated (the newest, when it reconnected
+    /// and the old one lingers): a connection that only named the machine
+    /// proves nothing, and a command sent there would wait for the
+    /// machine's next session.
     pub fn remote(
         &mut self,
         machine: &MachineId,
-        command: &ledger::rules::RemoteCommand,
+        command: &RemoteCommand,
     ) -> Option<Vec<IngestAction>> {
-        let (&session, state) = self.sessions.iter_mut().rev().find(
-            |(_, state)| matches!(state, SessionState::Open { machine: m, .. } if m == machine),
-        )?;
-        let SessionState::Open { channel, .. } = state else {
-            return None;
-        };
-        let payload = channel.seal(&Downstream::Remote(command.clone()));
-        Some(vec![IngestAction::Send { session, payload }])
+        let session = self.sessions.iter().rev().find_map(|(&session, state)| {
+            matches!(
+                state,
+                SessionState::Open { machine: m, authenticated: true, .. } if m == machine
+            )
+            .then_some(session)
+        })?;
+        let mut out = Vec::new();
+        self.send_commands(&mut out, session, std::slice::from_ref(command));
+        Some(out)
     }
 
     /// This replica stopped being the primary: every machine is sent on.
@@ -492,6 +620,34 @@ impl Ingest {
     }
 }
 
+/// What a machine said, whichever link version its session speaks.
+enum Heard {
+    Submit {
+        events: Vec<SignedEvent>,
+    },
+    /// `local_tip` is `None` from a machine of link version 1.
+    Ping {
+        local_tip: Option<u64>,
+    },
+}
+
+/// Opens a machine's sealed frame as the message of its link version.
+fn open_upstream(channel: &mut Channel, version: u8, payload: &[u8]) -> Result<Heard, LinkError> {
+    Ok(if version == 1 {
+        match channel.open::<UpstreamV1>(payload)? {
+            UpstreamV1::Submit { events } => Heard::Submit { events },
+            UpstreamV1::Ping => Heard::Ping { local_tip: None },
+        }
+    } else {
+        match channel.open::<Upstream>(payload)? {
+            Upstream::Submit { events } => Heard::Submit { events },
+            Upstream::Ping { local_tip } => Heard::Ping {
+                local_tip: Some(local_tip),
+            },
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,6 +663,92 @@ mod tests {
         fn gseq_of(&self, _: &MachineId, seq: u64) -> Option<u64> {
             (1..=self.0).contains(&seq).then_some(3 * seq)
         }
+        fn pending_commands(&self, _: &MachineId, _: u64, _: usize) -> Vec<RemoteCommand> {
+            Vec::new()
+        }
+    }
+
+    /// A machine with no events yet, and commands for it, each requested
+    /// at gseq 10 · id.
+    struct Commanded(Vec<RemoteCommand>);
+
+    impl MachineIndex for Commanded {
+        fn machine_head(&self, _: &MachineId) -> (u64, u64) {
+            (0, 0)
+        }
+        fn gseq_of(&self, _: &MachineId, _: u64) -> Option<u64> {
+            None
+        }
+        fn pending_commands(&self, _: &MachineId, commit: u64, max: usize) -> Vec<RemoteCommand> {
+            self.0
+                .iter()
+                .filter(|c| 10 * c.command_id <= commit)
+                .take(max)
+                .cloned()
+                .collect()
+        }
+    }
+
+    fn standing(commit_gseq: u64) -> Standing {
+        Standing {
+            accepts_writes: true,
+            epoch: 1,
+            commit_gseq,
+            primary_address: None,
+            wall_ms: 1_700_000_000_000,
+        }
+    }
+
+    /// A machine's end of a session with `ingest`, after the handshake in
+    /// link `version`: its channel, and what the ingest answered the hello.
+    fn handshake(
+        ingest: &mut Ingest,
+        version: u8,
+        standing: &Standing,
+        index: &dyn MachineIndex,
+    ) -> (Channel, Vec<IngestAction>) {
+        let keys = OneKey(SecretKey::from_bytes([9; 32]));
+        let machine = MachineId::numbered(1);
+        assert!(ingest.accept(7));
+        let (client_nonce, server_nonce) = ([1; NONCE_BYTES], [2; NONCE_BYTES]);
+        let hello = encode_plain(&Hello {
+            version,
+            machine_id: machine.clone(),
+            client_nonce,
+        });
+        let answer = ingest.on_frame(7, &hello, server_nonce, &keys, standing, index);
+        let channel = Channel::new(
+            &keys.0,
+            &machine,
+            &client_nonce,
+            &server_nonce,
+            Side::Machine,
+        );
+        (channel, answer)
+    }
+
+    /// What the machine reads in the frames sent on session 7.
+    fn read(channel: &mut Channel, actions: &[IngestAction]) -> Vec<Downstream> {
+        actions
+            .iter()
+            .filter_map(|action| match action {
+                IngestAction::Send {
+                    session: 7,
+                    payload,
+                } => Some(channel.open::<Downstream>(payload).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn frame(
+        ingest: &mut Ingest,
+        payload: &[u8],
+        standing: &Standing,
+        index: &dyn MachineIndex,
+    ) -> Vec<IngestAction> {
+        let keys = OneKey(SecretKey::from_bytes([9; 32]));
+        ingest.on_frame(7, payload, [2; NONCE_BYTES], &keys, standing, index)
     }
 
     #[test]
@@ -535,12 +777,7 @@ mod tests {
     fn a_session_is_authenticated_by_its_first_sealed_frame_not_by_its_hello() {
         let machine = MachineId::numbered(1);
         let keys = OneKey(SecretKey::from_bytes([9; 32]));
-        let standing = Standing {
-            accepts_writes: true,
-            epoch: 1,
-            commit_gseq: 0,
-            primary_address: None,
-        };
+        let standing = standing(0);
         let index = Interleaved(0);
         let mut ingest = Ingest::new();
         assert!(ingest.accept(7));
@@ -567,11 +804,125 @@ mod tests {
             &server_nonce,
             Side::Machine,
         );
-        let ping = channel.seal(&Upstream::Ping);
+        let ping = channel.seal(&Upstream::Ping { local_tip: 0 });
         let first = ingest.on_frame(7, &ping, server_nonce, &keys, &standing, &index);
         assert_eq!(authenticated(&first), 1);
-        let ping = channel.seal(&Upstream::Ping);
+        let ping = channel.seal(&Upstream::Ping { local_tip: 0 });
         let second = ingest.on_frame(7, &ping, server_nonce, &keys, &standing, &index);
         assert_eq!(authenticated(&second), 0, "said once");
+    }
+
+    #[test]
+    fn a_ping_says_when_the_machine_was_heard_and_how_far_its_ledger_reaches() {
+        let machine = MachineId::numbered(1);
+        let mut ingest = Ingest::new();
+        let index = Interleaved(0);
+        let (mut channel, _) = handshake(&mut ingest, LINK_VERSION, &standing(0), &index);
+        assert_eq!(ingest.seen(&machine), None, "a hello proves nothing");
+        let ping = channel.seal(&Upstream::Ping { local_tip: 12 });
+        frame(&mut ingest, &ping, &standing(0), &index);
+        let seen = ingest.seen(&machine).unwrap();
+        assert_eq!(seen.local_tip, Some(12));
+        assert_eq!(seen.last_seen_ms, standing(0).wall_ms);
+        let later = Standing {
+            wall_ms: standing(0).wall_ms + 5_000,
+            ..standing(0)
+        };
+        let ping = channel.seal(&Upstream::Ping { local_tip: 15 });
+        frame(&mut ingest, &ping, &later, &index);
+        let expected = LinkSeen {
+            last_seen_ms: later.wall_ms,
+            local_tip: Some(15),
+        };
+        assert_eq!(ingest.seen(&machine), Some(expected));
+    }
+
+    #[test]
+    fn a_machine_of_link_version_1_is_answered_in_its_version_and_served() {
+        let machine = MachineId::numbered(1);
+        let mut ingest = Ingest::new();
+        let index = Interleaved(0);
+        let (mut channel, answer) = handshake(&mut ingest, 1, &standing(0), &index);
+        let IngestAction::Send { payload, .. } = &answer[0] else {
+            panic!("a reply first: {answer:?}");
+        };
+        assert_eq!(decode_plain::<HelloReply>(payload).unwrap().version, 1);
+        assert!(matches!(
+            read(&mut channel, &answer[1..])[..],
+            [Downstream::Welcome { .. }]
+        ));
+        let ping = channel.seal(&UpstreamV1::Ping);
+        let answer = frame(&mut ingest, &ping, &standing(0), &index);
+        assert_eq!(
+            read(&mut channel, &answer),
+            [Downstream::Ack { committed_seq: 0 }]
+        );
+        assert_eq!(ingest.counters().sessions_old_version, 1);
+        let seen = ingest.seen(&machine).unwrap();
+        assert_eq!(seen.local_tip, None, "version 1 does not report its tip");
+    }
+
+    #[test]
+    fn a_machine_of_an_unknown_link_version_is_refused_saying_which_is_spoken() {
+        let mut ingest = Ingest::new();
+        let (_, answer) = handshake(&mut ingest, LINK_VERSION + 1, &standing(0), &Interleaved(0));
+        let [
+            IngestAction::Send { payload, .. },
+            IngestAction::Close { reason, .. },
+        ] = &answer[..]
+        else {
+            panic!("a refusal, then the close: {answer:?}");
+        };
+        assert!(reason.contains("version"), "{reason}");
+        assert_eq!(
+            decode_plain::<Refusal>(payload).unwrap(),
+            Refusal::HelloRefused {
+                reason: RefusalReason::Version {
+                    supported: LINK_VERSION
+                }
+            }
+        );
+    }
+
+    /// Commands requested while the machine was away reach it once its
+    /// session proves the machine's key, in id order, committed ones only;
+    /// `remote` sends only to such a session.
+    #[test]
+    fn committed_commands_go_to_a_session_once_it_authenticates() {
+        let machine = MachineId::numbered(1);
+        let command = |command_id| RemoteCommand {
+            command_id,
+            action: ledger::rules::RemoteAction::SettleChangeOwed { ticket: command_id },
+        };
+        let index = Commanded(vec![command(1), command(2), command(3)]);
+        let mut ingest = Ingest::new();
+        let (mut channel, answer) = handshake(&mut ingest, LINK_VERSION, &standing(25), &index);
+        assert!(matches!(
+            read(&mut channel, &answer[1..])[..],
+            [Downstream::Welcome { .. }]
+        ));
+        assert!(
+            ingest.remote(&machine, &command(3)).is_none(),
+            "not proven yet"
+        );
+        let ping = channel.seal(&Upstream::Ping { local_tip: 0 });
+        let answer = frame(&mut ingest, &ping, &standing(25), &index);
+        assert_eq!(
+            read(&mut channel, &answer),
+            [
+                Downstream::Ack { committed_seq: 0 },
+                Downstream::Remote(command(1)),
+                Downstream::Remote(command(2)),
+            ],
+            "command 3 is not committed yet"
+        );
+        let later = ingest.remote(&machine, &command(3)).unwrap();
+        assert_eq!(read(&mut channel, &later), [Downstream::Remote(command(3))]);
+        assert_eq!(ingest.counters().commands_sent, 3);
+        assert!(
+            ingest
+                .remote(&MachineId::numbered(2), &command(4))
+                .is_none()
+        );
     }
 }

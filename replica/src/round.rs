@@ -7,8 +7,10 @@
 //! ```text
 //! round.begin(now_ms, wall_ms);
 //! round.input(..); round.input(..); ...   // datagrams, machine frames, sessions
+//! round.operator_request(..);             // what an operator asks (appended at once)
 //! round.tick();                            // timers
-//! round.seal();                            // propose what machines sent, announce commits
+//! round.seal();                            // propose what machines sent, announce commits,
+//!                                          // deliver committed commands, answer operators
 //! let synced = round.sync();               // one fsync for every write of the round
 //! for outgoing in round.finish(synced) { .. send it .. }
 //! ```
@@ -20,16 +22,28 @@
 //! depends on a write that a crash could take back. If the sync fails the
 //! round sends nothing. The tokio server and the deterministic simulation
 //! both drive this type; neither executes an action itself.
+//!
+//! Operators' requests take the machine events' path: planned against the
+//! projection ([`crate::operators`]), proposed to the node, appended,
+//! streamed and committed. A request is answered once its entries are
+//! committed (or when it can no longer be: its entries were replaced after
+//! a failover, or `OPERATOR_COMMIT_TIMEOUT_MS` passed), and the commands it
+//! records go to their machines the moment they are committed.
 
 use crate::ingest::{Ingest, IngestAction, LinkKeys, MachineIndex, SessionId, Standing};
-use crate::node::{Action, LogView, Node, NodeConfig, PersistedVote, Restart, Role, Target, Tip};
+use crate::node::{
+    Action, LogView, Node, NodeConfig, NotPrimary, PersistedVote, Restart, Role, Target, Tip,
+};
 use crate::wire::{Datagram, DatagramCodec, Message, NodeId, WireError, replication_messages};
+use dashboard::ports::{ActionError, ActionReceipt, OperatorAction};
 use ledger::crypto::Hash32;
 use ledger::keys::ChainKeys;
+use ledger::operator::{CommandOutcome, OperatorAction as Recorded};
+use ledger::rules::RemoteCommand;
 use ledger::store::backend::Backend;
 use ledger::store::promise::{Promise, PromiseStore};
 use ledger::store::record::ReplicatedRecord;
-use ledger::store::{LogStore, StoreError};
+use ledger::store::{Appended, LogStore, Proposed, StoreError};
 use ledger::{Ledger, MachineId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -47,6 +61,14 @@ pub const AUTHENTICATION_FAILURE_LOG_EVERY_MS: u64 = 5_000;
 /// A replica that meets a machine it has no key for asks its shell to
 /// reload the key directory at most this often.
 pub const KEY_RELOAD_INTERVAL_MS: u64 = 1_000;
+
+/// Operator requests appended and waiting for their commit, at most; more
+/// are refused at once (the dashboard's own queue is smaller still).
+pub const OPERATOR_REQUESTS_WAITING_MAX: usize = 64;
+/// An operator request whose entries are not committed within this long is
+/// answered with an error (they may still be committed later, and the
+/// answer says so): a request never hangs on a cluster without a majority.
+pub const OPERATOR_COMMIT_TIMEOUT_MS: u64 = 5_000;
 
 const META_VOTE: &str = "vote";
 const META_COMMIT: &str = "commit_hint";
@@ -99,6 +121,48 @@ pub enum Outgoing {
     /// Load the key directory again (off the core thread) and hand it back
     /// as [`Input::Keys`]: a machine without a key was met.
     LoadKeys,
+    /// The answer to an operator request taken by
+    /// [`Round::operator_request`]: committed (with what was sent to
+    /// machines), or why it is not.
+    OperatorAnswer {
+        request: RequestId,
+        answer: Result<ActionReceipt, ActionError>,
+    },
+}
+
+/// The shell's name for an operator request, to match its answer.
+pub type RequestId = u64;
+
+/// Why an operator request was not taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// This replica is not the primary (or its epoch is not open yet);
+    /// `leader` is the primary it follows, if it knows one.
+    NotPrimary {
+        leader: Option<NodeId>,
+    },
+    Action(ActionError),
+}
+
+/// An operator request whose entries are appended, waiting for the commit.
+struct Waiting {
+    request: RequestId,
+    /// Its last entry, and that entry's hash: when the commit passes the
+    /// gseq, the entry there must still be this one (a failover may have
+    /// replaced it).
+    last_gseq: u64,
+    last_hash: Hash32,
+    /// The commands it records: (gseq, machine, command id, delivered at
+    /// its commit).
+    commands: Vec<(u64, MachineId, u64, bool)>,
+    deadline_ms: u64,
+}
+
+/// What became of the operator records being appended.
+#[derive(Default)]
+struct Proposing {
+    gseqs: Vec<u64>,
+    refused: Option<String>,
 }
 
 /// What a round starts with besides its configuration and ledger.
@@ -208,6 +272,18 @@ impl<B: Backend> MachineIndex for View<'_, B> {
     fn gseq_of(&self, machine: &MachineId, seq: u64) -> Option<u64> {
         self.ledger.store().gseq_of(machine, seq).ok().flatten()
     }
+
+    fn pending_commands(
+        &self,
+        machine: &MachineId,
+        commit_gseq: u64,
+        max: usize,
+    ) -> Vec<RemoteCommand> {
+        self.ledger
+            .projection()
+            .operators
+            .pending_commands(machine, commit_gseq, max)
+    }
 }
 
 /// Why an action was not carried out.
@@ -264,6 +340,16 @@ pub struct Round<B: Backend, K: FleetKeys> {
     acks_queued: BTreeMap<NodeId, usize>,
     /// The sessions each event of the proposal being appended came from.
     proposal_origins: Vec<SessionId>,
+    /// Set while an operator request's records are being appended (the
+    /// proposal then holds only those).
+    proposing: Option<Proposing>,
+    /// Operator requests appended, waiting for their commit (at most
+    /// `OPERATOR_REQUESTS_WAITING_MAX`).
+    operators_waiting: Vec<Waiting>,
+    /// The primary's commands not committed yet, by gseq: each goes to its
+    /// machine the moment the commit passes it (at most
+    /// `operators::COMMANDS_PENDING_MAX` per machine).
+    commands_to_deliver: BTreeMap<u64, (MachineId, RemoteCommand)>,
     /// A commit advance not yet announced to the machines.
     commit_to_announce: Option<u64>,
     /// Where what was promised is kept, and what was last promised.
@@ -342,6 +428,9 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             nonces: ChaCha20Rng::seed_from_u64(seed),
             acks_queued: BTreeMap::new(),
             proposal_origins: Vec::new(),
+            proposing: None,
+            operators_waiting: Vec::new(),
+            commands_to_deliver: BTreeMap::new(),
             commit_to_announce: None,
             promises,
             promised: promise,
@@ -437,7 +526,8 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
         if let Some((events, origins)) = self.ingest.take_proposal() {
             // Not the primary any more: the sessions were redirected when
             // the role changed, and machines resend to the new one.
-            if let Ok(actions) = self.node.propose(events) {
+            let entries = events.into_iter().map(Proposed::Event).collect();
+            if let Ok(actions) = self.node.propose(entries) {
                 self.proposal_origins = origins;
                 self.execute(actions);
                 self.proposal_origins.clear();
@@ -447,7 +537,186 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             let actions = self.ingest.on_commit(commit_gseq, &view!(self));
             self.ingest_actions(actions);
         }
+        self.deliver_commands();
+        self.answer_operators();
         self.save_commit_hint(false);
+    }
+
+    /// An operator asks for `action`: it is planned against the projection
+    /// and its records appended at once (proposed to the node like machine
+    /// events, so they replicate, commit and are fenced alike). The answer
+    /// comes as [`Outgoing::OperatorAnswer`] once they are committed, or as
+    /// the refusal returned here.
+    pub fn operator_request(
+        &mut self,
+        request: RequestId,
+        operator: &str,
+        action: &OperatorAction,
+    ) -> Result<(), Refusal> {
+        let not_primary = |node: &Node| Refusal::NotPrimary {
+            leader: node.leader().filter(|&l| l != node.id()),
+        };
+        if !self.node.accepts_writes() {
+            return Err(not_primary(&self.node));
+        }
+        if self.operators_waiting.len() >= OPERATOR_REQUESTS_WAITING_MAX {
+            return Err(Refusal::Action(ActionError::Invalid(
+                "too many operator requests are waiting for their commit; try again shortly".into(),
+            )));
+        }
+        let records =
+            crate::operators::plan(operator, action, self.wall_ms, self.ledger.projection())
+                .map_err(Refusal::Action)?;
+        assert!(!records.is_empty(), "a planned request records something");
+        let entries = records.iter().cloned().map(Proposed::Operator).collect();
+        let actions = self
+            .node
+            .propose(entries)
+            .map_err(|NotPrimary::Follow(_)| not_primary(&self.node))?;
+        self.proposing = Some(Proposing::default());
+        self.execute(actions);
+        let proposing = self.proposing.take().unwrap_or_default();
+        if let Some(problem) = proposing.refused {
+            return Err(Refusal::Action(ActionError::Invalid(problem)));
+        }
+        let last = proposing
+            .gseqs
+            .last()
+            .copied()
+            .filter(|_| proposing.gseqs.len() == records.len());
+        let last_meta = last.and_then(|gseq| Some((gseq, view!(self).entry_meta(gseq)?.0)));
+        let Some((last_gseq, last_hash)) = last_meta else {
+            // The write failed (the node stepped down): nothing was recorded.
+            let problem = self.counters.storage_error.clone();
+            return Err(Refusal::Action(ActionError::Storage(
+                problem.unwrap_or_else(|| "the write failed".into()),
+            )));
+        };
+        let commands = self.commands_recorded(&records, &proposing.gseqs);
+        tracing::info!(replica = %self.config.name, %operator, request, last_gseq, commands = commands.len(), "recorded an operator request; answering once it is committed");
+        self.operators_waiting.push(Waiting {
+            request,
+            last_gseq,
+            last_hash,
+            commands,
+            deadline_ms: self.now_ms + OPERATOR_COMMIT_TIMEOUT_MS,
+        });
+        Ok(())
+    }
+
+    /// The commands among a request's records (appended at `gseqs`), each
+    /// queued for delivery at its commit.
+    fn commands_recorded(
+        &mut self,
+        records: &[ledger::operator::OperatorRecord],
+        gseqs: &[u64],
+    ) -> Vec<(u64, MachineId, u64, bool)> {
+        let mut commands = Vec::new();
+        for (record, &gseq) in records.iter().zip(gseqs) {
+            if let Recorded::CommandRequested {
+                machine,
+                command_id,
+                action,
+            } = &record.action
+            {
+                let command = RemoteCommand {
+                    command_id: *command_id,
+                    action: action.clone(),
+                };
+                self.commands_to_deliver
+                    .insert(gseq, (machine.clone(), command));
+                commands.push((gseq, machine.clone(), *command_id, false));
+            }
+        }
+        commands
+    }
+
+    /// Sends every command the commit has passed to its machine's session,
+    /// if it has one here (a machine without one gets it when its next
+    /// session opens), and notes which went at once.
+    fn deliver_commands(&mut self) {
+        if !self.node.accepts_writes() {
+            return;
+        }
+        let commit = self.node.commit_gseq();
+        while let Some(entry) = self.commands_to_deliver.first_entry() {
+            if *entry.key() > commit {
+                break;
+            }
+            let (gseq, (machine, command)) = entry.remove_entry();
+            let Some(frames) = self.ingest.remote(&machine, &command) else {
+                continue;
+            };
+            self.ingest_actions(frames);
+            for waiting in &mut self.operators_waiting {
+                for delivered in waiting.commands.iter_mut().filter(|c| c.0 == gseq) {
+                    delivered.3 = true;
+                }
+            }
+        }
+    }
+
+    /// Answers every operator request whose entries are committed, or can
+    /// no longer be (replaced after a failover), or whose time is up.
+    fn answer_operators(&mut self) {
+        if self.operators_waiting.is_empty() {
+            return;
+        }
+        let commit = self.node.commit_gseq();
+        let tip = self.ledger.store().head().gseq;
+        let now_ms = self.now_ms;
+        for waiting in std::mem::take(&mut self.operators_waiting) {
+            let held = view!(self)
+                .entry_meta(waiting.last_gseq)
+                .map(|(hash, _)| hash);
+            let answer = match held {
+                Some(hash) if hash == waiting.last_hash && commit >= waiting.last_gseq => {
+                    Ok(ActionReceipt {
+                        gseq: waiting.last_gseq,
+                        commands: waiting
+                            .commands
+                            .iter()
+                            .map(|(_, machine, id, delivered)| (machine.clone(), *id, *delivered))
+                            .collect(),
+                    })
+                }
+                Some(hash) if hash != waiting.last_hash => Err(lost_in_failover()),
+                None if tip < waiting.last_gseq => Err(lost_in_failover()),
+                _ if now_ms >= waiting.deadline_ms => Err(ActionError::Storage(format!(
+                    "it was not committed within {} s (are a majority of the replicas reachable?); it may still be recorded later: check the audit log before asking again",
+                    OPERATOR_COMMIT_TIMEOUT_MS / 1_000
+                ))),
+                _ => {
+                    self.operators_waiting.push(waiting);
+                    continue;
+                }
+            };
+            self.outbox.push(Some(Outgoing::OperatorAnswer {
+                request: waiting.request,
+                answer,
+            }));
+        }
+    }
+
+    /// The commands a newly elected primary must deliver at their commit:
+    /// those of earlier primaries still above the commit (those below it
+    /// go to each machine when its session opens).
+    fn commands_awaiting_commit(&self) -> BTreeMap<u64, (MachineId, RemoteCommand)> {
+        let commit = self.node.commit_gseq();
+        let operators = &self.ledger.projection().operators;
+        let mut awaiting = BTreeMap::new();
+        for (machine, commands) in &operators.commands {
+            for (&command_id, command) in commands {
+                if command.outcome == CommandOutcome::Pending && command.gseq > commit {
+                    let remote = RemoteCommand {
+                        command_id,
+                        action: command.action.clone(),
+                    };
+                    awaiting.insert(command.gseq, (machine.clone(), remote));
+                }
+            }
+        }
+        awaiting
     }
 
     /// Makes the round's writes durable (one fsync). A shell may instead
@@ -468,11 +737,11 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
                 "syncing the round's writes failed; nothing of the round is sent",
                 &error,
             );
-            self.outbox.clear();
+            let answers = self.take_operator_answers();
             self.write_failed();
             // What the failure produced (a role change, redirects) waits
             // for the next round's sync.
-            return Vec::new();
+            return answers;
         }
         if let Err(error) = self.keep_promises() {
             self.counters.sync_failures += 1;
@@ -480,8 +749,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
                 "the promise file could not be written; nothing of the round is sent",
                 &error,
             );
-            self.outbox.clear();
-            return Vec::new();
+            return self.take_operator_answers();
         }
         if std::mem::take(&mut self.wrote_this_round)
             && self.counters.storage_error.take().is_some()
@@ -489,6 +757,19 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             tracing::info!(replica = %self.config.name, "the log can be written again");
         }
         self.outbox.drain(..).flatten().collect()
+    }
+
+    /// Empties the outbox of a round whose writes may be lost, keeping only
+    /// the answers to operators: each rests on a commit (entries durable on
+    /// two replicas since earlier rounds) or says that nothing is, so none
+    /// depends on this round's writes, and an operator is never left
+    /// waiting on a disk that keeps failing.
+    fn take_operator_answers(&mut self) -> Vec<Outgoing> {
+        self.outbox
+            .drain(..)
+            .flatten()
+            .filter(|outgoing| matches!(outgoing, Outgoing::OperatorAnswer { .. }))
+            .collect()
     }
 
     /// Checkpoints the projection (at shutdown), durably at the next sync.
@@ -616,6 +897,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
                 .leader()
                 .filter(|&leader| leader != self.config.node.id)
                 .and_then(|leader| self.config.machine_addresses.get(&leader).cloned()),
+            wall_ms: self.wall_ms,
         }
     }
 
@@ -743,8 +1025,8 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
                 .ledger
                 .store_mut()
                 .put_app_meta(META_VOTE, &PersistedVote { epoch, voted_for })?,
-            Action::AppendEvents { epoch, events } => {
-                return Ok(self.append_events(epoch, &events)?);
+            Action::Append { epoch, entries } => {
+                return Ok(self.append(epoch, &entries)?);
             }
             Action::AppendMarker { epoch } => return Ok(self.append_marker(epoch)?),
             Action::AppendReplicated { records } => self.append_replicated(&records)?,
@@ -794,21 +1076,37 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
         Ok(())
     }
 
-    fn append_events(
-        &mut self,
-        epoch: u64,
-        events: &[ledger::store::record::SignedEvent],
-    ) -> Result<Vec<Action>, StoreError> {
+    fn append(&mut self, epoch: u64, entries: &[Proposed]) -> Result<Vec<Action>, StoreError> {
         let outcome = self
             .ledger
-            .append_events(epoch, self.wall_ms, events, &self.keys)?;
+            .append(epoch, self.wall_ms, entries, &self.keys)?;
         for (entry, _) in &outcome.new_entries {
             self.cache
                 .push(entry.body.gseq, entry.hash, entry.body.epoch);
         }
-        let origins = std::mem::take(&mut self.proposal_origins);
-        let frames = self.ingest.on_appended(&outcome.results, &origins);
-        self.ingest_actions(frames);
+        match self.proposing.as_mut() {
+            // An operator request's records: note where each went.
+            Some(proposing) => {
+                for result in &outcome.results {
+                    match result {
+                        Appended::New { gseq } => proposing.gseqs.push(*gseq),
+                        Appended::Duplicate { .. } => {
+                            proposing
+                                .refused
+                                .get_or_insert_with(|| "recorded twice".into());
+                        }
+                        Appended::Rejected(why) => {
+                            proposing.refused.get_or_insert_with(|| why.to_string());
+                        }
+                    }
+                }
+            }
+            None => {
+                let origins = std::mem::take(&mut self.proposal_origins);
+                let frames = self.ingest.on_appended(&outcome.results, &origins);
+                self.ingest_actions(frames);
+            }
+        }
         Ok(self.node.on_local_append(&view!(self)))
     }
 
@@ -849,6 +1147,11 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
 
     fn role_changed(&mut self, role: Role, epoch: u64, leader: Option<NodeId>) {
         tracing::info!(replica = %self.config.name, ?role, epoch, ?leader, "role changed");
+        self.commands_to_deliver = if role == Role::Primary {
+            self.commands_awaiting_commit()
+        } else {
+            BTreeMap::new()
+        };
         if role != Role::Primary {
             // Every machine session is sent on to the primary, if known
             // (a replica that never led has none open: nothing to do).
@@ -901,6 +1204,13 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             }
         }
     }
+}
+
+/// The answer to a request whose entries a failover replaced.
+fn lost_in_failover() -> ActionError {
+    ActionError::Storage(
+        "the primary changed before it was committed, and the new primary does not have it: nothing was recorded; ask the primary again".into(),
+    )
 }
 
 /// The promise, or `None` for a replica that never promised anything. A

@@ -3,4 +3,6 @@
 //! multi-process and network-namespace tests are in `tests/`.
 
 pub mod faults;
+#[cfg(test)]
+mod operator_rounds;
 pub mod sim;

@@ -16,17 +16,26 @@
 //! does. A machine's disk is the list of events it stored, and a
 //! restarted machine is rebuilt from it.
 //!
+//! Operators ask the primary, now and then, to change a price or a name at
+//! a machine (through the round, as the dashboard does), during the faults
+//! and across the failover drill; machines apply what reaches them with
+//! their own rules, as the machine app does.
+//!
 //! Each invariant has its own checker: no acknowledged event lost, no event
 //! twice, every replica agrees on every committed entry, no committed entry
 //! is truncated, projections equal a fresh replay, a machine applies only
-//! what it stored, at most one primary per epoch, and after the faults stop
-//! everything converges.
+//! what it stored, at most one primary per epoch, every command committed
+//! is applied by its machine exactly once (and none that was not), and
+//! after the faults stop everything converges.
 
 use crate::faults::{Faults, FaultyBackend, MemPromises};
 use bytes::{Bytes, BytesMut};
 use ledger::Ledger;
 use ledger::crypto::{CHAIN_KEY_CONTEXT, Hash32, LINK_KEY_CONTEXT, SecretKey};
+use ledger::event::{Event, Source};
 use ledger::keys::ChainKeys;
+use ledger::operator::CommandOutcome;
+use ledger::rules::RemoteCommand;
 use ledger::store::memory::{MemBackend, MemDisk};
 use ledger::store::record::SignedEvent;
 use ledger::store::{LogStore, SEGMENT_ENTRIES_DEFAULT, StoreError};
@@ -39,6 +48,7 @@ use replica::ingest::LinkKeys;
 use replica::node::{NodeConfig, Role, Target};
 use replica::round::{Input, Outgoing, Round, RoundConfig, Start};
 use replica::wire::{DatagramCodec, Message, NodeId, PAYLOAD_BYTES_DEFAULT};
+use std::collections::BTreeSet;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio_util::codec::{Decoder, Encoder};
@@ -64,6 +74,8 @@ enum Drill {
 }
 const REPLICAS: [NodeId; 3] = [1, 2, 3];
 const CLUSTER_ID: u32 = 77;
+/// Operators' requests per simulated second during the faults.
+const OPERATOR_REQUESTS_PER_S: f64 = 0.6;
 
 /// How hard one run is.
 #[derive(Clone, Debug)]
@@ -174,6 +186,13 @@ pub struct SimReport {
     pub truncated_records: u64,
     pub naks: u64,
     pub catchup_records: u64,
+    /// Operator requests the primary took, and how many were answered as
+    /// committed or as failed (the rest were still waiting at the end).
+    pub operator_requests: u64,
+    pub operator_committed: u64,
+    pub operator_failed: u64,
+    /// Commands machines applied (or refused) from the dashboard.
+    pub commands_applied: u64,
     /// From killing the primary in the drill to a new primary's open epoch.
     pub failover_ms: u64,
     pub converged_ms: u64,
@@ -416,6 +435,10 @@ pub struct Simulation {
     /// Print a status line every 500 ms (VENDLEDGER_SIM_TRACE=1).
     trace: bool,
     drill: Drill,
+    /// Operator requests handed to rounds so far (their ids).
+    next_request: u64,
+    /// Every operator request answered as committed.
+    receipts: Vec<dashboard::ports::ActionReceipt>,
 }
 
 fn round_config(id: NodeId, config: &SimConfig) -> RoundConfig {
@@ -527,6 +550,8 @@ impl Simulation {
             violation: None,
             trace: std::env::var_os("VENDLEDGER_SIM_TRACE").is_some(),
             drill: Drill::Waiting,
+            next_request: 1,
+            receipts: Vec::new(),
         }
     }
 
@@ -653,6 +678,9 @@ impl Simulation {
         self.begin_rounds();
         self.deliver_due();
         self.generate_events();
+        if self.chance_per_step(OPERATOR_REQUESTS_PER_S) {
+            self.operator_request();
+        }
         self.finish_rounds();
         for index in 0..self.machines.len() {
             if self.machines[index].alive {
@@ -768,10 +796,14 @@ impl Simulation {
                 }
             }
             Drill::Cutting { until_ms, primary } => {
-                // The fleet keeps selling during the cut.
+                // The fleet keeps selling during the cut, and operators
+                // keep asking: their commands cross the failover.
                 if self.rng.random_bool(0.2) {
                     let machine = self.rng.random_range(0..self.machines.len());
                     self.generate_for(machine);
+                }
+                if self.rng.random_bool(0.02) {
+                    self.operator_request();
                 }
                 if self.now_ms >= until_ms {
                     self.cuts.clear();
@@ -1182,9 +1214,81 @@ impl Simulation {
                     m.acked_ever = m.acked_ever.max(seq);
                     self.report.acknowledged = self.machines.iter().map(|m| m.acked_ever).sum();
                 }
-                UplinkAction::Remote(_) => {}
+                UplinkAction::Remote(command) => self.apply_remote(machine, command),
             }
         }
+    }
+
+    /// An operator asks the primary (if there is one) to change a price or
+    /// a name at a machine, as the dashboard does: through the round. A
+    /// refusal (a machine not installed yet, too many commands waiting) is
+    /// the dashboard's to show; nothing to check here.
+    fn operator_request(&mut self) {
+        let Some(index) = self.replicas.iter().position(ReplicaSim::accepts_writes) else {
+            return;
+        };
+        let machine = self.machines[self.rng.random_range(0..self.machines.len())]
+            .id
+            .clone();
+        let slots: Vec<ledger::SlotId> = self.replicas[index]
+            .ledger()
+            .projection()
+            .machines
+            .get(&machine)
+            .map(|state| state.slots.keys().copied().collect())
+            .unwrap_or_default();
+        if slots.is_empty() {
+            return;
+        }
+        let slot = slots[self.rng.random_range(0..slots.len())];
+        let action = if self.rng.random_bool(0.7) {
+            dashboard::ports::OperatorAction::SetPrice {
+                machine,
+                slot,
+                price: self.rng.random_range(10..=200) * 10,
+            }
+        } else {
+            let name = format!("Blend {}", self.rng.random_range(1..1_000));
+            dashboard::ports::OperatorAction::Rename {
+                machine,
+                slot,
+                name,
+            }
+        };
+        let request = self.next_request;
+        self.next_request += 1;
+        let Some(round) = self.replicas[index].round() else {
+            return;
+        };
+        if round
+            .operator_request(request, "sim-operator", &action)
+            .is_ok()
+        {
+            self.report.operator_requests += 1;
+        }
+        self.after_round_step(index);
+    }
+
+    /// The machine applies a command from the dashboard as the machine app
+    /// does: decided by its rules, stored, applied, then shipped.
+    fn apply_remote(&mut self, index: usize, command: RemoteCommand) {
+        let m = &mut self.machines[index];
+        if !m.alive {
+            return;
+        }
+        let stored_before = m.events.len();
+        let Ok(applied) = m.sim.remote(command, |prepared| {
+            m.events.extend_from_slice(prepared.signed());
+            Ok::<(), std::convert::Infallible>(())
+        });
+        let stored = (m.events.len() - stored_before) as u64;
+        self.report.events += stored;
+        self.report.commands_applied += applied.len() as u64;
+        let actions = {
+            let m = &mut self.machines[index];
+            m.uplink.on_local_append(&Local(&m.events))
+        };
+        self.machine_actions(index, actions);
     }
 
     fn generate_events(&mut self) {
@@ -1335,6 +1439,13 @@ impl Simulation {
             // Connection admission is the shell's; the simulated network
             // has no handshake deadline to lift.
             Outgoing::Authenticated { .. } => {}
+            Outgoing::OperatorAnswer { answer, .. } => match answer {
+                Ok(receipt) => {
+                    self.report.operator_committed += 1;
+                    self.receipts.push(receipt);
+                }
+                Err(_) => self.report.operator_failed += 1,
+            },
             Outgoing::LoadKeys => {
                 let name = self.replicas[index].name.clone();
                 self.violate(
@@ -1501,7 +1612,18 @@ impl Simulation {
             Process::Running(round) => round.node().commit_gseq() == tips[0].gseq,
             Process::Down(_) => false,
         });
-        all_alive && done && same && committed
+        // Every command requested has reached its machine and come back
+        // applied (or refused).
+        let settled = self.replicas.iter().all(|r| {
+            r.ledger()
+                .projection()
+                .operators
+                .commands
+                .values()
+                .flat_map(|commands| commands.values())
+                .all(|command| command.outcome != CommandOutcome::Pending)
+        });
+        all_alive && done && same && committed && settled
     }
 
     /// Sums the counters of every running replica.
@@ -1538,6 +1660,79 @@ impl Simulation {
             self.check_acknowledged_present(index);
             self.check_projection(index);
             self.check_committed_prefix(index);
+            self.check_commands_applied_once(index);
+            self.check_receipts_hold(index);
+        }
+    }
+
+    /// An operator told that a request was committed finds it in every
+    /// log: each command the receipt names, at or before the receipt's
+    /// gseq.
+    fn check_receipts_hold(&mut self, index: usize) {
+        let operators = &self.replicas[index].ledger().projection().operators;
+        let missing = self.receipts.iter().find_map(|receipt| {
+            receipt.commands.iter().find_map(|(machine, id, _)| {
+                let held = operators
+                    .commands
+                    .get(machine)
+                    .and_then(|commands| commands.get(id))
+                    .is_some_and(|command| command.gseq <= receipt.gseq);
+                (!held)
+                    .then(|| format!("{machine} command {id} (receipt at gseq {})", receipt.gseq))
+            })
+        });
+        if let Some(missing) = missing {
+            let name = self.replicas[index].name.clone();
+            self.violate(
+                "what an operator was told is committed is in the log",
+                format!("{name} lacks {missing}"),
+            );
+        }
+    }
+
+    /// Every command the log requested is answered by exactly one event of
+    /// its machine (the change, or its refusal), and no machine answered a
+    /// command the log does not hold: a command that a failover took back
+    /// never reached a machine.
+    fn check_commands_applied_once(&mut self, index: usize) {
+        let projection = self.replicas[index].ledger().projection();
+        let mut problem = None;
+        for machine in &self.machines {
+            let requested: BTreeSet<u64> = projection
+                .operators
+                .commands
+                .get(&machine.id)
+                .map(|commands| commands.keys().copied().collect())
+                .unwrap_or_default();
+            let mut answered = BTreeSet::new();
+            for signed in &machine.events {
+                let Some(command_id) = signed
+                    .envelope()
+                    .ok()
+                    .and_then(|e| answered_command(&e.event))
+                else {
+                    continue;
+                };
+                if !answered.insert(command_id) {
+                    problem = Some(format!("{} applied command {command_id} twice", machine.id));
+                }
+            }
+            if problem.is_none() && answered != requested {
+                problem = Some(format!(
+                    "{} answered commands {answered:?}, the log requested {requested:?}",
+                    machine.id
+                ));
+            }
+            if problem.is_some() {
+                break;
+            }
+        }
+        if let Some(problem) = problem {
+            let name = self.replicas[index].name.clone();
+            self.violate(
+                "every committed command is applied exactly once",
+                format!("{name}: {problem}"),
+            );
         }
     }
 
@@ -1624,6 +1819,26 @@ impl Simulation {
                 return;
             }
         }
+    }
+}
+
+/// The remote command an event answers, if it answers one.
+fn answered_command(event: &Event) -> Option<u64> {
+    match event {
+        Event::PriceChanged {
+            source: Source::Remote { command_id },
+            ..
+        }
+        | Event::ProductRenamed {
+            source: Source::Remote { command_id },
+            ..
+        }
+        | Event::ChangeOwedSettled {
+            source: Source::Remote { command_id },
+            ..
+        }
+        | Event::RemoteCommandRejected { command_id, .. } => Some(*command_id),
+        _ => None,
     }
 }
 

@@ -241,7 +241,7 @@ impl Session {
     /// Sends a ping and reads frames until its ack; `false` if the
     /// session ended.
     fn ping(&mut self) -> bool {
-        let ping = self.channel.seal(&Upstream::Ping);
+        let ping = self.channel.seal(&Upstream::Ping { local_tip: 0 });
         if write_frame(&mut self.stream, &ping).is_err() {
             return false;
         }

@@ -78,6 +78,65 @@ fn run_failover_scenario(dir: &Path, topology: Topology) {
     );
 }
 
+/// The load generator's fleet-scale mode: hundreds of machines with their
+/// events in memory, paced to a fleet-wide rate for a fixed time, a share
+/// of them going dark together; every event is still acknowledged and
+/// held by every replica exactly once.
+#[test]
+fn a_timed_paced_fleet_with_dark_spells_is_all_acknowledged() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("cluster");
+    let topology = init_cluster(&dir, base_port());
+    let mut cluster = Cluster::start(&dir, topology);
+    cluster.wait_for("a primary", Duration::from_secs(20), |s| {
+        primaries(s).len() == 1
+    });
+    let fleet = vendctl(&[
+        "simulate",
+        "--cluster",
+        dir.to_str().unwrap(),
+        "--machines",
+        "300",
+        "--memory-ledgers",
+        "--rate",
+        "1500",
+        "--duration",
+        "12",
+        "--dark-percent",
+        "20",
+        "--timeout-s",
+        "120",
+    ]);
+    let stderr = String::from_utf8_lossy(&fleet.stderr);
+    assert!(fleet.status.success(), "{stderr}");
+    let summary: Value = serde_json::from_slice(&fleet.stdout).unwrap();
+    assert_eq!(summary["machines"], 300, "{stderr}");
+    assert_eq!(summary["machine_ledgers"], "memory");
+    assert_eq!(summary["events_acked"], summary["events"], "{stderr}");
+    assert!(summary["events"].as_u64().unwrap() > 1_000, "{stderr}");
+    // The spell 10 s in takes about a fifth of the machines at once.
+    assert!(
+        summary["offline_periods"].as_u64().unwrap() >= 20,
+        "{stderr}"
+    );
+    let (p50, p99) = (
+        summary["ack_p50_ms"].as_f64().unwrap(),
+        summary["ack_p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p99 >= p50, "{stderr}");
+    cluster.wait_for("all replicas to converge", Duration::from_secs(60), |s| {
+        s.len() == 3
+            && s.iter().all(|r| {
+                r["reachable"] == true && r["tip"] == s[0]["tip"] && r["commit"] == s[0]["tip"]
+            })
+    });
+    cluster.stop_all();
+    let acked = acked_per_machine(&summary);
+    for index in 1..=3 {
+        check_replica_holds(&dir, index, &acked);
+    }
+}
+
 #[test]
 fn udp_on_loopback_survives_a_killed_primary() {
     let temp = tempfile::tempdir().unwrap();

@@ -40,7 +40,7 @@ fn thousands_of_seeds_keep_every_invariant() {
     let ok: Vec<&SimReport> = reports.iter().filter_map(|r| r.as_ref().ok()).collect();
     let sum = |f: fn(&SimReport) -> u64| ok.iter().map(|r| f(r)).sum::<u64>();
     eprintln!(
-        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-round, {} damaging the disk, {} repairs, {} repairs without damage), {} failed writes, {} failed syncs, {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs, {} records caught up from a voter; drill failover worst {} ms, mean {} ms",
+        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-round, {} damaging the disk, {} repairs, {} repairs without damage), {} failed writes, {} failed syncs, {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs, {} records caught up from a voter; {} operator requests ({} answered committed, {} failed), {} commands applied by machines; drill failover worst {} ms, mean {} ms",
         reports.len(),
         started.elapsed().as_secs_f64(),
         sum(|r| r.events),
@@ -61,6 +61,10 @@ fn thousands_of_seeds_keep_every_invariant() {
         sum(|r| r.truncated_records),
         sum(|r| r.naks),
         sum(|r| r.catchup_records),
+        sum(|r| r.operator_requests),
+        sum(|r| r.operator_committed),
+        sum(|r| r.operator_failed),
+        sum(|r| r.commands_applied),
         ok.iter().map(|r| r.failover_ms).max().unwrap_or(0),
         sum(|r| r.failover_ms) / (ok.len() as u64).max(1),
     );
@@ -89,6 +93,10 @@ fn thousands_of_seeds_keep_every_invariant() {
         assert!(
             sum(|r| r.catchup_records) > 0,
             "the drill must exercise catch-up from a voter"
+        );
+        assert!(
+            sum(|r| r.commands_applied) > count / 2,
+            "operators' commands must reach machines, or applied-once holds vacuously"
         );
     }
 }

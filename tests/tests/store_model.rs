@@ -1,7 +1,8 @@
 //! The store's one set of rules, held against both backends: random
 //! sequences of appends (machine events with resends, gaps and forgeries;
 //! replicated records, some of them not continuing the log; epoch
-//! markers), truncations, checkpoints and reopens run against a RocksDB
+//! markers; operators' records, some of which do not apply),
+//! truncations, checkpoints and reopens run against a RocksDB
 //! ledger and a memory ledger, which must agree on every result, head,
 //! machine head, segment, record and projection.
 //!
@@ -9,11 +10,13 @@
 
 use ledger::crypto::{CHAIN_KEY_CONTEXT, SecretKey};
 use ledger::keys::ChainKeys;
+use ledger::operator::{AlertKey, AlertKind, OperatorAction, OperatorRecord};
+use ledger::rules::RemoteAction;
 use ledger::store::backend::Backend;
 use ledger::store::memory::{MemBackend, MemDisk};
 use ledger::store::record::{EntryBody, LogEntry, Payload, ReplicatedRecord, SignedEvent};
-use ledger::store::{LogStore, OpenOptions, StoreError};
-use ledger::{Ledger, MachineId};
+use ledger::store::{LogStore, OpenOptions, Proposed, StoreError};
+use ledger::{Ledger, MachineId, SlotId};
 use proptest::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -74,6 +77,14 @@ enum Op {
     Marker {
         epoch_bump: u64,
     },
+    /// A primary's operator records: `count` commands for `machine` (the
+    /// first not newer than its last when `stale`, so it does not apply)
+    /// and an acknowledged alert.
+    Operators {
+        machine: usize,
+        count: usize,
+        stale: bool,
+    },
     /// Truncate to a fraction (in thousandths) of the head.
     Truncate {
         permille: u64,
@@ -89,6 +100,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..MACHINES, 1usize..10, 0u64..2, proptest::bool::weighted(0.15))
             .prop_map(|(machine, count, epoch_bump, break_link)| Op::Replicated { machine, count, epoch_bump, break_link }),
         2 => (0u64..3).prop_map(|epoch_bump| Op::Marker { epoch_bump }),
+        2 => (0..MACHINES, 0usize..4, proptest::bool::weighted(0.2))
+            .prop_map(|(machine, count, stale)| Op::Operators { machine, count, stale }),
         1 => (0u64..=1_000).prop_map(|permille| Op::Truncate { permille }),
         1 => Just(Op::Checkpoint),
         1 => Just(Op::Reopen),
@@ -209,6 +222,42 @@ fn replicated_run<B: Backend>(
     out
 }
 
+/// Commands for machine `machine` continuing (or, `stale`, not) its ids in
+/// the log, and an acknowledged alert.
+fn operator_records(pair: &mut Pair, machine: usize, count: usize, stale: bool) -> Vec<Proposed> {
+    let id = MachineId::numbered(u32::try_from(machine + 1).unwrap());
+    let last = pair.rocks().projection().operators.last_command_id(&id);
+    let record = |action| {
+        Proposed::Operator(OperatorRecord {
+            operator: "model".into(),
+            at_ms: 9,
+            action,
+        })
+    };
+    let mut entries: Vec<Proposed> = (0..count as u64)
+        .map(|n| {
+            let command_id = if stale && n == 0 { last } else { last + 1 + n };
+            record(OperatorAction::CommandRequested {
+                machine: id.clone(),
+                command_id,
+                action: RemoteAction::SetPrice {
+                    slot: SlotId(1),
+                    price: 500 + 10 * i64::try_from(n).unwrap(),
+                },
+            })
+        })
+        .collect();
+    entries.push(record(OperatorAction::AlertAcknowledged {
+        alert: AlertKey {
+            kind: AlertKind::LowStock,
+            machine: id,
+            slot: Some(SlotId(1)),
+        },
+        note: "seen".into(),
+    }));
+    entries
+}
+
 fn apply(pair: &mut Pair, fleet: &Fleet, op: &Op) -> Result<(), TestCaseError> {
     let (rocks, memory) = match op {
         Op::Events {
@@ -255,6 +304,19 @@ fn apply(pair: &mut Pair, fleet: &Fleet, op: &Op) -> Result<(), TestCaseError> {
             let rocks = pair.rocks().append_marker(epoch, 12, "replica-1");
             let memory = pair.memory().append_marker(epoch, 12, "replica-1");
             (outcome(rocks), outcome(memory))
+        }
+        Op::Operators {
+            machine,
+            count,
+            stale,
+        } => {
+            let entries = operator_records(pair, *machine, *count, *stale);
+            let epoch = pair.rocks().store().head().epoch;
+            let rocks = pair.rocks().append(epoch, 13, &entries, fleet);
+            let memory = pair.memory().append(epoch, 13, &entries, fleet);
+            let describe =
+                |r: Result<ledger::store::AppendOutcome, StoreError>| outcome(r.map(|o| o.results));
+            (describe(rocks), describe(memory))
         }
         Op::Truncate { permille } => {
             let to = pair.rocks().store().head().gseq * permille / 1_000;

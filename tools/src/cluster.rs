@@ -93,7 +93,7 @@ impl ClusterFile {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
-    fn save(&self, dir: &Path) -> Result<()> {
+    pub fn save(&self, dir: &Path) -> Result<()> {
         let path = dir.join(CLUSTER_FILE);
         let temporary = dir.join(format!("{CLUSTER_FILE}.tmp"));
         std::fs::write(&temporary, serde_json::to_string_pretty(self)?)?;
@@ -354,7 +354,7 @@ fn supervise_until_stopped(
 
 /// Asks every replica to stop cleanly, and kills those still running after
 /// ten seconds so `up` never hangs on a stuck process.
-fn stop_replicas(children: &mut [Child]) {
+pub fn stop_replicas(children: &mut [Child]) {
     for child in children.iter() {
         terminate(child.id());
     }
@@ -374,7 +374,7 @@ fn stop_replicas(children: &mut [Child]) {
 }
 
 /// Restarts replicas that exited, after `RESTART_DELAY`.
-fn supervise(
+pub fn supervise(
     children: &mut [Child],
     file: &mut ClusterFile,
     restart_at: &mut [Option<Instant>],

@@ -2,6 +2,7 @@
 
 use crate::util::{DataArgs, hex32};
 use anyhow::{Result, bail};
+use ledger::store::record::{Content, LogEntry};
 use serde_json::json;
 use std::io::Write;
 use std::process::ExitCode;
@@ -35,31 +36,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .take(usize::try_from(limit).unwrap_or(usize::MAX))
     {
         let entry = item?;
-        let line = match (entry.body.machine_event(), entry.envelope()?) {
-            (Some((machine_id, machine_seq, event)), Some(envelope)) => json!({
-                "gseq": entry.body.gseq,
-                "epoch": entry.body.epoch,
-                "logged_ms": entry.body.logged_ms,
-                "machine_id": machine_id,
-                "machine_seq": machine_seq,
-                "at_ms": envelope.at_ms,
-                "kind": envelope.event.kind(),
-                "amount": envelope.event.amount(),
-                "event": envelope.event,
-                "hash": hex32(&entry.hash),
-                "prev_hash": hex32(&entry.prev_hash),
-                "chain_hash": hex32(&event.chain_hash),
-            }),
-            _ => json!({
-                "gseq": entry.body.gseq,
-                "epoch": entry.body.epoch,
-                "logged_ms": entry.body.logged_ms,
-                "kind": "epoch_started",
-                "event": entry.body.payload,
-                "hash": hex32(&entry.hash),
-                "prev_hash": hex32(&entry.prev_hash),
-            }),
-        };
+        let line = entry_line(&entry)?;
         if writeln!(out, "{line}").is_err() {
             // The reader went away (e.g. `| head`): stop quietly.
             return Ok(ExitCode::SUCCESS);
@@ -67,4 +44,39 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     out.flush().ok();
     Ok(ExitCode::SUCCESS)
+}
+
+/// One entry as a JSON object: a machine's event, an epoch marker, or what
+/// an operator did (an account, a command for a machine, an acknowledged
+/// alert), with the entry's place in the fleet chain.
+fn entry_line(entry: &LogEntry) -> Result<serde_json::Value> {
+    let mut line = match (entry.body.machine_event(), entry.content()?) {
+        (Some((machine_id, machine_seq, event)), Content::Event(envelope)) => json!({
+            "machine_id": machine_id,
+            "machine_seq": machine_seq,
+            "at_ms": envelope.at_ms,
+            "kind": envelope.event.kind(),
+            "amount": envelope.event.amount(),
+            "event": envelope.event,
+            "chain_hash": hex32(&event.chain_hash),
+        }),
+        (_, Content::Operator(record)) => json!({
+            "kind": "operator",
+            "operator": record.operator,
+            "at_ms": record.at_ms,
+            "action_kind": record.action.kind(),
+            "action": record.action,
+        }),
+        _ => json!({
+            "kind": "epoch_started",
+            "event": entry.body.payload,
+        }),
+    };
+    let fields = line.as_object_mut().expect("built as an object");
+    fields.insert("gseq".into(), json!(entry.body.gseq));
+    fields.insert("epoch".into(), json!(entry.body.epoch));
+    fields.insert("logged_ms".into(), json!(entry.body.logged_ms));
+    fields.insert("hash".into(), json!(hex32(&entry.hash)));
+    fields.insert("prev_hash".into(), json!(hex32(&entry.prev_hash)));
+    Ok(line)
 }

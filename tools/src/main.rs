@@ -3,7 +3,9 @@
 mod bench;
 mod bench_replication;
 mod cluster;
+mod demo;
 mod dump;
+mod export;
 mod fleet;
 mod keys;
 mod replay;
@@ -35,6 +37,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
+    /// The whole product on this machine: three replicas, a fleet selling
+    /// in real time, the dashboard, and the machine app; Ctrl-C stops it.
+    Demo(demo::Args),
     /// Write a realistic fleet log: machines with customers and operators.
     Simulate(simulate::Args),
     /// Check every hash chain, decryption and posting of a log.
@@ -43,6 +48,9 @@ enum Commands {
     Replay(replay::Args),
     /// Print every log entry as one JSON object per line.
     Dump(dump::Args),
+    /// Export events, a sales summary (csv, jsonl) or a machine's EVA-DTS
+    /// audit file (dex).
+    Export(export::Args),
     /// Create store, cluster and machine keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -64,10 +72,12 @@ enum Commands {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Commands::Demo(args) => demo::run(args),
         Commands::Simulate(args) => simulate::run(args),
         Commands::Verify(args) => verify::run(args),
         Commands::Replay(args) => replay::run(args),
         Commands::Dump(args) => dump::run(args),
+        Commands::Export(args) => export::run(args),
         Commands::Keys(command) => keys::run(command),
         Commands::Cluster(command) => cluster::run(command),
         Commands::Status(args) => cluster::status(args),

@@ -2,10 +2,12 @@
 //! prints inventory, cash and sales.
 
 use crate::say;
-use crate::util::{DataArgs, progress, rate};
-use anyhow::{Context, Result, bail};
+use crate::util::{Bound, DataArgs, parse_time, progress, rate};
+use anyhow::Result;
 use ledger::money::{Denomination, format_won};
+use ledger::operator::{AlertKey, CommandOutcome, OperatorRole, Operators};
 use ledger::projection::{FleetTotals, Period, Projection, SalesRow};
+use ledger::rules::RemoteAction;
 use ledger::{MachineId, Until, Won};
 use serde::Serialize;
 use std::process::ExitCode;
@@ -41,6 +43,46 @@ struct Report {
     totals: FleetTotals,
     machines: Vec<MachineReport>,
     sales: Vec<SalesRow>,
+    operators: OperatorsReport,
+}
+
+/// What operators did, as the log says: accounts (without their password
+/// hashes), commands for machines with their outcome, acknowledged alerts.
+#[derive(Serialize)]
+struct OperatorsReport {
+    records_applied: u64,
+    users: Vec<UserReport>,
+    commands: Vec<CommandReport>,
+    acknowledged_alerts: Vec<AlertReport>,
+}
+
+#[derive(Serialize)]
+struct UserReport {
+    name: String,
+    role: OperatorRole,
+    disabled: bool,
+    added_by: String,
+    added_at_ms: i64,
+}
+
+#[derive(Serialize)]
+struct CommandReport {
+    machine_id: MachineId,
+    command_id: u64,
+    action: RemoteAction,
+    requested_by: String,
+    requested_at_ms: i64,
+    gseq: u64,
+    outcome: CommandOutcome,
+}
+
+#[derive(Serialize)]
+struct AlertReport {
+    alert: AlertKey,
+    by: String,
+    at_ms: i64,
+    note: String,
+    gseq: u64,
 }
 
 #[derive(Serialize)]
@@ -71,7 +113,7 @@ struct SlotReport {
 pub fn run(args: Args) -> Result<ExitCode> {
     let until = match (args.until_gseq, &args.until) {
         (Some(gseq), _) => Until::Gseq(gseq),
-        (None, Some(text)) => Until::MachineTime(parse_until(text)?),
+        (None, Some(text)) => Until::MachineTime(parse_time("--until", text, Bound::End)?),
         (None, None) => Until::End,
     };
     let keyring = args.data.keyring()?;
@@ -92,25 +134,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         print_report(&report, args.period);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Parses `--until`: RFC 3339, or a civil date / date-time in KST.
-fn parse_until(text: &str) -> Result<i64> {
-    if let Ok(timestamp) = text.parse::<jiff::Timestamp>() {
-        return Ok(timestamp.as_millisecond());
-    }
-    let kst = jiff::tz::TimeZone::fixed(jiff::tz::offset(9));
-    // A bare date must be read as a date (through its last instant): jiff
-    // would also accept it as a date-time at midnight.
-    let civil = if let Ok(date) = text.parse::<jiff::civil::Date>() {
-        date.at(23, 59, 59, 999_999_999)
-    } else if let Ok(datetime) = text.parse::<jiff::civil::DateTime>() {
-        datetime
-    } else {
-        bail!("--until {text:?}: use an RFC 3339 timestamp, YYYY-MM-DD or YYYY-MM-DDTHH:MM");
-    };
-    let zoned = civil.to_zoned(kst).context("--until is out of range")?;
-    Ok(zoned.timestamp().as_millisecond())
 }
 
 fn build_report(projection: &Projection, period: Period, elapsed: std::time::Duration) -> Report {
@@ -154,6 +177,53 @@ fn build_report(projection: &Projection, period: Period, elapsed: std::time::Dur
         totals: projection.totals(),
         machines,
         sales: projection.sales.report(period, None),
+        operators: operators_report(&projection.operators),
+    }
+}
+
+fn operators_report(operators: &Operators) -> OperatorsReport {
+    let users = operators
+        .users
+        .iter()
+        .map(|(name, user)| UserReport {
+            name: name.clone(),
+            role: user.role,
+            disabled: user.disabled,
+            added_by: user.added_by.clone(),
+            added_at_ms: user.added_at_ms,
+        })
+        .collect();
+    let commands = operators
+        .commands
+        .iter()
+        .flat_map(|(machine, commands)| {
+            commands.iter().map(|(&command_id, command)| CommandReport {
+                machine_id: machine.clone(),
+                command_id,
+                action: command.action.clone(),
+                requested_by: command.requested_by.clone(),
+                requested_at_ms: command.requested_at_ms,
+                gseq: command.gseq,
+                outcome: command.outcome.clone(),
+            })
+        })
+        .collect();
+    let acknowledged_alerts = operators
+        .acknowledged
+        .iter()
+        .map(|(alert, ack)| AlertReport {
+            alert: alert.clone(),
+            by: ack.by.clone(),
+            at_ms: ack.at_ms,
+            note: ack.note.clone(),
+            gseq: ack.gseq,
+        })
+        .collect();
+    OperatorsReport {
+        records_applied: operators.records_applied,
+        users,
+        commands,
+        acknowledged_alerts,
     }
 }
 
@@ -173,6 +243,54 @@ fn print_report(report: &Report, period: Period) {
     }
     say!();
     print_sales(&report.sales, period);
+    print_operators(&report.operators);
+}
+
+/// Accounts and commands in a few lines (the JSON has every field).
+fn print_operators(operators: &OperatorsReport) {
+    if operators.records_applied == 0 {
+        return;
+    }
+    let count = |outcome: fn(&CommandOutcome) -> bool| {
+        operators
+            .commands
+            .iter()
+            .filter(|c| outcome(&c.outcome))
+            .count()
+    };
+    say!();
+    say!(
+        "operators: {} records; {} accounts; {} commands ({} applied, {} refused by the machine, {} pending); {} alerts acknowledged",
+        operators.records_applied,
+        operators.users.len(),
+        operators.commands.len(),
+        count(|o| matches!(o, CommandOutcome::Applied { .. })),
+        count(|o| matches!(o, CommandOutcome::Rejected { .. })),
+        count(|o| *o == CommandOutcome::Pending),
+        operators.acknowledged_alerts.len()
+    );
+    for user in &operators.users {
+        say!(
+            "  {:<20} {:<8}{}",
+            user.name,
+            user.role.as_str(),
+            if user.disabled { "  disabled" } else { "" }
+        );
+    }
+    for command in operators
+        .commands
+        .iter()
+        .filter(|c| c.outcome == CommandOutcome::Pending)
+    {
+        say!(
+            "  pending: {} command {} {:?} (asked by {}, gseq {})",
+            command.machine_id,
+            command.command_id,
+            command.action,
+            command.requested_by,
+            command.gseq
+        );
+    }
 }
 
 fn print_totals(t: &FleetTotals) {

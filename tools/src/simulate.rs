@@ -16,7 +16,14 @@ use std::process::ExitCode;
 use std::time::Instant;
 use workload::{SIMULATION_START_MS, SimMachine, WorkloadStats};
 
+/// The largest fleet one `simulate` drives (10,000 concurrent machine
+/// connections with --cluster).
+const MACHINES_MAX: u32 = 10_000;
+
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  vendctl simulate --offline --data /tmp/fleet --machines 10 --events-per-machine 10000\n  vendctl simulate --cluster /tmp/c --machines 10000 --memory-ledgers --rate 5000 --duration 60 --dark-percent 5 --json"
+)]
 pub struct Args {
     /// Write the log directly (no replicas, no network), into --data.
     #[arg(long, conflicts_with = "cluster", requires = "data")]
@@ -50,6 +57,24 @@ pub struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// With --cluster: events per second over the whole fleet (each machine
+    /// takes its share); as fast as the cluster takes them if not given.
+    #[arg(long, value_name = "EVENTS_PER_S", requires = "cluster")]
+    rate: Option<f64>,
+    /// With --cluster: sell for this many seconds instead of
+    /// --events-per-machine, then wait for every acknowledgement.
+    #[arg(long, value_name = "SECONDS", requires = "cluster")]
+    duration: Option<u64>,
+    /// With --cluster: every 20 s (the first 10 s in) this percentage of
+    /// the machines goes dark together for 0.3-1.5 s, keeps selling, and
+    /// comes back with a backlog; these are then the only outages.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100), requires = "cluster")]
+    dark_percent: u8,
+    /// With --cluster: machines keep their own events in memory instead of
+    /// a RocksDB ledger each (for thousands of machines: they only make
+    /// load; a crashed load generator cannot resend).
+    #[arg(long, requires = "cluster")]
+    memory_ledgers: bool,
 }
 
 #[derive(Serialize)]
@@ -66,8 +91,13 @@ struct Summary {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    if args.machines == 0 || args.machines > 9_999 {
-        bail!("--machines must be between 1 and 9999");
+    if args.machines == 0 || args.machines > MACHINES_MAX {
+        bail!("--machines must be between 1 and {MACHINES_MAX}");
+    }
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        bail!("--rate must be a positive number of events per second");
     }
     if let Some(cluster) = &args.cluster {
         return crate::fleet::run(crate::fleet::FleetArgs {
@@ -76,6 +106,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             events_per_machine: args.events_per_machine,
             seed: args.seed,
             timeout_s: args.timeout_s,
+            rate: args.rate,
+            duration: args.duration.map(std::time::Duration::from_secs),
+            dark_percent: args.dark_percent,
+            memory_ledgers: args.memory_ledgers,
         });
     }
     let data = offline_data(&args)?;

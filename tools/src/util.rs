@@ -1,6 +1,6 @@
 //! Shared helpers: data-directory layout, opening a log, progress bars.
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ledger::keys::Keyring;
 use ledger::store::{LogStore, StoreError};
@@ -101,4 +101,68 @@ pub fn emit_line(text: &str) {
 macro_rules! say {
     () => { $crate::util::emit_line("") };
     ($($arg:tt)*) => { $crate::util::emit_line(&format!($($arg)*)) };
+}
+
+/// Which end of a period a bare date stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// Its first instant (`--from 2026-11-30` includes that day).
+    Start,
+    /// Its last instant (`--until 2026-11-30` runs through that day).
+    End,
+}
+
+/// Parses a time given on the command line: an RFC 3339 timestamp, or a
+/// civil date or date-time in Korean time, as milliseconds since the epoch.
+/// `flag` names the option in the error.
+pub fn parse_time(flag: &str, text: &str, bound: Bound) -> Result<i64> {
+    if let Ok(timestamp) = text.parse::<jiff::Timestamp>() {
+        return Ok(timestamp.as_millisecond());
+    }
+    let kst = jiff::tz::TimeZone::fixed(jiff::tz::offset(9));
+    // A bare date must be read as a date: jiff would also accept it as a
+    // date-time at midnight.
+    let civil = if let Ok(date) = text.parse::<jiff::civil::Date>() {
+        match bound {
+            Bound::Start => date.at(0, 0, 0, 0),
+            Bound::End => date.at(23, 59, 59, 999_999_999),
+        }
+    } else if let Ok(datetime) = text.parse::<jiff::civil::DateTime>() {
+        datetime
+    } else {
+        bail!(
+            "{flag} {text:?}: use an RFC 3339 timestamp, YYYY-MM-DD or YYYY-MM-DDTHH:MM (Korean time)"
+        );
+    };
+    let zoned = civil
+        .to_zoned(kst)
+        .with_context(|| format!("{flag} {text:?} is out of range"))?;
+    Ok(zoned.timestamp().as_millisecond())
+}
+
+/// A time as Korean wall-clock time, `2026-11-30 16:05:03.120`.
+pub fn kst_text(at_ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(at_ms).map_or_else(
+        |_| format!("invalid time {at_ms} ms"),
+        |t| {
+            t.to_zoned(jiff::tz::TimeZone::fixed(jiff::tz::offset(9)))
+                .strftime("%Y-%m-%d %H:%M:%S")
+                .to_string()
+                + &format!(".{:03}", at_ms.rem_euclid(1_000))
+        },
+    )
+}
+
+/// A time in UTC, RFC 3339 with milliseconds: `2026-11-30T07:05:03.120Z`.
+pub fn utc_text(at_ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(at_ms).map_or_else(
+        |_| format!("invalid time {at_ms} ms"),
+        |t| {
+            format!(
+                "{}.{:03}Z",
+                t.strftime("%Y-%m-%dT%H:%M:%S"),
+                at_ms.rem_euclid(1_000)
+            )
+        },
+    )
 }

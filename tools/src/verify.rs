@@ -68,9 +68,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     match result {
         Ok(summary) => {
             say!(
-                "ok: {} entries, {} machines, {} closed segments, head {} ({:.0} entries/s)",
+                "ok: {} entries, {} machines, {} operator records, {} closed segments, head {} ({:.0} entries/s)",
                 summary.entries,
                 summary.machines,
+                summary.operator_records,
                 summary.segments,
                 hex32(&summary.head_hash),
                 rate(summary.entries, started.elapsed())

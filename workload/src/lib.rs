@@ -38,6 +38,8 @@ pub struct SimMachine {
     core: MachineCore,
     rng: ChaCha8Rng,
     clock_ms: i64,
+    /// Stamp decisions with the wall clock instead of simulated time.
+    wall_clock: bool,
     plan: VecDeque<Command>,
     customers_since_service: u32,
 }
@@ -48,6 +50,7 @@ impl SimMachine {
             core: MachineCore::new(id, machine_key),
             rng: ChaCha8Rng::seed_from_u64(seed),
             clock_ms: start_ms,
+            wall_clock: false,
             plan: VecDeque::new(),
             customers_since_service: 0,
         }
@@ -63,6 +66,27 @@ impl SimMachine {
 
     pub fn clock_ms(&self) -> i64 {
         self.clock_ms
+    }
+
+    /// From now on every decision is stamped with the wall clock (never
+    /// earlier than the last one), for machines that sell in real time, as
+    /// in `vendctl demo`; the simulated pauses between customers are left
+    /// to whoever paces the steps.
+    pub fn follow_wall_clock(&mut self) {
+        self.wall_clock = true;
+    }
+
+    /// Moves the clock on by a simulated pause drawn from `range`, or to
+    /// the wall clock's now.
+    fn advance(&mut self, range: std::ops::Range<i64>) {
+        if self.wall_clock {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            self.clock_ms = self.clock_ms.max(now);
+        } else {
+            self.clock_ms += self.rng.random_range(range);
+        }
     }
 
     /// The machine restarted with `core`, rebuilt from what it had stored;
@@ -84,6 +108,33 @@ impl SimMachine {
         let prepared = self.next_decision();
         store(&prepared)?;
         Ok(self.core.commit(prepared))
+    }
+
+    /// What the machine app does with a command from the dashboard (see
+    /// `vm-iced`'s `UplinkReport::Remote`): the machine's own rules decide
+    /// it (applied, refused with a reason, or a resend ignored), `store`
+    /// keeps the events durably, and only then are they applied. Returns
+    /// the envelopes applied (none for a resend).
+    pub fn remote<E>(
+        &mut self,
+        command: ledger::rules::RemoteCommand,
+        store: impl FnOnce(&Prepared) -> Result<(), E>,
+    ) -> Result<Vec<EventEnvelope>, E> {
+        self.clock_ms += 100;
+        let ctx = Context {
+            now_ms: self.clock_ms,
+            salt: [0; 16],
+            password_params: PasswordParams::Light,
+        };
+        match self.core.prepare(&Command::Remote(command), &ctx) {
+            Ok(prepared) if !prepared.is_empty() => {
+                store(&prepared)?;
+                Ok(self.core.commit(prepared))
+            }
+            // A resend of an applied command, or a machine not installed
+            // yet: nothing to record.
+            Ok(_) | Err(_) => Ok(Vec::new()),
+        }
     }
 
     /// [`SimMachine::step`] for callers whose storage is memory: the
@@ -108,7 +159,7 @@ impl SimMachine {
                     continue;
                 }
             };
-            self.clock_ms += self.rng.random_range(400..4_000);
+            self.advance(400..4_000);
             let ctx = Context {
                 now_ms: self.clock_ms,
                 salt: self.rng.random(),
@@ -152,7 +203,7 @@ impl SimMachine {
     /// one or two products, sometimes cancels, and takes the change.
     fn plan_customer(&mut self) {
         self.customers_since_service += 1;
-        self.clock_ms += self.rng.random_range(60_000..1_800_000);
+        self.advance(60_000..1_800_000);
         let available: Vec<(SlotId, Won)> = self
             .core
             .state()
@@ -206,7 +257,7 @@ impl SimMachine {
     /// top up the tubes, collect the cash, settle debts, adjust a price.
     fn plan_service(&mut self) {
         self.customers_since_service = 0;
-        self.clock_ms += self.rng.random_range(600_000..7_200_000);
+        self.advance(600_000..7_200_000);
         if self.rng.random_bool(0.05) {
             self.plan.push_back(Command::AdminLogin {
                 password: "wrong-password-1!".to_owned(),

@@ -31,6 +31,10 @@
       return kind.machine + " #" + kind.seq + " " + kind.event.replace(/_/g, " ") +
         (kind.detail ? " — " + kind.detail : "");
     }
+    if (kind.type === "operator") {
+      return (kind.machine ? kind.machine + " " : "") + kind.action.replace(/_/g, " ") +
+        " by " + kind.operator;
+    }
     if (kind.type === "epoch_started") {
       return "epoch " + entry.epoch + " started by " + kind.primary;
     }

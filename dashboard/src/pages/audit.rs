@@ -29,7 +29,7 @@ pub const PAGE_ENTRIES: usize = 50;
 pub const SCAN_ENTRIES_MAX: u64 = 20_000;
 
 /// Kinds offered in the filter (machine events, then the log's own).
-pub const KINDS: [&str; 21] = [
+pub const KINDS: [&str; 26] = [
     "product_purchased",
     "purchase_cancelled",
     "money_inserted",
@@ -51,6 +51,11 @@ pub const KINDS: [&str; 21] = [
     "admin_password_changed",
     "remote_command_rejected",
     "epoch_started",
+    "user_added",
+    "user_disabled",
+    "password_changed",
+    "command_requested",
+    "alert_acknowledged",
 ];
 
 #[derive(Deserialize, Default, Clone)]
@@ -125,6 +130,7 @@ fn time_param(text: Option<&str>, end: bool) -> Result<Option<i64>, Problem> {
 pub fn kind_label(entry: &LogEntryView) -> String {
     match &entry.kind {
         EntryKind::Event { event, .. } => event.clone(),
+        EntryKind::Operator { action, .. } => action.clone(),
         other => serde_json::to_value(other)
             .ok()
             .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
@@ -466,6 +472,11 @@ fn entry_table(entries: &[LogEntryView]) -> Markup {
                                 }
                                 EntryKind::EpochStarted { primary } => {
                                     td.muted { "—" } td {} td { "epoch started by " (primary) }
+                                }
+                                EntryKind::Operator { operator, action, machine, .. } => {
+                                    td { @if let Some(m) = machine { a href={"/machines/" (m)} { (m) } } @else { span.muted { "—" } } }
+                                    td {}
+                                    td { (action.replace('_', " ")) div.muted { "by " (operator) } }
                                 }
                                 EntryKind::Unreadable { problem } => {
                                     td.muted { "—" } td {} td.short { "unreadable: " (problem) }

@@ -496,6 +496,10 @@ pub fn event_table(entries: &[LogEntryView]) -> Markup {
                                 EntryKind::EpochStarted { primary } => {
                                     td.muted { "—" } td {} td { "epoch " (entry.epoch) " started by " (primary) } td { (format::time(entry.logged_ms)) }
                                 }
+                                EntryKind::Operator { operator, action, machine, at_ms } => {
+                                    td { @if let Some(m) = machine { (m) } } td {}
+                                    td { (action.replace('_', " ")) div.muted { "by " (operator) } } td { (format::time(*at_ms)) }
+                                }
                                 EntryKind::Unreadable { problem } => {
                                     td.muted { "—" } td {} td.short { "unreadable: " (problem) } td {}
                                 }

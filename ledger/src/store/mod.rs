@@ -27,9 +27,10 @@ use crate::crypto::{Hash32, SecretKey};
 use crate::event::EventEnvelope;
 use crate::ids::MachineId;
 use crate::keys::ChainKeys;
+use crate::operator::{OPERATOR_RECORD_BYTES_MAX, OperatorRecord};
 use backend::{Backend, Batch, IndexRow, StoredState, Truncation};
 use record::{
-    ChainError, EntryBody, LogEntry, Payload, REPLICA_NAME_BYTES_MAX, ReplicatedRecord,
+    ChainError, Content, EntryBody, LogEntry, Payload, REPLICA_NAME_BYTES_MAX, ReplicatedRecord,
     SignedEvent, check_machine_chain,
 };
 use rocks::RocksBackend;
@@ -193,14 +194,32 @@ pub enum EventRejection {
     Conflict { seq: u64 },
     #[error(transparent)]
     Chain(#[from] ChainError),
+    #[error("operator record refused: {0}")]
+    Operator(String),
 }
 
-/// The result of an append: one outcome per submitted event, plus the new
-/// entries (with their decoded events) for projections to apply.
+/// What a primary appends to the fleet log: a machine's event, or what an
+/// operator did. Both are proposed, replicated, committed and fenced the
+/// same way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Proposed {
+    Event(SignedEvent),
+    Operator(OperatorRecord),
+}
+
+/// A [`Proposed`] entry, borrowed.
+#[derive(Clone, Copy, Debug)]
+enum ProposedRef<'a> {
+    Event(&'a SignedEvent),
+    Operator(&'a OperatorRecord),
+}
+
+/// The result of an append: one outcome per submitted entry, plus the new
+/// entries (with what they carry, decoded) for projections to apply.
 #[derive(Debug, Default)]
 pub struct AppendOutcome {
     pub results: Vec<Appended>,
-    pub new_entries: Vec<(LogEntry, EventEnvelope)>,
+    pub new_entries: Vec<(LogEntry, Content)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -361,32 +380,73 @@ impl<B: Backend> LogStore<B> {
         events: &[SignedEvent],
         keys: &dyn ChainKeys,
     ) -> Result<AppendOutcome, StoreError> {
-        if events.len() > APPEND_BATCH_MAX {
-            return Err(StoreError::BatchTooLarge(events.len()));
+        let items = events.iter().map(ProposedRef::Event);
+        self.append_items(epoch, logged_ms, events.len(), items, keys)
+    }
+
+    /// Appends what a primary proposed, machine events and operator records
+    /// in the order given, in one atomic batch: events as
+    /// [`append_events`](Self::append_events) does, operator records as
+    /// they are (refused only when their encoding is over
+    /// `OPERATOR_RECORD_BYTES_MAX`).
+    pub fn append(
+        &mut self,
+        epoch: u64,
+        logged_ms: i64,
+        entries: &[Proposed],
+        keys: &dyn ChainKeys,
+    ) -> Result<AppendOutcome, StoreError> {
+        let items = entries.iter().map(|entry| match entry {
+            Proposed::Event(event) => ProposedRef::Event(event),
+            Proposed::Operator(record) => ProposedRef::Operator(record),
+        });
+        self.append_items(epoch, logged_ms, entries.len(), items, keys)
+    }
+
+    fn append_items<'a>(
+        &mut self,
+        epoch: u64,
+        logged_ms: i64,
+        count: usize,
+        items: impl Iterator<Item = ProposedRef<'a>>,
+        keys: &dyn ChainKeys,
+    ) -> Result<AppendOutcome, StoreError> {
+        if count > APPEND_BATCH_MAX {
+            return Err(StoreError::BatchTooLarge(count));
         }
         let mut pending = PendingBatch::new(self);
         let mut outcome = AppendOutcome::default();
-        for event in events {
-            let result = match pending.admit(self, event, keys)? {
-                Admission::Append(envelope) => {
+        for item in items {
+            let admitted = match item {
+                ProposedRef::Event(event) => match pending.admit(self, event, keys)? {
+                    Admission::Append(envelope) => Ok((
+                        Payload::Event {
+                            machine_id: envelope.machine_id.clone(),
+                            machine_seq: envelope.machine_seq,
+                            event: event.clone(),
+                        },
+                        Content::Event(envelope),
+                    )),
+                    Admission::Duplicate(gseq) => Err(Appended::Duplicate { gseq }),
+                    Admission::Reject(why) => Err(Appended::Rejected(why)),
+                },
+                ProposedRef::Operator(record) => operator_entry(record),
+            };
+            let result = match admitted {
+                Ok((payload, content)) => {
                     let gseq = pending.head.gseq + 1;
                     let body = EntryBody {
                         gseq,
                         epoch,
                         logged_ms,
-                        payload: Payload::Event {
-                            machine_id: envelope.machine_id.clone(),
-                            machine_seq: envelope.machine_seq,
-                            event: event.clone(),
-                        },
+                        payload,
                     };
                     let (entry, bytes) = LogEntry::seal_body(body, pending.head.hash);
                     pending.push(self, &entry, bytes);
-                    outcome.new_entries.push((entry, envelope));
+                    outcome.new_entries.push((entry, content));
                     Appended::New { gseq }
                 }
-                Admission::Duplicate(gseq) => Appended::Duplicate { gseq },
-                Admission::Reject(why) => Appended::Rejected(why),
+                Err(reported) => reported,
             };
             outcome.results.push(result);
         }
@@ -396,25 +456,25 @@ impl<B: Backend> LogStore<B> {
 
     /// Appends records replicated from the primary, which already carry
     /// their gseq, epoch and chain link. They must continue this log exactly;
-    /// anything else is an error and nothing is written. Returns each
-    /// record's decoded event (`None` for a marker).
+    /// anything else is an error and nothing is written. Returns what each
+    /// record carries, decoded.
     pub fn append_replicated(
         &mut self,
         records: &[ReplicatedRecord],
         keys: &dyn ChainKeys,
-    ) -> Result<Vec<Option<EventEnvelope>>, StoreError> {
+    ) -> Result<Vec<Content>, StoreError> {
         if records.len() > APPEND_BATCH_MAX {
             return Err(StoreError::BatchTooLarge(records.len()));
         }
         let mut pending = PendingBatch::new(self);
-        let mut envelopes = Vec::with_capacity(records.len());
+        let mut contents = Vec::with_capacity(records.len());
         for record in records {
-            let envelope = pending.admit_replicated(self, record.entry(), keys)?;
+            let content = pending.admit_replicated(self, record.entry(), keys)?;
             pending.push(self, record.entry(), record.bytes().to_vec());
-            envelopes.push(envelope);
+            contents.push(content);
         }
         self.commit(pending)?;
-        Ok(envelopes)
+        Ok(contents)
     }
 
     /// Appends the marker with which a newly elected primary opens `epoch`
@@ -740,6 +800,24 @@ enum Admission {
     Reject(EventRejection),
 }
 
+/// The payload of a new entry and what it carries, or what to report
+/// instead of appending it.
+type NewEntry = Result<(Payload, Content), Appended>;
+
+/// The rule for an operator record the primary proposes: it must fit the
+/// limit every replica applies when it decodes it.
+fn operator_entry(record: &OperatorRecord) -> NewEntry {
+    let bytes = record.encode();
+    if bytes.len() > OPERATOR_RECORD_BYTES_MAX {
+        return Err(Appended::Rejected(EventRejection::Operator(format!(
+            "{} bytes encoded, more than {OPERATOR_RECORD_BYTES_MAX}",
+            bytes.len()
+        ))));
+    }
+    let content = Content::Operator(record.clone());
+    Ok((Payload::Operator { record: bytes }, content))
+}
+
 /// A batch being built, with the heads it will leave behind.
 struct PendingBatch {
     batch: Batch,
@@ -813,14 +891,15 @@ impl PendingBatch {
         Ok(Admission::Append(envelope))
     }
 
-    /// The rule for one replicated entry: it continues the fleet chain, and
-    /// its event (if any) continues its machine's chain.
+    /// The rule for one replicated entry: it continues the fleet chain, its
+    /// event (if any) continues its machine's chain, and an operator record
+    /// decodes.
     fn admit_replicated<B: Backend>(
         &self,
         store: &LogStore<B>,
         entry: &LogEntry,
         keys: &dyn ChainKeys,
-    ) -> Result<Option<EventEnvelope>, StoreError> {
+    ) -> Result<Content, StoreError> {
         let gseq = entry.body.gseq;
         let not_contiguous = |problem: String| StoreError::NotContiguous { gseq, problem };
         if gseq != self.head.gseq + 1 {
@@ -843,7 +922,12 @@ impl PendingBatch {
         let (machine_id, machine_seq, event) = match &entry.body.payload {
             Payload::EpochStarted { primary } => {
                 check_marker(self.head.epoch, entry.body.epoch, primary).map_err(not_contiguous)?;
-                return Ok(None);
+                return Ok(Content::Marker);
+            }
+            Payload::Operator { record } => {
+                let record = OperatorRecord::decode(record)
+                    .map_err(|e| not_contiguous(format!("undecodable operator record: {e}")))?;
+                return Ok(Content::Operator(record));
             }
             Payload::Event {
                 machine_id,
@@ -863,7 +947,7 @@ impl PendingBatch {
                 "entry and event disagree on machine or sequence".into(),
             ));
         }
-        Ok(Some(envelope))
+        Ok(Content::Event(envelope))
     }
 
     /// Adds an entry whose links were already checked.

@@ -7,21 +7,25 @@
 //! hash     = blake3(record)
 //! ```
 //!
-//! Almost every entry carries a machine's event. The exception is the
-//! marker a newly elected primary appends to open its epoch: it lets the
-//! primary commit entries of earlier epochs (which it may only count once an
-//! entry of its own epoch is replicated) and shows auditors where each
-//! primary's reign began.
+//! Almost every entry carries a machine's event. The exceptions are the
+//! marker a newly elected primary appends to open its epoch (it lets the
+//! primary commit entries of earlier epochs, which it may only count once an
+//! entry of its own epoch is replicated, and shows auditors where each
+//! primary's reign began), and what operators do through the dashboard
+//! (accounts, commands for machines, acknowledged alerts), which the primary
+//! writes as [`OperatorRecord`]s so every replica has them.
 //!
 //! The record bytes are what is sealed at rest and what replication ships,
 //! so every replica hashes exactly the same bytes. The machine's encoded
 //! event is carried as opaque bytes inside the body: its keyed chain hash is
-//! over those bytes, so it stays verifiable across format upgrades.
+//! over those bytes, so it stays verifiable across format upgrades. An
+//! operator record is carried the same way, as its own versioned bytes.
 
 use crate::crypto::{Hash32, chain_hash};
 use crate::event::{DecodeError, EVENT_BYTES_MAX, EventEnvelope};
 use crate::ids::MachineId;
 use crate::keys::ChainKeys;
+use crate::operator::{OPERATOR_RECORD_BYTES_MAX, OperatorRecord};
 use serde::{Deserialize, Serialize};
 
 pub const RECORD_FORMAT_VERSION: u8 = 1;
@@ -29,6 +33,9 @@ pub const RECORD_FORMAT_VERSION: u8 = 1;
 /// plus the entry fields (at most about 160 bytes).
 pub const RECORD_BYTES_MAX: usize = EVENT_BYTES_MAX + 176;
 const HEADER_BYTES: usize = 1 + 32;
+// An operator record is never larger than an event, so its entry fits the
+// same record limit (and one replication datagram).
+const _: () = assert!(OPERATOR_RECORD_BYTES_MAX <= EVENT_BYTES_MAX);
 
 /// An event as a machine signed it: its encoded bytes and its chain hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +74,31 @@ pub enum Payload {
     },
     /// A primary was elected for `epoch` (the entry's epoch) and opened it.
     EpochStarted { primary: String },
+    /// What an operator did, as [`OperatorRecord::encode`] bytes (written
+    /// by the primary; a machine's own ledger never holds one).
+    Operator {
+        #[serde(with = "serde_bytes")]
+        record: Vec<u8>,
+    },
+}
+
+/// What an entry carries, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    Event(EventEnvelope),
+    Operator(OperatorRecord),
+    /// An epoch marker.
+    Marker,
+}
+
+impl Content {
+    /// The machine event, if the entry carries one.
+    pub fn event(&self) -> Option<&EventEnvelope> {
+        match self {
+            Content::Event(envelope) => Some(envelope),
+            Content::Operator(_) | Content::Marker => None,
+        }
+    }
 }
 
 /// Longest replica name accepted in an epoch marker.
@@ -81,7 +113,15 @@ impl EntryBody {
                 machine_seq,
                 event,
             } => Some((machine_id, *machine_seq, event)),
-            Payload::EpochStarted { .. } => None,
+            Payload::EpochStarted { .. } | Payload::Operator { .. } => None,
+        }
+    }
+
+    /// The operator record's bytes, if this entry carries one.
+    pub fn operator_record(&self) -> Option<&[u8]> {
+        match &self.payload {
+            Payload::Operator { record } => Some(record),
+            Payload::Event { .. } | Payload::EpochStarted { .. } => None,
         }
     }
 }
@@ -99,8 +139,12 @@ impl LogEntry {
     /// Builds the record for `body` after `prev_hash`; returns the entry and
     /// its bytes.
     pub fn seal_body(body: EntryBody, prev_hash: Hash32) -> (LogEntry, Vec<u8>) {
-        let event_bytes = body.machine_event().map_or(0, |(_, _, e)| e.bytes.len());
-        let mut bytes = Vec::with_capacity(HEADER_BYTES + 64 + event_bytes);
+        let carried = match &body.payload {
+            Payload::Event { event, .. } => event.bytes.len(),
+            Payload::Operator { record } => record.len(),
+            Payload::EpochStarted { .. } => 0,
+        };
+        let mut bytes = Vec::with_capacity(HEADER_BYTES + 64 + carried);
         bytes.push(RECORD_FORMAT_VERSION);
         bytes.extend_from_slice(&prev_hash);
         rmp_serde::encode::write(&mut bytes, &body).expect("encoding to a Vec cannot fail");
@@ -144,7 +188,7 @@ impl LogEntry {
         Ok((prev_hash, body))
     }
 
-    /// The machine's event, decoded; `None` for an epoch marker.
+    /// The machine's event, decoded; `None` for an entry without one.
     pub fn envelope(&self) -> Result<Option<EventEnvelope>, DecodeError> {
         self.body
             .machine_event()
@@ -152,9 +196,19 @@ impl LogEntry {
             .transpose()
     }
 
-    /// Decodes only the machine's event from record bytes, borrowing instead
-    /// of copying (the replay hot path); `None` for an epoch marker.
-    pub fn decode_event(bytes: &[u8]) -> Result<Option<EventEnvelope>, DecodeError> {
+    /// What the entry carries, decoded.
+    pub fn content(&self) -> Result<Content, DecodeError> {
+        Ok(match &self.body.payload {
+            Payload::Event { event, .. } => Content::Event(event.envelope()?),
+            Payload::Operator { record } => Content::Operator(OperatorRecord::decode(record)?),
+            Payload::EpochStarted { .. } => Content::Marker,
+        })
+    }
+
+    /// Decodes only what record bytes carry (the machine's event, the
+    /// operator's record), borrowing instead of copying: the replay hot
+    /// path.
+    pub fn decode_content(bytes: &[u8]) -> Result<Content, DecodeError> {
         #[derive(Deserialize)]
         struct SignedEventRef<'a> {
             #[serde(borrow)]
@@ -175,6 +229,10 @@ impl LogEntry {
             EpochStarted {
                 primary: &'a str,
             },
+            Operator {
+                #[serde(borrow)]
+                record: &'a serde_bytes::Bytes,
+            },
         }
         #[derive(Deserialize)]
         #[allow(dead_code)]
@@ -194,10 +252,11 @@ impl LogEntry {
         }
         let body = bytes.get(HEADER_BYTES..).ok_or(DecodeError::Empty)?;
         let body: EntryBodyRef<'_> = rmp_serde::from_slice(body)?;
-        match body.payload {
-            PayloadRef::Event { event, .. } => EventEnvelope::decode(event.bytes).map(Some),
-            PayloadRef::EpochStarted { .. } => Ok(None),
-        }
+        Ok(match body.payload {
+            PayloadRef::Event { event, .. } => Content::Event(EventEnvelope::decode(event.bytes)?),
+            PayloadRef::Operator { record } => Content::Operator(OperatorRecord::decode(record)?),
+            PayloadRef::EpochStarted { .. } => Content::Marker,
+        })
     }
 }
 

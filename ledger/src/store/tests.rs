@@ -5,7 +5,11 @@ use crate::crypto::SecretKey;
 use crate::keys::SingleMachineKey;
 use crate::machine::MachineCore;
 use crate::money::{Denomination, MoneyKind};
+use crate::operator::{
+    AlertKey, AlertKind, CommandOutcome, OperatorAction, OperatorRecord, OperatorRole,
+};
 use crate::rules::{Command, Context};
+use crate::rules::{RemoteAction, RemoteCommand};
 use crate::state::{DEFAULT_STACKER_CAPACITY_BILLS, DEFAULT_TUBE_CAPACITY};
 use crate::store::record::ReplicatedRecord;
 use std::path::PathBuf;
@@ -83,9 +87,21 @@ impl Fixture {
             },
             Command::ReturnChange,
         ];
+        let commands: Vec<Command> = setup
+            .into_iter()
+            .chain(customer.into_iter().cycle().take(count))
+            .collect();
+        let mut out = self.stream(&commands, count);
+        out.truncate(count);
+        out
+    }
+
+    /// The machine's events for `commands`, in order, until there are
+    /// `count` of them (every command must be accepted).
+    fn stream(&self, commands: &[Command], count: usize) -> Vec<SignedEvent> {
         let mut core = MachineCore::new(self.machine.clone(), &self.machine_key);
         let mut out = Vec::new();
-        for (n, command) in (0..).zip(setup.iter().chain(customer.iter().cycle())) {
+        for (n, command) in (0..).zip(commands) {
             if out.len() >= count {
                 break;
             }
@@ -98,7 +114,6 @@ impl Fixture {
             out.extend_from_slice(prepared.signed());
             core.commit(prepared);
         }
-        out.truncate(count);
         out
     }
 }
@@ -538,7 +553,13 @@ fn epoch_markers_open_epochs_replicate_and_verify() {
     .unwrap();
     let entries = replicated(&primary);
     let envelopes = follower.append_replicated(&entries, &fx.keys()).unwrap();
-    assert_eq!(envelopes.iter().filter(|e| e.is_none()).count(), 2);
+    assert_eq!(
+        envelopes
+            .iter()
+            .filter(|c| matches!(c, Content::Marker))
+            .count(),
+        2
+    );
     assert_eq!(follower.head(), primary.head());
 
     // Truncating back across the second marker restores epoch 1's head.
@@ -547,4 +568,244 @@ fn epoch_markers_open_epochs_replicate_and_verify() {
     assert_eq!(primary.machine_head(&fx.machine).seq, 3);
     primary.append_marker(2, 14, "replica-3").unwrap();
     crate::verify::verify_log(&primary, &fx.keys(), &mut |_| {}).unwrap();
+}
+
+fn operator_record(action: OperatorAction) -> OperatorRecord {
+    OperatorRecord {
+        operator: "kim".into(),
+        at_ms: 1_767_193_300_000,
+        action,
+    }
+}
+
+fn password_hash() -> String {
+    crate::admin::hash_password("s3cret-pass!", &[3; 16], PasswordParams::Light).unwrap()
+}
+
+fn command(machine: &MachineId, command_id: u64, action: RemoteAction) -> OperatorRecord {
+    operator_record(OperatorAction::CommandRequested {
+        machine: machine.clone(),
+        command_id,
+        action,
+    })
+}
+
+#[test]
+fn operator_records_are_entries_of_the_fleet_log_like_any_other() {
+    let fx = Fixture::new();
+    let events = fx.events(3);
+    let mut primary = fx.open();
+    primary.append_marker(1, 10, "replica-1").unwrap();
+    let mut proposal: Vec<Proposed> = events.iter().cloned().map(Proposed::Event).collect();
+    proposal.push(Proposed::Operator(operator_record(
+        OperatorAction::UserAdded {
+            name: "kim".into(),
+            role: OperatorRole::Admin,
+            password_hash: password_hash(),
+        },
+    )));
+    let set_price = RemoteAction::SetPrice {
+        slot: crate::ids::SlotId(1),
+        price: 600,
+    };
+    proposal.push(Proposed::Operator(command(&fx.machine, 1, set_price)));
+    let outcome = primary.append(1, 11, &proposal, &fx.keys()).unwrap();
+    assert_eq!(new_gseqs(&outcome), [2, 3, 4, 5, 6]);
+    let entry = primary.get(6).unwrap().unwrap();
+    assert_eq!(entry.body.machine_event(), None);
+    let Content::Operator(record) = entry.content().unwrap() else {
+        panic!("an operator entry");
+    };
+    assert_eq!(Proposed::Operator(record), proposal[4]);
+    // The machine's stream is untouched by them; segments count them.
+    assert_eq!(primary.machine_head(&fx.machine).seq, 3);
+    assert_eq!(primary.segments().unwrap().len(), 1);
+    let summary = crate::verify::verify_log(&primary, &fx.keys(), &mut |_| {}).unwrap();
+    assert_eq!((summary.entries, summary.operator_records), (6, 2));
+
+    // A follower takes the same bytes and has the same chain.
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = LogStore::open(
+        &follower_dir.path().join("log"),
+        &SecretKey::generate(),
+        OpenOptions {
+            create: true,
+            segment_entries: 4,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    let contents = follower
+        .append_replicated(&replicated(&primary), &fx.keys())
+        .unwrap();
+    let operators = contents
+        .iter()
+        .filter(|c| matches!(c, Content::Operator(_)))
+        .count();
+    assert_eq!(operators, 2);
+    assert_eq!(follower.head(), primary.head());
+
+    // A truncation drops them like any entry, and appending resumes.
+    primary.truncate_after(4).unwrap();
+    assert_eq!(primary.head().gseq, 4);
+    let again = primary.append(1, 12, &proposal[4..], &fx.keys()).unwrap();
+    assert_eq!(new_gseqs(&again), [5]);
+    crate::verify::verify_log(&primary, &fx.keys(), &mut |_| {}).unwrap();
+}
+
+#[test]
+fn oversized_and_garbled_operator_records_never_enter_a_log() {
+    let fx = Fixture::new();
+    let mut primary = fx.open();
+    primary.append_marker(1, 10, "replica-1").unwrap();
+    let huge = operator_record(OperatorAction::AlertAcknowledged {
+        alert: AlertKey {
+            kind: AlertKind::LowStock,
+            machine: fx.machine.clone(),
+            slot: None,
+        },
+        note: "가".repeat(400),
+    });
+    let outcome = primary
+        .append(1, 11, &[Proposed::Operator(huge)], &fx.keys())
+        .unwrap();
+    assert!(matches!(
+        &outcome.results[..],
+        [Appended::Rejected(EventRejection::Operator(_))]
+    ));
+    assert_eq!(primary.head().gseq, 1, "nothing written");
+
+    // A replicated entry whose operator record does not decode is refused.
+    let body = EntryBody {
+        gseq: 2,
+        epoch: 1,
+        logged_ms: 12,
+        payload: Payload::Operator {
+            record: vec![crate::operator::OPERATOR_RECORD_VERSION, 0xc1],
+        },
+    };
+    let (_, bytes) = LogEntry::seal_body(body, primary.head().hash);
+    let record = ReplicatedRecord::decode(bytes).unwrap();
+    let error = primary
+        .append_replicated(&[record], &fx.keys())
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("undecodable operator record"),
+        "{error}"
+    );
+    assert_eq!(primary.head().gseq, 1);
+}
+
+/// Accounts, commands and acknowledged alerts in the projection: live, in a
+/// replay, and from a checkpoint; a command is pending until its machine's
+/// own event answers it (applied, or refused with the reason).
+#[test]
+fn the_projection_follows_operators_and_the_machines_answers() {
+    let fx = Fixture::new();
+    let slot = crate::ids::SlotId(1);
+    let password = "vend-admin-1!".to_owned();
+    let install = [Command::Install {
+        slots: default_catalog(),
+        tube_capacity: DEFAULT_TUBE_CAPACITY,
+        stacker_capacity_bills: DEFAULT_STACKER_CAPACITY_BILLS,
+        admin_password: password,
+    }];
+    let installed = fx.stream(&install, usize::MAX);
+    let set_price = RemoteAction::SetPrice { slot, price: 600 };
+    let bad_slot = RemoteAction::SetPrice {
+        slot: crate::ids::SlotId(60),
+        price: 600,
+    };
+    let remote = |command_id, action| Command::Remote(RemoteCommand { command_id, action });
+    let mut commands = install.to_vec();
+    commands.push(remote(1, set_price.clone()));
+    commands.push(remote(2, bad_slot.clone()));
+    let answered = fx.stream(&commands, usize::MAX);
+    assert_eq!(answered.len(), installed.len() + 2);
+
+    let mut ledger = crate::Ledger::with_store(fx.open()).unwrap();
+    ledger.append_events(1, 10, &installed, &fx.keys()).unwrap();
+    let alert = AlertKey {
+        kind: AlertKind::SoldOut,
+        machine: fx.machine.clone(),
+        slot: Some(slot),
+    };
+    let records = [
+        operator_record(OperatorAction::UserAdded {
+            name: "lee".into(),
+            role: OperatorRole::Auditor,
+            password_hash: password_hash(),
+        }),
+        operator_record(OperatorAction::UserDisabled { name: "lee".into() }),
+        command(&fx.machine, 1, set_price),
+        command(&fx.machine, 2, bad_slot),
+        operator_record(OperatorAction::AlertAcknowledged {
+            alert: alert.clone(),
+            note: "refilled".into(),
+        }),
+    ];
+    let proposal: Vec<Proposed> = records.iter().cloned().map(Proposed::Operator).collect();
+    let outcome = ledger.append(1, 11, &proposal, &fx.keys()).unwrap();
+    let request_gseqs = new_gseqs(&outcome);
+    let operators = &ledger.projection().operators;
+    assert!(operators.users["lee"].disabled);
+    assert_eq!(operators.pending_count(&fx.machine), 2);
+    assert_eq!(operators.acknowledged[&alert].by, "kim");
+    assert_eq!(
+        operators
+            .pending_commands(&fx.machine, request_gseqs[2], 10)
+            .len(),
+        1,
+        "only what is committed is delivered"
+    );
+    // The machine answers: command 1 applied, command 2 refused.
+    let outcome = ledger
+        .append_events(1, 12, &answered[installed.len()..], &fx.keys())
+        .unwrap();
+    let answers = new_gseqs(&outcome);
+    let commands = &ledger.projection().operators.commands[&fx.machine];
+    assert!(matches!(
+        commands[&1].outcome,
+        CommandOutcome::Applied { gseq, .. } if gseq == answers[0]
+    ));
+    assert!(matches!(
+        &commands[&2].outcome,
+        CommandOutcome::Rejected { gseq, reason } if *gseq == answers[1] && reason.contains("no slot 60")
+    ));
+    assert_eq!(commands[&1].gseq, request_gseqs[2]);
+    assert_eq!(ledger.projection().issue_count, 0);
+
+    // A replay and a checkpoint give the same projection.
+    let live = ledger.projection().clone();
+    let replayed = crate::ledger::rebuild(ledger.store(), crate::Until::End, &mut |_| {}).unwrap();
+    assert_eq!(replayed, live);
+    ledger.checkpoint().unwrap();
+    let reopened = crate::Ledger::with_store(ledger.into_store()).unwrap();
+    assert_eq!(*reopened.projection(), live);
+    // As of the request, the command is still pending.
+    let before = reopened
+        .projection_as_of(crate::Until::Gseq(request_gseqs[4]))
+        .unwrap();
+    assert_eq!(before.operators.pending_count(&fx.machine), 2);
+}
+
+/// A record that does not apply (an account disabled twice) is an issue of
+/// the projection and a failure of `verify`, which names its entry.
+#[test]
+fn an_operator_record_that_does_not_apply_is_reported() {
+    let fx = Fixture::new();
+    let mut ledger = crate::Ledger::with_store(fx.open()).unwrap();
+    let disable = Proposed::Operator(operator_record(OperatorAction::UserDisabled {
+        name: "nobody".into(),
+    }));
+    ledger.append(1, 11, &[disable], &fx.keys()).unwrap();
+    assert_eq!(ledger.projection().issue_count, 1);
+    assert!(
+        ledger.projection().operators.issues[0]
+            .problem
+            .contains("no operator account")
+    );
+    let failure = crate::verify::verify_log(ledger.store(), &fx.keys(), &mut |_| {}).unwrap_err();
+    assert_eq!(failure.gseq, Some(1));
+    assert!(failure.problem.contains("does not apply"), "{failure}");
 }

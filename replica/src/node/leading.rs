@@ -6,7 +6,7 @@ use super::{
     STREAM_WINDOW_RECORDS, Target,
 };
 use ledger::crypto::Hash32;
-use ledger::store::record::SignedEvent;
+use ledger::store::Proposed;
 
 /// What the primary knows of a follower.
 #[derive(Clone, Debug, Default)]
@@ -73,21 +73,23 @@ impl Node {
         }
     }
 
-    /// A batch of machine events to append (group commit: the shell passes
-    /// everything that arrived since the last call).
-    pub fn propose(&mut self, events: Vec<SignedEvent>) -> Result<Vec<Action>, NotPrimary> {
+    /// Entries to append: a batch of machine events (group commit: the
+    /// shell passes everything that arrived since the last call), or the
+    /// records of an operator's request. Both are appended in this epoch,
+    /// streamed, committed and fenced alike.
+    pub fn propose(&mut self, entries: Vec<Proposed>) -> Result<Vec<Action>, NotPrimary> {
         self.settle();
         if !self.accepts_writes() {
             let leader = self.leader().filter(|&l| l != self.config.id);
             return Err(NotPrimary::Follow(leader));
         }
-        Ok(vec![Action::AppendEvents {
+        Ok(vec![Action::Append {
             epoch: self.epoch,
-            events,
+            entries,
         }])
     }
 
-    /// The shell executed `AppendEvents` or `AppendMarker`.
+    /// The shell executed `Append` or `AppendMarker`.
     pub fn on_local_append(&mut self, log: &dyn LogView) -> Vec<Action> {
         self.settle();
         let mut out = Vec::new();

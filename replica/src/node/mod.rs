@@ -2,7 +2,8 @@
 //!
 //! [`Node`] is a deterministic state machine in the style of openraft's
 //! engine: the shell feeds it inputs — a datagram arrived, time passed, a
-//! batch of machine events wants appending, a disk write finished — and it
+//! batch of machine events and operator records wants appending, a disk
+//! write finished — and it
 //! returns [`Action`]s to execute in order: send this, append that, persist
 //! the vote, tell machines what is committed. It never touches a socket, a
 //! clock or a disk; it reads the log through [`LogView`]. The tokio shell
@@ -43,7 +44,8 @@ use crate::wire::{Message, NodeId, ReplayGuard};
 use following::Nak;
 use leading::Progress;
 use ledger::crypto::Hash32;
-use ledger::store::record::{ReplicatedRecord, SignedEvent};
+use ledger::store::Proposed;
+use ledger::store::record::ReplicatedRecord;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -122,11 +124,11 @@ pub enum Action {
         epoch: u64,
         voted_for: Option<NodeId>,
     },
-    /// Primary: append these machine events in `epoch`, then call
-    /// [`Node::on_local_append`].
-    AppendEvents {
+    /// Primary: append these machine events and operator records in
+    /// `epoch`, then call [`Node::on_local_append`].
+    Append {
         epoch: u64,
-        events: Vec<SignedEvent>,
+        entries: Vec<Proposed>,
     },
     /// New primary: append the marker opening `epoch`, then call
     /// [`Node::on_local_append`].
@@ -157,7 +159,7 @@ impl Action {
         matches!(
             self,
             Action::PersistVote { .. }
-                | Action::AppendEvents { .. }
+                | Action::Append { .. }
                 | Action::AppendMarker { .. }
                 | Action::AppendReplicated { .. }
                 | Action::TruncateAfter { .. }
@@ -488,8 +490,9 @@ impl Node {
         }
     }
 
-    /// Whether this node may accept machine events right now: it is the
-    /// primary and its epoch is open (the marker is in its log).
+    /// Whether this node may accept machine events and operator records
+    /// right now: it is the primary and its epoch is open (the marker is in
+    /// its log).
     pub fn accepts_writes(&self) -> bool {
         matches!(
             self.state,

@@ -6,7 +6,9 @@ use following::{NAK_HOLES_MAX, holes};
 use ledger::Ledger;
 use ledger::crypto::{Hash32, SecretKey};
 use ledger::keys::SingleMachineKey;
+use ledger::operator::{OperatorAction, OperatorRecord, OperatorRole};
 use ledger::store::memory::MemBackend;
+use ledger::store::record::SignedEvent;
 use ledger::store::{LogStore, SEGMENT_ENTRIES_DEFAULT};
 use workload::{SIMULATION_START_MS, SimMachine};
 
@@ -27,6 +29,19 @@ impl TestLog {
         keys: &SingleMachineKey,
     ) {
         self.0.append_events(epoch, at_ms, events, keys).unwrap();
+    }
+
+    /// Appends what a primary proposed (events and operator records).
+    fn append(&mut self, epoch: u64, entries: &[Proposed], keys: &SingleMachineKey) {
+        let outcome = self.0.append(epoch, 0, entries, keys).unwrap();
+        assert!(
+            outcome
+                .results
+                .iter()
+                .all(|r| matches!(r, ledger::store::Appended::New { .. })),
+            "{:?}",
+            outcome.results
+        );
     }
 
     fn append_marker(&mut self, epoch: u64, at_ms: i64, primary: &str) -> Result<(), String> {
@@ -392,16 +407,53 @@ fn machine_events(count: usize) -> (Vec<SignedEvent>, SingleMachineKey) {
     (events, SingleMachineKey::new(id, &key))
 }
 
+/// Machine events as a primary proposes them.
+fn proposed(events: &[SignedEvent]) -> Vec<Proposed> {
+    events.iter().cloned().map(Proposed::Event).collect()
+}
+
+/// An account and a command for machine 1, as operators' records.
+fn operator_records() -> Vec<Proposed> {
+    let password_hash = ledger::admin::hash_password(
+        "s3cret-pass!",
+        &[3; 16],
+        ledger::admin::PasswordParams::Light,
+    )
+    .unwrap();
+    let record = |action| {
+        Proposed::Operator(OperatorRecord {
+            operator: "vendctl".into(),
+            at_ms: 1_000,
+            action,
+        })
+    };
+    vec![
+        record(OperatorAction::UserAdded {
+            name: "kim".into(),
+            role: OperatorRole::Admin,
+            password_hash,
+        }),
+        record(OperatorAction::CommandRequested {
+            machine: ledger::MachineId::numbered(1),
+            command_id: 1,
+            action: ledger::rules::RemoteAction::SetPrice {
+                slot: ledger::SlotId(1),
+                price: 600,
+            },
+        }),
+    ]
+}
+
 #[test]
 fn commit_needs_one_follower_and_an_entry_of_this_epoch() {
     let (mut primary, mut log) = elected_primary();
     let (events, keys) = machine_events(3);
-    let actions = primary.propose(events.clone()).unwrap();
+    let actions = primary.propose(proposed(&events)).unwrap();
     assert_eq!(
         actions,
-        [Action::AppendEvents {
+        [Action::Append {
             epoch: 1,
-            events: events.clone()
+            entries: proposed(&events)
         }]
     );
     log.append_events(1, 0, &events, &keys);
@@ -473,7 +525,7 @@ fn commit_needs_one_follower_and_an_entry_of_this_epoch() {
 fn a_follower_appends_buffers_naks_and_acknowledges_after_writing() {
     let (mut primary, mut primary_log) = elected_primary();
     let (events, keys) = machine_events(6);
-    primary.propose(events.clone()).unwrap();
+    primary.propose(proposed(&events)).unwrap();
     primary_log.append_events(1, 0, &events, &keys);
     let records = primary_log.records(1, 7);
 
@@ -758,6 +810,7 @@ fn a_primary_that_hears_nobody_steps_down() {
     }
     assert!(stepped_down);
     assert!(primary.propose(Vec::new()).is_err());
+    assert!(primary.propose(operator_records()).is_err());
 }
 
 /// The primary dies after the sync replica (never stands) stored entries the
@@ -767,7 +820,7 @@ fn a_primary_that_hears_nobody_steps_down() {
 fn a_voter_with_more_entries_catches_a_lagging_candidate_up() {
     let (mut primary, mut full) = elected_primary();
     let (events, keys) = machine_events(6);
-    primary.propose(events.clone()).unwrap();
+    primary.propose(proposed(&events)).unwrap();
     full.append_events(1, 0, &events, &keys);
     // The sync (node 2) has all 7 records; the backup (node 3) only 1-3.
     let mut sync = Node::new(config(2), Restart::default(), 11, 0);
@@ -864,7 +917,7 @@ fn a_voter_with_more_entries_catches_a_lagging_candidate_up() {
 fn a_catchup_is_ignored_while_a_primary_is_alive_or_from_a_shorter_log() {
     let (mut primary, mut full) = elected_primary();
     let (events, keys) = machine_events(4);
-    primary.propose(events.clone()).unwrap();
+    primary.propose(proposed(&events)).unwrap();
     full.append_events(1, 0, &events, &keys);
     let mut node = Node::new(config(3), Restart::default(), 13, 0);
     let mut log = TestLog::new();
@@ -981,7 +1034,7 @@ fn a_granted_vote_replayed_to_another_candidate_elects_no_one() {
 fn a_candidate_far_behind_catches_up_segment_by_segment() {
     let (mut primary, mut full) = elected_primary();
     let (events, keys) = machine_events(20);
-    primary.propose(events.clone()).unwrap();
+    primary.propose(proposed(&events)).unwrap();
     full.append_events(1, 0, &events, &keys);
     let tip = full.tip().gseq;
     let small = |id| NodeConfig {
@@ -1074,4 +1127,151 @@ fn a_lost_catchup_segment_past_the_voters_tip_is_sent_again() {
     // The segment is lost; the candidate asks again after a heartbeat.
     let again = sync.receive(5_000 + 100, ask(2), &sync_log);
     assert_eq!(segment(&again), Some((1, 1)), "sent again: {again:?}");
+}
+
+/// Operator records take the machine events' path: proposed by the primary
+/// only, appended in its epoch, streamed, and committed by the same rule.
+#[test]
+fn operator_records_are_proposed_streamed_and_committed_like_events() {
+    let (mut primary, mut log) = elected_primary();
+    let (events, keys) = machine_events(1);
+    let mut entries = proposed(&events);
+    entries.extend(operator_records());
+    let actions = primary.propose(entries.clone()).unwrap();
+    assert_eq!(
+        actions,
+        [Action::Append {
+            epoch: 1,
+            entries: entries.clone()
+        }]
+    );
+    log.append(1, &entries, &keys);
+    assert_eq!(
+        primary.on_local_append(&log),
+        [Action::Replicate {
+            to: Target::All,
+            from_gseq: 2,
+            to_gseq: 4,
+            epoch: 1,
+            commit_gseq: 0,
+            catchup: None,
+        }]
+    );
+    // A follower takes them as it takes events, and its projection has them.
+    let mut follower = Node::new(config(2), Restart::default(), 9, 0);
+    let mut follower_log = TestLog::new();
+    let append = Message::Append {
+        first_gseq: 1,
+        records: log.records(1, 4),
+    };
+    let actions = follower.receive(10, datagram(1, 1, 1, 0, append), &follower_log);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::AppendReplicated { records } if records.len() == 4)),
+        "{actions:?}"
+    );
+    follower_log
+        .append_replicated(&log.records(1, 4), &keys)
+        .unwrap();
+    let operators = &follower_log.0.projection().operators;
+    assert!(operators.users.contains_key("kim"));
+    assert_eq!(
+        operators.last_command_id(&ledger::MachineId::numbered(1)),
+        1
+    );
+    let (hash_4, _) = log.entry_meta(4).unwrap();
+    let ack = Message::Ack {
+        tip_gseq: 4,
+        tip_hash: hash_4,
+    };
+    let actions = primary.receive(2_000, to(1, datagram(2, 1, 5, 0, ack)), &log);
+    assert_eq!(actions, [Action::CommitAdvanced { commit_gseq: 4 }]);
+}
+
+/// Only the primary of an open epoch proposes: a follower refuses operator
+/// records and names the primary it follows, and an Append of an older
+/// epoch (a deposed primary's operator record) is fenced.
+#[test]
+fn operator_records_are_fenced_like_events() {
+    let mut follower = Node::new(
+        config(2),
+        Restart {
+            vote: PersistedVote {
+                epoch: 5,
+                voted_for: None,
+            },
+            commit_hint: 0,
+            repair_until: None,
+        },
+        4,
+        0,
+    );
+    let log = TestLog::new();
+    let heartbeat = Message::Heartbeat {
+        tip_gseq: 0,
+        tip_hash: [0; 32],
+    };
+    follower.receive(10, datagram(3, 5, 1, 0, heartbeat), &log);
+    assert_eq!(
+        follower.propose(operator_records()),
+        Err(NotPrimary::Follow(Some(3)))
+    );
+    // A deposed primary of epoch 4 still streams an operator record.
+    let mut deposed_log = TestLog::new();
+    deposed_log.append_marker(4, 0, "replica-1").unwrap();
+    deposed_log.append(4, &operator_records(), &log.keys());
+    let append = Message::Append {
+        first_gseq: 1,
+        records: deposed_log.records(1, 3),
+    };
+    let actions = follower.receive(20, datagram(1, 4, 1, 0, append), &log);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::AppendReplicated { .. })),
+        "{actions:?}"
+    );
+    assert_eq!(follower.counters().stale_epoch_dropped, 1);
+}
+
+/// A former primary's operator records that were never committed are
+/// truncated like its events when it rejoins, and its projection forgets
+/// them (the account and the command never happened).
+#[test]
+fn uncommitted_operator_records_are_truncated() {
+    let keys = machine_events(0).1;
+    let mut stale = TestLog::new();
+    stale.append_marker(1, 0, "replica-1").unwrap();
+    stale.append(1, &operator_records(), &keys);
+    assert!(stale.0.projection().operators.users.contains_key("kim"));
+    let mut fresh = TestLog::new();
+    fresh.append_marker(1, 0, "replica-1").unwrap();
+    fresh.append_marker(2, 0, "replica-3").unwrap();
+    let restart = Restart {
+        vote: PersistedVote {
+            epoch: 1,
+            voted_for: Some(1),
+        },
+        commit_hint: 1,
+        repair_until: None,
+    };
+    let mut node = Node::new(config(1), restart, 4, 0);
+    let append = Message::Append {
+        first_gseq: 2,
+        records: fresh.records(2, 2),
+    };
+    let actions = node.receive(10, datagram(3, 2, 1, 2, append), &stale);
+    assert!(
+        actions.contains(&Action::TruncateAfter { gseq: 1 }),
+        "{actions:?}"
+    );
+    assert_eq!(node.counters().records_truncated, 2);
+    stale.0.truncate_after(1).unwrap();
+    stale
+        .append_replicated(&fresh.records(2, 2), &keys)
+        .unwrap();
+    let operators = &stale.0.projection().operators;
+    assert!(operators.users.is_empty());
+    assert!(operators.commands.is_empty());
 }

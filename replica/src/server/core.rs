@@ -9,9 +9,9 @@ use super::{ReceiveDrops, SessionWriter};
 use crate::config::ReplicaConfig;
 use crate::ingest::SessionId;
 use crate::node::Target;
-use crate::round::{Input, Outgoing, Round};
+use crate::round::{Input, Outgoing, Refusal, RequestId, Round};
 use crate::transport::DatagramSender;
-use dashboard::ports::{ActionError, OperatorRequest};
+use dashboard::ports::{ActionError, ActionReceipt, OperatorRequest};
 use ledger::keys::Keyring;
 use ledger::store::rocks::RocksBackend;
 use std::collections::HashMap;
@@ -49,6 +49,9 @@ pub(super) fn wall_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Where the answer to an operator request goes.
+pub(super) type Reply = tokio::sync::oneshot::Sender<Result<ActionReceipt, ActionError>>;
+
 /// What the core keeps of a machine connection's task.
 pub(super) struct SessionLink {
     writer: SessionWriter,
@@ -67,6 +70,11 @@ pub(super) struct Core {
     /// Asks the key loader thread for a fresh key directory (capacity 1:
     /// a request already waiting covers the next one).
     pub(super) load_keys: SyncSender<()>,
+    /// Operator requests taken by the round and not answered yet (at most
+    /// `round::OPERATOR_REQUESTS_WAITING_MAX`: the round answers each
+    /// within `OPERATOR_COMMIT_TIMEOUT_MS`).
+    pub(super) replies: HashMap<RequestId, Reply>,
+    pub(super) next_request: RequestId,
     pub(super) shutdown: bool,
 }
 
@@ -104,6 +112,10 @@ impl Core {
             tracing::warn!(error = %e, "could not checkpoint the projection at shutdown");
         }
         self.end_round(publisher);
+        for (_, reply) in self.replies.drain() {
+            // The requester may have given up waiting; nothing to do then.
+            let _ = reply.send(Err(ActionError::Stopped));
+        }
         // The buffered writes go to table files, so the next start need
         // not replay them.
         if let Err(e) = self.round.ledger().store().flush() {
@@ -148,18 +160,42 @@ impl Core {
         }
     }
 
-    /// Carries out an operator's request against the round.
+    /// Hands an operator's request to the round: refused at once, or
+    /// answered when the round says it is committed (or cannot be).
     fn operator(&mut self, request: OperatorRequest) {
         let OperatorRequest {
             operator,
             action,
             reply,
         } = request;
-        tracing::warn!(%operator, ?action, "operator actions are not recorded yet");
-        // The requester may have given up waiting; nothing to do then.
-        let _ = reply.send(Err(ActionError::Invalid(
-            "operator actions are not recorded by this build yet".into(),
-        )));
+        let id = self.next_request;
+        self.next_request += 1;
+        match self.round.operator_request(id, &operator, &action) {
+            Ok(()) => {
+                self.replies.insert(id, reply);
+            }
+            Err(refusal) => {
+                let error = match refusal {
+                    Refusal::NotPrimary { leader } => ActionError::NotPrimary {
+                        primary: leader.map(|id| self.member_name(id)),
+                    },
+                    Refusal::Action(error) => error,
+                };
+                tracing::info!(%operator, error = %error, "refused an operator request");
+                // The requester may have given up waiting; nothing to do then.
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
+    /// A replica's name as operators know it.
+    pub(super) fn member_name(&self, id: crate::wire::NodeId) -> String {
+        if id == self.config.id {
+            return self.config.name.clone();
+        }
+        self.config
+            .peer(id)
+            .map_or_else(|| format!("replica-{id}"), |p| p.name.clone())
     }
 
     fn destinations(&self, to: Target) -> Vec<SocketAddrV4> {
@@ -214,6 +250,12 @@ impl Core {
                 if let Some(told) = told {
                     // The task may have ended meanwhile; nothing to do then.
                     let _ = told.send(());
+                }
+            }
+            Outgoing::OperatorAnswer { request, answer } => {
+                if let Some(reply) = self.replies.remove(&request) {
+                    // The requester may have given up waiting.
+                    let _ = reply.send(answer);
                 }
             }
             Outgoing::LoadKeys => match self.load_keys.try_send(()) {

@@ -15,6 +15,7 @@ use dashboard::ports::{
     SnapshotReceiver,
 };
 use ledger::event::{Destination, Event, Source};
+use ledger::operator::{OperatorAction, OperatorRecord};
 use ledger::store::record::{LogEntry, Payload};
 use ledger::store::rocks::RocksReader;
 use ledger::{EventEnvelope, MachineId};
@@ -256,6 +257,7 @@ pub(super) fn entry_view(gseq: u64, record: &[u8]) -> LogEntryView {
                         problem: error.to_string(),
                     },
                 },
+                Payload::Operator { record } => operator_kind(record),
             };
             LogEntryView {
                 gseq,
@@ -275,6 +277,28 @@ pub(super) fn entry_view(gseq: u64, record: &[u8]) -> LogEntryView {
             kind: EntryKind::Unreadable {
                 problem: error.to_string(),
             },
+        },
+    }
+}
+
+/// An operator's entry as pages show it.
+fn operator_kind(record: &[u8]) -> EntryKind {
+    match OperatorRecord::decode(record) {
+        Ok(record) => {
+            let machine = match &record.action {
+                OperatorAction::CommandRequested { machine, .. } => Some(machine.clone()),
+                OperatorAction::AlertAcknowledged { alert, .. } => Some(alert.machine.clone()),
+                _ => None,
+            };
+            EntryKind::Operator {
+                at_ms: record.at_ms,
+                action: record.action.kind().to_owned(),
+                operator: record.operator,
+                machine,
+            }
+        }
+        Err(error) => EntryKind::Unreadable {
+            problem: format!("operator record: {error}"),
         },
     }
 }

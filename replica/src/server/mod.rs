@@ -184,6 +184,8 @@ fn open_core(
         started: Instant::now(),
         receive_drops: Arc::default(),
         load_keys,
+        replies: std::collections::HashMap::new(),
+        next_request: 1,
         shutdown: false,
     };
     Ok((core, reader, skipped))
@@ -418,6 +420,17 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    run_with_ports(config, listeners, shutdown, None).await
+}
+
+/// [`run`], handing a copy of the read ports to `ports_out` once the core
+/// is up (for [`ReplicaHandle::ports`]).
+async fn run_with_ports(
+    config: ReplicaConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    ports_out: Option<std::sync::mpsc::Sender<ReadPorts>>,
+) -> Result<(), ServerError> {
     config.validate()?;
     let budget = limits::budget_at_start();
     let stopping = Arc::new(AtomicBool::new(false));
@@ -430,6 +443,9 @@ pub async fn run(
         .await
         .map_err(|e| io_error("starting the replica")(std::io::Error::other(e)))??
     };
+    if let Some(out) = ports_out {
+        let _ = out.send(ports.clone());
+    }
     let (stop_network, network_stopped) = tokio::sync::watch::channel(false);
     let to_tokio = |listener: TcpListener, what: &str| {
         listener
@@ -482,15 +498,24 @@ pub struct ReplicaHandle {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     runtime: Option<tokio::runtime::Runtime>,
     done: Option<tokio::task::JoinHandle<Result<(), ServerError>>>,
+    ports: Option<ReadPorts>,
 }
 
 impl ReplicaHandle {
+    /// The replica's read ports, as its dashboard gets them (a process
+    /// that runs a replica in the background, such as a test, reads and
+    /// asks it through these).
+    pub fn ports(&self) -> Option<&ReadPorts> {
+        self.ports.as_ref()
+    }
+
     /// Stops the replica and waits for it.
     pub fn shutdown(mut self) {
         self.stop_and_wait();
     }
 
     fn stop_and_wait(&mut self) {
+        self.ports = None;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -534,17 +559,19 @@ pub fn start_with(
         .map_err(io_error("starting the async runtime"))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (started_tx, started) = std::sync::mpsc::channel();
+    let (ports_tx, ports) = std::sync::mpsc::channel();
     let done = runtime.spawn(async move {
         let shutdown = async move {
             let _ = started_tx.send(());
             let _ = stopped.await;
         };
-        run(config, listeners, shutdown).await
+        run_with_ports(config, listeners, shutdown, Some(ports_tx)).await
     });
     let mut handle = ReplicaHandle {
         stop: Some(stop),
         runtime: Some(runtime),
         done: Some(done),
+        ports: None,
     };
     // `run` awaits the shutdown future only once every part is up: an
     // error before that (the log, the keys, a socket) is returned here.
@@ -561,5 +588,7 @@ pub fn start_with(
             ))),
         };
     }
+    // Sent before `run` waits for the shutdown, so it is here by now.
+    handle.ports = ports.try_recv().ok();
     Ok(handle)
 }

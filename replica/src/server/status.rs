@@ -145,14 +145,20 @@ fn snapshot(core: &Core) -> Snapshot {
         .map(|(machine, state)| {
             let head = store.machine_head(machine);
             let committed = core.round.committed_seq(machine, commit);
+            let seen = core.round.ingest().seen(machine);
             MachineSummary {
                 machine: machine.clone(),
                 last_seq: head.seq,
                 last_gseq: head.gseq,
                 last_event_ms: state.last_at_ms,
                 connected: connected.binary_search(machine).is_ok(),
-                last_seen_ms: None,
-                backlog: None,
+                last_seen_ms: seen.map(|seen| seen.last_seen_ms),
+                // What the machine holds beyond what the fleet committed,
+                // by the tip it last reported (machines of link version 1
+                // report none).
+                backlog: seen
+                    .and_then(|seen| seen.local_tip)
+                    .map(|tip| tip.saturating_sub(committed)),
                 uncommitted: head.seq.saturating_sub(committed),
                 cash_held_won: state.balances.physical_total(),
                 stock_units: state.slots.values().map(|s| u64::from(s.stock)).sum(),
@@ -178,12 +184,7 @@ fn snapshot(core: &Core) -> Snapshot {
 }
 
 fn member_name(core: &Core, id: crate::wire::NodeId) -> String {
-    if id == core.config.id {
-        return core.config.name.clone();
-    }
-    core.config
-        .peer(id)
-        .map_or_else(|| format!("replica-{id}"), |p| p.name.clone())
+    core.member_name(id)
 }
 
 /// Datagrams dropped before the protocol saw them, by reason.
