@@ -43,13 +43,30 @@ pub async fn submit(
             "the replica is busy with other operator requests; try again".into(),
         ));
     }
-    match tokio::time::timeout(ACTION_TIMEOUT, answer).await {
+    let result = match tokio::time::timeout(ACTION_TIMEOUT, answer).await {
         Ok(Ok(result)) => result,
         Ok(Err(_)) => Err(ActionError::Stopped),
         Err(_) => Err(ActionError::Storage(
             "no answer from the replica's core in time".into(),
         )),
+    };
+    if let Ok(receipt) = &result {
+        projection_reaches(app, receipt.gseq).await;
     }
+    result
+}
+
+/// How long an answered action waits for this replica's projection to
+/// include its entry.
+pub const PROJECTION_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits (at most [`PROJECTION_WAIT`]) until the projection this replica
+/// publishes includes `gseq`, so the page, listing or login that follows
+/// an action already shows it.
+async fn projection_reaches(app: &AppState, gseq: u64) {
+    let mut projection = app.ports.projection.clone();
+    let reached = projection.wait_for(|p| p.as_of_gseq >= gseq);
+    let _ = tokio::time::timeout(PROJECTION_WAIT, reached).await;
 }
 
 /// The status and words for a refused request.

@@ -162,7 +162,7 @@ pub async fn page(State(app): State<AppState>, viewer: Viewer) -> Html<String> {
         div.heading {
             h1 { "Fleet overview" }
             p.sub {
-                (overview.totals.machines) " machines · today " (overview.today) " (KST) · "
+                (overview.totals.machines) @if overview.totals.machines == 1 { " machine" } @else { " machines" } " · today " (overview.today) " (KST) · "
                 span #live-status .live { "connecting…" }
             }
         }

@@ -101,6 +101,14 @@ pub fn selected<'a>(
 pub fn model(app: &AppState, query: &ReconciliationQuery) -> Result<Reconciliation, Problem> {
     let filter = parse_query(query)?;
     let projection = app.projection();
+    if let Some(machine) = &filter.machine
+        && !projection.machines.contains_key(machine)
+    {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no machine {machine}"),
+        ));
+    }
     let mut per_machine: BTreeMap<&MachineId, ReconTotal> = BTreeMap::new();
     let mut per_period: BTreeMap<String, ReconTotal> = BTreeMap::new();
     let mut total = ReconTotal {
