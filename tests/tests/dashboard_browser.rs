@@ -230,17 +230,31 @@ fn a_browser_logs_in_goes_live_and_a_follower_serves_it_after_the_primary_dies()
             .expect("a committed entry appears in the live feed");
         finish_fleet(fleet, 2 * 60);
 
-        // The overview lists the machines; a machine's link opens its page.
-        client.refresh().await.unwrap();
-        client
-            .wait()
-            .at_most(PATIENCE)
-            .for_element(Locator::Css("a[href='/machines/VM-001']"))
-            .await
-            .expect("the overview lists VM-001")
-            .click()
-            .await
-            .unwrap();
+        // The overview lists the machines (its projection is republished
+        // at most every 500 ms: reload until it has both); a machine's
+        // link opens its page.
+        let deadline = Instant::now() + PATIENCE;
+        let link = loop {
+            client.refresh().await.unwrap();
+            let found = client
+                .find(Locator::Css("a[href='/machines/VM-001']"))
+                .await;
+            let both = client
+                .find(Locator::Css("a[href='/machines/VM-002']"))
+                .await
+                .is_ok();
+            match found {
+                Ok(link) if both => break link,
+                _ => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the overview never listed VM-001 and VM-002"
+                    );
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        };
+        link.click().await.unwrap();
         wait_for_text(&client, "h1", |t| t.starts_with("Machine VM-001")).await;
         assert!(text_of(&client, "body").await.contains("Slots"));
 

@@ -11,13 +11,20 @@
 mod common;
 
 use common::{Cluster, base_port, finish_fleet, init_cluster, primaries, start_fleet, vendctl};
+use ledger::admin::PasswordParams;
+use ledger::money::MoneyKind;
+use ledger::{Command as VmCommand, MachineId};
+use link::driver::UplinkReport;
+use replica::config::LocalClusterPlan;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use vm_iced::config::MachineConfig;
+use vm_iced::machine::{Machine, system_clock};
 
 const ADMIN: (&str, &str) = ("kim", "admin-pass-1!");
 const AUDITOR: (&str, &str) = ("lee", "audit-pass-2!");
@@ -260,6 +267,15 @@ fn log_in_when_ready(browser: &mut Browser, user: &str, password: &str) -> Strin
     }
 }
 
+/// Polls `done` until it holds (at most 20 s).
+fn wait_until(browser: &mut Browser, what: &str, mut done: impl FnMut(&mut Browser) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done(browser) {
+        assert!(Instant::now() < deadline, "still waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Reads live updates until `stop` says so; the ids seen. `last_id`
 /// resumes a stream.
 fn read_events(
@@ -435,6 +451,162 @@ fn check_bad_input(admin: &mut Browser, csrf: &str) {
     assert_eq!(answer.status, 413, "{}", answer.body);
 }
 
+/// A machine as its app runs it (`vm-iced`'s `Machine` with its uplink,
+/// applying the dashboard's commands as `App::on_uplink` does), in this
+/// process: the simulated fleet does not apply commands.
+struct RunningMachine {
+    machine: Machine,
+    reports: tokio::sync::mpsc::Receiver<UplinkReport>,
+}
+
+impl RunningMachine {
+    fn start(config: &MachineConfig, runtime: &tokio::runtime::Runtime) -> RunningMachine {
+        let mut machine = Machine::open(config, system_clock(), PasswordParams::Light).unwrap();
+        let reports = machine
+            .start_uplink(runtime.handle(), config.replicas.clone())
+            .expect("replicas configured");
+        RunningMachine { machine, reports }
+    }
+
+    /// Handles the uplink's reports until `done` holds (at most 20 s).
+    fn run_until(&mut self, what: &str, done: impl Fn(&Machine) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done(&self.machine) {
+            assert!(Instant::now() < deadline, "still waiting for {what}");
+            match self.reports.try_recv() {
+                Ok(UplinkReport::Acknowledged(seq)) => self.machine.acknowledged(seq),
+                Ok(UplinkReport::Remote(command)) => {
+                    self.machine.execute(VmCommand::Remote(command)).unwrap();
+                }
+                Ok(UplinkReport::State { .. }) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
+    fn caught_up(&mut self) {
+        self.run_until("the machine's events to be acknowledged", |m| {
+            m.unacknowledged() == 0
+        });
+    }
+}
+
+/// The machine's page model from the API.
+fn machine_json(admin: &mut Browser, id: &str) -> Value {
+    admin.json(&format!("/api/v1/machines/{id}"))
+}
+
+/// A command's outcome on the machine's page, once it is `outcome`.
+fn wait_for_command(admin: &mut Browser, id: &str, command_id: u64, outcome: &str) -> Value {
+    let mut found = Value::Null;
+    wait_until(admin, &format!("command {command_id} {outcome}"), |admin| {
+        let detail = machine_json(admin, id);
+        found = detail["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["command_id"] == command_id)
+            .cloned()
+            .unwrap_or(Value::Null);
+        found["outcome"] == outcome
+    });
+    found
+}
+
+/// The operators' flows that need a machine applying commands: an alert
+/// acknowledged (who, when, note), a price change requested → applied,
+/// a change-owed ticket settled, each shown on the machine's page.
+fn check_operator_flows(dir: &Path, base: u16, admin: &mut Browser, csrf: &str) {
+    let id = MachineId::numbered(9);
+    ledger::keys::create_machine_keys(&dir.join("keys"), std::slice::from_ref(&id)).unwrap();
+    let plan = LocalClusterPlan {
+        base_port: base,
+        host: Ipv4Addr::LOCALHOST,
+    };
+    let mut config = MachineConfig::new(id.clone(), dir.join("vm-009"), dir.join("keys"));
+    config.initial_admin_password = Some("vend-admin-1!".into());
+    config.replicas = (1..=3).map(|n| plan.machine_addr(n).to_string()).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut vm = RunningMachine::start(&config, &runtime);
+    // A bill in, change asked for, no coins in the tubes: a ticket.
+    let insert = VmCommand::Insert {
+        kind: MoneyKind::Bill,
+        value: 1_000,
+    };
+    vm.machine.execute(insert).unwrap();
+    vm.machine.execute(VmCommand::ReturnChange).unwrap();
+    vm.caught_up();
+    let vm_id = id.to_string();
+    let mut ticket = 0;
+    wait_until(admin, "the ticket on the machine's page", |admin| {
+        let answer = admin.get(&format!("/api/v1/machines/{vm_id}"));
+        let detail: Value = serde_json::from_str(&answer.body).unwrap_or_default();
+        ticket = detail["change_owed"][0]["ticket"].as_u64().unwrap_or(0);
+        detail["change_owed"][0]["amount"] == 1_000
+    });
+
+    // Acknowledge the change-owed alert: recorded, shown with who and why.
+    let is_ours =
+        |a: &Value| a["key"]["machine"] == vm_id.as_str() && a["key"]["kind"] == "ChangeOwed";
+    wait_until(admin, "the change-owed alert", |admin| {
+        let alerts = admin.json("/api/v1/alerts");
+        alerts.as_array().unwrap().iter().any(is_ours)
+    });
+    let body = format!(r#"{{"kind":"change_owed","machine":"{vm_id}","note":"coins on the way"}}"#);
+    let answer = admin.post("/api/v1/alerts/acknowledge", &body, Some(csrf));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    wait_until(admin, "the alert acknowledged", |admin| {
+        let alerts = admin.json("/api/v1/alerts");
+        alerts.as_array().unwrap().iter().any(|a| {
+            is_ours(a)
+                && a["acknowledged"]["by"] == "kim"
+                && a["acknowledged"]["note"] == "coins on the way"
+        })
+    });
+    let page = admin.get(&format!("/machines/{vm_id}"));
+    assert!(page.body.contains("coins on the way"), "{}", page.body);
+
+    // A price change: requested, delivered, applied by the machine.
+    let path = format!("/api/v1/machines/{vm_id}/slots/2/price");
+    let answer = admin.post(&path, r#"{"price":650}"#, Some(csrf));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let receipt: Value = serde_json::from_str(&answer.body).unwrap();
+    let command_id = receipt["commands"][0]["command_id"].as_u64().unwrap();
+    assert_eq!(receipt["commands"][0]["delivered"], true, "{receipt}");
+    let requested = wait_for_command(admin, &vm_id, command_id, "pending");
+    assert_eq!(requested["requested_by"], "kim");
+    vm.run_until("the price change", |m| {
+        m.state().slots[&ledger::SlotId(2)].config.product.price == 650
+    });
+    vm.caught_up();
+    let applied = wait_for_command(admin, &vm_id, command_id, "applied");
+    assert!(applied["outcome_gseq"].as_u64().unwrap() > requested["gseq"].as_u64().unwrap());
+    let detail = machine_json(admin, &vm_id);
+    assert_eq!(detail["slots"][1]["price"], 650, "{detail}");
+    let page = admin.get(&format!("/machines/{vm_id}"));
+    assert!(page.body.contains("price to ₩650"), "{}", page.body);
+
+    // Settle the ticket: the machine records it, the page shows it gone.
+    let path = format!("/api/v1/machines/{vm_id}/tickets/{ticket}/settle");
+    let answer = admin.post(&path, "{}", Some(csrf));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let receipt: Value = serde_json::from_str(&answer.body).unwrap();
+    let settle_id = receipt["commands"][0]["command_id"].as_u64().unwrap();
+    vm.run_until("the ticket settled", |m| m.state().owed.is_empty());
+    vm.caught_up();
+    wait_for_command(admin, &vm_id, settle_id, "applied");
+    assert_eq!(
+        machine_json(admin, &vm_id)["change_owed"],
+        Value::Array(Vec::new())
+    );
+    drop(vm);
+    runtime.shutdown_timeout(Duration::from_secs(5));
+}
+
 /// Gseqs of the log's entries in `from..=to`, from `vendctl dump`.
 fn logged_gseqs(dir: &Path, from: u64, to: u64) -> Vec<u64> {
     let data = dir.join("replica-1");
@@ -516,6 +688,12 @@ fn the_dashboard_over_a_real_cluster() {
     let start = admin.json("/api/v1/status")["commit"].as_u64().unwrap();
     let first = read_events(primary, &cookie, Some(start), |seen| seen.len() >= 200);
     let resumed_from = *first.last().unwrap();
+    // Pages read the projection, republished at most every 500 ms.
+    wait_until(
+        &mut admin,
+        "the fleet's machines in the projection",
+        |admin| admin.get("/api/v1/machines/VM-001").status == 200,
+    );
     check_roles_and_csrf(primary, follower, &admin_csrf, &mut admin);
     check_bad_input(&mut admin, &admin_csrf);
     let summary = finish_fleet(fleet, 3 * 400);
@@ -534,6 +712,7 @@ fn the_dashboard_over_a_real_cluster() {
     let second = read_events(primary, &cookie, Some(resumed_from), |seen| {
         seen.last() >= Some(&end)
     });
+    check_operator_flows(dir, base, &mut admin, &admin_csrf);
     let mut seen = first.clone();
     seen.extend(&second);
     let expected: Vec<u64> = (start + 1..=end).collect();
