@@ -607,6 +607,28 @@ fn check_operator_flows(dir: &Path, base: u16, admin: &mut Browser, csrf: &str) 
     runtime.shutdown_timeout(Duration::from_secs(5));
 }
 
+/// `vendctl user disable` ends the account's sessions and logins.
+fn check_disabled_account(dir: &Path, primary: SocketAddr) {
+    let mut auditor = Browser::new(primary);
+    log_in_when_ready(&mut auditor, AUDITOR.0, AUDITOR.1);
+    assert_eq!(auditor.get("/api/v1/session").status, 200);
+    let disabled = vendctl(&[
+        "user",
+        "disable",
+        AUDITOR.0,
+        "--cluster",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        disabled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&disabled.stderr)
+    );
+    assert_eq!(auditor.get("/api/v1/session").status, 401);
+    assert!(auditor.get("/").location.starts_with("/login"));
+    assert_eq!(auditor.log_in(AUDITOR.0, AUDITOR.1), Err(401));
+}
+
 /// Gseqs of the log's entries in `from..=to`, from `vendctl dump`.
 fn logged_gseqs(dir: &Path, from: u64, to: u64) -> Vec<u64> {
     let data = dir.join("replica-1");
@@ -713,6 +735,7 @@ fn the_dashboard_over_a_real_cluster() {
         seen.last() >= Some(&end)
     });
     check_operator_flows(dir, base, &mut admin, &admin_csrf);
+    check_disabled_account(dir, primary);
     let mut seen = first.clone();
     seen.extend(&second);
     let expected: Vec<u64> = (start + 1..=end).collect();
