@@ -603,6 +603,21 @@ fn check_operator_flows(dir: &Path, base: u16, admin: &mut Browser, csrf: &str) 
         machine_json(admin, &vm_id)["change_owed"],
         Value::Array(Vec::new())
     );
+    // The audit log shows who asked for what.
+    let audit = admin.json("/api/v1/audit?kind=command_requested");
+    let requests: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"]["machine"] == vm_id.as_str())
+        .collect();
+    assert_eq!(requests.len(), 2, "{audit}");
+    assert!(
+        requests.iter().all(|e| e["kind"]["operator"] == "kim"),
+        "{audit}"
+    );
+    let page = admin.get("/audit?kind=alert_acknowledged");
+    assert!(page.body.contains("alert acknowledged") && page.body.contains("by kim"));
     drop(vm);
     runtime.shutdown_timeout(Duration::from_secs(5));
 }
