@@ -304,7 +304,10 @@ fn audit_rows(page: audit::AuditPage) -> Vec<AuditRow> {
                     machine,
                     ..
                 } => (
-                    machine.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    machine
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
                     None,
                     format::time_rfc3339(*at_ms),
                     format!("by {operator}"),
