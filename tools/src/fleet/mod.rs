@@ -87,7 +87,10 @@ pub fn run(args: FleetArgs) -> Result<ExitCode> {
     // mark stands for them, so a later run does not resend their seqs with
     // other events.
     std::fs::create_dir_all(&machines_dir)?;
-    std::fs::write(machines_dir.join(RUN_MARK), format!("{} machines\n", args.machines))?;
+    std::fs::write(
+        machines_dir.join(RUN_MARK),
+        format!("{} machines\n", args.machines),
+    )?;
     let setups = open_machines(&file, &machines_dir, &args)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_s);
