@@ -27,6 +27,24 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build (the multi-process tests run the real binaries)"
 cargo build --workspace --locked
 
+step "chromium and chromedriver (the dashboard's browser test drives them)"
+browser_need=()
+have_package chromium || browser_need+=(chromium)
+have_package chromium-driver || browser_need+=(chromium-driver)
+if [ "${#browser_need[@]}" -gt 0 ]; then
+  echo "test: installing ${browser_need[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    sudo=sudo
+  else
+    sudo=
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  if ! $sudo apt-get install -y --no-install-recommends "${browser_need[@]}"; then
+    $sudo apt-get update
+    $sudo apt-get install -y --no-install-recommends "${browser_need[@]}"
+  fi
+fi
+
 step "cargo test"
 cargo test --workspace --locked
 

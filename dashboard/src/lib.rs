@@ -1,20 +1,45 @@
-//! The replicas' HTTP surface. So far: the JSON status API under `/api/v1`
-//! that `vendctl status` and operators' scripts read (the pages, SSE and
-//! logins of the dashboard issue build on this router).
+//! The replicas' HTTP surface: the operators' dashboard (pages, JSON API,
+//! CSV exports, live updates over SSE, logins) and the status API that
+//! `vendctl status` reads.
 //!
 //! This crate knows HTTP and the API's JSON types; it learns about a
 //! replica only through its read ports ([`ports::ReadPorts`]), which never
-//! wait on the replica's core.
+//! wait on the replica's core. The map:
+//!
+//! * [`serve`] / [`serve_router`]: hyper's HTTP/1 builder within
+//!   [`HttpLimits`] (connection cap via [`admission`], header-read and
+//!   answer timeouts), plain HTTP and HTTPS ([`tls`]) on one port.
+//! * [`app`]: shared state, options, the router.
+//! * [`auth`]: logins, sessions every replica can check, roles, CSRF, the
+//!   sealed `vendctl user` requests.
+//! * [`pages`]: server-rendered pages (maud), one module per page, each
+//!   with the model [`api`] also serves as JSON and CSV.
+//! * [`alerts`], [`chain`], [`format`]: pure rules (alerts, the chain
+//!   check, won and KST formatting).
+//! * [`sse`]: live updates. [`actions`]: admins' changes.
 
+pub mod actions;
 pub mod admission;
+pub mod alerts;
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod chain;
+pub mod format;
+pub mod pages;
 pub mod ports;
+pub mod sse;
+pub mod tls;
+
+pub use app::{DashboardOptions, PeerDashboard, TlsFiles};
 
 use admission::{Admission, AdmissionLimits, Slot};
 use axum::Router;
-use axum::extract::State;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use futures_util::StreamExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -22,8 +47,10 @@ use ports::ReadPorts;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// How long after the last datagram that failed authentication the status
 /// still warns about the cluster key.
@@ -94,17 +121,39 @@ pub struct FollowerStatus {
     pub lag: u64,
 }
 
-/// The API router, reading the replica only through its [`ReadPorts`].
-pub fn router(ports: ReadPorts) -> Router {
-    Router::new()
-        .route("/api/v1/status", get(status))
-        .with_state(ports)
+/// How one connection reached the dashboard; every request carries it.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// Served over TLS.
+    pub https: bool,
+    /// This server has a certificate (plain HTTP then redirects pages).
+    pub tls_configured: bool,
+    /// Closes the connection (a live-update client that stopped reading).
+    pub close: Arc<Notify>,
 }
 
-/// The newest published status: never waits on the replica's core.
-async fn status(State(ports): State<ReadPorts>) -> Response {
-    let snapshot = ports.snapshot.borrow().clone();
-    axum::Json(snapshot.status.clone()).into_response()
+impl Default for Connection {
+    fn default() -> Self {
+        Connection {
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            https: false,
+            tls_configured: false,
+            close: Arc::new(Notify::new()),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Connection {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Connection>()
+            .cloned()
+            .unwrap_or_default())
+    }
 }
 
 /// Most status-port connections held at once (see [`admission`]); a
@@ -146,26 +195,41 @@ impl Default for HttpLimits {
     }
 }
 
-/// Serves the API on `listener` within `limits` until `shutdown`
+/// Serves the dashboard on `listener` within `limits` until `shutdown`
 /// completes, then lets requests in progress finish (for at most
-/// [`SHUTDOWN_GRACE`]).
+/// [`SHUTDOWN_GRACE`]). With `options.tls`, HTTPS too (see [`tls`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ports: ReadPorts,
     limits: HttpLimits,
+    options: DashboardOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_router(listener, router(ports), limits, shutdown).await
+    let tls = match &options.tls {
+        Some(files) => Some(tls::acceptor(files).map_err(std::io::Error::other)?),
+        None => None,
+    };
+    let app = app::App::new(ports, options);
+    // Background work that lives as long as the server.
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(app::keep_alerts(app.clone()));
+    background.spawn(chain::keep_checking(app.clone()));
+    let served = serve_router(listener, app::router(app), limits, tls, shutdown).await;
+    background.shutdown().await;
+    served
 }
 
-/// Serves any router the way [`serve`] serves the API: HTTP/1.1 through
-/// hyper, one task per connection, at most `limits.connections_max`
-/// connections (admitted without waiting, see [`admission`]), each head
-/// within `header_read_timeout` and each answer within `request_timeout`.
+/// Serves any router the way [`serve`] serves the dashboard: HTTP/1.1
+/// through hyper, one task per connection, at most
+/// `limits.connections_max` connections (admitted without waiting, see
+/// [`admission`]), each head within `header_read_timeout` and each answer
+/// within `request_timeout` (a streamed body, such as live updates, only
+/// has to start in time).
 pub async fn serve_router(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let admission = Admission::new(
@@ -184,10 +248,10 @@ pub async fn serve_router(
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         while connections.try_join_next().is_some() {}
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     admission.accept_failed(&error).await;
                     continue;
@@ -198,16 +262,22 @@ pub async fn serve_router(
         let Some(slot) = admission.admit() else {
             continue;
         };
-        let slot = Arc::new(slot);
-        let service = answer_within(router.clone(), slot.clone(), limits.request_timeout);
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        connections.spawn(async move {
-            tokio::select! {
-                // Errors are the client's (a timeout, a reset, a bad head).
-                _ = connection => {}
-                () = slot.evicted() => {}
-            }
-        });
+        let connection = Connection {
+            peer,
+            https: false,
+            tls_configured: tls.is_some(),
+            close: Arc::new(Notify::new()),
+        };
+        connections.spawn(serve_connection(
+            stream,
+            connection,
+            Arc::new(slot),
+            router.clone(),
+            builder.clone(),
+            limits,
+            tls.clone(),
+            graceful.watcher(),
+        ));
     }
     drop(listener);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
@@ -215,13 +285,136 @@ pub async fn serve_router(
     Ok(())
 }
 
-/// The router as a hyper service whose every answer comes within
+/// One connection: TLS when it opens with a handshake and a certificate is
+/// configured, plain HTTP otherwise; closed when evicted or asked to.
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    mut connection: Connection,
+    slot: Arc<Slot>,
+    router: Router,
+    builder: hyper::server::conn::http1::Builder,
+    limits: HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    graceful: hyper_util::server::graceful::Watcher,
+) {
+    let close = connection.close.clone();
+    let handshake = async {
+        let Some(acceptor) = tls else {
+            return Some(Io::Plain(stream));
+        };
+        let mut first = [0u8; 1];
+        // A client that sends nothing is cut like a slow request head.
+        let peeked =
+            tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)).await;
+        match peeked {
+            Ok(Ok(1)) if first[0] == tls::TLS_HANDSHAKE_RECORD => {
+                let accepted =
+                    tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await;
+                match accepted {
+                    Ok(Ok(stream)) => Some(Io::Tls(Box::new(stream))),
+                    _ => None,
+                }
+            }
+            Ok(Ok(_)) => Some(Io::Plain(stream)),
+            _ => None,
+        }
+    };
+    let io = tokio::select! {
+        io = handshake => io,
+        () = slot.evicted() => None,
+    };
+    let Some(io) = io else { return };
+    connection.https = matches!(io, Io::Tls(_));
+    let service = answer_within(router, slot.clone(), limits.request_timeout, connection);
+    let served = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
+    tokio::select! {
+        // Errors are the client's (a timeout, a reset, a bad head).
+        _ = served => {}
+        () = slot.evicted() => {}
+        () = close.notified() => {}
+    }
+}
+
+/// A connection's byte stream, plain or TLS.
+enum Io {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Whether an answer streams for long (live updates).
+fn is_stream(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// Exposes the slot again when a streamed body ends.
+struct ExposeOnDrop(Arc<Slot>);
+
+impl Drop for ExposeOnDrop {
+    fn drop(&mut self) {
+        self.0.expose();
+    }
+}
+
+/// The router as a hyper service whose every answer starts within
 /// `timeout`, and whose connection is protected from eviction while a
-/// request is being answered.
+/// request is being answered (a live-update stream: while it streams;
+/// their number is bounded separately).
 fn answer_within(
     router: Router,
     slot: Arc<Slot>,
     timeout: Duration,
+    connection: Connection,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
     Response = Response,
@@ -229,17 +422,30 @@ fn answer_within(
     Future = impl Future<Output = Result<Response, Infallible>> + Send,
 > + Clone {
     let router = TowerToHyperService::new(router);
-    hyper::service::service_fn(move |request| {
+    hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(connection.clone());
         let answer = hyper::service::Service::call(&router, request);
         let slot = slot.clone();
         async move {
             slot.protect();
             let answered = tokio::time::timeout(timeout, answer).await;
-            slot.expose();
             Ok(match answered {
-                Ok(Ok(response)) => response,
+                Ok(Ok(response)) if is_stream(&response) => {
+                    let guard = ExposeOnDrop(slot);
+                    let (parts, body) = response.into_parts();
+                    let body = body.into_data_stream().map(move |chunk| {
+                        let _streaming = &guard;
+                        chunk
+                    });
+                    Response::from_parts(parts, axum::body::Body::from_stream(body))
+                }
+                Ok(Ok(response)) => {
+                    slot.expose();
+                    response
+                }
                 Ok(Err(never)) => match never {},
                 Err(_) => {
+                    slot.expose();
                     let mut response =
                         (StatusCode::REQUEST_TIMEOUT, "request timed out\n").into_response();
                     response
@@ -255,6 +461,7 @@ fn answer_within(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::routing::get;
     use ports::{LogEntryView, LogReader, ReadError, Snapshot};
     use std::sync::Arc;
 
@@ -287,9 +494,15 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, ports, HttpLimits::default(), async {
-            let _ = stopped.await;
-        }));
+        tokio::spawn(serve(
+            listener,
+            ports,
+            HttpLimits::default(),
+            DashboardOptions::ephemeral(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         (format!("http://{address}"), stop)
     }
 
@@ -367,7 +580,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_router(listener, test_router(), limits, async {
+        let server = tokio::spawn(serve_router(listener, test_router(), limits, None, async {
             let _ = stopped.await;
         }));
         (address, stop, server)

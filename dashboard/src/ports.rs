@@ -147,6 +147,10 @@ pub enum EntryKind {
         at_ms: i64,
         /// The event's kind, e.g. `product_purchased`.
         event: String,
+        /// What it says, in words (`Coffee for 500 won`); empty when there
+        /// is nothing to add to the kind.
+        #[serde(default)]
+        detail: String,
     },
     EpochStarted {
         primary: String,
@@ -177,10 +181,67 @@ pub enum ReadError {
     Storage(String),
 }
 
+/// Most entries the default [`LogReader::machine_entries`] reads looking
+/// for one machine's (a replica answers from an index instead).
+pub const MACHINE_SCAN_ENTRIES_MAX: u64 = 100_000;
+
 /// Reads a replica's log from any thread without involving its core.
 pub trait LogReader: Send + Sync + 'static {
     /// Entries `from_gseq..=to_gseq`, at most [`READ_ENTRIES_MAX`].
     fn entries(&self, from_gseq: u64, to_gseq: u64) -> Result<Vec<LogEntryView>, ReadError>;
+
+    /// `machine`'s entries with a gseq in `from_gseq..=to_gseq`, newest
+    /// first when `newest_first`, at most `limit` (and at most
+    /// [`READ_ENTRIES_MAX`]). This default scans the range (at most
+    /// [`MACHINE_SCAN_ENTRIES_MAX`] entries); a replica answers from its
+    /// index of each machine's entries.
+    fn machine_entries(
+        &self,
+        machine: &MachineId,
+        from_gseq: u64,
+        to_gseq: u64,
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<LogEntryView>, ReadError> {
+        let limit = limit.min(READ_ENTRIES_MAX);
+        let chunk = READ_ENTRIES_MAX as u64;
+        let (from, to) = (from_gseq.max(1), to_gseq);
+        let mut found = Vec::new();
+        let mut scanned = 0;
+        let mut next = if newest_first { to } else { from };
+        while found.len() < limit && from <= to && (from..=to).contains(&next) {
+            let (low, high) = if newest_first {
+                (next.saturating_sub(chunk - 1).max(from), next)
+            } else {
+                (next, next.saturating_add(chunk - 1).min(to))
+            };
+            let mut entries = match self.entries(low, high) {
+                Ok(entries) => entries,
+                Err(ReadError::BeyondTip { .. }) => Vec::new(),
+                Err(error) => return Err(error),
+            };
+            if newest_first {
+                entries.reverse();
+            }
+            found.extend(entries.into_iter().filter(
+                |entry| matches!(&entry.kind, EntryKind::Event { machine: m, .. } if m == machine),
+            ));
+            scanned += high - low + 1;
+            if scanned >= MACHINE_SCAN_ENTRIES_MAX {
+                break;
+            }
+            next = if newest_first {
+                match low.checked_sub(1) {
+                    Some(next) => next,
+                    None => break,
+                }
+            } else {
+                high + 1
+            };
+        }
+        found.truncate(limit);
+        Ok(found)
+    }
 }
 
 /// An entry that became committed, for live pages. `gseq` is the

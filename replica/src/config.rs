@@ -75,6 +75,108 @@ pub struct ReplicaConfig {
     pub log_memtable_mib: u32,
     /// The other replicas.
     pub peers: Vec<PeerConfig>,
+    /// The operators' dashboard served on `status_listen`: HTTPS and the
+    /// alert thresholds (every field has a default).
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
+}
+
+/// The `[dashboard]` section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// PEM certificate chain; with `tls_private_key`, the dashboard serves
+    /// HTTPS (plain HTTP then only redirects, and answers the status API
+    /// and `vendctl`'s sealed requests). `vendctl keys tls` makes a pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_certificate: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_private_key: Option<PathBuf>,
+    /// A slot with this many items or fewer (but some) raises a low-stock
+    /// alert.
+    #[serde(default = "default_low_stock_units")]
+    pub low_stock_units: u32,
+    /// A machine not heard from for this long is offline (the primary
+    /// raises it; followers hold no machine sessions).
+    #[serde(default = "default_offline_after_s")]
+    pub offline_after_s: u64,
+    /// A machine holding more events than this that the fleet has not
+    /// acknowledged raises a backlog alert.
+    #[serde(default = "default_backlog_events_max")]
+    pub backlog_events_max: u64,
+    /// A collection counted more than this many won over or short of the
+    /// expected amount raises an alert.
+    #[serde(default = "default_over_short_won_max")]
+    pub over_short_won_max: i64,
+    /// Live-update (SSE) subscribers held at once; more get 503.
+    #[serde(default = "default_sse_subscribers_max")]
+    pub sse_subscribers_max: usize,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            tls_certificate: None,
+            tls_private_key: None,
+            low_stock_units: default_low_stock_units(),
+            offline_after_s: default_offline_after_s(),
+            backlog_events_max: default_backlog_events_max(),
+            over_short_won_max: default_over_short_won_max(),
+            sse_subscribers_max: default_sse_subscribers_max(),
+        }
+    }
+}
+
+impl DashboardConfig {
+    pub fn thresholds(&self) -> dashboard::alerts::AlertThresholds {
+        dashboard::alerts::AlertThresholds {
+            low_stock_units: self.low_stock_units,
+            offline_after_s: self.offline_after_s,
+            backlog_events_max: self.backlog_events_max,
+            over_short_won_max: self.over_short_won_max,
+        }
+    }
+
+    /// The certificate and key, when both are given.
+    pub fn tls(&self) -> Option<dashboard::TlsFiles> {
+        match (&self.tls_certificate, &self.tls_private_key) {
+            (Some(certificate), Some(private_key)) => Some(dashboard::TlsFiles {
+                certificate: certificate.clone(),
+                private_key: private_key.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |why: &str| Err(ConfigError::Invalid(format!("[dashboard] {why}")));
+        if self.tls_certificate.is_some() != self.tls_private_key.is_some() {
+            return invalid("tls_certificate and tls_private_key go together");
+        }
+        if !(1..=10_000).contains(&self.sse_subscribers_max) {
+            return invalid("sse_subscribers_max must be 1 to 10000");
+        }
+        if self.offline_after_s == 0 || self.over_short_won_max < 0 {
+            return invalid("offline_after_s must be positive and over_short_won_max not negative");
+        }
+        Ok(())
+    }
+}
+
+fn default_low_stock_units() -> u32 {
+    dashboard::alerts::AlertThresholds::default().low_stock_units
+}
+fn default_offline_after_s() -> u64 {
+    dashboard::alerts::AlertThresholds::default().offline_after_s
+}
+fn default_backlog_events_max() -> u64 {
+    dashboard::alerts::AlertThresholds::default().backlog_events_max
+}
+fn default_over_short_won_max() -> i64 {
+    dashboard::alerts::AlertThresholds::default().over_short_won_max
+}
+fn default_sse_subscribers_max() -> usize {
+    dashboard::app::SSE_SUBSCRIBERS_DEFAULT
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +189,10 @@ pub struct PeerConfig {
     pub replication_addr: SocketAddrV4,
     /// Where the peer accepts machines (sent to machines as a redirect).
     pub machine_addr: SocketAddrV4,
+    /// Where the peer serves its dashboard (followers link to the
+    /// primary's, and the replication page asks peers for their status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_addr: Option<SocketAddrV4>,
 }
 
 fn default_transport() -> TransportKind {
@@ -198,7 +304,7 @@ impl ReplicaConfig {
         if self.name.is_empty() || self.name.len() > ledger::store::record::REPLICA_NAME_BYTES_MAX {
             return invalid("name must have 1 to 64 bytes".into());
         }
-        Ok(())
+        self.dashboard.validate()
     }
 
     pub fn raw_source(&self) -> SocketAddrV4 {
@@ -306,8 +412,10 @@ impl LocalClusterPlan {
                     priority: priority(peer),
                     replication_addr: self.replication_addr(peer),
                     machine_addr: self.machine_addr(peer),
+                    status_addr: Some(self.status_addr(peer)),
                 })
                 .collect(),
+            dashboard: DashboardConfig::default(),
         }
     }
 }
@@ -362,6 +470,52 @@ mod tests {
             toml::from_str::<ReplicaConfig>(&text).is_err(),
             "unknown fields are refused"
         );
+        let mut config = plan.config(1, 9, Path::new("/tmp/c"), TransportKind::Udp);
+        config.dashboard.tls_certificate = Some("/tmp/cert.pem".into());
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("go together")
+        );
+    }
+
+    #[test]
+    fn a_config_without_a_dashboard_section_loads_with_defaults() {
+        let plan = LocalClusterPlan {
+            base_port: 7100,
+            host: std::net::Ipv4Addr::LOCALHOST,
+        };
+        let mut config = plan.config(2, 9, Path::new("/tmp/c"), TransportKind::Udp);
+        config.dashboard.tls_certificate = Some("/tmp/c/tls/cert.pem".into());
+        config.dashboard.tls_private_key = Some("/tmp/c/tls/key.pem".into());
+        config.dashboard.low_stock_units = 3;
+        let parsed: ReplicaConfig = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(parsed, config);
+        // An older file: no [dashboard], no peers' status addresses.
+        let old: String = plan
+            .config(2, 9, Path::new("/tmp/c"), TransportKind::Udp)
+            .to_toml()
+            .lines()
+            .filter(|line| !line.starts_with("status_addr") && !line.starts_with("[dashboard]"))
+            .filter(|line| {
+                ![
+                    "low_stock_units",
+                    "offline_after_s",
+                    "backlog_events_max",
+                    "over_short_won_max",
+                    "sse_subscribers_max",
+                ]
+                .iter()
+                .any(|key| line.starts_with(key))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed: ReplicaConfig = toml::from_str(&old).unwrap();
+        parsed.validate().unwrap();
+        assert_eq!(parsed.dashboard, DashboardConfig::default());
+        assert!(parsed.peers.iter().all(|p| p.status_addr.is_none()));
     }
 }
 

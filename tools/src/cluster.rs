@@ -227,6 +227,11 @@ pub fn init(args: &ClusterArgs) -> Result<ClusterFile> {
         config.drop_received_percent = args.drop_received_percent;
         link_keys(&config.data_dir)?;
         let path = dir.join(format!("replica-{id}.toml"));
+        // Keep what an operator set for the dashboard (HTTPS from
+        // `vendctl keys tls`, alert thresholds) across re-inits.
+        if let Ok(existing) = replica::config::ReplicaConfig::load(&path) {
+            config.dashboard = existing.dashboard;
+        }
         std::fs::write(&path, config.to_toml())
             .with_context(|| format!("writing {}", path.display()))?;
         replicas.push(ClusterReplica {

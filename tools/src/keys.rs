@@ -31,6 +31,9 @@ pub enum KeysCommand {
         #[arg(long)]
         machines: Option<u32>,
     },
+    /// Make a self-signed certificate for the cluster's dashboards (local
+    /// use) and point the replica configs at it: they serve HTTPS.
+    Tls(crate::tls::TlsArgs),
 }
 
 /// `vendctl keys` is the one command that creates keys: nothing else makes
@@ -60,6 +63,7 @@ pub fn run(command: KeysCommand) -> Result<ExitCode> {
             );
             report_created(&created, &dir);
         }
+        KeysCommand::Tls(args) => return crate::tls::run(&args),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,8 @@ mod fleet;
 mod keys;
 mod replay;
 mod simulate;
+mod tls;
+mod user;
 mod util;
 mod verify;
 
@@ -55,6 +57,9 @@ enum Commands {
     /// Set up or run a local three-replica cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Dashboard operator accounts (admin or auditor).
+    #[command(subcommand)]
+    User(user::UserCommand),
     /// Show each replica's role, epoch, tip, commit, lag and repair counts.
     Status(cluster::StatusArgs),
     /// Measure durable append and replay throughput.
@@ -76,6 +81,7 @@ fn main() -> ExitCode {
         Commands::Keys(command) => keys::run(command),
         Commands::Cluster(command) => cluster::run(command),
         Commands::Status(args) => cluster::status(args),
+        Commands::User(command) => user::run(command),
         Commands::Bench(args) => bench::run(args),
         Commands::BenchReplication(args) => bench_replication::run(args),
     };

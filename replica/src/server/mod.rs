@@ -9,7 +9,9 @@
 //! * [`limits`]: the descriptor limit, raised at start, and the connection
 //!   caps derived from it;
 //! * [`status`]: the read ports the dashboard uses (a snapshot published
-//!   after rounds, a log reader, the live feed of committed entries).
+//!   after rounds, the live feed of committed entries);
+//! * [`log_reader`]: how the dashboard reads the log (and its index of
+//!   each machine's entries).
 //!
 //! [`run`] serves a replica on listeners the caller bound (tests bind port
 //! 0) until a shutdown future completes; [`start`] binds from the
@@ -17,6 +19,7 @@
 
 mod core;
 pub mod limits;
+mod log_reader;
 mod sessions;
 mod status;
 mod udp;
@@ -37,7 +40,8 @@ use ledger::Ledger;
 use ledger::keys::{Keyring, SkippedKeyFile};
 use ledger::store::promise::PromiseFile;
 use ledger::store::{OpenOptions, StoreError};
-use status::{Publisher, ReadableTip, StoreLogReader};
+use log_reader::StoreLogReader;
+use status::{Publisher, ReadableTip};
 use std::future::Future;
 use std::net::{SocketAddrV4, TcpListener, UdpSocket};
 use std::sync::Arc;
@@ -343,13 +347,12 @@ fn spawn_threads(
     let core = spawn("replica-core")
         .spawn(move || core.run(&receiver, &mut publisher))
         .map_err(io_error("starting the core thread"))?;
+    let log = Arc::new(StoreLogReader::new(reader, readable_tip, snapshot.clone()));
+    log_reader::keep_index_current(Arc::downgrade(&log));
     let ports = ReadPorts {
         snapshot,
         projection,
-        log: Arc::new(StoreLogReader {
-            reader,
-            readable_tip,
-        }),
+        log,
         committed,
         actions,
     };
@@ -374,6 +377,40 @@ fn forward_operator_requests(
     if let Err(error) = spawned {
         tracing::error!(error = %error, "operator requests cannot reach the core");
     }
+}
+
+/// What the dashboard needs besides the read ports: keys derived from the
+/// cluster key (so a session made on one replica is valid on every one),
+/// TLS files, alert thresholds and where the peers' dashboards are. Live
+/// updates get at most half the status port's connections.
+fn dashboard_options(
+    config: &ReplicaConfig,
+    http_connections: usize,
+) -> Result<dashboard::DashboardOptions, ServerError> {
+    let cluster_key = Keyring::open(&config.keys_dir)?.cluster_key()?;
+    let dashboard_config = &config.dashboard;
+    Ok(dashboard::DashboardOptions {
+        session_key: blake3::derive_key(
+            dashboard::auth::session::SESSION_KEY_CONTEXT,
+            cluster_key.as_bytes(),
+        ),
+        admin_key: dashboard::auth::cluster::admin_key(&cluster_key),
+        tls: dashboard_config.tls(),
+        thresholds: dashboard_config.thresholds(),
+        peers: config
+            .peers
+            .iter()
+            .filter_map(|peer| {
+                Some(dashboard::PeerDashboard {
+                    name: peer.name.clone(),
+                    address: std::net::SocketAddr::V4(peer.status_addr?),
+                })
+            })
+            .collect(),
+        sse_subscribers_max: dashboard_config
+            .sse_subscribers_max
+            .min((http_connections / 2).max(1)),
+    })
 }
 
 /// Serves a replica on `listeners` until `shutdown` completes, then stops
@@ -431,11 +468,12 @@ async fn run_with_ports(
         connections_max: budget.http_connections,
         ..dashboard::HttpLimits::default()
     };
+    let options = dashboard_options(&config, budget.http_connections)?;
     let mut status_stopped = network_stopped.clone();
     let http = tokio::spawn(async move {
         let shutdown = async move { until_stopped(&mut status_stopped).await };
-        if let Err(e) = dashboard::serve(status, ports, http_limits, shutdown).await {
-            tracing::error!(error = %e, "status API stopped");
+        if let Err(e) = dashboard::serve(status, ports, http_limits, options, shutdown).await {
+            tracing::error!(error = %e, "the dashboard stopped");
         }
     });
     shutdown.await;

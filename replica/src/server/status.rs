@@ -3,16 +3,14 @@
 //! dashboard never queues anything on the core.
 
 use super::core::Core;
+use super::log_reader::entry_view;
 use crate::node::Role as NodeRole;
 use dashboard::ports::{
-    COMMITTED_FEED_ENTRIES_MAX, CommittedEntry, EntryKind, FleetTotals, LogEntryView, LogReader,
-    MachineSummary, PROJECTION_EVERY_MS, READ_ENTRIES_MAX, ReadError, Role, Snapshot,
+    COMMITTED_FEED_ENTRIES_MAX, CommittedEntry, FleetTotals, MachineSummary, PROJECTION_EVERY_MS,
+    Role, Snapshot,
 };
 use dashboard::{CLUSTER_KEY_WARNING_MS, FollowerStatus, ReplicaStatus};
-use ledger::operator::{OperatorAction, OperatorRecord};
 use ledger::projection::Projection;
-use ledger::store::record::{LogEntry, Payload};
-use ledger::store::rocks::RocksReader;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{broadcast, watch};
@@ -21,10 +19,10 @@ use tokio::sync::{broadcast, watch};
 /// machine); a role change publishes at once.
 const SNAPSHOT_EVERY_MS: u64 = 50;
 
-/// The tip a [`StoreLogReader`] may read up to: the core raises it after
+/// The tip a [`StoreLogReader`](super::log_reader::StoreLogReader) may read up to: the core raises it after
 /// each round (a reader never sees a write its round has not finished).
 #[derive(Default)]
-pub(super) struct ReadableTip(AtomicU64);
+pub(super) struct ReadableTip(pub(super) AtomicU64);
 
 /// Publishes the core's state for readers.
 pub(super) struct Publisher {
@@ -131,76 +129,6 @@ fn role(core: &Core) -> Role {
             0 => Role::Sync,
             1 => Role::Backup,
             _ => Role::Follower,
-        },
-    }
-}
-
-/// An entry as pages show it; a record that does not decode is shown as
-/// such, never hidden.
-pub(super) fn entry_view(gseq: u64, record: &[u8]) -> LogEntryView {
-    match LogEntry::decode(record) {
-        Ok(entry) => {
-            let kind = match &entry.body.payload {
-                Payload::EpochStarted { primary } => EntryKind::EpochStarted {
-                    primary: primary.clone(),
-                },
-                Payload::Event {
-                    machine_id,
-                    machine_seq,
-                    event,
-                } => match event.envelope() {
-                    Ok(envelope) => EntryKind::Event {
-                        machine: machine_id.clone(),
-                        seq: *machine_seq,
-                        at_ms: envelope.at_ms,
-                        event: envelope.event.kind().to_owned(),
-                    },
-                    Err(error) => EntryKind::Unreadable {
-                        problem: error.to_string(),
-                    },
-                },
-                Payload::Operator { record } => operator_kind(record),
-            };
-            LogEntryView {
-                gseq,
-                epoch: entry.body.epoch,
-                logged_ms: entry.body.logged_ms,
-                hash: hex::encode(entry.hash),
-                prev_hash: hex::encode(entry.prev_hash),
-                kind,
-            }
-        }
-        Err(error) => LogEntryView {
-            gseq,
-            epoch: 0,
-            logged_ms: 0,
-            hash: hex::encode(blake3::hash(record).as_bytes()),
-            prev_hash: String::new(),
-            kind: EntryKind::Unreadable {
-                problem: error.to_string(),
-            },
-        },
-    }
-}
-
-/// An operator's entry as pages show it.
-fn operator_kind(record: &[u8]) -> EntryKind {
-    match OperatorRecord::decode(record) {
-        Ok(record) => {
-            let machine = match &record.action {
-                OperatorAction::CommandRequested { machine, .. } => Some(machine.clone()),
-                OperatorAction::AlertAcknowledged { alert, .. } => Some(alert.machine.clone()),
-                _ => None,
-            };
-            EntryKind::Operator {
-                at_ms: record.at_ms,
-                action: record.action.kind().to_owned(),
-                operator: record.operator,
-                machine,
-            }
-        }
-        Err(error) => EntryKind::Unreadable {
-            problem: format!("operator record: {error}"),
         },
     }
 }
@@ -363,35 +291,5 @@ fn status(core: &Core) -> ReplicaStatus {
         transport: core.config.transport.to_string(),
         pid: std::process::id(),
         uptime_ms: core.now_ms(),
-    }
-}
-
-/// Reads the replica's log for pages, from any thread.
-pub(super) struct StoreLogReader {
-    pub(super) reader: RocksReader,
-    pub(super) readable_tip: Arc<ReadableTip>,
-}
-
-impl LogReader for StoreLogReader {
-    fn entries(&self, from_gseq: u64, to_gseq: u64) -> Result<Vec<LogEntryView>, ReadError> {
-        let tip = self.readable_tip.0.load(Ordering::Acquire);
-        if from_gseq > tip {
-            return Err(ReadError::BeyondTip {
-                gseq: from_gseq,
-                tip,
-            });
-        }
-        let from = from_gseq.max(1);
-        let last = to_gseq
-            .min(tip)
-            .min(from.saturating_add(READ_ENTRIES_MAX as u64 - 1));
-        let mut out = Vec::new();
-        self.reader
-            .for_each_record(from, last, &mut |gseq, record| {
-                out.push(entry_view(gseq, record));
-                Ok(true)
-            })
-            .map_err(|e| ReadError::Storage(e.to_string()))?;
-        Ok(out)
     }
 }

@@ -1,0 +1,402 @@
+//! How the dashboard reads this replica's log, from any thread and without
+//! the core: [`StoreLogReader`] over RocksDB's reader, bounded by the tip
+//! the core last finished writing, and an index of each machine's entries
+//! so a machine's history pages in time proportional to the page.
+//!
+//! The index holds committed entries only (8 bytes per entry): they are
+//! never truncated, so it never has to forget anything. Entries above the
+//! commit are few and read directly. A thread keeps the index current
+//! ([`keep_index_current`]); a request catches up whatever is left.
+
+use super::status::ReadableTip;
+use dashboard::format;
+use dashboard::ports::{
+    EntryKind, LogEntryView, LogReader, MACHINE_SCAN_ENTRIES_MAX, READ_ENTRIES_MAX, ReadError,
+    SnapshotReceiver,
+};
+use ledger::event::{Destination, Event, Source};
+use ledger::operator::{OperatorAction, OperatorRecord};
+use ledger::store::record::{LogEntry, Payload};
+use ledger::store::rocks::RocksReader;
+use ledger::{EventEnvelope, MachineId};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+/// How often the index thread looks for newly committed entries.
+const INDEX_EVERY: Duration = Duration::from_millis(500);
+
+/// Each machine's committed entries, by gseq (ascending).
+#[derive(Default)]
+struct MachineIndex {
+    indexed_to: u64,
+    gseqs: HashMap<MachineId, Vec<u64>>,
+}
+
+/// Reads the replica's log for pages, from any thread.
+pub(super) struct StoreLogReader {
+    reader: RocksReader,
+    readable_tip: Arc<ReadableTip>,
+    snapshot: SnapshotReceiver,
+    index: Mutex<MachineIndex>,
+}
+
+impl StoreLogReader {
+    pub(super) fn new(
+        reader: RocksReader,
+        readable_tip: Arc<ReadableTip>,
+        snapshot: SnapshotReceiver,
+    ) -> StoreLogReader {
+        StoreLogReader {
+            reader,
+            readable_tip,
+            snapshot,
+            index: Mutex::new(MachineIndex::default()),
+        }
+    }
+
+    fn tip(&self) -> u64 {
+        self.readable_tip.0.load(Ordering::Acquire)
+    }
+
+    /// Indexes what was committed since the last call; returns how far the
+    /// index reaches.
+    fn catch_up(&self) -> Result<u64, ReadError> {
+        let commit = self.snapshot.borrow().status.commit.min(self.tip());
+        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        if commit <= index.indexed_to {
+            return Ok(index.indexed_to);
+        }
+        let from = index.indexed_to + 1;
+        let mut indexed_to = index.indexed_to;
+        let gseqs = &mut index.gseqs;
+        let result = self
+            .reader
+            .for_each_record(from, commit, &mut |gseq, record| {
+                if let Ok(entry) = LogEntry::decode(record)
+                    && let Payload::Event { machine_id, .. } = &entry.body.payload
+                {
+                    match gseqs.get_mut(machine_id) {
+                        Some(list) => list.push(gseq),
+                        None => {
+                            gseqs.insert(machine_id.clone(), vec![gseq]);
+                        }
+                    }
+                }
+                indexed_to = gseq;
+                Ok(true)
+            });
+        index.indexed_to = indexed_to;
+        result.map_err(|e| ReadError::Storage(e.to_string()))?;
+        Ok(indexed_to)
+    }
+
+    /// The machine's indexed gseqs within `from..=to`.
+    fn indexed(
+        &self,
+        machine: &MachineId,
+        from: u64,
+        to: u64,
+        newest_first: bool,
+        limit: usize,
+    ) -> Vec<u64> {
+        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(list) = index.gseqs.get(machine) else {
+            return Vec::new();
+        };
+        let start = list.partition_point(|&g| g < from);
+        let end = list.partition_point(|&g| g <= to);
+        let range = &list[start..end.max(start)];
+        if newest_first {
+            range.iter().rev().take(limit).copied().collect()
+        } else {
+            range.iter().take(limit).copied().collect()
+        }
+    }
+
+    fn read_one(&self, gseq: u64) -> Result<Option<LogEntryView>, ReadError> {
+        let mut found = None;
+        self.reader
+            .for_each_record(gseq, gseq, &mut |gseq, record| {
+                found = Some(entry_view(gseq, record));
+                Ok(false)
+            })
+            .map_err(|e| ReadError::Storage(e.to_string()))?;
+        Ok(found)
+    }
+
+    /// Scans `from..=to` (the unindexed tail) for the machine's entries.
+    fn scan(
+        &self,
+        machine: &MachineId,
+        from: u64,
+        to: u64,
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<LogEntryView>, ReadError> {
+        let to = to.min(from.saturating_add(MACHINE_SCAN_ENTRIES_MAX));
+        let mut found = Vec::new();
+        self.reader
+            .for_each_record(from, to, &mut |gseq, record| {
+                let view = entry_view(gseq, record);
+                if matches!(&view.kind, EntryKind::Event { machine: m, .. } if m == machine) {
+                    found.push(view);
+                }
+                Ok(true)
+            })
+            .map_err(|e| ReadError::Storage(e.to_string()))?;
+        if newest_first {
+            found.reverse();
+        }
+        found.truncate(limit);
+        Ok(found)
+    }
+}
+
+impl LogReader for StoreLogReader {
+    fn entries(&self, from_gseq: u64, to_gseq: u64) -> Result<Vec<LogEntryView>, ReadError> {
+        let tip = self.tip();
+        if from_gseq > tip {
+            return Err(ReadError::BeyondTip {
+                gseq: from_gseq,
+                tip,
+            });
+        }
+        let from = from_gseq.max(1);
+        let last = to_gseq
+            .min(tip)
+            .min(from.saturating_add(READ_ENTRIES_MAX as u64 - 1));
+        let mut out = Vec::new();
+        self.reader
+            .for_each_record(from, last, &mut |gseq, record| {
+                out.push(entry_view(gseq, record));
+                Ok(true)
+            })
+            .map_err(|e| ReadError::Storage(e.to_string()))?;
+        Ok(out)
+    }
+
+    fn machine_entries(
+        &self,
+        machine: &MachineId,
+        from_gseq: u64,
+        to_gseq: u64,
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<LogEntryView>, ReadError> {
+        let limit = limit.min(READ_ENTRIES_MAX);
+        let from = from_gseq.max(1);
+        let to = to_gseq.min(self.tip());
+        if from > to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let indexed_to = self.catch_up()?;
+        let tail_from = from.max(indexed_to + 1);
+        let mut out = Vec::new();
+        if newest_first && tail_from <= to {
+            out = self.scan(machine, tail_from, to, true, limit)?;
+        }
+        let wanted = limit - out.len();
+        for gseq in self.indexed(machine, from, to.min(indexed_to), newest_first, wanted) {
+            if let Some(view) = self.read_one(gseq)? {
+                out.push(view);
+            }
+        }
+        if !newest_first && out.len() < limit && tail_from <= to {
+            let wanted = limit - out.len();
+            out.extend(self.scan(machine, tail_from, to, false, wanted)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Keeps the machine index current while the reader is in use.
+pub(super) fn keep_index_current(reader: Weak<StoreLogReader>) {
+    let spawned = std::thread::Builder::new()
+        .name("log-index".into())
+        .spawn(move || {
+            while let Some(reader) = reader.upgrade() {
+                if reader.snapshot.has_changed().is_err() {
+                    return;
+                }
+                if let Err(error) = reader.catch_up() {
+                    tracing::warn!(error = %error, "could not index the log for the dashboard");
+                }
+                drop(reader);
+                std::thread::sleep(INDEX_EVERY);
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(error = %error, "the dashboard's log index is built on demand only");
+    }
+}
+
+/// An entry as pages show it; a record that does not decode is shown as
+/// such, never hidden.
+pub(super) fn entry_view(gseq: u64, record: &[u8]) -> LogEntryView {
+    match LogEntry::decode(record) {
+        Ok(entry) => {
+            let kind = match &entry.body.payload {
+                Payload::EpochStarted { primary } => EntryKind::EpochStarted {
+                    primary: primary.clone(),
+                },
+                Payload::Event {
+                    machine_id,
+                    machine_seq,
+                    event,
+                } => match event.envelope() {
+                    Ok(envelope) => EntryKind::Event {
+                        machine: machine_id.clone(),
+                        seq: *machine_seq,
+                        at_ms: envelope.at_ms,
+                        event: envelope.event.kind().to_owned(),
+                        detail: describe(&envelope),
+                    },
+                    Err(error) => EntryKind::Unreadable {
+                        problem: error.to_string(),
+                    },
+                },
+                Payload::Operator { record } => operator_kind(record),
+            };
+            LogEntryView {
+                gseq,
+                epoch: entry.body.epoch,
+                logged_ms: entry.body.logged_ms,
+                hash: hex::encode(entry.hash),
+                prev_hash: hex::encode(entry.prev_hash),
+                kind,
+            }
+        }
+        Err(error) => LogEntryView {
+            gseq,
+            epoch: 0,
+            logged_ms: 0,
+            hash: hex::encode(blake3::hash(record).as_bytes()),
+            prev_hash: String::new(),
+            kind: EntryKind::Unreadable {
+                problem: error.to_string(),
+            },
+        },
+    }
+}
+
+/// An operator's entry as pages show it.
+fn operator_kind(record: &[u8]) -> EntryKind {
+    match OperatorRecord::decode(record) {
+        Ok(record) => {
+            let machine = match &record.action {
+                OperatorAction::CommandRequested { machine, .. } => Some(machine.clone()),
+                OperatorAction::AlertAcknowledged { alert, .. } => Some(alert.machine.clone()),
+                _ => None,
+            };
+            EntryKind::Operator {
+                at_ms: record.at_ms,
+                action: record.action.kind().to_owned(),
+                operator: record.operator,
+                machine,
+            }
+        }
+        Err(error) => EntryKind::Unreadable {
+            problem: format!("operator record: {error}"),
+        },
+    }
+}
+
+fn source(source: &Source) -> String {
+    match source {
+        Source::Local => String::new(),
+        Source::Remote { command_id } => format!(" (dashboard command #{command_id})"),
+    }
+}
+
+/// What an event says, in words, for the audit log and live feeds.
+pub(super) fn describe(envelope: &EventEnvelope) -> String {
+    let won = format::won;
+    match &envelope.event {
+        Event::MoneyInserted {
+            denomination,
+            destination,
+        } => {
+            let place = match destination {
+                Destination::Tube => "tube",
+                Destination::CashBox => "cash box",
+                Destination::Stacker => "stacker",
+                Destination::Escrow => "bill escrow",
+            };
+            format!("{} into the {place}", won(denomination.value()))
+        }
+        Event::MoneyRejected { value, reason, .. } => {
+            format!("{} returned: {}", won(*value), reason.message())
+        }
+        Event::ProductPurchased {
+            slot,
+            product,
+            price,
+        } => format!("{product} (slot {slot}) for {}", won(*price)),
+        Event::PurchaseCancelled {
+            slot,
+            product,
+            price,
+        } => format!("{product} (slot {slot}) refunded, {}", won(*price)),
+        Event::ChangeReturned { paid, .. } => format!("{} paid out", won(*paid)),
+        Event::BillStacked { denomination } => {
+            format!(
+                "{} bill from the escrow to the stacker",
+                won(denomination.value())
+            )
+        }
+        Event::BillReturned { denomination } => {
+            format!(
+                "{} bill given back from the escrow",
+                won(denomination.value())
+            )
+        }
+        Event::ChangeOwed { ticket, amount } => format!("ticket {ticket}: {} owed", won(*amount)),
+        Event::ChangeOwedSettled {
+            ticket,
+            amount,
+            source: from,
+        } => format!("ticket {ticket} settled, {}{}", won(*amount), source(from)),
+        Event::SlotRefilled { slot, added } => format!("slot {slot}: {added} added"),
+        Event::TubeLoaded {
+            denomination,
+            count,
+        } => format!("{count} × {}", won(denomination.value())),
+        Event::CashCollected {
+            cash_box,
+            stacker,
+            counted,
+        } => format!(
+            "expected {}, counted {}",
+            won(cash_box + stacker),
+            won(*counted)
+        ),
+        Event::PriceChanged {
+            slot,
+            price,
+            source: from,
+        } => format!("slot {slot}: price {}{}", won(*price), source(from)),
+        Event::ProductRenamed {
+            slot,
+            name,
+            source: from,
+        } => format!("slot {slot}: renamed {name:?}{}", source(from)),
+        Event::SlotConfigured(config) => format!(
+            "slot {}: {} at {}, holds {}",
+            config.slot,
+            config.product.name,
+            won(config.product.price),
+            config.capacity
+        ),
+        Event::AdminLoginFailed { failures } => format!("failure {failures} in a row"),
+        Event::AdminLockedOut { until_ms } => format!("until {}", format::time(*until_ms)),
+        Event::RemoteCommandRejected { command_id, reason } => {
+            format!("command #{command_id}: {reason}")
+        }
+        Event::Installed(_)
+        | Event::AdminLoggedIn
+        | Event::AdminLoggedOut
+        | Event::AdminPasswordChanged { .. } => String::new(),
+    }
+}
