@@ -152,6 +152,7 @@ fn run_with_replicas(
         .enable_all()
         .build()?;
     let primary = wait_for_primary(file)?;
+    let login = demo_login(dir)?;
     let machines = open_machines(file, dir, args.machines)?;
     let (stop, stopped) = watch::channel(false);
     let board = Board::default();
@@ -188,6 +189,7 @@ fn run_with_replicas(
         args.machines,
         app.is_some(),
     );
+    print_login(&login, dir);
     let outcome = runtime.block_on(supervise(file, replicas, binary, dir, &board));
     let _ = stop.send(true);
     runtime.block_on(async {
@@ -410,6 +412,75 @@ fn open_machine_app(file: &ClusterFile, dir: &Path, number: u32) -> Option<Child
     }
 }
 
+/// The operator account the demo makes for its dashboard.
+const DEMO_USER: &str = "demo";
+/// Where the demo keeps that account's password (readable only by its
+/// owner), so a second run can say where it is.
+const LOGIN_FILE: &str = "demo-login.txt";
+
+/// The dashboard login of this demo directory.
+struct Login {
+    password: String,
+    /// Made by this run (its password is printed once, now).
+    new: bool,
+}
+
+/// Makes the demo's admin account on the first run (a random password,
+/// kept in DIR/demo-login.txt with mode 0600); later runs reuse it.
+fn demo_login(dir: &Path) -> Result<Login> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(LOGIN_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Some(password) = text.lines().find_map(|l| l.strip_prefix("password: "))
+    {
+        return Ok(Login {
+            password: password.to_owned(),
+            new: false,
+        });
+    }
+    let suffix: String = (0..12)
+        .map(|_| char::from(b"abcdefghjkmnpqrstuvwxyz23456789"[rand::random_range(0..31)]))
+        .collect();
+    let password = format!("Demo-{suffix}-7");
+    crate::user::add_account(
+        dir,
+        DEMO_USER,
+        ledger::operator::OperatorRole::Admin,
+        &password,
+    )
+    .context("making the demo's dashboard account")?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "user: {DEMO_USER}\npassword: {password}")?;
+    Ok(Login {
+        password,
+        new: true,
+    })
+}
+
+fn print_login(login: &Login, dir: &Path) {
+    if login.new {
+        say!(
+            "Log in to any dashboard as {DEMO_USER} with password {} (shown this once; kept in {} for you only).",
+            login.password,
+            dir.join(LOGIN_FILE).display()
+        );
+    } else {
+        say!(
+            "Log in to any dashboard as {DEMO_USER}; the password is in {}.",
+            dir.join(LOGIN_FILE).display()
+        );
+    }
+    say!("Ctrl-C stops everything.");
+    say!();
+}
+
 /// The demo machine app's admin password (it is a demo: say it).
 const APP_ADMIN_PASSWORD: &str = "Demo-admin-2026!";
 
@@ -446,8 +517,6 @@ fn print_banner(
             machines + 1
         );
     }
-    say!("Ctrl-C stops everything.");
-    say!();
 }
 
 /// Restarts replicas that die (as `cluster up` does) and reports the

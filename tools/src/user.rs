@@ -185,32 +185,47 @@ fn password(from_stdin: bool) -> Result<String> {
 
 use std::io::Read;
 
+/// Adds an operator account to the cluster in `dir`: hashes `password`
+/// (argon2id, the machines' policy) and asks the primary to record it.
+/// Returns the replica that did and its answer. `vendctl demo` makes its
+/// login with this too.
+pub fn add_account(
+    dir: &Path,
+    name: &str,
+    role: OperatorRole,
+    password: &str,
+) -> Result<(String, String)> {
+    if !dashboard::auth::valid_name(name) {
+        bail!("a name has 1-32 ASCII letters, digits, '.', '-' or '_'");
+    }
+    ledger::admin::check_policy(password)?;
+    let (replicas, key) = cluster(dir)?;
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let password_hash =
+        ledger::admin::hash_password(password, &salt, ledger::admin::PasswordParams::Standard)?;
+    let request = AdminRequest::AddUser {
+        name: name.to_owned(),
+        role,
+        password_hash,
+    };
+    let (replica, reply) = deliver(&replicas, &key, &request)?;
+    Ok((replica, reply.message))
+}
+
 pub fn run(command: UserCommand) -> Result<ExitCode> {
     match command {
         UserCommand::Add(args) => {
             if !dashboard::auth::valid_name(&args.name) {
                 bail!("a name has 1-32 ASCII letters, digits, '.', '-' or '_'");
             }
-            let (replicas, key) = cluster(&args.cluster.cluster)?;
             let password = password(args.password_stdin)?;
-            let mut salt = [0u8; 16];
-            rand::rng().fill_bytes(&mut salt);
-            let password_hash = ledger::admin::hash_password(
-                &password,
-                &salt,
-                ledger::admin::PasswordParams::Standard,
-            )?;
-            let request = AdminRequest::AddUser {
-                name: args.name.clone(),
-                role: args.role,
-                password_hash,
-            };
-            let (replica, reply) = deliver(&replicas, &key, &request)?;
+            let (replica, message) =
+                add_account(&args.cluster.cluster, &args.name, args.role, &password)?;
             say!(
-                "added {} as {} ({}, through {replica})",
+                "added {} as {} ({message}, through {replica})",
                 args.name,
                 args.role.as_str(),
-                reply.message
             );
         }
         UserCommand::Disable(args) => {

@@ -64,6 +64,68 @@ fn get(url: &str) -> Option<(u16, String)> {
     Some((status, response.body_mut().read_to_string().ok()?))
 }
 
+/// Logs in to a dashboard with the login the demo printed; the session
+/// cookie.
+fn log_in(base: &str, password: &str) -> String {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let cookies = |response: &ureq::http::Response<ureq::Body>| -> String {
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_owned))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let mut form = agent.get(&format!("{base}/login")).call().unwrap();
+    let pre_session = cookies(&form);
+    let page = form.body_mut().read_to_string().unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the login form carries a CSRF token")
+        .to_owned();
+    let answer = agent
+        .post(&format!("{base}/login"))
+        .header("cookie", &pre_session)
+        .send_form([
+            ("csrf", csrf.as_str()),
+            ("next", "/"),
+            ("user", "demo"),
+            ("password", password),
+        ])
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 303, "logged in and sent on");
+    cookies(&answer)
+}
+
+/// Items sold today as a dashboard's fleet overview shows them.
+fn sold_today(base: &str, session: &str) -> u64 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let Ok(mut response) = agent
+        .get(&format!("{base}/api/v1/machines"))
+        .header("cookie", session)
+        .call()
+    else {
+        return 0;
+    };
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    let overview: Value = serde_json::from_str(&body).unwrap_or_default();
+    overview["totals"]["sales_today_items"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
 fn purchases(data: &Path) -> u64 {
     let out = vendctl()
         .args(["replay", "--json", "--data"])
@@ -143,16 +205,25 @@ fn the_demo_runs_sells_and_stops_cleanly_then_carries_on() {
             .expect("the dashboard answers");
         assert_eq!(status, 200, "{body}");
     }
-    // A customer's purchase reaches the replicated log.
-    let data = dir.path().join("replica-1");
+    // The demo made an admin login and printed it once; with it, a
+    // follower's dashboard shows the fleet's sales of today.
+    let password = text
+        .split("with password ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .expect("the demo prints its login")
+        .to_owned();
+    let follower = format!("http://127.0.0.1:{}", base + 1);
+    let session = log_in(&follower, &password);
     let deadline = Instant::now() + Duration::from_secs(90);
-    while purchases(&data) == 0 {
+    while sold_today(&follower, &session) == 0 {
         assert!(
             Instant::now() < deadline,
-            "no purchase reached the log in 90 s"
+            "no sale reached the overview in 90 s"
         );
         std::thread::sleep(Duration::from_secs(2));
     }
+    let data = dir.path().join("replica-1");
     let status = interrupt(child);
     assert!(status.success(), "the demo exits 0 on Ctrl-C: {status}");
     for pid in &pids {
@@ -164,12 +235,18 @@ fn the_demo_runs_sells_and_stops_cleanly_then_carries_on() {
     );
     let sold = purchases(&data);
 
-    // Again on the same directory: the same keys and data, more sales.
+    // Again on the same directory: the same keys, login and data, more
+    // sales; the password is not printed again.
     let (child, printed) = start_demo(dir.path(), base);
     assert!(
         !printed.iter().any(|l| l.contains("created")),
         "{printed:#?}"
     );
+    assert!(
+        !printed.iter().any(|l| l.contains(&password)),
+        "{printed:#?}"
+    );
+    log_in(&follower, &password);
     let deadline = Instant::now() + Duration::from_secs(90);
     while purchases(&data) <= sold {
         assert!(
