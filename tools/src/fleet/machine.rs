@@ -188,7 +188,10 @@ pub struct MachineRun {
     refused: Option<HandshakeRefused>,
     /// Decisions waiting for their acknowledgement: last seq, stored at.
     waiting: VecDeque<(u64, Instant)>,
-    started: Instant,
+    /// When the rate's clock started and the events sold by then: after
+    /// the first burst (an installation is a dozen events at once, not
+    /// customers), so a slow rate paces customers, not the setup.
+    rate_since: Option<(Instant, u64)>,
     summary: MachineSummary,
 }
 
@@ -229,7 +232,7 @@ impl MachineRun {
             last_primary: None,
             refused: None,
             waiting: VecDeque::new(),
-            started: Instant::now(),
+            rate_since: None,
         }
     }
 
@@ -247,6 +250,10 @@ impl MachineRun {
     /// A burst of customers. Each decision is stored in the machine's own
     /// ledger before the machine applies it, then the uplink is woken.
     pub fn sell_burst(&mut self) -> Result<()> {
+        if self.rate_due().is_some_and(|due| Instant::now() < due) {
+            // Woken early (an outage ended): the next customer is not due.
+            return Ok(());
+        }
         for _ in 0..self.rng.random_range(self.pace.burst.clone()) {
             let (local, chain) = (&self.setup.local, &self.setup.chain);
             let applied = self
@@ -259,6 +266,9 @@ impl MachineRun {
             if !self.selling() {
                 break;
             }
+        }
+        if self.rate_since.is_none() {
+            self.rate_since = Some((Instant::now(), self.summary.events));
         }
         if let Some((control, _)) = &self.running {
             control.appended.notify_one();
@@ -303,16 +313,30 @@ impl MachineRun {
         self.pace.offline_chance > 0.0 && self.rng.random_bool(self.pace.offline_chance)
     }
 
+    /// When the next burst is due to keep the machine on its rate, if it
+    /// has one.
+    fn rate_due(&self) -> Option<Instant> {
+        let rate = self.pace.rate?;
+        let (since, events) = self.rate_since?;
+        let paced = self.summary.events.saturating_sub(events);
+        Some(since + Duration::from_secs_f64(paced as f64 / rate))
+    }
+
     /// Customers do not come back to back: waits a moment, taking the
     /// uplink's reports meanwhile.
     pub async fn pause_taking_reports(&mut self) {
         let pause = match self.pace.rate {
             // Due when the events so far fit the rate.
-            Some(rate) => {
-                let due = self.started + Duration::from_secs_f64(self.summary.events as f64 / rate);
+            Some(_) => self.rate_due().map_or(Duration::ZERO, |due| {
                 due.saturating_duration_since(Instant::now())
-            }
+            }),
             None => Duration::from_millis(self.rng.random_range(self.pace.pause_ms.clone())),
+        };
+        // An outage ends on time even when customers are far apart (a
+        // slow rate): the machine wakes to come back online.
+        let pause = match self.offline_until {
+            Some(until) => pause.min(until.saturating_duration_since(Instant::now())),
+            None => pause,
         };
         let pause = tokio::time::sleep(pause);
         tokio::pin!(pause);
