@@ -116,17 +116,26 @@ async fn browser(driver: &Driver, chromium: &Path) -> Client {
         .expect("chromedriver opens a browser session")
 }
 
-/// The text of the first element matching `css`, once there.
+/// The text of the first element matching `css`, once there. Live
+/// updates replace parts of the page, so an element found a moment ago may
+/// be gone when its text is read: it is then looked up again.
 async fn text_of(client: &Client, css: &str) -> String {
-    client
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css} never appeared: {e}"))
-        .text()
-        .await
-        .expect("the element's text")
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let element = client
+            .wait()
+            .at_most(PATIENCE)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css} never appeared: {e}"));
+        match element.text().await {
+            Ok(text) => return text,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "{css}: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// Waits until the first element matching `css` has text satisfying `ok`.
@@ -146,9 +155,17 @@ async fn wait_for_text(client: &Client, css: &str, ok: impl Fn(&str) -> bool) ->
 /// into the replica's projection; lands on the overview.
 async fn log_in(client: &Client, base: &str) {
     let deadline = Instant::now() + PATIENCE;
+    let mut first = true;
     loop {
         client.goto(&format!("{base}/")).await.unwrap();
         let url = client.current_url().await.unwrap();
+        if !first && url.path() == "/" {
+            // The last attempt did log in; its page was read before the
+            // browser had followed the redirect.
+            wait_for_text(client, "h1", |h1| h1 == "Fleet overview").await;
+            return;
+        }
+        first = false;
         assert_eq!(
             url.path(),
             "/login",

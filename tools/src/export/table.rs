@@ -29,23 +29,34 @@ const EVENT_COLUMNS: [&str; 9] = [
 
 const SALES_COLUMNS: [&str; 5] = ["date_kst", "machine_id", "product", "units", "won"];
 
+/// Where rows go: a CSV writer (quoting as spreadsheets expect) or JSON
+/// lines.
+enum Output<'w> {
+    Csv(csv::Writer<&'w mut dyn Write>),
+    Jsonl(&'w mut dyn Write),
+}
+
+impl Output<'_> {
+    /// One row: CSV fields, or the JSON object that carries the same.
+    fn row(&mut self, fields: &[String], object: impl FnOnce() -> serde_json::Value) -> Result<()> {
+        match self {
+            Output::Csv(csv) => csv.write_record(fields)?,
+            Output::Jsonl(out) => writeln!(out, "{}", object())?,
+        }
+        Ok(())
+    }
+}
+
 /// Writes rows as they come (events) or at the end (sales).
 pub struct Writer<'w> {
     table: Table,
-    csv: Option<csv::Writer<&'w mut dyn Write>>,
-    out: Option<&'w mut dyn Write>,
+    output: Output<'w>,
     sales: BTreeMap<(i32, MachineId, String), Tally>,
 }
 
 impl<'w> Writer<'w> {
     pub fn new(format: Format, table: Table, out: &'w mut dyn Write) -> Result<Writer<'w>> {
-        let mut writer = Writer {
-            table,
-            csv: None,
-            out: None,
-            sales: BTreeMap::new(),
-        };
-        if format == Format::Csv {
+        let output = if format == Format::Csv {
             let mut csv = csv::Writer::from_writer(out);
             match table {
                 Table::Events => {
@@ -59,11 +70,15 @@ impl<'w> Writer<'w> {
                 }
                 Table::Sales => csv.write_record(SALES_COLUMNS)?,
             }
-            writer.csv = Some(csv);
+            Output::Csv(csv)
         } else {
-            writer.out = Some(out);
-        }
-        Ok(writer)
+            Output::Jsonl(out)
+        };
+        Ok(Writer {
+            table,
+            output,
+            sales: BTreeMap::new(),
+        })
     }
 
     /// One applied event; `after` is the projection just after it.
@@ -83,44 +98,33 @@ impl<'w> Writer<'w> {
             return Ok(());
         }
         let row = EventRow::of(export, after);
-        match (&mut self.csv, &mut self.out) {
-            (Some(csv), _) => csv.write_record(row.csv_fields())?,
-            (None, Some(out)) => writeln!(out, "{}", row.json())?,
-            (None, None) => unreachable!("a writer has an output"),
-        }
-        Ok(())
+        self.output.row(&row.csv_fields(), || row.json())
     }
 
     /// Writes the sales summary (if that is the table) and flushes.
     pub fn finish(mut self) -> Result<()> {
-        if self.table == Table::Sales {
-            for ((day, machine, product), tally) in std::mem::take(&mut self.sales) {
-                let date = day_date(day).to_string();
-                match (&mut self.csv, &mut self.out) {
-                    (Some(csv), _) => csv.write_record([
-                        date,
-                        machine.to_string(),
-                        product,
-                        tally.count.to_string(),
-                        tally.won.to_string(),
-                    ])?,
-                    (None, Some(out)) => writeln!(
-                        out,
-                        "{}",
-                        json!({
-                            "date_kst": date,
-                            "machine_id": machine,
-                            "product": product,
-                            "units": tally.count,
-                            "won": tally.won,
-                        })
-                    )?,
-                    (None, None) => unreachable!("a writer has an output"),
-                }
-            }
+        for ((day, machine, product), tally) in std::mem::take(&mut self.sales) {
+            let date = day_date(day).to_string();
+            let fields = [
+                date.clone(),
+                machine.to_string(),
+                product.clone(),
+                tally.count.to_string(),
+                tally.won.to_string(),
+            ];
+            self.output.row(&fields, || {
+                json!({
+                    "date_kst": date,
+                    "machine_id": machine,
+                    "product": product,
+                    "units": tally.count,
+                    "won": tally.won,
+                })
+            })?;
         }
-        if let Some(csv) = &mut self.csv {
-            csv.flush()?;
+        match &mut self.output {
+            Output::Csv(csv) => csv.flush()?,
+            Output::Jsonl(out) => out.flush()?,
         }
         Ok(())
     }
