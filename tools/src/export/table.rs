@@ -32,7 +32,8 @@ const SALES_COLUMNS: [&str; 5] = ["date_kst", "machine_id", "product", "units", 
 /// Where rows go: a CSV writer (quoting as spreadsheets expect) or JSON
 /// lines.
 enum Output<'w> {
-    Csv(csv::Writer<&'w mut dyn Write>),
+    /// Boxed: the CSV writer's buffer state is large and lives once.
+    Csv(Box<csv::Writer<&'w mut dyn Write>>),
     Jsonl(&'w mut dyn Write),
 }
 
@@ -70,7 +71,7 @@ impl<'w> Writer<'w> {
                 }
                 Table::Sales => csv.write_record(SALES_COLUMNS)?,
             }
-            Output::Csv(csv)
+            Output::Csv(Box::new(csv))
         } else {
             Output::Jsonl(out)
         };
