@@ -33,12 +33,12 @@ use tokio_util::codec::Encoder;
 use vm_iced::config::MachineConfig;
 use vm_iced::machine::{Machine, system_clock};
 
-/// Ports for one test: each test has its own block of 30 (a plan uses
-/// base+1 to base+23).
-fn plan(block: u16) -> LocalClusterPlan {
-    assert!(block < 5);
+/// Ports for one test: a block of free ones (`common::base_port` checks
+/// them, so a port the system handed out to some other connection is never
+/// reused here).
+fn plan() -> LocalClusterPlan {
     LocalClusterPlan {
-        base_port: 28_000 + u16::try_from(std::process::id() % 100).unwrap() * 150 + block * 30,
+        base_port: common::base_port(),
         host: Ipv4Addr::LOCALHOST,
     }
 }
@@ -97,7 +97,7 @@ fn status(address: &str) -> serde_json::Value {
 fn a_replica_without_its_keys_refuses_to_start_and_creates_none() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
-    let config = plan(0).config(1, 5, dir, TransportKind::Udp);
+    let config = plan().config(1, 5, dir, TransportKind::Udp);
     let keys = config.keys_dir.to_str().unwrap().to_owned();
 
     let error = start_error(&config);
@@ -164,7 +164,7 @@ fn hello(address: std::net::SocketAddrV4, machine: &str) -> Option<Vec<u8>> {
 fn one_unreadable_machine_key_file_costs_only_that_machine() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
-    let config = plan(1).config(1, 6, dir, TransportKind::Udp);
+    let config = plan().config(1, 6, dir, TransportKind::Udp);
     let keys = config.keys_dir.to_str().unwrap().to_owned();
     run_vendctl(&["keys", "init", "--dir", &keys]);
     run_vendctl(&["keys", "machine", "--dir", &keys, "--machines", "2"]);
@@ -287,7 +287,7 @@ fn a_machine_that_cannot_start_leaves_nothing_behind_and_names_who_runs_it() {
 fn a_replica_with_another_cluster_key_says_so() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
-    let mut config = plan(2).config(2, 7, dir, TransportKind::Udp);
+    let mut config = plan().config(2, 7, dir, TransportKind::Udp);
     // Quiet elections: this replica only listens.
     config.election_timeout_min_ms = 60_000;
     config.election_timeout_max_ms = 60_001;
@@ -313,7 +313,12 @@ fn a_replica_with_another_cluster_key_says_so() {
         .call()
         .is_err()
     {
-        assert!(Instant::now() < deadline, "the replica did not start");
+        let exited = child.0.try_wait().ok().flatten();
+        assert!(
+            exited.is_none() && Instant::now() < deadline,
+            "the replica did not start ({exited:?}): {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(status(&status_address)["cluster_key_warning"].is_null());
@@ -425,11 +430,11 @@ fn replica_process_error(config: &Path) -> String {
 fn a_replica_that_cannot_start_says_why_once() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
-    let first = plan(3).config(1, 8, dir, TransportKind::Udp);
+    let first = plan().config(1, 8, dir, TransportKind::Udp);
     run_vendctl(&["keys", "init", "--dir", first.keys_dir.to_str().unwrap()]);
     let running = replica::server::start(first.clone()).expect("the first replica starts");
     // A second replica started on the same data directory by mistake.
-    let mut second = plan(4).config(1, 8, dir, TransportKind::Udp);
+    let mut second = plan().config(1, 8, dir, TransportKind::Udp);
     second.data_dir = first.data_dir.clone();
     let second_path = dir.join("second.toml");
     std::fs::write(&second_path, second.to_toml()).unwrap();
