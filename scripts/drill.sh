@@ -10,14 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
-if [ ! -x target/debug/vendctl ] || [ ! -x target/debug/vend-replica ]; then
+if [ ! -x "$bin/vendctl" ] || [ ! -x "$bin/vend-replica" ]; then
   echo "building vendctl and vend-replica: the first build compiles RocksDB and takes about"
   echo "20 minutes on 2 cores (later runs take seconds)..."
 fi
 # The whole workspace, like every other build here: building single
 # packages resolves other features and rebuilds RocksDB.
 cargo build --locked --workspace
-vendctl=$PWD/target/debug/vendctl
+vendctl=$bin/vendctl
 dir="${1:-$(mktemp -d /tmp/vendledger-XXXXXX)}"
 mkdir -p "$dir"
 port="${BASE_PORT:-7100}"

@@ -9,11 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
-if [ ! -x target/debug/vendctl ] || [ ! -x target/debug/vend-replica ]; then
+if [ ! -x "$bin/vendctl" ] || [ ! -x "$bin/vend-replica" ]; then
   echo "building vendledger: the first build compiles RocksDB and takes about"
   echo "20 minutes on 2 cores (later runs take seconds)..."
 fi
 # The same build as the tests (one profile, the whole workspace), so the
 # two README commands never compile RocksDB twice.
 cargo build --workspace --locked
-exec "$PWD/target/debug/vendctl" demo "$@"
+exec "$bin/vendctl" demo "$@"

@@ -29,7 +29,7 @@ fi
 cargo build --locked --workspace
 work="$(mktemp -d /tmp/vend-vm-shot-XXXXXX)"
 # vend-vm makes no key of its own: provision the machine first.
-./target/debug/vendctl keys machine --dir "$work/keys" --id VM-001 > /dev/null
+$bin/vendctl keys machine --dir "$work/keys" --id VM-001 > /dev/null
 display=":$((90 + RANDOM % 9))"
 Xvfb "$display" -screen 0 "${size}x24" -nolisten tcp > "$work/xvfb.log" 2>&1 &
 xvfb=$!
@@ -37,7 +37,7 @@ cleanup() { kill "${vm:-}" 2>/dev/null || true; kill "$xvfb" 2>/dev/null || true
 trap cleanup EXIT
 for _ in $(seq 50); do DISPLAY="$display" xdpyinfo >/dev/null 2>&1 && break; sleep 0.1; done
 
-DISPLAY="$display" VEND_VM_WINDOW="$size" ./target/debug/vend-vm \
+DISPLAY="$display" VEND_VM_WINDOW="$size" $bin/vend-vm \
   --machine-id VM-001 --data "$work/vm" --keys "$work/keys" \
   --admin-password 'vend-admin-1!' --script "$script" "$@" \
   > "$work/vm.log" 2>&1 &

@@ -31,3 +31,12 @@ if ! command -v cargo >/dev/null 2>&1; then
   # rustup installs cargo under ~/.cargo/bin; a non-login shell may miss it.
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
+
+# Where cargo puts the binaries: ./target, or $CARGO_TARGET_DIR when set
+# (relative to the repository root, where every script runs from).
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in
+  /*) ;;
+  *) target_dir="$PWD/$target_dir" ;;
+esac
+bin="$target_dir/debug"
