@@ -22,6 +22,30 @@ fn vendctl(args: &[&str]) -> Output {
     out
 }
 
+/// A simulated fleet log in `dir/fleet`; its path and the summary.
+fn simulated_fleet(
+    dir: &Path,
+    machines: u32,
+    events_per_machine: u32,
+    seed: u32,
+) -> (String, Value) {
+    let data = dir.join("fleet").to_str().unwrap().to_owned();
+    let summary = json_of(&vendctl(&[
+        "simulate",
+        "--offline",
+        "--data",
+        &data,
+        "--machines",
+        &machines.to_string(),
+        "--events-per-machine",
+        &events_per_machine.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--json",
+    ]));
+    (data, summary)
+}
+
 fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
@@ -93,21 +117,8 @@ print(json.dumps(out))
 #[test]
 fn duckdb_reads_the_csv_and_jsonl_exports_and_their_totals_are_the_ledgers() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("fleet");
-    let data = data.to_str().unwrap();
-    let summary = json_of(&vendctl(&[
-        "simulate",
-        "--offline",
-        "--data",
-        data,
-        "--machines",
-        "3",
-        "--events-per-machine",
-        "2000",
-        "--seed",
-        "17",
-        "--json",
-    ]));
+    let (data, summary) = simulated_fleet(dir.path(), 3, 2_000, 17);
+    let data = data.as_str();
     let replay = json_of(&vendctl(&["replay", "--data", data, "--json"]));
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     for (format, table, file) in [
@@ -272,20 +283,8 @@ struct Count {
 #[test]
 fn each_machines_dex_file_carries_the_ledgers_counters() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("fleet");
-    let data = data.to_str().unwrap();
-    vendctl(&[
-        "simulate",
-        "--offline",
-        "--data",
-        data,
-        "--machines",
-        "2",
-        "--events-per-machine",
-        "3000",
-        "--seed",
-        "23",
-    ]);
+    let (data, _) = simulated_fleet(dir.path(), 2, 3_000, 23);
+    let data = data.as_str();
     let replay = json_of(&vendctl(&["replay", "--data", data, "--json"]));
     let dump = String::from_utf8(vendctl(&["dump", "--data", data]).stdout).unwrap();
     for machine in replay["machines"].as_array().unwrap() {
@@ -390,20 +389,8 @@ fn each_machines_dex_file_carries_the_ledgers_counters() {
 #[test]
 fn a_window_exports_what_replay_counts_up_to_its_end() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("fleet");
-    let data = data.to_str().unwrap();
-    vendctl(&[
-        "simulate",
-        "--offline",
-        "--data",
-        data,
-        "--machines",
-        "2",
-        "--events-per-machine",
-        "1500",
-        "--seed",
-        "5",
-    ]);
+    let (data, _) = simulated_fleet(dir.path(), 2, 1_500, 5);
+    let data = data.as_str();
     let until = "2026-01-03";
     let replay = json_of(&vendctl(&[
         "replay", "--data", data, "--until", until, "--json",
@@ -458,18 +445,8 @@ fn a_window_exports_what_replay_counts_up_to_its_end() {
 #[test]
 fn bad_requests_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("fleet");
-    let data = data.to_str().unwrap();
-    vendctl(&[
-        "simulate",
-        "--offline",
-        "--data",
-        data,
-        "--machines",
-        "1",
-        "--events-per-machine",
-        "50",
-    ]);
+    let (data, _) = simulated_fleet(dir.path(), 1, 50, 1);
+    let data = data.as_str();
     for (args, expected) in [
         (vec!["--format", "dex"], "dex needs --machine"),
         (
