@@ -25,6 +25,31 @@ use std::time::{Duration, Instant};
 const MACHINES: u32 = 4;
 const EVENTS_PER_MACHINE: u64 = 1_500;
 
+/// Waits until every replica holds the same tip, all of it committed,
+/// then stops them.
+fn converge_and_stop(cluster: &mut Cluster) {
+    cluster.wait_for("all replicas to converge", Duration::from_secs(60), |s| {
+        s.len() == 3
+            && s.iter().all(|r| {
+                r["reachable"] == true && r["tip"] == s[0]["tip"] && r["commit"] == s[0]["tip"]
+            })
+    });
+    cluster.stop_all();
+}
+
+/// Every replica holds each event the fleet saw acknowledged, once and in
+/// order, and all three hash chains are the same.
+fn check_every_replica_holds(dir: &Path, summary: &Value) {
+    let acked = acked_per_machine(summary);
+    let heads: Vec<Option<String>> = (1..=3)
+        .map(|index| check_replica_holds(dir, index, &acked))
+        .collect();
+    assert!(
+        heads.windows(2).all(|w| w[0] == w[1]),
+        "identical hash chains: {heads:?}"
+    );
+}
+
 fn run_failover_scenario(dir: &Path, topology: Topology) {
     let mut cluster = Cluster::start(dir, topology);
     let status = cluster.wait_for("a primary", Duration::from_secs(20), |s| {
@@ -60,22 +85,8 @@ fn run_failover_scenario(dir: &Path, topology: Topology) {
     );
 
     // Everything converges: same tip everywhere, all committed.
-    cluster.wait_for("all replicas to converge", Duration::from_secs(60), |s| {
-        s.len() == 3
-            && s.iter().all(|r| {
-                r["reachable"] == true && r["tip"] == s[0]["tip"] && r["commit"] == s[0]["tip"]
-            })
-    });
-    cluster.stop_all();
-
-    let acked = acked_per_machine(&summary);
-    let heads: Vec<Option<String>> = (1..=3)
-        .map(|index| check_replica_holds(dir, index, &acked))
-        .collect();
-    assert!(
-        heads.windows(2).all(|w| w[0] == w[1]),
-        "identical hash chains: {heads:?}"
-    );
+    converge_and_stop(&mut cluster);
+    check_every_replica_holds(dir, &summary);
 }
 
 /// The load generator's fleet-scale mode: hundreds of machines with their
@@ -124,17 +135,8 @@ fn a_timed_paced_fleet_with_dark_spells_is_all_acknowledged() {
         summary["ack_p99_ms"].as_f64().unwrap(),
     );
     assert!(p50 > 0.0 && p99 >= p50, "{stderr}");
-    cluster.wait_for("all replicas to converge", Duration::from_secs(60), |s| {
-        s.len() == 3
-            && s.iter().all(|r| {
-                r["reachable"] == true && r["tip"] == s[0]["tip"] && r["commit"] == s[0]["tip"]
-            })
-    });
-    cluster.stop_all();
-    let acked = acked_per_machine(&summary);
-    for index in 1..=3 {
-        check_replica_holds(&dir, index, &acked);
-    }
+    converge_and_stop(&mut cluster);
+    check_every_replica_holds(&dir, &summary);
 }
 
 #[test]
@@ -390,15 +392,6 @@ fn two_live_replicas_elect_a_primary_whatever_the_distance() {
         "a live majority elects within the normal failover time, not {took:?}"
     );
     cluster.spawn(0);
-    cluster.wait_for("all replicas to converge", Duration::from_secs(60), |s| {
-        s.len() == 3
-            && s.iter().all(|r| {
-                r["reachable"] == true && r["tip"] == s[2]["tip"] && r["commit"] == s[2]["tip"]
-            })
-    });
-    cluster.stop_all();
-    let acked = acked_per_machine(&summary);
-    for index in 1..=3 {
-        check_replica_holds(&dir, index, &acked);
-    }
+    converge_and_stop(&mut cluster);
+    check_every_replica_holds(&dir, &summary);
 }

@@ -167,11 +167,7 @@ pub async fn model(app: &AppState, machine: &MachineId) -> Result<Option<Machine
         machine: machine.clone(),
         role: snapshot.role,
         as_of_gseq: projection.as_of_gseq,
-        link: match (primary, connected) {
-            (false, _) => Link::OnPrimary,
-            (true, true) => Link::Online,
-            (true, false) => Link::Offline,
-        },
+        link: Link::of(primary, connected),
         last_event_ms: state.last_at_ms,
         last_seen_ms: summary.and_then(|s| s.last_seen_ms),
         last_seq: state.last_seq,

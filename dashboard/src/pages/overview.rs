@@ -25,6 +25,18 @@ pub enum Link {
     OnPrimary,
 }
 
+impl Link {
+    /// What a replica can say of a machine's link: the primary knows
+    /// whether it holds a session; a follower only that the primary does.
+    pub fn of(primary: bool, connected: bool) -> Link {
+        match (primary, connected) {
+            (false, _) => Link::OnPrimary,
+            (true, true) => Link::Online,
+            (true, false) => Link::Offline,
+        }
+    }
+}
+
 /// One row of the fleet table (also `/api/v1/machines` and its CSV).
 #[derive(Clone, Debug, Serialize)]
 pub struct MachineRow {
@@ -105,11 +117,7 @@ pub fn model(app: &AppState) -> Overview {
             .unwrap_or((0, 0));
         let row = MachineRow {
             machine: id.clone(),
-            link: match (primary, connected) {
-                (false, _) => Link::OnPrimary,
-                (true, true) => Link::Online,
-                (true, false) => Link::Offline,
-            },
+            link: Link::of(primary, connected),
             last_event_ms: state.last_at_ms,
             last_seen_ms: summary.and_then(|s| s.last_seen_ms),
             last_seq: state.last_seq,
