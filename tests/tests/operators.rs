@@ -94,6 +94,14 @@ struct RunningMachine {
 }
 
 impl RunningMachine {
+    /// Stops the machine's uplink and waits until it has closed its
+    /// connection, so the replicas see the machine away for good.
+    fn stop(mut self, runtime: &tokio::runtime::Runtime) {
+        if let Some(task) = self.machine.stop_uplink() {
+            let _ = runtime.block_on(task);
+        }
+    }
+
     fn start(config: &MachineConfig, runtime: &tokio::runtime::Runtime) -> RunningMachine {
         let mut machine = Machine::open(config, system_clock(), PasswordParams::Light).unwrap();
         let reports = machine
@@ -239,7 +247,7 @@ fn operators_commands_reach_machines_connected_reconnecting_and_after_a_failover
     assert_eq!(refused, Err(ActionError::UnknownProduct("Tea".into())));
 
     // Away: the rename waits for the machine's next session.
-    drop(vm);
+    vm.stop(&runtime);
     wait_until("the primary to see the machine go", || {
         summary(&ports).is_some_and(|m| !m.connected)
     });
@@ -260,7 +268,7 @@ fn operators_commands_reach_machines_connected_reconnecting_and_after_a_failover
     vm.caught_up();
 
     // Committed on a primary that then stops: the new primary delivers it.
-    drop(vm);
+    vm.stop(&runtime);
     wait_until("the primary to see the machine go again", || {
         summary(&ports).is_some_and(|m| !m.connected)
     });
@@ -330,7 +338,7 @@ fn operators_commands_reach_machines_connected_reconnecting_and_after_a_failover
             .all(|r| r["tip"].as_u64() == Some(tip) && r["commit"].as_u64() == Some(tip))
     });
     drop(ports);
-    drop(vm);
+    vm.stop(&runtime);
     follower.shutdown();
     cluster.stop_all();
     check_logs(dir.path());

@@ -63,7 +63,10 @@ pub struct Machine {
     synced_saved_ms: Option<i64>,
     clock: Clock,
     password_params: PasswordParams,
-    uplink: Option<UplinkControl>,
+    uplink: Option<(
+        UplinkControl,
+        tokio::task::JoinHandle<link::uplink::UplinkStats>,
+    )>,
     link_key: ledger::crypto::SecretKey,
     /// Held while the machine runs: a second instance on the same data
     /// directory is told who has it.
@@ -207,7 +210,7 @@ impl Machine {
             }
         }
         let applied = self.core.commit(prepared);
-        if let Some(uplink) = &self.uplink {
+        if let Some((uplink, _)) = &self.uplink {
             uplink.appended.notify_one();
         }
         Ok(applied.into_iter().map(|envelope| envelope.event).collect())
@@ -301,9 +304,16 @@ impl Machine {
         };
         let (reports, receiver) = tokio::sync::mpsc::channel(1_024);
         let _guard = runtime.enter();
-        let (control, _task) = spawn_uplink(uplink, local, reports);
-        self.uplink = Some(control);
+        self.uplink = Some(spawn_uplink(uplink, local, reports));
         Some(receiver)
+    }
+
+    /// Tells the uplink to stop and hands back its task, which ends once
+    /// the connection is closed (dropping the machine only tells it).
+    pub fn stop_uplink(&mut self) -> Option<tokio::task::JoinHandle<link::uplink::UplinkStats>> {
+        let (control, task) = self.uplink.take()?;
+        let _ = control.stop.send(true);
+        Some(task)
     }
 }
 
@@ -425,7 +435,7 @@ impl InstanceLock {
 
 impl Drop for Machine {
     fn drop(&mut self) {
-        if let Some(uplink) = self.uplink.take() {
+        if let Some((uplink, _)) = self.uplink.take() {
             let _ = uplink.stop.send(true);
         }
     }
