@@ -395,3 +395,70 @@ fn two_live_replicas_elect_a_primary_whatever_the_distance() {
     converge_and_stop(&mut cluster);
     check_every_replica_holds(&dir, &summary);
 }
+
+/// `vendctl bench`, the standard set, end to end on small loads: the store
+/// part appends and replays, the replication part runs bench-replication's
+/// four clusters, the dashboard part has a fleet write a log and times
+/// every page on a real primary and a follower after logging in. Checks
+/// that each part measured what it says, not how fast.
+#[test]
+fn the_standard_benchmark_measures_store_replication_and_pages() {
+    let temp = tempfile::tempdir().unwrap();
+    let port = base_port().to_string();
+    let output = vendctl(&[
+        "bench",
+        "--events",
+        "3000",
+        "--machines",
+        "5",
+        "--batch-sizes",
+        "16,3000",
+        "--replication-events",
+        "900",
+        "--replication-rate",
+        "300",
+        "--replication-paced-seconds",
+        "2",
+        "--page-events",
+        "600",
+        "--page-machines",
+        "3",
+        "--requests",
+        "3",
+        "--base-port",
+        &port,
+        "--dir",
+        temp.path().to_str().unwrap(),
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let figures: Value = serde_json::from_slice(&output.stdout).expect("JSON figures");
+    let store = &figures["store"];
+    assert_eq!(store["append"].as_array().unwrap().len(), 2, "{store}");
+    assert!(store["replay_events_per_second"].as_f64().unwrap() > 0.0);
+    let runs = figures["replication"]["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 4, "{figures}");
+    let pages = &figures["pages"];
+    assert!(pages["entries"].as_u64().unwrap() >= 600, "{pages}");
+    let timed = pages["pages"].as_array().unwrap();
+    assert_eq!(timed.len(), 12, "{pages}");
+    for page in timed {
+        assert!(page["p99_ms"].as_f64().unwrap() > 0.0, "{page}");
+        assert!(page["bytes"].as_u64().unwrap() > 0, "{page}");
+    }
+    assert_eq!(timed[11]["served_by"], "follower");
+    let parts: Vec<&str> = figures["table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["part"].as_str().unwrap())
+        .collect();
+    for part in ["store", "replication", "dashboard"] {
+        assert!(parts.contains(&part), "no {part} rows in {parts:?}");
+    }
+    // The overview is the rendered page with its machine table, not a
+    // short error body.
+    let overview = timed.iter().find(|p| p["page"] == "/").unwrap();
+    assert!(overview["bytes"].as_u64().unwrap() > 1_000, "{overview}");
+}

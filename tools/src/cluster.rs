@@ -584,6 +584,21 @@ struct StatusLine {
     error: Option<String>,
 }
 
+/// Waits (up to 20 s) until one replica of `file` says it is primary; its
+/// name.
+pub fn wait_for_primary(file: &ClusterFile) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        for replica in &file.replicas {
+            if fetch_status(&replica.dashboard).is_ok_and(|s| s.role == "primary") {
+                return Ok(replica.id.clone());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("no replica became primary within 20 s: see the replica-N.log files");
+}
+
 pub fn fetch_status(dashboard: &str) -> Result<ReplicaStatus> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(2)))

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 use workload::{SIMULATION_START_MS, SimMachine};
 
@@ -151,7 +151,7 @@ fn run_with_replicas(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let primary = wait_for_primary(file)?;
+    let primary = cluster::wait_for_primary(file)?;
     let login = demo_login(dir)?;
     let machines = open_machines(file, dir, args.machines)?;
     let (stop, stopped) = watch::channel(false);
@@ -217,19 +217,6 @@ fn transport_name(transport: TransportKind) -> &'static str {
 
 /// Waits until a replica says it is the primary (a fresh cluster elects
 /// one within a second or two).
-fn wait_for_primary(file: &ClusterFile) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        for replica in &file.replicas {
-            if cluster::fetch_status(&replica.dashboard).is_ok_and(|s| s.role == "primary") {
-                return Ok(replica.id.clone());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    bail!("no replica became primary within 20 s: see the replica-N.log files");
-}
-
 /// A busy shop: a decision (a coin, a purchase, a refill) every second or
 /// so, never offline.
 const SHOP_PACE: Pace = Pace {
@@ -439,10 +426,7 @@ fn demo_login(dir: &Path) -> Result<Login> {
             new: false,
         });
     }
-    let suffix: String = (0..12)
-        .map(|_| char::from(b"abcdefghjkmnpqrstuvwxyz23456789"[rand::random_range(0..31)]))
-        .collect();
-    let password = format!("Demo-{suffix}-7");
+    let password = crate::user::generated_password("Demo");
     crate::user::add_account(
         dir,
         DEMO_USER,

@@ -14,6 +14,7 @@ mod tls;
 mod user;
 mod util;
 mod verify;
+mod web;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -62,7 +63,8 @@ enum Commands {
     User(user::UserCommand),
     /// Show each replica's role, epoch, tip, commit, lag and repair counts.
     Status(cluster::StatusArgs),
-    /// Measure durable append and replay throughput.
+    /// The standard measurements in one table: store append and replay,
+    /// replication, dashboard page latencies.
     Bench(bench::Args),
     /// Measure a local cluster: committed events/s, ack latency, follower
     /// lag, throughput under datagram loss, failover time.

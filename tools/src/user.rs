@@ -213,6 +213,16 @@ pub fn add_account(
     Ok((replica, reply.message))
 }
 
+/// A password that keeps the policy, for accounts a command makes itself
+/// (the demo's, the benchmark's): `PREFIX-` and twelve letters and digits
+/// that cannot be misread, then `-7`.
+pub fn generated_password(prefix: &str) -> String {
+    let suffix: String = (0..12)
+        .map(|_| char::from(b"abcdefghjkmnpqrstuvwxyz23456789"[rand::random_range(0..31)]))
+        .collect();
+    format!("{prefix}-{suffix}-7")
+}
+
 pub fn run(command: UserCommand) -> Result<ExitCode> {
     match command {
         UserCommand::Add(args) => {

@@ -49,27 +49,64 @@ pub struct FleetArgs {
 }
 
 #[derive(Serialize, Default)]
-struct Summary {
-    machines: u32,
-    events: u64,
-    events_acked: u64,
-    events_resent: u64,
-    failovers_seen: u64,
-    offline_periods: u64,
-    seconds: f64,
+pub struct Summary {
+    pub machines: u32,
+    pub events: u64,
+    pub events_acked: u64,
+    pub events_resent: u64,
+    pub failovers_seen: u64,
+    pub offline_periods: u64,
+    pub seconds: f64,
     /// Events per second recorded by the machines (all acknowledged).
-    events_per_second: f64,
+    pub events_per_second: f64,
     /// Acknowledgement latency of a decision: stored on the machine →
     /// committed by the cluster, in ms.
-    ack_p50_ms: f64,
-    ack_p99_ms: f64,
-    ack_max_ms: f64,
+    pub ack_p50_ms: f64,
+    pub ack_p99_ms: f64,
+    pub ack_max_ms: f64,
     /// Where the machines kept their own events: "rocksdb" or "memory".
-    machine_ledgers: &'static str,
-    per_machine: Vec<MachineSummary>,
+    pub machine_ledgers: &'static str,
+    pub per_machine: Vec<MachineSummary>,
 }
 
+/// Runs the fleet and prints its summary (a line on stderr, JSON on
+/// stdout).
 pub fn run(args: FleetArgs) -> Result<ExitCode> {
+    let (summary, failures) = load(&args)?;
+    print_summary(&summary)?;
+    all_finished(failures)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the fleet against the cluster until every machine is done or its
+/// time is up: the summary, and how each machine that did not finish
+/// ended.
+pub fn load(args: &FleetArgs) -> Result<(Summary, Vec<String>)> {
+    let (elapsed, results) = start_and_drive(args)?;
+    let (mut summary, failures) = summarize(args.machines, elapsed, results);
+    summary.machine_ledgers = if args.memory_ledgers {
+        "memory"
+    } else {
+        "rocksdb"
+    };
+    Ok((summary, failures))
+}
+
+/// An error naming the machines that did not finish, if any did not.
+pub fn all_finished(failures: Vec<String>) -> Result<()> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{} machines did not finish: {}",
+        failures.len(),
+        failures.join("; ")
+    )
+}
+
+type MachineResults = Vec<Result<MachineSummary>>;
+
+fn start_and_drive(args: &FleetArgs) -> Result<(Duration, MachineResults)> {
     let file = ClusterFile::load(&args.cluster)?;
     // Every machine holds a connection; thousands need more descriptors
     // than the common soft limit of 1,024.
@@ -91,25 +128,11 @@ pub fn run(args: FleetArgs) -> Result<ExitCode> {
         machines_dir.join(RUN_MARK),
         format!("{} machines\n", args.machines),
     )?;
-    let setups = open_machines(&file, &machines_dir, &args)?;
+    let setups = open_machines(&file, &machines_dir, args)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_s);
-    let results = drive_fleet(setups, &file.machine_addresses(), &args, deadline)?;
-    let (mut summary, failures) = summarize(args.machines, started.elapsed(), results);
-    summary.machine_ledgers = if args.memory_ledgers {
-        "memory"
-    } else {
-        "rocksdb"
-    };
-    print_summary(&summary)?;
-    if !failures.is_empty() {
-        bail!(
-            "{} machines did not finish: {}",
-            failures.len(),
-            failures.join("; ")
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    let results = drive_fleet(setups, &file.machine_addresses(), args, deadline)?;
+    Ok((started.elapsed(), results))
 }
 
 /// Machines start from empty ledgers: resuming an earlier run's streams

@@ -1,7 +1,7 @@
-//! `vendctl bench`: durable append throughput with group commit, and replay
-//! rate, on this machine.
+//! `vendctl bench`'s store part: durable append throughput with group
+//! commit, replay, verify and reopen rates of one log on this machine.
 
-use crate::say;
+use super::Row;
 use crate::util::{grouped, per_second, rate};
 use anyhow::{Result, bail};
 use ledger::MachineId;
@@ -12,32 +12,24 @@ use ledger::store::record::SignedEvent;
 use ledger::store::{LogStore, OpenOptions};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Instant;
 use workload::{SIMULATION_START_MS, SimMachine};
 
 #[derive(clap::Args)]
-#[command(after_help = "Example: vendctl bench --events 200000")]
-pub struct Args {
-    /// Events to append per measurement.
+pub struct StoreArgs {
+    /// Store: events to append per measurement.
     #[arg(long, default_value_t = 1_000_000)]
     events: usize,
-    /// Machines producing them.
+    /// Store: machines producing them.
     #[arg(long, default_value_t = 100)]
     machines: u32,
-    /// Group-commit batch sizes to measure (events per synced write).
+    /// Store: group-commit batch sizes to measure (events per synced write).
     #[arg(long, value_delimiter = ',', default_value = "1,16,128,1024,4096")]
     batch_sizes: Vec<usize>,
-    /// Where to put the scratch logs (default: a temporary directory).
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Serialize)]
-struct AppendFigure {
+pub struct AppendFigure {
     batch: usize,
     events: usize,
     seconds: f64,
@@ -46,8 +38,7 @@ struct AppendFigure {
 }
 
 #[derive(Serialize)]
-struct Figures {
-    cores: usize,
+pub struct Figures {
     events: usize,
     machines: u32,
     mean_record_bytes: f64,
@@ -70,28 +61,25 @@ struct ReadFigures {
     reopen_seconds: f64,
 }
 
-pub fn run(args: Args) -> Result<ExitCode> {
+/// Appends, replays, verifies and reopens logs in `scratch`.
+pub fn measure(args: &StoreArgs, scratch: &Path) -> Result<Figures> {
     if args.events == 0 || args.batch_sizes.is_empty() {
-        bail!("nothing to measure");
+        bail!("nothing to measure: give --events and --batch-sizes");
     }
-    let scratch = tempfile::Builder::new()
-        .prefix("vendctl-bench-")
-        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    let keys_dir = scratch.path().join("keys");
+    let keys_dir = scratch.join("keys");
     let ids: Vec<MachineId> = (1..=args.machines).map(MachineId::numbered).collect();
     create_machine_keys(&keys_dir, &ids)?;
     let keyring = Keyring::open(&keys_dir)?;
     eprintln!(
-        "generating {} events from {} simulated machines...",
+        "store: generating {} events from {} simulated machines...",
         args.events, args.machines
     );
     let events = generate(&keyring, &ids, args.events)?;
     let mean_record_bytes =
         events.iter().map(|e| e.bytes.len() as f64).sum::<f64>() / events.len() as f64;
-    let (append, full_log) = measure_appends(scratch.path(), &keyring, &events, &args.batch_sizes)?;
+    let (append, full_log) = measure_appends(scratch, &keyring, &events, &args.batch_sizes)?;
     let read = measure_reads(&full_log, &keyring, events.len())?;
-    let figures = Figures {
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    Ok(Figures {
         events: events.len(),
         machines: args.machines,
         mean_record_bytes,
@@ -100,13 +88,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         replay_seconds: read.replay_seconds,
         verify_events_per_second: read.verify_events_per_second,
         reopen_seconds: read.reopen_seconds,
-    };
-    if args.json {
-        say!("{}", serde_json::to_string_pretty(&figures)?);
-    } else {
-        print_table(&figures);
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Appends the events into a fresh log per batch size; returns the figures
@@ -231,36 +213,47 @@ fn measure_append(
     Ok((seconds, batches))
 }
 
-fn print_table(f: &Figures) {
-    say!(
-        "machine: {} cores; {} events from {} machines, mean encoded event {:.0} bytes",
-        f.cores,
-        f.events,
-        f.machines,
-        f.mean_record_bytes
-    );
-    say!();
-    say!("| batch (events/sync) | events | seconds | events/s | syncs/s |");
-    say!("|---:|---:|---:|---:|---:|");
+/// The store's lines of the standard table.
+pub fn rows(f: &Figures) -> Vec<Row> {
+    let mut rows = vec![Row::note(
+        "store",
+        format!(
+            "{} events from {} machines, mean record {:.0} bytes",
+            grouped(f.events as u64),
+            f.machines,
+            f.mean_record_bytes
+        ),
+    )];
     for a in &f.append {
-        say!(
-            "| {} | {} | {:.2} | {} | {} |",
-            a.batch,
-            grouped(a.events as u64),
-            a.seconds,
-            per_second(a.events_per_second),
-            per_second(a.syncs_per_second)
-        );
+        rows.push(Row::new(
+            "store",
+            format!(
+                "durable append, {} events per fsync ({} events, {} fsyncs/s)",
+                grouped(a.batch as u64),
+                grouped(a.events as u64),
+                per_second(a.syncs_per_second)
+            ),
+            a.events_per_second,
+            "events/s",
+        ));
     }
-    say!();
-    say!(
-        "replay (decrypt, decode, apply, from gseq 1): {} events/s ({:.2}s)",
-        per_second(f.replay_events_per_second),
-        f.replay_seconds
-    );
-    say!(
-        "verify (replay + both hash chains + metadata): {} events/s",
-        per_second(f.verify_events_per_second)
-    );
-    say!("reopen with checkpoint: {:.3}s", f.reopen_seconds);
+    rows.push(Row::new(
+        "store",
+        "replay from gseq 1 (decrypt, decode, apply)".to_owned(),
+        f.replay_events_per_second,
+        "events/s",
+    ));
+    rows.push(Row::new(
+        "store",
+        "verify (both hash chains, postings)".to_owned(),
+        f.verify_events_per_second,
+        "events/s",
+    ));
+    rows.push(Row::new(
+        "store",
+        "reopen with checkpoint".to_owned(),
+        f.reopen_seconds * 1_000.0,
+        "ms",
+    ));
+    rows
 }
