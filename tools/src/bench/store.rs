@@ -218,7 +218,7 @@ pub fn rows(f: &Figures) -> Vec<Row> {
     let mut rows = vec![Row::note(
         "store",
         format!(
-            "{} events from {} machines, mean record {:.0} bytes",
+            "{} events from {} machines, mean encoded event {:.0} bytes",
             grouped(f.events as u64),
             f.machines,
             f.mean_record_bytes
@@ -228,8 +228,12 @@ pub fn rows(f: &Figures) -> Vec<Row> {
         rows.push(Row::new(
             "store",
             format!(
-                "durable append, {} events per fsync ({} events, {} fsyncs/s)",
-                grouped(a.batch as u64),
+                "durable append, {} per fsync ({} events, {} fsyncs/s)",
+                if a.batch == 1 {
+                    "1 event".to_owned()
+                } else {
+                    format!("{} events", grouped(a.batch as u64))
+                },
                 grouped(a.events as u64),
                 per_second(a.syncs_per_second)
             ),
