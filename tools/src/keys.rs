@@ -33,6 +33,7 @@ pub enum KeysCommand {
     },
     /// Make a self-signed certificate for the cluster's dashboards (local
     /// use) and point the replica configs at it: they serve HTTPS.
+    #[command(after_help = "Example: vendctl keys tls --cluster /tmp/cluster --host 192.168.0.10")]
     Tls(crate::tls::TlsArgs),
 }
 

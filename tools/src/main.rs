@@ -95,3 +95,37 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command a person runs shows how in its --help: a one-line
+    /// example after the options.
+    #[test]
+    fn every_command_has_an_example() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            let leaf = command
+                .get_subcommands()
+                .all(|sub| sub.get_name() == "help");
+            if leaf {
+                let shown = command
+                    .get_after_help()
+                    .map(|text| text.to_string())
+                    .unwrap_or_default();
+                if !shown.contains("vendctl ") {
+                    missing.push(path.clone());
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &path, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no example in --help: {missing:?}");
+    }
+}

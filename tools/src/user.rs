@@ -25,10 +25,13 @@ use std::time::Duration;
 #[derive(clap::Subcommand)]
 pub enum UserCommand {
     /// Add an operator account: admins act, auditors only read.
+    #[command(after_help = "Example: vendctl user add kim --role auditor --cluster /tmp/cluster")]
     Add(AddArgs),
     /// List the operator accounts.
+    #[command(after_help = "Example: vendctl user list --cluster /tmp/cluster")]
     List(ClusterArg),
     /// Disable an account: its sessions end at once on every replica.
+    #[command(after_help = "Example: vendctl user disable kim --cluster /tmp/cluster")]
     Disable(DisableArgs),
 }
 
