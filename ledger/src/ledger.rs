@@ -7,10 +7,13 @@ use crate::event::EventEnvelope;
 use crate::ids::MachineId;
 use crate::keys::ChainKeys;
 use crate::projection::Projection;
+use crate::store::archive::Codec;
 use crate::store::backend::Backend;
 use crate::store::record::{Content, GENESIS_HASH, LogEntry, ReplicatedRecord, SignedEvent};
 use crate::store::rocks::RocksBackend;
-use crate::store::{AppendOutcome, LogStore, OpenOptions, Proposed, StoreError};
+use crate::store::{
+    AppendOutcome, ArchiveReport, LogStore, OpenOptions, Proposed, SegmentSummary, StoreError,
+};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -267,6 +270,44 @@ impl<B: Backend> Ledger<B> {
         }
     }
 
+    /// Archives the closed segments `0..segments` into `dir` (see
+    /// [`LogStore::archive_segments`]), after saving a checkpoint at the
+    /// cut, so a restart and "as of now" replays never read the archive.
+    pub fn archive(
+        &mut self,
+        segments: u64,
+        dir: &Path,
+        key: &SecretKey,
+        codec: Codec,
+        progress: &mut dyn FnMut(&SegmentSummary),
+    ) -> Result<ArchiveReport, StoreError> {
+        let through = segments.saturating_mul(self.store.config().segment_entries);
+        if through >= self.store.first_live_gseq() && through <= self.store.head().gseq {
+            self.checkpoint_at(through)?;
+        }
+        self.store
+            .archive_segments(segments, dir, key, codec, progress)
+    }
+
+    /// Saves a checkpoint of the projection as of `gseq`.
+    fn checkpoint_at(&mut self, gseq: u64) -> Result<(), StoreError> {
+        let projection = self.projection_as_of(Until::Gseq(gseq))?;
+        let hash = self
+            .store
+            .entry_hash(gseq)?
+            .ok_or_else(|| StoreError::Entry {
+                gseq,
+                problem: "missing from the log".into(),
+            })?;
+        let checkpoint = Checkpoint {
+            gseq,
+            hash,
+            projection,
+        };
+        let bytes = rmp_serde::to_vec(&checkpoint).expect("encoding to a Vec cannot fail");
+        self.store.put_checkpoint(gseq, &bytes)
+    }
+
     /// Takes the machine id's state from the projection (a machine's own
     /// ledger holds a single machine).
     pub fn machine_state(&self, machine: &MachineId) -> Option<&crate::state::MachineState> {
@@ -305,9 +346,9 @@ fn load_checkpoint<B: Backend>(
     let Ok(checkpoint) = rmp_serde::from_slice::<Checkpoint>(&bytes) else {
         return Ok(None);
     };
-    let matches = store.get(gseq)?.is_some_and(|entry| {
-        entry.hash == checkpoint.hash && checkpoint.projection.as_of_gseq == gseq
-    });
+    let matches = store
+        .entry_hash(gseq)?
+        .is_some_and(|hash| hash == checkpoint.hash && checkpoint.projection.as_of_gseq == gseq);
     Ok(matches.then_some(checkpoint.projection))
 }
 

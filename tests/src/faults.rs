@@ -5,6 +5,7 @@
 
 use ledger::crypto::Hash32;
 use ledger::ids::MachineId;
+use ledger::store::archive::ArchiveMark;
 use ledger::store::backend::{Backend, Batch, RecordVisitor, StoredState, Truncation};
 use ledger::store::memory::MemBackend;
 use ledger::store::promise::{Promise, PromiseError, PromiseStore};
@@ -241,6 +242,21 @@ impl Backend for FaultyBackend {
 
     fn checkpoint_at_or_before(&self, gseq: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         self.inner.checkpoint_at_or_before(gseq)
+    }
+
+    fn archive_cut(&mut self, mark: &ArchiveMark) -> Result<(), StoreError> {
+        self.faults.plan().before_write()?;
+        self.inner.archive_cut(mark)
+    }
+
+    fn restore(
+        &mut self,
+        first_gseq: u64,
+        records: &[Vec<u8>],
+        mark: Option<&ArchiveMark>,
+    ) -> Result<(), StoreError> {
+        self.faults.plan().before_write()?;
+        self.inner.restore(first_gseq, records, mark)
     }
 }
 

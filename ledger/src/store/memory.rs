@@ -9,6 +9,7 @@
 //! thousands of RocksDB instances per test run would take hours; the
 //! model-based test holds this backend to the RocksDB one.
 
+use super::archive::ArchiveMark;
 use super::backend::{Backend, Batch, IndexRow, RecordVisitor, StoredState, Truncation};
 use super::{SegmentSummary, StoreConfig, StoreError};
 use crate::crypto::Hash32;
@@ -27,6 +28,12 @@ enum Write {
         gseq: u64,
         bytes: Vec<u8>,
         keep: usize,
+    },
+    ArchiveCut(ArchiveMark),
+    Restore {
+        first_gseq: u64,
+        records: Vec<Vec<u8>>,
+        mark: Option<ArchiveMark>,
     },
 }
 
@@ -114,7 +121,10 @@ impl MemDisk {
 #[derive(Clone, Debug, Default)]
 struct Contents {
     state: Option<StoredState>,
+    /// Records from gseq `archived + 1` on.
     records: Vec<Vec<u8>>,
+    /// Entries moved to archive files (no longer held here).
+    archived: u64,
     index: BTreeMap<(MachineId, u64), (u64, Hash32)>,
     segments: BTreeMap<u64, SegmentSummary>,
     app_meta: BTreeMap<String, Vec<u8>>,
@@ -141,11 +151,30 @@ impl Contents {
                     self.checkpoints.pop_first();
                 }
             }
+            Write::ArchiveCut(mark) => {
+                let drop = usize::try_from(mark.through_gseq - self.archived).unwrap_or(usize::MAX);
+                self.records.drain(..drop.min(self.records.len()));
+                self.archived = mark.through_gseq;
+                self.state.get_or_insert_with(StoredState::default).archived = Some(mark.clone());
+            }
+            Write::Restore {
+                first_gseq,
+                records,
+                mark,
+            } => {
+                debug_assert_eq!(first_gseq + records.len() as u64, self.archived + 1);
+                self.records.splice(0..0, records.iter().cloned());
+                self.archived = first_gseq - 1;
+                self.state.get_or_insert_with(StoredState::default).archived = mark.clone();
+            }
         }
     }
 
     fn apply_batch(&mut self, batch: &Batch) {
-        debug_assert_eq!(batch.first_gseq, self.records.len() as u64 + 1);
+        debug_assert_eq!(
+            batch.first_gseq,
+            self.archived + self.records.len() as u64 + 1
+        );
         self.records.extend(batch.records.iter().cloned());
         for IndexRow {
             machine,
@@ -169,7 +198,7 @@ impl Contents {
     }
 
     fn apply_truncation(&mut self, cut: &Truncation) {
-        let keep = usize::try_from(cut.to_gseq).unwrap_or(usize::MAX);
+        let keep = usize::try_from(cut.to_gseq.saturating_sub(self.archived)).unwrap_or(usize::MAX);
         self.records.truncate(keep);
         for (machine, seq) in &cut.removed_index {
             self.index.remove(&(machine.clone(), *seq));
@@ -271,8 +300,9 @@ impl Backend for MemBackend {
         visit: &mut RecordVisitor<'_>,
     ) -> Result<(), StoreError> {
         for gseq in from.max(1)..=last {
-            let record = usize::try_from(gseq - 1)
-                .ok()
+            let record = gseq
+                .checked_sub(self.contents.archived + 1)
+                .and_then(|index| usize::try_from(index).ok())
                 .and_then(|index| self.contents.records.get(index))
                 .ok_or_else(|| StoreError::entry(gseq, "missing from the log"))?;
             if !visit(gseq, record)? {
@@ -310,6 +340,25 @@ impl Backend for MemBackend {
             keep,
         });
         Ok(())
+    }
+
+    fn archive_cut(&mut self, mark: &ArchiveMark) -> Result<(), StoreError> {
+        self.record(Write::ArchiveCut(mark.clone()));
+        self.sync()
+    }
+
+    fn restore(
+        &mut self,
+        first_gseq: u64,
+        records: &[Vec<u8>],
+        mark: Option<&ArchiveMark>,
+    ) -> Result<(), StoreError> {
+        self.record(Write::Restore {
+            first_gseq,
+            records: records.to_vec(),
+            mark: mark.cloned(),
+        });
+        self.sync()
     }
 
     fn checkpoint_at_or_before(&self, gseq: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {

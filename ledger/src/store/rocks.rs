@@ -20,6 +20,7 @@
 //! entry amortises the cipher's per-message setup, which costs more than
 //! encrypting a whole small record (see BENCHMARKS.md).
 
+use super::archive::ArchiveMark;
 use super::backend::{Backend, Batch, RecordVisitor, StoredState, Truncation};
 use super::{MachineHead, OpenOptions, SegmentSummary, StoreConfig, StoreError};
 use crate::crypto::{Hash32, SealError, Sealer, SecretKey};
@@ -47,6 +48,7 @@ const META_OPEN_SEGMENT: &[u8] = b"open_segment";
 const META_MACHINE_HEAD_PREFIX: &[u8] = b"mh/";
 const META_SEGMENT_PREFIX: &[u8] = b"seg/";
 const META_APP_PREFIX: &[u8] = b"app/";
+const META_ARCHIVE: &[u8] = b"archive";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"vendledger store key check v1";
 
 /// Table files RocksDB keeps open, at most (its `max_open_files`). Its
@@ -595,6 +597,7 @@ impl Backend for RocksBackend {
             head: self.read_meta(META_HEAD)?.unwrap_or_default(),
             open_segment: self.read_meta(META_OPEN_SEGMENT)?.unwrap_or_default(),
             machine_heads: self.load_machine_heads()?,
+            archived: self.read_meta(META_ARCHIVE)?,
         }))
     }
 
@@ -638,7 +641,15 @@ impl Backend for RocksBackend {
             gseq_key(cut.to_gseq + 1),
             gseq_key(u64::MAX),
         );
-        if let Some((first, kept)) = self.chunk_prefix(cut.to_gseq)? {
+        let archived_through = self
+            .read_meta::<ArchiveMark>(META_ARCHIVE)?
+            .map_or(0, |mark| mark.through_gseq);
+        let prefix = match cut.to_gseq > archived_through {
+            true => self.chunk_prefix(cut.to_gseq)?,
+            // The live log starts a chunk right after the archived entries.
+            false => None,
+        };
+        if let Some((first, kept)) = prefix {
             batch.put_cf(
                 self.cf(CF_LOG),
                 gseq_key(first),
@@ -745,6 +756,53 @@ impl Backend for RocksBackend {
             batch.delete_cf(cf, key);
         }
         self.write_batch(batch, false)
+    }
+
+    fn archive_cut(&mut self, mark: &ArchiveMark) -> Result<(), StoreError> {
+        let first_live = mark.through_gseq + 1;
+        let mut batch = WriteBatch::default();
+        // The chunk holding the first live entry may start among the
+        // archived ones: it is resealed with the records it keeps, under
+        // the first live gseq, so every archived record leaves the log.
+        if let Some((first, sealed)) = self.raw_chunk(first_live)?
+            && first < first_live
+        {
+            let records = self.open_chunk(first, &sealed)?;
+            let skip = usize::try_from(first_live - first).unwrap_or(usize::MAX);
+            if records.len() > skip {
+                let kept = self.seal_chunk(first_live, &records[skip..]);
+                batch.put_cf(self.cf(CF_LOG), gseq_key(first_live), kept);
+            }
+        }
+        batch.delete_range_cf(self.cf(CF_LOG), gseq_key(0), gseq_key(first_live));
+        batch.put_cf(self.cf(CF_META), META_ARCHIVE, encode_meta(mark));
+        self.write_batch(batch, true)?;
+        // Reclaims the space now rather than at some later compaction, so
+        // the live log really is smaller when the command returns.
+        let log = self.cf(CF_LOG);
+        self.db
+            .compact_range_cf(log, None::<&[u8]>, Some(&gseq_key(first_live)[..]));
+        Ok(())
+    }
+
+    fn restore(
+        &mut self,
+        first_gseq: u64,
+        records: &[Vec<u8>],
+        mark: Option<&ArchiveMark>,
+    ) -> Result<(), StoreError> {
+        let mut rocks = WriteBatch::default();
+        let batch = Batch {
+            first_gseq,
+            records: records.to_vec(),
+            ..Batch::default()
+        };
+        self.put_chunks(&mut rocks, &batch);
+        match mark {
+            Some(mark) => rocks.put_cf(self.cf(CF_META), META_ARCHIVE, encode_meta(mark)),
+            None => rocks.delete_cf(self.cf(CF_META), META_ARCHIVE),
+        }
+        self.write_batch(rocks, true)
     }
 
     fn checkpoint_at_or_before(&self, gseq: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
