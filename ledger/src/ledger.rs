@@ -364,6 +364,30 @@ pub fn rebuild<B: Backend>(
     Ok(projection)
 }
 
+/// Like [`rebuild`], but on a log whose old segments were archived it
+/// starts from the newest checkpoint at or before the limit (the one
+/// [`Ledger::archive`] saved at the cut, or a later one), so a replay as
+/// of now, or of any point after the cut, never reads the archive. A time
+/// limit, or a point inside the archive, replays from the first entry.
+pub fn rebuild_past_archive<B: Backend>(
+    store: &LogStore<B>,
+    until: Until,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Projection, StoreError> {
+    let limit = match until {
+        _ if store.archived().is_none() => return rebuild(store, until, progress),
+        Until::End => store.head().gseq,
+        Until::Gseq(gseq) => gseq.min(store.head().gseq),
+        Until::MachineTime(_) => return rebuild(store, until, progress),
+    };
+    let Some(mut projection) = load_checkpoint(store, limit)? else {
+        return rebuild(store, until, progress);
+    };
+    let from = projection.as_of_gseq + 1;
+    apply_range(store, &mut projection, from, until, progress)?;
+    Ok(projection)
+}
+
 fn apply_range<B: Backend>(
     store: &LogStore<B>,
     projection: &mut Projection,

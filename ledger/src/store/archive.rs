@@ -132,7 +132,9 @@ pub struct ArchiveMark {
     #[serde(with = "serde_bytes")]
     pub through_hash: Hash32,
     pub through_epoch: u64,
-    /// Where the archive files were written (absolute).
+    /// Where the archive files were written: relative to the directory
+    /// that holds the store (a replica's data directory) when inside it,
+    /// else absolute.
     pub dir: String,
 }
 

@@ -14,7 +14,7 @@ use super::backend::Backend;
 use super::record::{GENESIS_HASH, LogEntry};
 use super::{LogStore, SegmentSummary, StoreError};
 use crate::crypto::{Hash32, SecretKey};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What an archiving run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -45,6 +45,28 @@ impl<B: Backend> LogStore<B> {
     /// archive mark names).
     pub fn attach_archive(&mut self, dir: &Path, key: &SecretKey) {
         self.archive = Some(ArchiveDir::new(dir, key));
+    }
+
+    /// An archive directory as the mark records it: relative to the
+    /// store's home when inside it, else absolute.
+    fn recorded_archive_dir(&self, dir: &Path) -> String {
+        let inside = self
+            .home
+            .as_ref()
+            .and_then(|home| dir.strip_prefix(home).ok());
+        match inside {
+            Some(relative) if !relative.as_os_str().is_empty() => relative.display().to_string(),
+            _ => dir.display().to_string(),
+        }
+    }
+
+    /// The directory a mark's recorded archive directory stands for.
+    pub fn resolve_archive_dir(&self, recorded: &str) -> PathBuf {
+        let recorded = Path::new(recorded);
+        match &self.home {
+            Some(home) if recorded.is_relative() => home.join(recorded),
+            _ => recorded.to_path_buf(),
+        }
     }
 
     /// What the live log no longer holds, if anything was archived.
@@ -115,11 +137,14 @@ impl<B: Backend> LogStore<B> {
         let dir = std::path::absolute(dir)
             .map_err(|e| StoreError::Io(format!("archive directory {}: {e}", dir.display())))?;
         let done = self.archived.as_ref().map_or(0, |mark| mark.segments);
-        if let Some(mark) = self.archived.as_ref().filter(|m| Path::new(&m.dir) != dir) {
-            return Err(StoreError::Io(format!(
-                "earlier segments were archived to {}; archive to the same directory (or move them there first)",
-                mark.dir
-            )));
+        if let Some(mark) = &self.archived {
+            let earlier = self.resolve_archive_dir(&mark.dir);
+            if earlier != dir {
+                return Err(StoreError::Io(format!(
+                    "earlier segments were archived to {}; archive to the same directory (or move them there and name it)",
+                    earlier.display()
+                )));
+            }
         }
         let summaries = self.segments()?;
         let mut report = ArchiveReport::default();
@@ -151,7 +176,7 @@ impl<B: Backend> LogStore<B> {
             through_gseq: last.last_gseq,
             through_hash: last.last_hash,
             through_epoch: last_entry.body.epoch,
-            dir: dir.display().to_string(),
+            dir: self.recorded_archive_dir(&dir),
         };
         self.backend.archive_cut(&mark)?;
         self.archived = Some(mark);

@@ -291,6 +291,10 @@ pub struct LogStore<B: Backend = RocksBackend> {
     archived: Option<ArchiveMark>,
     /// Where archived entries are read from.
     archive: Option<ArchiveDir>,
+    /// The directory holding the store's own directory (a replica's data
+    /// directory): an archive directory inside it is recorded relative to
+    /// it, so a copied data directory reads its own archive.
+    home: Option<std::path::PathBuf>,
 }
 
 impl LogStore<RocksBackend> {
@@ -302,10 +306,13 @@ impl LogStore<RocksBackend> {
     ) -> Result<LogStore, StoreError> {
         let backend = RocksBackend::open(path, key, options)?;
         let mut store = LogStore::with_backend(backend, options.segment_entries)?;
+        store.home = std::path::absolute(path)
+            .ok()
+            .and_then(|path| path.parent().map(Path::to_path_buf));
         // Archived entries are read from where they were written, unless
         // the caller names another directory (`attach_archive`).
         if let Some(mark) = &store.archived {
-            let dir = std::path::PathBuf::from(&mark.dir);
+            let dir = store.resolve_archive_dir(&mark.dir);
             store.attach_archive(&dir, key);
         }
         Ok(store)
@@ -364,6 +371,7 @@ impl<B: Backend> LogStore<B> {
             open_segment: state.open_segment,
             archived: state.archived,
             archive: None,
+            home: None,
         })
     }
 

@@ -298,7 +298,7 @@ fn open_db(
 /// (RocksDB locks its `LOCK` file with `fcntl`, which `F_GETLK` tests
 /// without taking). When that cannot be told, the answer is yes: reading a
 /// store as a secondary instance is safe either way.
-fn held_by_another_process(path: &Path) -> bool {
+pub fn held_by_another_process(path: &Path) -> bool {
     use std::os::fd::AsRawFd;
     let lock = match std::fs::File::open(path.join("LOCK")) {
         Ok(file) => file,
