@@ -6,7 +6,7 @@
 use ledger::crypto::Hash32;
 use ledger::ids::MachineId;
 use ledger::store::archive::ArchiveMark;
-use ledger::store::backend::{Backend, Batch, RecordVisitor, StoredState, Truncation};
+use ledger::store::backend::{Backend, Batch, RecordVisitor, Restoration, StoredState, Truncation};
 use ledger::store::memory::MemBackend;
 use ledger::store::promise::{Promise, PromiseError, PromiseStore};
 use ledger::store::{SegmentSummary, StoreConfig, StoreError};
@@ -249,14 +249,9 @@ impl Backend for FaultyBackend {
         self.inner.archive_cut(mark)
     }
 
-    fn restore(
-        &mut self,
-        first_gseq: u64,
-        records: &[Vec<u8>],
-        mark: Option<&ArchiveMark>,
-    ) -> Result<(), StoreError> {
+    fn restore(&mut self, restoration: &Restoration) -> Result<(), StoreError> {
         self.faults.plan().before_write()?;
-        self.inner.restore(first_gseq, records, mark)
+        self.inner.restore(restoration)
     }
 }
 

@@ -38,8 +38,9 @@ pub const ARCHIVE_HEADER_BYTES_MAX: usize = 16 << 20;
 pub const ARCHIVE_PLAINTEXT_BYTES_MAX: usize = 256 << 20;
 /// Archive files read whole; anything larger is refused before reading.
 pub const ARCHIVE_FILE_BYTES_MAX: u64 = (ARCHIVE_PLAINTEXT_BYTES_MAX as u64) + (32 << 20);
-/// zstd's level: level 3 (its default) compressed our records to 0.9 of
-/// level 9's size at four times the speed (BENCHMARKS.md, "Archive").
+/// zstd's own default level: archiving runs beside a serving replica, so
+/// it should cost little CPU; the measured sizes and speeds against LZ4
+/// are in BENCHMARKS.md, "Archive".
 const ZSTD_LEVEL: i32 = 3;
 const CHUNK_LENGTH_BYTES: usize = 4;
 

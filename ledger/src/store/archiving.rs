@@ -6,11 +6,15 @@
 //! records from the live log and records the [`ArchiveMark`]. A crash in
 //! between leaves files the live log still duplicates; the next run
 //! writes them again. The live log keeps everything it needs to go on
-//! without the archive: the heads, every machine's index rows, the
-//! segment summaries, and (the ledger's part) a checkpoint at the cut.
+//! without the archive: the heads, the segment summaries, (the ledger's
+//! part) a checkpoint at the cut, and every machine's index rows, archived
+//! ones included. Those cost about 54 bytes per archived event (measured:
+//! BENCHMARKS.md), and keep a late resend a duplicate rather than a
+//! conflict and the primary's search for each machine's committed mark
+//! (`replica::ingest::committed_seq`) exact, without reading the archive.
 
 use super::archive::{ArchiveDir, ArchiveMark, Codec, encode_segment};
-use super::backend::Backend;
+use super::backend::{Backend, Restoration};
 use super::record::{GENESIS_HASH, LogEntry};
 use super::{LogStore, SegmentSummary, StoreError};
 use crate::crypto::{Hash32, SecretKey};
@@ -255,8 +259,11 @@ impl<B: Backend> LogStore<B> {
                     })
                 }
             };
-            self.backend
-                .restore(summary.first_gseq, &records, next.as_ref())?;
+            self.backend.restore(&Restoration {
+                first_gseq: summary.first_gseq,
+                records,
+                mark: next.clone(),
+            })?;
             self.archived = next.clone();
             progress(&summary);
             restored += 1;

@@ -79,6 +79,15 @@ pub struct Truncation {
     pub open_segment: SegmentSummary,
 }
 
+/// Archived records put back in front of the live log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restoration {
+    pub first_gseq: u64,
+    pub records: Vec<Vec<u8>>,
+    /// What stays archived (`None`: nothing).
+    pub mark: Option<ArchiveMark>,
+}
+
 /// Called with each `(gseq, record bytes)` in order; returns `false` to stop.
 pub type RecordVisitor<'a> = dyn FnMut(u64, &[u8]) -> Result<bool, StoreError> + 'a;
 
@@ -117,13 +126,7 @@ pub trait Backend: Send + Sync {
     /// to archive files first) and records the mark, in one durable write.
     /// Index rows, heads, segment summaries and checkpoints stay.
     fn archive_cut(&mut self, mark: &ArchiveMark) -> Result<(), StoreError>;
-    /// Puts archived records back in front of the live log, `first_gseq`
-    /// on, and records what stays archived (`None`: nothing), in one
-    /// durable write.
-    fn restore(
-        &mut self,
-        first_gseq: u64,
-        records: &[Vec<u8>],
-        mark: Option<&ArchiveMark>,
-    ) -> Result<(), StoreError>;
+    /// Puts archived records back in front of the live log and records
+    /// what stays archived, in one durable write.
+    fn restore(&mut self, restoration: &Restoration) -> Result<(), StoreError>;
 }

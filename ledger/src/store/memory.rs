@@ -10,7 +10,9 @@
 //! model-based test holds this backend to the RocksDB one.
 
 use super::archive::ArchiveMark;
-use super::backend::{Backend, Batch, IndexRow, RecordVisitor, StoredState, Truncation};
+use super::backend::{
+    Backend, Batch, IndexRow, RecordVisitor, Restoration, StoredState, Truncation,
+};
 use super::{SegmentSummary, StoreConfig, StoreError};
 use crate::crypto::Hash32;
 use crate::ids::MachineId;
@@ -30,11 +32,7 @@ enum Write {
         keep: usize,
     },
     ArchiveCut(ArchiveMark),
-    Restore {
-        first_gseq: u64,
-        records: Vec<Vec<u8>>,
-        mark: Option<ArchiveMark>,
-    },
+    Restore(Restoration),
 }
 
 /// Everything ever written to a simulated disk, in order.
@@ -151,22 +149,8 @@ impl Contents {
                     self.checkpoints.pop_first();
                 }
             }
-            Write::ArchiveCut(mark) => {
-                let drop = usize::try_from(mark.through_gseq - self.archived).unwrap_or(usize::MAX);
-                self.records.drain(..drop.min(self.records.len()));
-                self.archived = mark.through_gseq;
-                self.state.get_or_insert_with(StoredState::default).archived = Some(mark.clone());
-            }
-            Write::Restore {
-                first_gseq,
-                records,
-                mark,
-            } => {
-                debug_assert_eq!(first_gseq + records.len() as u64, self.archived + 1);
-                self.records.splice(0..0, records.iter().cloned());
-                self.archived = first_gseq - 1;
-                self.state.get_or_insert_with(StoredState::default).archived = mark.clone();
-            }
+            Write::ArchiveCut(cut) => self.apply_archive_cut(cut),
+            Write::Restore(restoration) => self.apply_restoration(restoration),
         }
     }
 
@@ -195,6 +179,26 @@ impl Contents {
         for (machine, head) in &batch.machine_heads {
             state.machine_heads.insert(machine.clone(), *head);
         }
+    }
+
+    fn apply_archive_cut(&mut self, mark: &ArchiveMark) {
+        let through = mark.through_gseq;
+        let drop = usize::try_from(through - self.archived).unwrap_or(usize::MAX);
+        self.records.drain(..drop.min(self.records.len()));
+        self.archived = through;
+        self.state.get_or_insert_with(StoredState::default).archived = Some(mark.clone());
+    }
+
+    fn apply_restoration(&mut self, restoration: &Restoration) {
+        let Restoration {
+            first_gseq,
+            records,
+            mark,
+        } = restoration;
+        debug_assert_eq!(first_gseq + records.len() as u64, self.archived + 1);
+        self.records.splice(0..0, records.iter().cloned());
+        self.archived = first_gseq - 1;
+        self.state.get_or_insert_with(StoredState::default).archived = mark.clone();
     }
 
     fn apply_truncation(&mut self, cut: &Truncation) {
@@ -347,17 +351,8 @@ impl Backend for MemBackend {
         self.sync()
     }
 
-    fn restore(
-        &mut self,
-        first_gseq: u64,
-        records: &[Vec<u8>],
-        mark: Option<&ArchiveMark>,
-    ) -> Result<(), StoreError> {
-        self.record(Write::Restore {
-            first_gseq,
-            records: records.to_vec(),
-            mark: mark.cloned(),
-        });
+    fn restore(&mut self, restoration: &Restoration) -> Result<(), StoreError> {
+        self.record(Write::Restore(restoration.clone()));
         self.sync()
     }
 

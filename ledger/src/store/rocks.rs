@@ -21,7 +21,7 @@
 //! encrypting a whole small record (see BENCHMARKS.md).
 
 use super::archive::ArchiveMark;
-use super::backend::{Backend, Batch, RecordVisitor, StoredState, Truncation};
+use super::backend::{Backend, Batch, RecordVisitor, Restoration, StoredState, Truncation};
 use super::{MachineHead, OpenOptions, SegmentSummary, StoreConfig, StoreError};
 use crate::crypto::{Hash32, SealError, Sealer, SecretKey};
 use crate::ids::MachineId;
@@ -502,6 +502,19 @@ impl RocksBackend {
         }
     }
 
+    fn put_index_rows(&self, rocks: &mut WriteBatch, batch: &Batch) {
+        for row in &batch.index {
+            let mut value = [0u8; 40];
+            value[..8].copy_from_slice(&row.gseq.to_be_bytes());
+            value[8..].copy_from_slice(&row.chain_hash);
+            rocks.put_cf(
+                self.cf(CF_MACHINE_SEQ),
+                machine_seq_key(&row.machine, row.seq),
+                value,
+            );
+        }
+    }
+
     /// Opens the chunk stored under `first_gseq` into its records.
     fn open_chunk(&self, first_gseq: u64, sealed: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut plaintext = Vec::new();
@@ -610,16 +623,7 @@ impl Backend for RocksBackend {
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
         let mut rocks = WriteBatch::default();
         self.put_chunks(&mut rocks, batch);
-        for row in &batch.index {
-            let mut value = [0u8; 40];
-            value[..8].copy_from_slice(&row.gseq.to_be_bytes());
-            value[8..].copy_from_slice(&row.chain_hash);
-            rocks.put_cf(
-                self.cf(CF_MACHINE_SEQ),
-                machine_seq_key(&row.machine, row.seq),
-                value,
-            );
-        }
+        self.put_index_rows(&mut rocks, batch);
         let meta = self.cf(CF_META);
         rocks.put_cf(meta, META_HEAD, encode_meta(&batch.head));
         rocks.put_cf(meta, META_OPEN_SEGMENT, encode_meta(&batch.open_segment));
@@ -785,20 +789,15 @@ impl Backend for RocksBackend {
         Ok(())
     }
 
-    fn restore(
-        &mut self,
-        first_gseq: u64,
-        records: &[Vec<u8>],
-        mark: Option<&ArchiveMark>,
-    ) -> Result<(), StoreError> {
+    fn restore(&mut self, restoration: &Restoration) -> Result<(), StoreError> {
         let mut rocks = WriteBatch::default();
         let batch = Batch {
-            first_gseq,
-            records: records.to_vec(),
+            first_gseq: restoration.first_gseq,
+            records: restoration.records.clone(),
             ..Batch::default()
         };
         self.put_chunks(&mut rocks, &batch);
-        match mark {
+        match &restoration.mark {
             Some(mark) => rocks.put_cf(self.cf(CF_META), META_ARCHIVE, encode_meta(mark)),
             None => rocks.delete_cf(self.cf(CF_META), META_ARCHIVE),
         }
