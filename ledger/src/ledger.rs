@@ -282,7 +282,10 @@ impl<B: Backend> Ledger<B> {
         progress: &mut dyn FnMut(&SegmentSummary),
     ) -> Result<ArchiveReport, StoreError> {
         let through = segments.saturating_mul(self.store.config().segment_entries);
-        if through >= self.store.first_live_gseq() && through <= self.store.head().gseq {
+        let head = self.store.head().gseq;
+        let newest = self.store.checkpoint_at_or_before(head)?.map(|(at, _)| at);
+        let needed = newest.is_none_or(|at| at < through);
+        if needed && through >= self.store.first_live_gseq() && through <= head {
             self.checkpoint_at(through)?;
         }
         self.store

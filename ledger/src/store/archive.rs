@@ -139,6 +139,16 @@ pub struct ArchiveMark {
     pub dir: String,
 }
 
+/// The directory a mark's recorded `dir` stands for: relative ones are
+/// relative to `home`, the directory holding the store's own.
+pub fn resolve_dir(home: Option<&Path>, recorded: &str) -> PathBuf {
+    let recorded = Path::new(recorded);
+    match home {
+        Some(home) if recorded.is_relative() => home.join(recorded),
+        _ => recorded.to_path_buf(),
+    }
+}
+
 /// An archive file's name: `segment-000000000003.vla` for segment 3.
 pub fn file_name(index: u64) -> String {
     format!("segment-{index:012}.vla")
@@ -392,9 +402,13 @@ impl std::fmt::Debug for ArchiveDir {
 
 impl ArchiveDir {
     pub fn new(dir: &Path, key: &SecretKey) -> ArchiveDir {
+        ArchiveDir::with_sealer(dir, Sealer::new(key))
+    }
+
+    pub fn with_sealer(dir: &Path, sealer: Sealer) -> ArchiveDir {
         ArchiveDir {
             dir: dir.to_path_buf(),
-            sealer: Sealer::new(key),
+            sealer,
             last_read: Mutex::new(None),
         }
     }

@@ -66,11 +66,7 @@ impl<B: Backend> LogStore<B> {
 
     /// The directory a mark's recorded archive directory stands for.
     pub fn resolve_archive_dir(&self, recorded: &str) -> PathBuf {
-        let recorded = Path::new(recorded);
-        match &self.home {
-            Some(home) if recorded.is_relative() => home.join(recorded),
-            _ => recorded.to_path_buf(),
-        }
+        super::archive::resolve_dir(self.home.as_deref(), recorded)
     }
 
     /// What the live log no longer holds, if anything was archived.

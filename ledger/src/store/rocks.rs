@@ -20,7 +20,7 @@
 //! entry amortises the cipher's per-message setup, which costs more than
 //! encrypting a whole small record (see BENCHMARKS.md).
 
-use super::archive::ArchiveMark;
+use super::archive::{ArchiveDir, ArchiveMark, resolve_dir};
 use super::backend::{Backend, Batch, RecordVisitor, Restoration, StoredState, Truncation};
 use super::{MachineHead, OpenOptions, SegmentSummary, StoreConfig, StoreError};
 use crate::crypto::{Hash32, SealError, Sealer, SecretKey};
@@ -316,11 +316,17 @@ pub fn held_by_another_process(path: &Path) -> bool {
 }
 
 /// Reads a RocksDB store's records from any thread, beside the writer that
-/// owns it (the dashboard's log pages). Cheap to clone.
+/// owns it (the dashboard's log pages). Cheap to clone. Archived entries
+/// are read from their archive files, as the store reads them.
 #[derive(Clone)]
 pub struct RocksReader {
     db: Arc<DB>,
     sealer: Sealer,
+    /// The directory holding the store's (archive directories recorded
+    /// relative to it are found from here).
+    home: Option<PathBuf>,
+    /// The archive directory last read, kept for its one-segment cache.
+    archive: Arc<std::sync::Mutex<Option<Arc<ArchiveDir>>>>,
 }
 
 impl RocksReader {
@@ -332,8 +338,51 @@ impl RocksReader {
         last: u64,
         visit: &mut RecordVisitor<'_>,
     ) -> Result<(), StoreError> {
+        let mut from = from.max(1);
+        let mark = read_meta_value::<ArchiveMark>(&self.db, META_ARCHIVE)?;
+        if let Some(mark) = mark.filter(|mark| from <= mark.through_gseq) {
+            let config = read_meta_value::<StoreConfig>(&self.db, META_CONFIG)?.unwrap_or_default();
+            let until = last.min(mark.through_gseq);
+            let size = config.segment_entries.max(1);
+            let archive = self.archive_dir(&mark);
+            if !archive.for_each_record(from, until, size, visit)? || until == last {
+                return Ok(());
+            }
+            from = mark.through_gseq + 1;
+        }
         read_records(&self.db, &self.sealer, from, last, visit)
     }
+
+    fn archive_dir(&self, mark: &ArchiveMark) -> Arc<ArchiveDir> {
+        let dir = resolve_dir(self.home.as_deref(), &mark.dir);
+        let mut kept = self
+            .archive
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match kept.as_ref().filter(|archive| archive.dir() == dir) {
+            Some(archive) => archive.clone(),
+            None => {
+                let archive = Arc::new(ArchiveDir::with_sealer(&dir, self.sealer.clone()));
+                *kept = Some(archive.clone());
+                archive
+            }
+        }
+    }
+}
+
+fn read_meta_value<T: DeserializeOwned>(db: &DB, name: &[u8]) -> Result<Option<T>, StoreError> {
+    let cf = db
+        .cf_handle(CF_META)
+        .expect("column families are created at open");
+    let Some(bytes) = db.get_cf(cf, name)? else {
+        return Ok(None);
+    };
+    rmp_serde::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StoreError::Meta {
+            name: String::from_utf8_lossy(name).into_owned(),
+            problem: e.to_string(),
+        })
 }
 
 impl RocksBackend {
@@ -342,6 +391,10 @@ impl RocksBackend {
         RocksReader {
             db: self.db.clone(),
             sealer: self.sealer.clone(),
+            home: std::path::absolute(&self.path)
+                .ok()
+                .and_then(|path| path.parent().map(Path::to_path_buf)),
+            archive: Arc::default(),
         }
     }
 
@@ -419,15 +472,7 @@ impl RocksBackend {
     }
 
     fn read_meta<T: DeserializeOwned>(&self, name: &[u8]) -> Result<Option<T>, StoreError> {
-        let Some(bytes) = self.db.get_cf(self.cf(CF_META), name)? else {
-            return Ok(None);
-        };
-        rmp_serde::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Meta {
-                name: String::from_utf8_lossy(name).into_owned(),
-                problem: e.to_string(),
-            })
+        read_meta_value(&self.db, name)
     }
 
     /// Writes a batch atomically and durably — or, with `deferred_sync`

@@ -32,6 +32,17 @@ fn archived_entries_read_through_and_the_live_log_goes_on() {
         let after: Vec<Vec<u8>> = store.records_from(1).map(|r| r.unwrap().1).collect();
         assert_eq!(after, before);
         store.check_chain().unwrap();
+        // Other threads' reader (the dashboard's) reads through too.
+        let mut read = Vec::new();
+        let reader = store.backend().reader();
+        reader
+            .for_each_record(1, 10, &mut |_, record| {
+                read.push(record.to_vec());
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(read, before);
+        drop(reader);
         // The live log no longer holds the archived records.
         let mut live = Vec::new();
         store
