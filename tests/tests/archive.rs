@@ -4,16 +4,24 @@
 //! before. A flipped byte or a missing archive file is reported by name,
 //! and `archive restore` brings the segments back.
 //!
+//! In a cluster, each replica archives on its own schedule, and a replica
+//! that starts from nothing catches up across the range its peers have
+//! archived (served from their archive files).
+//!
 //! The log has 200,000 events here (`ARCHIVE_TEST_EVENTS` overrides it);
 //! the million-event run of issue 14 was made by hand with
 //! `ARCHIVE_TEST_EVENTS=1000000` (BENCHMARKS.md, "Archive").
 
 mod common;
 
-use common::vendctl;
+use common::{
+    Cluster, acked_per_machine, base_port, check_replica_holds, finish_fleet, init_cluster,
+    primaries, start_fleet, vendctl,
+};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 
 const MACHINES: u64 = 50;
 const EVENTS_DEFAULT: u64 = 200_000;
@@ -259,4 +267,57 @@ fn archive_refuses_what_it_cannot_do_and_says_why() {
     assert!(restored.starts_with("restored 1 segments"), "{restored}");
     let nothing = ok(vendctl(&["archive", "restore", "--data", data]));
     assert!(nothing.starts_with("nothing to restore"), "{nothing}");
+}
+
+/// The backup (replica-3) is wiped while stopped, after the primary has
+/// archived most of the log, and catches up from the first entry.
+#[test]
+fn a_replica_starting_from_nothing_catches_up_across_archived_segments() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("cluster");
+    let topology = init_cluster(&dir, base_port());
+    for path in &topology.configs {
+        let mut config = replica::config::ReplicaConfig::load(path).unwrap();
+        config.archive.keep_segments = Some(1);
+        config.archive.every_s = Some(1);
+        std::fs::write(path, config.to_toml()).unwrap();
+    }
+    let mut cluster = Cluster::start(&dir, topology);
+    cluster.wait_for("replica-1 to lead", Duration::from_secs(20), |s| {
+        primaries(s).first().is_some_and(|&(i, _)| i == 0)
+    });
+    // About 16,000 entries: three closed segments of 4,096, two archived.
+    let (machines, per_machine) = (8, 2_000);
+    let fleet = start_fleet(&dir, machines, per_machine, 240);
+    let summary = finish_fleet(fleet, u64::from(machines) * per_machine);
+    let archived = dir.join("replica-1/archive/segment-000000000001.vla");
+    cluster.wait_for(
+        "the primary to archive two segments",
+        Duration::from_secs(30),
+        |_| archived.is_file(),
+    );
+    cluster.stop(2);
+    std::fs::remove_dir_all(dir.join("replica-3")).unwrap();
+    cluster.spawn(2);
+    cluster.wait_for(
+        "the wiped replica to catch up",
+        Duration::from_secs(90),
+        |s| {
+            s.len() == 3
+                && s.iter().all(|r: &Value| {
+                    r["reachable"] == true && r["tip"] == s[0]["tip"] && r["commit"] == s[0]["tip"]
+                })
+        },
+    );
+    cluster.stop_all();
+    let acked = acked_per_machine(&summary);
+    let heads: Vec<Option<String>> = (1..=3)
+        .map(|index| check_replica_holds(&dir, index, &acked))
+        .collect();
+    assert!(
+        heads.windows(2).all(|w| w[0] == w[1]),
+        "identical hash chains: {heads:?}"
+    );
+    let primary_log = std::fs::read_to_string(dir.join("replica-1.log")).unwrap_or_default();
+    assert!(primary_log.contains("archived a segment"), "{primary_log}");
 }
