@@ -98,3 +98,32 @@ fn a_hostile_length_never_allocates_beyond_the_bound() {
     assert!(error.contains("more than"), "{error}");
     assert!(Codec::Lz4.decompress(&[0xff; 16], 1_000).is_err());
 }
+
+/// The bytes before the sealed records, pinned (docs/FORMATS.md, "Archive
+/// file"): a renamed field or a reordered one fails here.
+#[test]
+fn the_prefix_and_header_bytes_are_pinned() {
+    let (summary, records) = segment(3, 7, 1);
+    let bytes = encode_segment(&Sealer::new(&key()), &summary, &records, Codec::Zstd).unwrap();
+    let (_, _, body_at) = decode_header(&bytes).unwrap();
+    let prefix = hex::encode(&bytes[..body_at]);
+    assert_eq!(prefix, GOLDEN_PREFIX.concat());
+}
+
+const GOLDEN_PREFIX: [&str; 15] = [
+    "564c415243484956", // "VLARCHIV"
+    "01",               // format version 1
+    "01",               // codec: zstd
+    "00000052",         // header length: 82 bytes
+    "93",               // ArchiveHeader, array of 3
+    "98",               // SegmentSummary, array of 8
+    "030707",           // index 3, first gseq 7, last gseq 7
+    "c420",             // first_prev_hash: bin8 of 32 (zeros here)
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "c420", // last_hash: the record's blake3
+    "c877814579bcc48839f8cb1e93ba0f405e31b08eb1272ac4152ff762d9c179b1",
+    "40",           // record_bytes 64
+    "cd1b58cd1b58", // first and last logged_ms 7,000
+    "90",           // machine_heads: none (the record is an epoch marker)
+    "44",           // plaintext_bytes 68 (4 bytes of length per record)
+];
