@@ -7,10 +7,13 @@ use crate::event::EventEnvelope;
 use crate::ids::MachineId;
 use crate::keys::ChainKeys;
 use crate::projection::Projection;
+use crate::store::archive::Codec;
 use crate::store::backend::Backend;
 use crate::store::record::{Content, GENESIS_HASH, LogEntry, ReplicatedRecord, SignedEvent};
 use crate::store::rocks::RocksBackend;
-use crate::store::{AppendOutcome, LogStore, OpenOptions, Proposed, StoreError};
+use crate::store::{
+    AppendOutcome, ArchiveReport, LogStore, OpenOptions, Proposed, SegmentSummary, StoreError,
+};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -267,6 +270,47 @@ impl<B: Backend> Ledger<B> {
         }
     }
 
+    /// Archives the closed segments `0..segments` into `dir` (see
+    /// [`LogStore::archive_segments`]), after saving a checkpoint at the
+    /// cut, so a restart and "as of now" replays never read the archive.
+    pub fn archive(
+        &mut self,
+        segments: u64,
+        dir: &Path,
+        key: &SecretKey,
+        codec: Codec,
+        progress: &mut dyn FnMut(&SegmentSummary),
+    ) -> Result<ArchiveReport, StoreError> {
+        let through = segments.saturating_mul(self.store.config().segment_entries);
+        let head = self.store.head().gseq;
+        let newest = self.store.checkpoint_at_or_before(head)?.map(|(at, _)| at);
+        let needed = newest.is_none_or(|at| at < through);
+        if needed && through >= self.store.first_live_gseq() && through <= head {
+            self.checkpoint_at(through)?;
+        }
+        self.store
+            .archive_segments(segments, dir, key, codec, progress)
+    }
+
+    /// Saves a checkpoint of the projection as of `gseq`.
+    fn checkpoint_at(&mut self, gseq: u64) -> Result<(), StoreError> {
+        let projection = self.projection_as_of(Until::Gseq(gseq))?;
+        let hash = self
+            .store
+            .entry_hash(gseq)?
+            .ok_or_else(|| StoreError::Entry {
+                gseq,
+                problem: "missing from the log".into(),
+            })?;
+        let checkpoint = Checkpoint {
+            gseq,
+            hash,
+            projection,
+        };
+        let bytes = rmp_serde::to_vec(&checkpoint).expect("encoding to a Vec cannot fail");
+        self.store.put_checkpoint(gseq, &bytes)
+    }
+
     /// Takes the machine id's state from the projection (a machine's own
     /// ledger holds a single machine).
     pub fn machine_state(&self, machine: &MachineId) -> Option<&crate::state::MachineState> {
@@ -305,9 +349,9 @@ fn load_checkpoint<B: Backend>(
     let Ok(checkpoint) = rmp_serde::from_slice::<Checkpoint>(&bytes) else {
         return Ok(None);
     };
-    let matches = store.get(gseq)?.is_some_and(|entry| {
-        entry.hash == checkpoint.hash && checkpoint.projection.as_of_gseq == gseq
-    });
+    let matches = store
+        .entry_hash(gseq)?
+        .is_some_and(|hash| hash == checkpoint.hash && checkpoint.projection.as_of_gseq == gseq);
     Ok(matches.then_some(checkpoint.projection))
 }
 
@@ -320,6 +364,30 @@ pub fn rebuild<B: Backend>(
 ) -> Result<Projection, StoreError> {
     let mut projection = Projection::default();
     apply_range(store, &mut projection, 1, until, progress)?;
+    Ok(projection)
+}
+
+/// Like [`rebuild`], but on a log whose old segments were archived it
+/// starts from the newest checkpoint at or before the limit (the one
+/// [`Ledger::archive`] saved at the cut, or a later one), so a replay as
+/// of now, or of any point after the cut, never reads the archive. A time
+/// limit, or a point inside the archive, replays from the first entry.
+pub fn rebuild_past_archive<B: Backend>(
+    store: &LogStore<B>,
+    until: Until,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Projection, StoreError> {
+    let limit = match until {
+        _ if store.archived().is_none() => return rebuild(store, until, progress),
+        Until::End => store.head().gseq,
+        Until::Gseq(gseq) => gseq.min(store.head().gseq),
+        Until::MachineTime(_) => return rebuild(store, until, progress),
+    };
+    let Some(mut projection) = load_checkpoint(store, limit)? else {
+        return rebuild(store, until, progress);
+    };
+    let from = projection.as_of_gseq + 1;
+    apply_range(store, &mut projection, from, until, progress)?;
     Ok(projection)
 }
 

@@ -57,6 +57,11 @@ impl From<StoreError> for VerifyFailure {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Entry { gseq, problem } => fail(Some(gseq), None, problem),
+            StoreError::Archive {
+                file,
+                gseq,
+                problem,
+            } => fail(gseq, None, format!("archive file {file}: {problem}")),
             other => fail(None, None, other.to_string()),
         }
     }

@@ -79,6 +79,55 @@ pub struct ReplicaConfig {
     /// alert thresholds (every field has a default).
     #[serde(default)]
     pub dashboard: DashboardConfig,
+    /// Moving old closed segments out of the live log (off unless
+    /// `keep_segments` or `keep_days` is set).
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+}
+
+/// The `[archive]` section: this replica archives on its own schedule.
+/// It never archives past its commit mark, nor, as primary, past what a
+/// follower has matched; archived entries stay readable (catch-up of a
+/// far-behind peer, replays, the tools) from the archive files.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Keep at least this many closed segments in the live log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_segments: Option<u64>,
+    /// Keep the segments whose last entry is younger than this many days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_days: Option<u64>,
+    /// Where archive files go (default `data_dir/archive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// How often to look for a segment to archive, in seconds (default 60;
+    /// at most one segment is archived each time, so a backlog never
+    /// holds the core for long).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_s: Option<u64>,
+}
+
+impl ArchiveConfig {
+    pub fn enabled(&self) -> bool {
+        self.keep_segments.is_some() || self.keep_days.is_some()
+    }
+
+    pub fn every_ms(&self) -> u64 {
+        self.every_s.unwrap_or(60).saturating_mul(1_000)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self
+            .every_s
+            .is_some_and(|every| !(1..=86_400).contains(&every))
+        {
+            return Err(ConfigError::Invalid(
+                "[archive] every_s must be 1 to 86400".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The `[dashboard]` section.
@@ -304,6 +353,7 @@ impl ReplicaConfig {
         if self.name.is_empty() || self.name.len() > ledger::store::record::REPLICA_NAME_BYTES_MAX {
             return invalid("name must have 1 to 64 bytes".into());
         }
+        self.archive.validate()?;
         self.dashboard.validate()
     }
 
@@ -416,6 +466,7 @@ impl LocalClusterPlan {
                 })
                 .collect(),
             dashboard: DashboardConfig::default(),
+            archive: ArchiveConfig::default(),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! simulation in the `tests` crate both drive. [`transport`] sends
 //! datagrams over raw or UDP sockets.
 
+pub mod archiving;
 pub mod config;
 pub mod ingest;
 pub mod node;

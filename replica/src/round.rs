@@ -815,6 +815,20 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
         self.ledger.checkpoint()
     }
 
+    /// Archives closed segments `0..segments` (`Ledger::archive`) after a
+    /// checkpoint at the head, so a restart never reads the archive. Runs
+    /// between rounds; `crate::archiving` decides what is safe.
+    pub fn archive(
+        &mut self,
+        segments: u64,
+        dir: &std::path::Path,
+        key: &ledger::crypto::SecretKey,
+    ) -> Result<ledger::store::ArchiveReport, StoreError> {
+        self.ledger.checkpoint()?;
+        let codec = ledger::store::archive::Codec::Zstd;
+        self.ledger.archive(segments, dir, key, codec, &mut |_| {})
+    }
+
     /// Records what this round promises — the durable tip of the log, the
     /// vote, the incarnation — in the promise file, before anything of the
     /// round leaves (only when it changed).

@@ -5,7 +5,8 @@
 
 use ledger::crypto::Hash32;
 use ledger::ids::MachineId;
-use ledger::store::backend::{Backend, Batch, RecordVisitor, StoredState, Truncation};
+use ledger::store::archive::ArchiveMark;
+use ledger::store::backend::{Backend, Batch, RecordVisitor, Restoration, StoredState, Truncation};
 use ledger::store::memory::MemBackend;
 use ledger::store::promise::{Promise, PromiseError, PromiseStore};
 use ledger::store::{SegmentSummary, StoreConfig, StoreError};
@@ -241,6 +242,16 @@ impl Backend for FaultyBackend {
 
     fn checkpoint_at_or_before(&self, gseq: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         self.inner.checkpoint_at_or_before(gseq)
+    }
+
+    fn archive_cut(&mut self, mark: &ArchiveMark) -> Result<(), StoreError> {
+        self.faults.plan().before_write()?;
+        self.inner.archive_cut(mark)
+    }
+
+    fn restore(&mut self, restoration: &Restoration) -> Result<(), StoreError> {
+        self.faults.plan().before_write()?;
+        self.inner.restore(restoration)
     }
 }
 

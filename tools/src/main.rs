@@ -1,5 +1,6 @@
 //! `vendctl`: the operator's command line for vendledger.
 
+mod archive;
 mod bench;
 mod bench_replication;
 mod cluster;
@@ -52,6 +53,9 @@ enum Commands {
     /// Export events, a sales summary (csv, jsonl) or a machine's EVA-DTS
     /// audit file (dex).
     Export(export::Args),
+    /// Move old closed segments out of a stopped replica's live log into
+    /// compressed, sealed archive files (or `restore` them).
+    Archive(archive::Args),
     /// Create store, cluster and machine keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
         Commands::Replay(args) => replay::run(args),
         Commands::Dump(args) => dump::run(args),
         Commands::Export(args) => export::run(args),
+        Commands::Archive(args) => archive::run(args),
         Commands::Keys(command) => keys::run(command),
         Commands::Cluster(command) => cluster::run(command),
         Commands::Status(args) => cluster::status(args),

@@ -161,6 +161,7 @@ fn offline_data(args: &Args) -> Result<DataArgs> {
     Ok(DataArgs {
         data,
         keys: args.keys.clone(),
+        archive: None,
     })
 }
 

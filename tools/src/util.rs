@@ -21,6 +21,10 @@ pub struct DataArgs {
     /// Key directory, if not `DATA/keys`.
     #[arg(long, value_name = "DIR")]
     pub keys: Option<PathBuf>,
+    /// Archive directory of this log's archived segments, if not where
+    /// `vendctl archive` wrote them.
+    #[arg(long, value_name = "DIR")]
+    pub archive: Option<PathBuf>,
 }
 
 impl DataArgs {
@@ -57,6 +61,14 @@ impl DataArgs {
     /// changes a file of it, and a log a running replica holds open is
     /// read as it was when the command started.
     pub fn open_store(&self, keyring: &Keyring) -> Result<LogStore> {
+        let mut store = self.open_log(keyring)?;
+        if let Some(archive) = &self.archive {
+            store.attach_archive(archive, keyring.store_key());
+        }
+        Ok(store)
+    }
+
+    fn open_log(&self, keyring: &Keyring) -> Result<LogStore> {
         let log_dir = self.log_dir();
         LogStore::open_read_only(&log_dir, keyring.store_key()).map_err(|error| match error {
             // These name the directory already.

@@ -70,8 +70,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
     });
     match result {
         Ok(summary) => {
+            let archived = match store.archived() {
+                Some(mark) => format!(
+                    " ({} in {} archive files under {})",
+                    grouped(mark.through_gseq),
+                    mark.segments,
+                    store.resolve_archive_dir(&mark.dir).display()
+                ),
+                None => String::new(),
+            };
             say!(
-                "ok: {} entries, {} machines, {} operator records, {} closed segments, head {} ({} entries/s)",
+                "ok: {} entries{archived}, {} machines, {} operator records, {} closed segments, head {} ({} entries/s)",
                 grouped(summary.entries),
                 summary.machines,
                 summary.operator_records,

@@ -10,6 +10,7 @@
 //! which opens thousands of stores per test run). A model-based test holds
 //! the two against each other.
 
+use super::archive::ArchiveMark;
 use super::{Head, MachineHead, SegmentSummary, StoreConfig, StoreError};
 use crate::crypto::Hash32;
 use crate::ids::MachineId;
@@ -22,6 +23,8 @@ pub struct StoredState {
     pub head: Head,
     pub open_segment: SegmentSummary,
     pub machine_heads: HashMap<MachineId, MachineHead>,
+    /// What was moved into archive files, if anything.
+    pub archived: Option<ArchiveMark>,
 }
 
 /// One machine event's row in the (machine, seq) index.
@@ -76,6 +79,15 @@ pub struct Truncation {
     pub open_segment: SegmentSummary,
 }
 
+/// Archived records put back in front of the live log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restoration {
+    pub first_gseq: u64,
+    pub records: Vec<Vec<u8>>,
+    /// What stays archived (`None`: nothing).
+    pub mark: Option<ArchiveMark>,
+}
+
 /// Called with each `(gseq, record bytes)` in order; returns `false` to stop.
 pub type RecordVisitor<'a> = dyn FnMut(u64, &[u8]) -> Result<bool, StoreError> + 'a;
 
@@ -110,4 +122,11 @@ pub trait Backend: Send + Sync {
     fn put_checkpoint(&mut self, gseq: u64, bytes: &[u8], keep: usize) -> Result<(), StoreError>;
     /// The newest checkpoint taken at or before `gseq`.
     fn checkpoint_at_or_before(&self, gseq: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+    /// Removes the records up to `mark.through_gseq` (the store wrote them
+    /// to archive files first) and records the mark, in one durable write.
+    /// Index rows, heads, segment summaries and checkpoints stay.
+    fn archive_cut(&mut self, mark: &ArchiveMark) -> Result<(), StoreError>;
+    /// Puts archived records back in front of the live log and records
+    /// what stays archived, in one durable write.
+    fn restore(&mut self, restoration: &Restoration) -> Result<(), StoreError>;
 }

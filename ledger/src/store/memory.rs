@@ -9,7 +9,10 @@
 //! thousands of RocksDB instances per test run would take hours; the
 //! model-based test holds this backend to the RocksDB one.
 
-use super::backend::{Backend, Batch, IndexRow, RecordVisitor, StoredState, Truncation};
+use super::archive::ArchiveMark;
+use super::backend::{
+    Backend, Batch, IndexRow, RecordVisitor, Restoration, StoredState, Truncation,
+};
 use super::{SegmentSummary, StoreConfig, StoreError};
 use crate::crypto::Hash32;
 use crate::ids::MachineId;
@@ -28,6 +31,8 @@ enum Write {
         bytes: Vec<u8>,
         keep: usize,
     },
+    ArchiveCut(ArchiveMark),
+    Restore(Restoration),
 }
 
 /// Everything ever written to a simulated disk, in order.
@@ -114,7 +119,10 @@ impl MemDisk {
 #[derive(Clone, Debug, Default)]
 struct Contents {
     state: Option<StoredState>,
+    /// Records from gseq `archived + 1` on.
     records: Vec<Vec<u8>>,
+    /// Entries moved to archive files (no longer held here).
+    archived: u64,
     index: BTreeMap<(MachineId, u64), (u64, Hash32)>,
     segments: BTreeMap<u64, SegmentSummary>,
     app_meta: BTreeMap<String, Vec<u8>>,
@@ -141,11 +149,16 @@ impl Contents {
                     self.checkpoints.pop_first();
                 }
             }
+            Write::ArchiveCut(cut) => self.apply_archive_cut(cut),
+            Write::Restore(restoration) => self.apply_restoration(restoration),
         }
     }
 
     fn apply_batch(&mut self, batch: &Batch) {
-        debug_assert_eq!(batch.first_gseq, self.records.len() as u64 + 1);
+        debug_assert_eq!(
+            batch.first_gseq,
+            self.archived + self.records.len() as u64 + 1
+        );
         self.records.extend(batch.records.iter().cloned());
         for IndexRow {
             machine,
@@ -168,8 +181,28 @@ impl Contents {
         }
     }
 
+    fn apply_archive_cut(&mut self, mark: &ArchiveMark) {
+        let through = mark.through_gseq;
+        let drop = usize::try_from(through - self.archived).unwrap_or(usize::MAX);
+        self.records.drain(..drop.min(self.records.len()));
+        self.archived = through;
+        self.state.get_or_insert_with(StoredState::default).archived = Some(mark.clone());
+    }
+
+    fn apply_restoration(&mut self, restoration: &Restoration) {
+        let Restoration {
+            first_gseq,
+            records,
+            mark,
+        } = restoration;
+        debug_assert_eq!(first_gseq + records.len() as u64, self.archived + 1);
+        self.records.splice(0..0, records.iter().cloned());
+        self.archived = first_gseq - 1;
+        self.state.get_or_insert_with(StoredState::default).archived = mark.clone();
+    }
+
     fn apply_truncation(&mut self, cut: &Truncation) {
-        let keep = usize::try_from(cut.to_gseq).unwrap_or(usize::MAX);
+        let keep = usize::try_from(cut.to_gseq.saturating_sub(self.archived)).unwrap_or(usize::MAX);
         self.records.truncate(keep);
         for (machine, seq) in &cut.removed_index {
             self.index.remove(&(machine.clone(), *seq));
@@ -271,8 +304,9 @@ impl Backend for MemBackend {
         visit: &mut RecordVisitor<'_>,
     ) -> Result<(), StoreError> {
         for gseq in from.max(1)..=last {
-            let record = usize::try_from(gseq - 1)
-                .ok()
+            let record = gseq
+                .checked_sub(self.contents.archived + 1)
+                .and_then(|index| usize::try_from(index).ok())
                 .and_then(|index| self.contents.records.get(index))
                 .ok_or_else(|| StoreError::entry(gseq, "missing from the log"))?;
             if !visit(gseq, record)? {
@@ -310,6 +344,16 @@ impl Backend for MemBackend {
             keep,
         });
         Ok(())
+    }
+
+    fn archive_cut(&mut self, mark: &ArchiveMark) -> Result<(), StoreError> {
+        self.record(Write::ArchiveCut(mark.clone()));
+        self.sync()
+    }
+
+    fn restore(&mut self, restoration: &Restoration) -> Result<(), StoreError> {
+        self.record(Write::Restore(restoration.clone()));
+        self.sync()
     }
 
     fn checkpoint_at_or_before(&self, gseq: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {

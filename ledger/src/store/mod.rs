@@ -17,6 +17,8 @@
 //! many batches with one fsync (`sync_deferred`) before anything that
 //! depends on them leaves it.
 
+pub mod archive;
+mod archiving;
 pub mod backend;
 pub mod memory;
 pub mod promise;
@@ -28,6 +30,7 @@ use crate::event::EventEnvelope;
 use crate::ids::MachineId;
 use crate::keys::ChainKeys;
 use crate::operator::{OPERATOR_RECORD_BYTES_MAX, OperatorRecord};
+use archive::{ArchiveDir, ArchiveMark};
 use backend::{Backend, Batch, IndexRow, StoredState, Truncation};
 use record::{
     ChainError, Content, EntryBody, LogEntry, Payload, REPLICA_NAME_BYTES_MAX, ReplicatedRecord,
@@ -39,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
+pub use archiving::{ArchiveReport, Cutoff};
 pub use rocks::{CHUNK_BYTES_MAX, CHUNK_ENTRIES_MAX};
 
 /// The store's on-disk format. Bumped only with a migration path.
@@ -84,6 +88,23 @@ pub enum StoreError {
     /// A log another process holds open could not be opened beside it.
     #[error("cannot read the live log at {path}: {problem}")]
     Live { path: String, problem: String },
+    /// An archive file is missing or damaged, named with the entry when
+    /// one is to blame.
+    #[error("archive file {file}: {}{problem}", gseq.map(|g| format!("entry gseq {g}: ")).unwrap_or_default())]
+    Archive {
+        file: String,
+        gseq: Option<u64>,
+        problem: String,
+    },
+    /// An archived entry was asked for, but no archive directory is open.
+    #[error(
+        "entry gseq {gseq} is archived (entries up to {through} are in archive files under {dir}); give the archive directory"
+    )]
+    Archived {
+        gseq: u64,
+        through: u64,
+        dir: String,
+    },
     /// A backend refused a write or a sync (a full disk, an I/O error, an
     /// injected fault).
     #[error("write failed: {0}")]
@@ -102,7 +123,7 @@ impl StoreError {
     pub fn is_damage(&self) -> bool {
         match self {
             StoreError::Db(error) => error.kind() == rocksdb::ErrorKind::Corruption,
-            StoreError::Entry { .. } | StoreError::Meta { .. } => true,
+            StoreError::Entry { .. } | StoreError::Meta { .. } | StoreError::Archive { .. } => true,
             _ => false,
         }
     }
@@ -266,6 +287,14 @@ pub struct LogStore<B: Backend = RocksBackend> {
     head: Head,
     machine_heads: HashMap<MachineId, MachineHead>,
     open_segment: SegmentSummary,
+    /// What the live log no longer holds (in archive files), if anything.
+    archived: Option<ArchiveMark>,
+    /// Where archived entries are read from.
+    archive: Option<ArchiveDir>,
+    /// The directory holding the store's own directory (a replica's data
+    /// directory): an archive directory inside it is recorded relative to
+    /// it, so a copied data directory reads its own archive.
+    home: Option<std::path::PathBuf>,
 }
 
 impl LogStore<RocksBackend> {
@@ -276,7 +305,17 @@ impl LogStore<RocksBackend> {
         options: OpenOptions,
     ) -> Result<LogStore, StoreError> {
         let backend = RocksBackend::open(path, key, options)?;
-        LogStore::with_backend(backend, options.segment_entries)
+        let mut store = LogStore::with_backend(backend, options.segment_entries)?;
+        store.home = std::path::absolute(path)
+            .ok()
+            .and_then(|path| path.parent().map(Path::to_path_buf));
+        // Archived entries are read from where they were written, unless
+        // the caller names another directory (`attach_archive`).
+        if let Some(mark) = &store.archived {
+            let dir = store.resolve_archive_dir(&mark.dir);
+            store.attach_archive(&dir, key);
+        }
+        Ok(store)
     }
 
     /// Opens an existing store for reading only (see
@@ -330,6 +369,9 @@ impl<B: Backend> LogStore<B> {
             head: state.head,
             machine_heads: state.machine_heads,
             open_segment: state.open_segment,
+            archived: state.archived,
+            archive: None,
+            home: None,
         })
     }
 
@@ -529,7 +571,7 @@ impl<B: Backend> LogStore<B> {
             return Ok(None);
         }
         let mut found = None;
-        self.backend.for_each_record(gseq, gseq, &mut |_, record| {
+        self.for_each_record(gseq, gseq, |_, record| {
             found = Some(record.to_vec());
             Ok(false)
         })?;
@@ -559,7 +601,21 @@ impl<B: Backend> LogStore<B> {
         mut visit: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let last = last.min(self.head.gseq);
-        self.backend.for_each_record(from.max(1), last, &mut visit)
+        let mut from = from.max(1);
+        if let Some(mark) = self.archived.as_ref().filter(|m| from <= m.through_gseq) {
+            let archive = self.archive.as_ref().ok_or_else(|| StoreError::Archived {
+                gseq: from,
+                through: mark.through_gseq,
+                dir: mark.dir.clone(),
+            })?;
+            let until = last.min(mark.through_gseq);
+            let size = self.config.segment_entries;
+            if !archive.for_each_record(from, until, size, &mut visit)? || until == last {
+                return Ok(());
+            }
+            from = mark.through_gseq + 1;
+        }
+        self.backend.for_each_record(from, last, &mut visit)
     }
 
     /// Iterates plaintext records from `from_gseq` to the head, in order. A
@@ -588,19 +644,25 @@ impl<B: Backend> LogStore<B> {
     /// chunk's), decodes, sits at its gseq and links to the one before,
     /// and the last one is the head. A replica runs this at start so a
     /// damaged log is repaired rather than served.
+    /// Archived entries are not read: the chain starts from the hash the
+    /// archive mark keeps (`vendctl verify` checks the archive too).
     pub fn check_chain(&self) -> Result<(), StoreError> {
-        let mut previous = record::GENESIS_HASH;
-        self.for_each_record(1, self.head.gseq, |gseq, bytes| {
-            let entry = decode_entry(gseq, bytes)?;
-            if entry.prev_hash != previous {
-                return Err(StoreError::entry(
-                    gseq,
-                    "does not link to the entry before it (the log was damaged or altered)",
-                ));
-            }
-            previous = entry.hash;
-            Ok(true)
-        })?;
+        let (mut previous, first) = match &self.archived {
+            Some(mark) => (mark.through_hash, mark.through_gseq + 1),
+            None => (record::GENESIS_HASH, 1),
+        };
+        self.backend
+            .for_each_record(first, self.head.gseq, &mut |gseq, bytes| {
+                let entry = decode_entry(gseq, bytes)?;
+                if entry.prev_hash != previous {
+                    return Err(StoreError::entry(
+                        gseq,
+                        "does not link to the entry before it (the log was damaged or altered)",
+                    ));
+                }
+                previous = entry.hash;
+                Ok(true)
+            })?;
         if previous != self.head.hash {
             return Err(StoreError::entry(
                 self.head.gseq,
@@ -655,6 +717,12 @@ impl<B: Backend> LogStore<B> {
         if to_gseq >= self.head.gseq {
             return Ok(0);
         }
+        if let Some(mark) = self.archived.as_ref().filter(|m| to_gseq < m.through_gseq) {
+            return Err(StoreError::Truncate {
+                to: to_gseq,
+                problem: format!("entries up to gseq {} are archived", mark.through_gseq),
+            });
+        }
         let removed = self.head.gseq - to_gseq;
         let (removed_index, first_removed) = self.removed_events(to_gseq)?;
         let mut machine_heads = Vec::with_capacity(first_removed.len());
@@ -662,13 +730,18 @@ impl<B: Backend> LogStore<B> {
             let head = self.machine_head_before(&machine, seq)?;
             machine_heads.push((machine, (head.seq > 0).then_some(head)));
         }
-        let head = match self.get(to_gseq)? {
-            Some(entry) => Head {
+        let head = match (self.get_live(to_gseq)?, &self.archived) {
+            (Some(entry), _) => Head {
                 gseq: to_gseq,
                 hash: entry.hash,
                 epoch: entry.body.epoch,
             },
-            None => Head::default(),
+            (None, Some(mark)) if mark.through_gseq == to_gseq => Head {
+                gseq: to_gseq,
+                hash: mark.through_hash,
+                epoch: mark.through_epoch,
+            },
+            (None, _) => Head::default(),
         };
         let keep_segments = to_gseq / self.config.segment_entries;
         let cut = Truncation {
@@ -1019,12 +1092,10 @@ impl<B: Backend> RecordIter<'_, B> {
             .end_gseq
             .min(from.saturating_add(ITER_BATCH_RECORDS - 1));
         let buffered = &mut self.buffered;
-        self.store
-            .backend
-            .for_each_record(from, last, &mut |gseq, record| {
-                buffered.push_back((gseq, record.to_vec()));
-                Ok(true)
-            })?;
+        self.store.for_each_record(from, last, |gseq, record| {
+            buffered.push_back((gseq, record.to_vec()));
+            Ok(true)
+        })?;
         if self.buffered.front().is_none_or(|(gseq, _)| *gseq != from) {
             return Err(StoreError::entry(from, "missing from the log"));
         }

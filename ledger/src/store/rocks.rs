@@ -20,7 +20,8 @@
 //! entry amortises the cipher's per-message setup, which costs more than
 //! encrypting a whole small record (see BENCHMARKS.md).
 
-use super::backend::{Backend, Batch, RecordVisitor, StoredState, Truncation};
+use super::archive::{ArchiveDir, ArchiveMark, resolve_dir};
+use super::backend::{Backend, Batch, RecordVisitor, Restoration, StoredState, Truncation};
 use super::{MachineHead, OpenOptions, SegmentSummary, StoreConfig, StoreError};
 use crate::crypto::{Hash32, SealError, Sealer, SecretKey};
 use crate::ids::MachineId;
@@ -47,6 +48,7 @@ const META_OPEN_SEGMENT: &[u8] = b"open_segment";
 const META_MACHINE_HEAD_PREFIX: &[u8] = b"mh/";
 const META_SEGMENT_PREFIX: &[u8] = b"seg/";
 const META_APP_PREFIX: &[u8] = b"app/";
+const META_ARCHIVE: &[u8] = b"archive";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"vendledger store key check v1";
 
 /// Table files RocksDB keeps open, at most (its `max_open_files`). Its
@@ -296,7 +298,7 @@ fn open_db(
 /// (RocksDB locks its `LOCK` file with `fcntl`, which `F_GETLK` tests
 /// without taking). When that cannot be told, the answer is yes: reading a
 /// store as a secondary instance is safe either way.
-fn held_by_another_process(path: &Path) -> bool {
+pub fn held_by_another_process(path: &Path) -> bool {
     use std::os::fd::AsRawFd;
     let lock = match std::fs::File::open(path.join("LOCK")) {
         Ok(file) => file,
@@ -314,11 +316,17 @@ fn held_by_another_process(path: &Path) -> bool {
 }
 
 /// Reads a RocksDB store's records from any thread, beside the writer that
-/// owns it (the dashboard's log pages). Cheap to clone.
+/// owns it (the dashboard's log pages). Cheap to clone. Archived entries
+/// are read from their archive files, as the store reads them.
 #[derive(Clone)]
 pub struct RocksReader {
     db: Arc<DB>,
     sealer: Sealer,
+    /// The directory holding the store's (archive directories recorded
+    /// relative to it are found from here).
+    home: Option<PathBuf>,
+    /// The archive directory last read, kept for its one-segment cache.
+    archive: Arc<std::sync::Mutex<Option<Arc<ArchiveDir>>>>,
 }
 
 impl RocksReader {
@@ -330,8 +338,51 @@ impl RocksReader {
         last: u64,
         visit: &mut RecordVisitor<'_>,
     ) -> Result<(), StoreError> {
+        let mut from = from.max(1);
+        let mark = read_meta_value::<ArchiveMark>(&self.db, META_ARCHIVE)?;
+        if let Some(mark) = mark.filter(|mark| from <= mark.through_gseq) {
+            let config = read_meta_value::<StoreConfig>(&self.db, META_CONFIG)?.unwrap_or_default();
+            let until = last.min(mark.through_gseq);
+            let size = config.segment_entries.max(1);
+            let archive = self.archive_dir(&mark);
+            if !archive.for_each_record(from, until, size, visit)? || until == last {
+                return Ok(());
+            }
+            from = mark.through_gseq + 1;
+        }
         read_records(&self.db, &self.sealer, from, last, visit)
     }
+
+    fn archive_dir(&self, mark: &ArchiveMark) -> Arc<ArchiveDir> {
+        let dir = resolve_dir(self.home.as_deref(), &mark.dir);
+        let mut kept = self
+            .archive
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match kept.as_ref().filter(|archive| archive.dir() == dir) {
+            Some(archive) => archive.clone(),
+            None => {
+                let archive = Arc::new(ArchiveDir::with_sealer(&dir, self.sealer.clone()));
+                *kept = Some(archive.clone());
+                archive
+            }
+        }
+    }
+}
+
+fn read_meta_value<T: DeserializeOwned>(db: &DB, name: &[u8]) -> Result<Option<T>, StoreError> {
+    let cf = db
+        .cf_handle(CF_META)
+        .expect("column families are created at open");
+    let Some(bytes) = db.get_cf(cf, name)? else {
+        return Ok(None);
+    };
+    rmp_serde::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StoreError::Meta {
+            name: String::from_utf8_lossy(name).into_owned(),
+            problem: e.to_string(),
+        })
 }
 
 impl RocksBackend {
@@ -340,6 +391,10 @@ impl RocksBackend {
         RocksReader {
             db: self.db.clone(),
             sealer: self.sealer.clone(),
+            home: std::path::absolute(&self.path)
+                .ok()
+                .and_then(|path| path.parent().map(Path::to_path_buf)),
+            archive: Arc::default(),
         }
     }
 
@@ -417,15 +472,7 @@ impl RocksBackend {
     }
 
     fn read_meta<T: DeserializeOwned>(&self, name: &[u8]) -> Result<Option<T>, StoreError> {
-        let Some(bytes) = self.db.get_cf(self.cf(CF_META), name)? else {
-            return Ok(None);
-        };
-        rmp_serde::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Meta {
-                name: String::from_utf8_lossy(name).into_owned(),
-                problem: e.to_string(),
-            })
+        read_meta_value(&self.db, name)
     }
 
     /// Writes a batch atomically and durably — or, with `deferred_sync`
@@ -497,6 +544,19 @@ impl RocksBackend {
         if chunk_records > 0 {
             let sealed = self.sealer.seal(&log_aad(chunk_first), &chunk);
             rocks.put_cf(self.cf(CF_LOG), gseq_key(chunk_first), sealed);
+        }
+    }
+
+    fn put_index_rows(&self, rocks: &mut WriteBatch, batch: &Batch) {
+        for row in &batch.index {
+            let mut value = [0u8; 40];
+            value[..8].copy_from_slice(&row.gseq.to_be_bytes());
+            value[8..].copy_from_slice(&row.chain_hash);
+            rocks.put_cf(
+                self.cf(CF_MACHINE_SEQ),
+                machine_seq_key(&row.machine, row.seq),
+                value,
+            );
         }
     }
 
@@ -595,6 +655,7 @@ impl Backend for RocksBackend {
             head: self.read_meta(META_HEAD)?.unwrap_or_default(),
             open_segment: self.read_meta(META_OPEN_SEGMENT)?.unwrap_or_default(),
             machine_heads: self.load_machine_heads()?,
+            archived: self.read_meta(META_ARCHIVE)?,
         }))
     }
 
@@ -607,16 +668,7 @@ impl Backend for RocksBackend {
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
         let mut rocks = WriteBatch::default();
         self.put_chunks(&mut rocks, batch);
-        for row in &batch.index {
-            let mut value = [0u8; 40];
-            value[..8].copy_from_slice(&row.gseq.to_be_bytes());
-            value[8..].copy_from_slice(&row.chain_hash);
-            rocks.put_cf(
-                self.cf(CF_MACHINE_SEQ),
-                machine_seq_key(&row.machine, row.seq),
-                value,
-            );
-        }
+        self.put_index_rows(&mut rocks, batch);
         let meta = self.cf(CF_META);
         rocks.put_cf(meta, META_HEAD, encode_meta(&batch.head));
         rocks.put_cf(meta, META_OPEN_SEGMENT, encode_meta(&batch.open_segment));
@@ -638,7 +690,15 @@ impl Backend for RocksBackend {
             gseq_key(cut.to_gseq + 1),
             gseq_key(u64::MAX),
         );
-        if let Some((first, kept)) = self.chunk_prefix(cut.to_gseq)? {
+        let archived_through = self
+            .read_meta::<ArchiveMark>(META_ARCHIVE)?
+            .map_or(0, |mark| mark.through_gseq);
+        let prefix = match cut.to_gseq > archived_through {
+            true => self.chunk_prefix(cut.to_gseq)?,
+            // The live log starts a chunk right after the archived entries.
+            false => None,
+        };
+        if let Some((first, kept)) = prefix {
             batch.put_cf(
                 self.cf(CF_LOG),
                 gseq_key(first),
@@ -745,6 +805,48 @@ impl Backend for RocksBackend {
             batch.delete_cf(cf, key);
         }
         self.write_batch(batch, false)
+    }
+
+    fn archive_cut(&mut self, mark: &ArchiveMark) -> Result<(), StoreError> {
+        let first_live = mark.through_gseq + 1;
+        let mut batch = WriteBatch::default();
+        // The chunk holding the first live entry may start among the
+        // archived ones: it is resealed with the records it keeps, under
+        // the first live gseq, so every archived record leaves the log.
+        if let Some((first, sealed)) = self.raw_chunk(first_live)?
+            && first < first_live
+        {
+            let records = self.open_chunk(first, &sealed)?;
+            let skip = usize::try_from(first_live - first).unwrap_or(usize::MAX);
+            if records.len() > skip {
+                let kept = self.seal_chunk(first_live, &records[skip..]);
+                batch.put_cf(self.cf(CF_LOG), gseq_key(first_live), kept);
+            }
+        }
+        batch.delete_range_cf(self.cf(CF_LOG), gseq_key(0), gseq_key(first_live));
+        batch.put_cf(self.cf(CF_META), META_ARCHIVE, encode_meta(mark));
+        self.write_batch(batch, true)?;
+        // Reclaims the space now rather than at some later compaction, so
+        // the live log really is smaller when the command returns.
+        let log = self.cf(CF_LOG);
+        self.db
+            .compact_range_cf(log, None::<&[u8]>, Some(&gseq_key(first_live)[..]));
+        Ok(())
+    }
+
+    fn restore(&mut self, restoration: &Restoration) -> Result<(), StoreError> {
+        let mut rocks = WriteBatch::default();
+        let batch = Batch {
+            first_gseq: restoration.first_gseq,
+            records: restoration.records.clone(),
+            ..Batch::default()
+        };
+        self.put_chunks(&mut rocks, &batch);
+        match &restoration.mark {
+            Some(mark) => rocks.put_cf(self.cf(CF_META), META_ARCHIVE, encode_meta(mark)),
+            None => rocks.delete_cf(self.cf(CF_META), META_ARCHIVE),
+        }
+        self.write_batch(rocks, true)
     }
 
     fn checkpoint_at_or_before(&self, gseq: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {

@@ -809,3 +809,5 @@ fn an_operator_record_that_does_not_apply_is_reported() {
     assert_eq!(failure.gseq, Some(1));
     assert!(failure.problem.contains("does not apply"), "{failure}");
 }
+
+mod archiving;

@@ -85,6 +85,7 @@ impl Core {
 
     pub(super) fn run(&mut self, inputs: &Receiver<CoreInput>, publisher: &mut Publisher) {
         let mut next_tick_ms = self.now_ms();
+        let mut next_archive_ms = self.now_ms() + self.config.archive.every_ms();
         while !self.shutdown {
             let wait = next_tick_ms.saturating_sub(self.now_ms());
             let first = match inputs.recv_timeout(Duration::from_millis(wait)) {
@@ -105,6 +106,10 @@ impl Core {
                 next_tick_ms = now_ms + TICK_MS;
             }
             self.end_round(publisher);
+            if self.config.archive.enabled() && now_ms >= next_archive_ms {
+                next_archive_ms = now_ms + self.config.archive.every_ms();
+                self.archive_step();
+            }
         }
         self.round.begin(self.now_ms(), wall_ms());
         self.round.save_commit_hint_now();
@@ -133,6 +138,30 @@ impl Core {
             self.deliver(outgoing);
         }
         publisher.publish(self);
+    }
+
+    /// Archives a closed segment between rounds when `[archive]` allows
+    /// one (`crate::archiving`); a failure is logged and tried again at the
+    /// next step, the live log being untouched until a file is whole.
+    fn archive_step(&mut self) {
+        let config = &self.config;
+        let (data_dir, keys_dir) = (&config.data_dir, &config.keys_dir);
+        match crate::archiving::step(
+            &mut self.round,
+            &config.archive,
+            data_dir,
+            keys_dir,
+            wall_ms(),
+        ) {
+            Ok(Some(report)) => tracing::info!(
+                replica = %config.name,
+                through_gseq = report.through_gseq,
+                file_bytes = report.file_bytes,
+                "archived a segment"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(replica = %config.name, error = %e, "could not archive"),
+        }
     }
 
     fn handle(&mut self, input: CoreInput) {
