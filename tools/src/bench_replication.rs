@@ -103,6 +103,10 @@ struct Run {
     datagrams_dropped_by_injection: u64,
     events_resent: u64,
     failover_ms: Option<f64>,
+    /// CPU time (user + system) of all the replica processes from the start
+    /// of the load until both followers held the tip, per committed event:
+    /// the figure that transfers between machines.
+    replica_cpu_us_per_event: f64,
 }
 
 #[derive(Serialize)]
@@ -225,7 +229,7 @@ fn print_figures(figures: &Figures) {
         say!(
             "{:<22} {:>7} events in {:>6.2}s: {:>10} committed events/s; ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
              follower lag mean {:.0}, max {}; followers complete {:.0} ms after the last ack; \
-             NAKs {}, retransmitted {}, injected drops {}, resent {}{}",
+             NAKs {}, retransmitted {}, injected drops {}, resent {}; replica CPU {:.1} µs per event{}",
             run.name,
             run.events,
             run.seconds,
@@ -240,6 +244,7 @@ fn print_figures(figures: &Figures) {
             run.records_retransmitted,
             run.datagrams_dropped_by_injection,
             run.events_resent,
+            run.replica_cpu_us_per_event,
             run.failover_ms
                 .map(|ms| format!("; failover {ms:.0} ms"))
                 .unwrap_or_default()
@@ -357,6 +362,20 @@ impl LocalCluster {
         })
     }
 
+    /// Each replica process's CPU time so far (user + system, in clock
+    /// ticks); `None` for one whose /proc entry cannot be read. A killed
+    /// replica is not reaped until the cluster is dropped, so its figures
+    /// stay readable.
+    fn cpu_ticks(&self) -> Vec<Option<u64>> {
+        self.children
+            .iter()
+            .map(|child| {
+                let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
+                stat_cpu_ticks(&stat)
+            })
+            .collect()
+    }
+
     fn statuses(&self) -> Vec<dashboard::ReplicaStatus> {
         self.file
             .replicas
@@ -385,6 +404,7 @@ fn measure(
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let cpu_before = cluster.cpu_ticks();
     let started = Instant::now();
     let deadline = started + timeout;
     let loads = machine_loads(
@@ -405,6 +425,7 @@ fn measure(
     let (lag_mean, lag_max) = lag.stop();
     wait_for_followers(&cluster, deadline)?;
     let followers_caught_up_ms = last_ack.elapsed().as_secs_f64() * 1_000.0;
+    let cpu_seconds = cpu_seconds(&cpu_before, &cluster.cpu_ticks());
     let failover_ms = killed_at
         .lock()
         .expect("not poisoned")
@@ -428,9 +449,34 @@ fn measure(
         followers_caught_up_ms,
         events_resent: fleet_result.resent,
         failover_ms,
+        replica_cpu_us_per_event: cpu_seconds * 1e6 / events as f64,
         ..Run::default()
     };
     Ok(with_cluster_counters(run, &cluster.statuses()))
+}
+
+/// utime + stime (clock ticks) from a /proc/PID/stat line. The command
+/// name in parentheses may hold spaces, so fields count from its `)`:
+/// utime and stime are the 14th and 15th fields of the line.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU seconds the replicas spent between two readings (a replica
+/// unreadable in either counts nothing).
+fn cpu_seconds(before: &[Option<u64>], after: &[Option<u64>]) -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks: u64 = before
+        .iter()
+        .zip(after)
+        .filter_map(|(b, a)| Some(a.as_ref()?.saturating_sub(*b.as_ref()?)))
+        .sum();
+    ticks as f64 / ticks_per_second
 }
 
 /// One load per machine: its real uplink over the real link, fed from
@@ -740,5 +786,19 @@ impl LagSampler {
             samples.iter().sum::<u64>() as f64 / samples.len() as f64
         };
         (mean, max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "4242 (vend replica) S 1 4242 4242 0 -1 4194560 1234 0 0 0 \
+                    731 96 0 0 20 0 9 0 100 0 0";
+        assert_eq!(stat_cpu_ticks(stat), Some(731 + 96));
+        assert_eq!(stat_cpu_ticks("4242 (cut"), None);
+        assert_eq!(stat_cpu_ticks("4242 (x) S 1 2"), None);
     }
 }
