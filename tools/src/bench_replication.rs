@@ -15,6 +15,10 @@
 //!   committed events/s as a fraction of the loss-free run;
 //! - paced, with the primary SIGKILLed halfway: time from the kill to the
 //!   first acknowledgement from the new primary.
+//!
+//! `--runs` chooses among them, and `curve` adds paced runs at
+//! `CURVE_RATES` (the latency curve, printed with the saturated run).
+//! Every run also reports the replicas' CPU time per committed event.
 
 use crate::cluster::{ClusterArgs, ClusterFile, fetch_status, init, replica_binary, spawn_replica};
 use crate::say;
@@ -68,6 +72,15 @@ pub struct Args {
     /// Keep the clusters' directories (replica logs, data) for inspection.
     #[arg(long)]
     keep: bool,
+    /// Which runs to make, in order (`curve`: paced at 4k, 10k, 20k, 50k
+    /// and 100k events/s for `--paced-seconds` each).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "saturated,paced,loss,failover"
+    )]
+    runs: Vec<RunKind>,
     /// Print JSON instead of lines for people.
     #[arg(long)]
     json: bool,
@@ -115,12 +128,31 @@ struct Figures {
     machines: u32,
     transport: String,
     runs: Vec<Run>,
-    loss_throughput_fraction: f64,
+    /// Saturated throughput with loss over without (when both ran).
+    loss_throughput_fraction: Option<f64>,
 }
 
-/// One of the four runs of a benchmark.
+/// Which runs an invocation makes.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RunKind {
+    /// Every event available at once.
+    Saturated,
+    /// At `--rate`.
+    Paced,
+    /// Saturated, each replica dropping `--loss-percent` of what it receives.
+    Loss,
+    /// At `--rate`, the primary SIGKILLed halfway.
+    Failover,
+    /// Paced at each of `CURVE_RATES` (the latency curve).
+    Curve,
+}
+
+/// The offered rates of the latency curve, events/s over the fleet.
+const CURVE_RATES: [u64; 5] = [4_000, 10_000, 20_000, 50_000, 100_000];
+
+/// One run of a benchmark.
 struct RunPlan {
-    name: &'static str,
+    name: String,
     /// Share of received datagrams each replica drops.
     loss_percent: u8,
     load: Load,
@@ -128,28 +160,41 @@ struct RunPlan {
     kill_primary: bool,
 }
 
-fn plans(args: &Args) -> [RunPlan; 4] {
-    let paced = Load::Paced { rate: args.rate };
-    let paced_events = args.rate * args.paced_seconds;
-    let plan = |name, loss_percent, load, events, kill_primary| RunPlan {
-        name,
+fn plans(args: &Args) -> Vec<RunPlan> {
+    let paced = |rate| Load::Paced { rate };
+    let plan = |name: &str, loss_percent, load, kill_primary| RunPlan {
+        name: name.to_owned(),
         loss_percent,
         load,
-        events,
+        events: match load {
+            Load::Saturated => args.events,
+            Load::Paced { rate } => rate * args.paced_seconds,
+        },
         kill_primary,
     };
-    [
-        plan("saturated", 0, Load::Saturated, args.events, false),
-        plan("paced", 0, paced, paced_events, false),
-        plan(
-            "saturated with loss",
-            args.loss_percent,
-            Load::Saturated,
-            args.events,
-            false,
-        ),
-        plan("paced, primary killed", 0, paced, paced_events, true),
-    ]
+    let mut plans = Vec::new();
+    for kind in &args.runs {
+        match kind {
+            RunKind::Saturated => plans.push(plan("saturated", 0, Load::Saturated, false)),
+            RunKind::Paced => plans.push(plan("paced", 0, paced(args.rate), false)),
+            RunKind::Loss => plans.push(plan(
+                "saturated with loss",
+                args.loss_percent,
+                Load::Saturated,
+                false,
+            )),
+            RunKind::Failover => plans.push(plan(
+                "paced, primary killed",
+                0,
+                paced(args.rate),
+                true,
+            )),
+            RunKind::Curve => plans.extend(CURVE_RATES.iter().map(|&rate| {
+                plan(&format!("paced at {rate}/s"), 0, paced(rate), false)
+            })),
+        }
+    }
+    plans
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -158,21 +203,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let (_guard, root) = scratch_root(&args)?;
     let binary = replica_binary()?;
-    let paced_events = args.rate * args.paced_seconds;
-    let per_machine = args
-        .events
-        .max(paced_events)
-        .div_ceil(u64::from(args.machines));
+    let plans = plans(&args);
+    let most = plans.iter().map(|plan| plan.events).max().unwrap_or(0);
+    let per_machine = most.div_ceil(u64::from(args.machines));
     eprintln!(
         "generating {} events per machine for {} machines...",
         per_machine, args.machines
     );
     let fleet = generate(args.machines, per_machine);
     let mut runs = Vec::new();
-    for (index, plan) in plans(&args).into_iter().enumerate() {
+    for (index, plan) in plans.into_iter().enumerate() {
         let dir = root.join(format!("run-{}", index + 1));
-        let (name, loss, events) = (plan.name, plan.loss_percent, plan.events);
-        eprintln!("{name}: {events} events, {loss}% datagrams dropped per receiver...");
+        let (loss, events) = (plan.loss_percent, plan.events);
+        eprintln!("{}: {events} events, {loss}% datagrams dropped per receiver...", plan.name);
         let cluster = ClusterArgs {
             dir: dir.clone(),
             transport: args.transport,
@@ -181,12 +224,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         };
         let timeout = Duration::from_secs(args.timeout_s);
         let mut run = measure(&cluster, &binary, &fleet, &plan, timeout)
-            .with_context(|| format!("run {name:?} (logs in {})", dir.display()))?;
-        run.name = name.to_owned();
+            .with_context(|| format!("run {:?} (logs in {})", plan.name, dir.display()))?;
+        run.name = plan.name;
         runs.push(run);
     }
-    let loss_throughput_fraction =
-        runs[2].committed_events_per_second / runs[0].committed_events_per_second;
+    let throughput = |name: &str| {
+        runs.iter()
+            .find(|run| run.name == name)
+            .map(|run| run.committed_events_per_second)
+    };
+    let loss_throughput_fraction = throughput("saturated with loss")
+        .zip(throughput("saturated"))
+        .map(|(lossy, clean)| lossy / clean);
     let figures = Figures {
         cores: std::thread::available_parallelism().map_or(1, usize::from),
         machines: args.machines,
@@ -250,10 +299,33 @@ fn print_figures(figures: &Figures) {
                 .unwrap_or_default()
         );
     }
-    say!(
-        "throughput with loss: {:.1}% of loss-free",
-        figures.loss_throughput_fraction * 100.0
-    );
+    if let Some(fraction) = figures.loss_throughput_fraction {
+        say!("throughput with loss: {:.1}% of loss-free", fraction * 100.0);
+    }
+    print_curve(&figures.runs);
+}
+
+/// The latency curve: ack p50/p99/max at each offered rate that ran, and
+/// saturated.
+fn print_curve(runs: &[Run]) {
+    let curve: Vec<&Run> = runs
+        .iter()
+        .filter(|run| run.name.starts_with("paced at ") || run.name == "saturated")
+        .collect();
+    if curve.len() < 2 {
+        return;
+    }
+    say!("latency curve (offered → committed events/s: ack p50 / p99 / max ms)");
+    for run in curve {
+        say!(
+            "  {:<20} {:>10}: {:>8.1} / {:>8.1} / {:>8.1}",
+            run.name,
+            per_second(run.committed_events_per_second),
+            run.ack_latency_ms_p50,
+            run.ack_latency_ms_p99,
+            run.ack_latency_ms_max
+        );
+    }
 }
 
 /// Each machine's events, generated through the real rules.
