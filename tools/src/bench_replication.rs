@@ -183,15 +183,14 @@ fn plans(args: &Args) -> Vec<RunPlan> {
                 Load::Saturated,
                 false,
             )),
-            RunKind::Failover => plans.push(plan(
-                "paced, primary killed",
-                0,
-                paced(args.rate),
-                true,
-            )),
-            RunKind::Curve => plans.extend(CURVE_RATES.iter().map(|&rate| {
-                plan(&format!("paced at {rate}/s"), 0, paced(rate), false)
-            })),
+            RunKind::Failover => {
+                plans.push(plan("paced, primary killed", 0, paced(args.rate), true))
+            }
+            RunKind::Curve => plans.extend(
+                CURVE_RATES
+                    .iter()
+                    .map(|&rate| plan(&format!("paced at {rate}/s"), 0, paced(rate), false)),
+            ),
         }
     }
     plans
@@ -215,7 +214,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for (index, plan) in plans.into_iter().enumerate() {
         let dir = root.join(format!("run-{}", index + 1));
         let (loss, events) = (plan.loss_percent, plan.events);
-        eprintln!("{}: {events} events, {loss}% datagrams dropped per receiver...", plan.name);
+        eprintln!(
+            "{}: {events} events, {loss}% datagrams dropped per receiver...",
+            plan.name
+        );
         let cluster = ClusterArgs {
             dir: dir.clone(),
             transport: args.transport,
@@ -300,7 +302,10 @@ fn print_figures(figures: &Figures) {
         );
     }
     if let Some(fraction) = figures.loss_throughput_fraction {
-        say!("throughput with loss: {:.1}% of loss-free", fraction * 100.0);
+        say!(
+            "throughput with loss: {:.1}% of loss-free",
+            fraction * 100.0
+        );
     }
     print_curve(&figures.runs);
 }
