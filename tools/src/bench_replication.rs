@@ -105,6 +105,13 @@ struct Run {
     ack_latency_ms_p50: f64,
     ack_latency_ms_p99: f64,
     ack_latency_ms_max: f64,
+    /// From an event's first send by its uplink to its acknowledgement:
+    /// the time it spent in the link and the replicas' queues (in a
+    /// saturated run the release-to-ack latency above is mostly the
+    /// machine's own backlog, which the in-flight window keeps at home).
+    sent_to_ack_ms_p50: f64,
+    sent_to_ack_ms_p99: f64,
+    sent_to_ack_ms_max: f64,
     /// Entries the slower follower was behind the primary's tip, sampled
     /// every 100 ms while the run lasted.
     follower_lag_mean: f64,
@@ -280,6 +287,7 @@ fn print_figures(figures: &Figures) {
         say!(
             "{:<22} {:>7} events in {:>6.2}s: {:>10} committed events/s; ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
              follower lag mean {:.0}, max {}; followers complete {:.0} ms after the last ack; \
+             sent → ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
              NAKs {}, retransmitted {}, injected drops {}, resent {}; replica CPU {:.1} µs per event{}",
             run.name,
             run.events,
@@ -291,6 +299,9 @@ fn print_figures(figures: &Figures) {
             run.follower_lag_mean,
             run.follower_lag_max,
             run.followers_caught_up_ms,
+            run.sent_to_ack_ms_p50,
+            run.sent_to_ack_ms_p99,
+            run.sent_to_ack_ms_max,
             run.naks_sent,
             run.records_retransmitted,
             run.datagrams_dropped_by_injection,
@@ -320,15 +331,20 @@ fn print_curve(runs: &[Run]) {
     if curve.len() < 2 {
         return;
     }
-    say!("latency curve (offered → committed events/s: ack p50 / p99 / max ms)");
+    say!(
+        "latency curve (offered → committed events/s: ack p50 / p99 / max ms; sent → ack p50 / p99 / max ms)"
+    );
     for run in curve {
         say!(
-            "  {:<20} {:>10}: {:>8.1} / {:>8.1} / {:>8.1}",
+            "  {:<20} {:>10}: {:>8.1} / {:>8.1} / {:>8.1}; {:>7.1} / {:>7.1} / {:>7.1}",
             run.name,
             per_second(run.committed_events_per_second),
             run.ack_latency_ms_p50,
             run.ack_latency_ms_p99,
-            run.ack_latency_ms_max
+            run.ack_latency_ms_max,
+            run.sent_to_ack_ms_p50,
+            run.sent_to_ack_ms_p99,
+            run.sent_to_ack_ms_max
         );
     }
 }
@@ -355,11 +371,14 @@ fn generate(machines: u32, per_machine: u64) -> FleetEvents {
 }
 
 /// A machine's events held in memory; `released` of them are "stored
-/// locally" and may be shipped.
+/// locally" and may be shipped. The uplink sends what it reads at once, so
+/// a read notes each event's first send.
 #[derive(Clone)]
 struct MemoryEvents {
     events: Arc<Vec<SignedEvent>>,
     released: Arc<AtomicU64>,
+    /// When each event (index seq - 1) was first read for sending.
+    first_sent: Arc<Mutex<Vec<Option<Instant>>>>,
 }
 
 impl LocalEvents for MemoryEvents {
@@ -374,7 +393,13 @@ impl LocalEvents for MemoryEvents {
         if start >= end {
             return Vec::new();
         }
-        self.events[start..end.min(start + max)].to_vec()
+        let end = end.min(start + max).min(self.events.len());
+        let now = Instant::now();
+        let mut first_sent = self.first_sent.lock().expect("not poisoned");
+        for sent in first_sent.iter_mut().take(end).skip(start) {
+            sent.get_or_insert(now);
+        }
+        self.events[start..end].to_vec()
     }
 }
 
@@ -382,6 +407,7 @@ impl LocalEvents for MemoryEvents {
 #[derive(Default)]
 struct MachineResult {
     latencies_us: Vec<u64>,
+    sent_to_ack_us: Vec<u64>,
     resent: u64,
     /// First acknowledgement after the kill that came from another primary.
     failover_ack: Option<Instant>,
@@ -521,6 +547,9 @@ fn measure(
         ack_latency_ms_p50: fleet_result.latency_ms(0.5),
         ack_latency_ms_p99: fleet_result.latency_ms(0.99),
         ack_latency_ms_max: fleet_result.latency_ms(1.0),
+        sent_to_ack_ms_p50: quantile_ms(&fleet_result.sent_to_ack_us, 0.5),
+        sent_to_ack_ms_p99: quantile_ms(&fleet_result.sent_to_ack_us, 0.99),
+        sent_to_ack_ms_max: quantile_ms(&fleet_result.sent_to_ack_us, 1.0),
         follower_lag_mean: lag_mean,
         follower_lag_max: lag_max,
         followers_caught_up_ms,
@@ -585,6 +614,7 @@ fn machine_loads(
             let local = MemoryEvents {
                 events: events.clone(),
                 released: Arc::new(AtomicU64::new(0)),
+                first_sent: Arc::new(Mutex::new(vec![None; events.len()])),
             };
             drive(
                 uplink,
@@ -641,6 +671,8 @@ async fn run_loads(
 struct FleetResult {
     /// Sorted, for percentiles.
     latencies_us: Vec<u64>,
+    /// Sorted, for percentiles.
+    sent_to_ack_us: Vec<u64>,
     resent: u64,
     /// The earliest acknowledgement from a new primary after the kill.
     failover_ack: Option<Instant>,
@@ -650,12 +682,14 @@ impl FleetResult {
     fn collect(results: Vec<Result<MachineResult>>) -> Result<FleetResult> {
         let mut fleet = FleetResult {
             latencies_us: Vec::new(),
+            sent_to_ack_us: Vec::new(),
             resent: 0,
             failover_ack: None,
         };
         for result in results {
             let result = result?;
             fleet.latencies_us.extend(result.latencies_us);
+            fleet.sent_to_ack_us.extend(result.sent_to_ack_us);
             fleet.resent += result.resent;
             fleet.failover_ack = match (fleet.failover_ack, result.failover_ack) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -663,17 +697,23 @@ impl FleetResult {
             };
         }
         fleet.latencies_us.sort_unstable();
+        fleet.sent_to_ack_us.sort_unstable();
         Ok(fleet)
     }
 
     /// The `p` quantile (0 to 1) of the acknowledgement latency, in ms.
     fn latency_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let index = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
-        self.latencies_us[index] as f64 / 1_000.0
+        quantile_ms(&self.latencies_us, p)
     }
+}
+
+/// The `p` quantile (0 to 1) of sorted microseconds, in ms.
+fn quantile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted_us.len() - 1) as f64 * p).round() as usize;
+    sorted_us[index] as f64 / 1_000.0
 }
 
 /// Waits until both followers hold everything (a killed primary does not
@@ -727,6 +767,7 @@ async fn drive(
     if rate_per_machine.is_none() {
         feed.release_to(total);
     }
+    let first_sent = local.first_sent.clone();
     let (control, task) = spawn_uplink(uplink, local, reports_tx);
     control.appended.notify_one();
     let mut acks = AckTracker::default();
@@ -745,7 +786,9 @@ async fn drive(
                     control.appended.notify_one();
                 }
             }
-            Some(report) = reports.recv() => acks.on_report(report, &feed.released_at, &killed_at),
+            Some(report) = reports.recv() => {
+                acks.on_report(report, &feed.released_at, &first_sent, &killed_at);
+            }
         }
     }
     let _ = control.stop.send(true);
@@ -800,14 +843,26 @@ struct AckTracker {
 }
 
 impl AckTracker {
-    fn on_report(&mut self, report: UplinkReport, released_at: &[Instant], killed_at: &KilledAt) {
+    fn on_report(
+        &mut self,
+        report: UplinkReport,
+        released_at: &[Instant],
+        first_sent: &Mutex<Vec<Option<Instant>>>,
+        killed_at: &KilledAt,
+    ) {
         match report {
             UplinkReport::Acknowledged(seq) if seq > self.acked => {
                 let now = Instant::now();
                 let seq = seq.min(released_at.len() as u64);
-                for at in &released_at[self.acked as usize..seq as usize] {
+                let acked = self.acked as usize..seq as usize;
+                for at in &released_at[acked.clone()] {
                     let latency_us = now.duration_since(*at).as_micros() as u64;
                     self.result.latencies_us.push(latency_us);
+                }
+                let first_sent = first_sent.lock().expect("not poisoned");
+                for at in first_sent[acked].iter().flatten() {
+                    let latency_us = now.duration_since(*at).as_micros() as u64;
+                    self.result.sent_to_ack_us.push(latency_us);
                 }
                 self.acked = seq;
                 if self.reconnected_since_kill && self.result.failover_ack.is_none() {
