@@ -18,13 +18,13 @@ use crate::channel::{
     Channel, Downstream, Hello, HelloReply, LINK_VERSION, LinkError, Refusal, RefusalReason,
     SUBMIT_EVENTS_MAX, Side, Upstream, decode_plain, encode_plain,
 };
+use crate::window::InFlightWindow;
 use ledger::MachineId;
 use ledger::crypto::{NONCE_BYTES, SecretKey};
 use ledger::rules::RemoteCommand;
 use ledger::store::record::SignedEvent;
 
-/// Events sent but not yet acknowledged, at most.
-pub const IN_FLIGHT_EVENTS_MAX: u64 = 2_048;
+pub use crate::window::IN_FLIGHT_EVENTS_MAX;
 /// First reconnect delay; doubled per failure up to the maximum.
 pub const RECONNECT_DELAY_MIN_MS: u64 = 50;
 pub const RECONNECT_DELAY_MAX_MS: u64 = 2_000;
@@ -169,6 +169,8 @@ pub struct Uplink {
     paused_until_ms: Option<u64>,
     /// The last refused handshake, until a replica's sealed frame opens.
     refused: Option<HandshakeRefused>,
+    /// How many events may be in flight (adapts to the primary's pace).
+    window: InFlightWindow,
     stats: UplinkStats,
 }
 
@@ -197,6 +199,7 @@ impl Uplink {
             primary: None,
             paused_until_ms: None,
             refused: None,
+            window: InFlightWindow::default(),
             stats: UplinkStats::default(),
         }
     }
@@ -233,7 +236,7 @@ impl Uplink {
         let mut out = Vec::new();
         if self.paused_until_ms.is_some_and(|until| now_ms >= until) {
             self.paused_until_ms = None;
-            self.pump(&mut out, local);
+            self.pump(&mut out, now_ms, local);
         }
         match &mut self.state {
             State::Idle { retry_at_ms } if now_ms >= *retry_at_ms => {
@@ -295,6 +298,7 @@ impl Uplink {
         };
         self.delay_ms = (self.delay_ms * 2).min(RECONNECT_DELAY_MAX_MS);
         self.sent = self.acked;
+        self.window.forget_sent();
         self.paused_until_ms = None;
     }
 
@@ -445,10 +449,11 @@ impl Uplink {
                 }
                 self.primary = Some(here);
                 self.next_address = address;
-                self.learn_acked(out, committed_seq);
+                self.learn_acked(out, now_ms, committed_seq);
                 self.sent = self.acked;
+                self.window.forget_sent();
                 let before = out.len();
-                self.pump(out, local);
+                self.pump(out, now_ms, local);
                 let submitted = out[before..]
                     .iter()
                     .any(|action| matches!(action, UplinkAction::Send(_)));
@@ -457,12 +462,13 @@ impl Uplink {
                 }
             }
             Downstream::Ack { committed_seq } => {
-                self.learn_acked(out, committed_seq);
+                self.learn_acked(out, now_ms, committed_seq);
                 self.paused_until_ms = None;
-                self.pump(out, local);
+                self.pump(out, now_ms, local);
             }
             Downstream::Resend { resend_from, .. } => {
                 self.sent = resend_from.saturating_sub(1).max(self.acked);
+                self.window.forget_sent();
                 self.stats.resend_requests += 1;
                 self.paused_until_ms = Some(now_ms + RESEND_PAUSE_MS);
             }
@@ -477,6 +483,7 @@ impl Uplink {
                             retry_at_ms: now_ms,
                         };
                         self.sent = self.acked;
+                        self.window.forget_sent();
                     }
                     None => self.fail(now_ms, true),
                 }
@@ -485,10 +492,12 @@ impl Uplink {
         }
     }
 
-    fn learn_acked(&mut self, out: &mut Vec<UplinkAction>, committed_seq: u64) {
+    fn learn_acked(&mut self, out: &mut Vec<UplinkAction>, now_ms: u64, committed_seq: u64) {
         // A committed mark never moves back: what was committed stays
         // committed on every future primary.
         if committed_seq > self.acked {
+            self.window
+                .on_acked(committed_seq, committed_seq - self.acked, now_ms);
             self.acked = committed_seq;
             out.push(UplinkAction::Acknowledged(committed_seq));
         }
@@ -496,10 +505,15 @@ impl Uplink {
     }
 
     /// New local events were stored.
-    pub fn on_local_append(&mut self, local: &dyn LocalEvents) -> Vec<UplinkAction> {
+    pub fn on_local_append(&mut self, now_ms: u64, local: &dyn LocalEvents) -> Vec<UplinkAction> {
         let mut out = Vec::new();
-        self.pump(&mut out, local);
+        self.pump(&mut out, now_ms, local);
         out
+    }
+
+    /// Events that may be in flight now (see [`crate::window`]).
+    pub fn window_events(&self) -> u64 {
+        self.window.events()
     }
 
     /// Pings at once: the replica counts a connection as a machine's only
@@ -522,7 +536,7 @@ impl Uplink {
         }
     }
 
-    fn pump(&mut self, out: &mut Vec<UplinkAction>, local: &dyn LocalEvents) {
+    fn pump(&mut self, out: &mut Vec<UplinkAction>, now_ms: u64, local: &dyn LocalEvents) {
         let State::Open { channel, .. } = &mut self.state else {
             return;
         };
@@ -530,9 +544,9 @@ impl Uplink {
             return;
         }
         let tip = local.local_tip();
-        while self.sent < tip && self.sent - self.acked < IN_FLIGHT_EVENTS_MAX {
-            let room = usize::try_from(IN_FLIGHT_EVENTS_MAX - (self.sent - self.acked))
-                .unwrap_or(usize::MAX);
+        let window = self.window.events();
+        while self.sent < tip && self.sent - self.acked < window {
+            let room = usize::try_from(window - (self.sent - self.acked)).unwrap_or(usize::MAX);
             let events = local.events_from(self.sent + 1, SUBMIT_EVENTS_MAX.min(room));
             if events.is_empty() {
                 break;
@@ -543,6 +557,7 @@ impl Uplink {
             self.stats.events_sent += count;
             self.sent += count;
             self.sent_ever = self.sent_ever.max(self.sent);
+            self.window.on_sent(self.sent, now_ms);
             out.push(UplinkAction::Send(
                 channel.seal(&Upstream::Submit { events }),
             ));
