@@ -81,6 +81,9 @@ pub struct Args {
         default_value = "saturated,paced,loss,failover"
     )]
     runs: Vec<RunKind>,
+    /// Failover runs to make (each on a fresh cluster, a SIGKILL each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    kills: u32,
     /// Print JSON instead of lines for people.
     #[arg(long)]
     json: bool,
@@ -123,6 +126,8 @@ struct Run {
     datagrams_dropped_by_injection: u64,
     events_resent: u64,
     failover_ms: Option<f64>,
+    /// The failover's phases, one after the other (see [`FailoverPhases`]).
+    failover_phases: Option<FailoverPhases>,
     /// CPU time (user + system) of all the replica processes from the start
     /// of the load until both followers held the tip, per committed event:
     /// the figure that transfers between machines.
@@ -190,9 +195,9 @@ fn plans(args: &Args) -> Vec<RunPlan> {
                 Load::Saturated,
                 false,
             )),
-            RunKind::Failover => {
-                plans.push(plan("paced, primary killed", 0, paced(args.rate), true))
-            }
+            RunKind::Failover => plans.extend(
+                (0..args.kills).map(|_| plan("paced, primary killed", 0, paced(args.rate), true)),
+            ),
             RunKind::Curve => plans.extend(
                 CURVE_RATES
                     .iter()
@@ -307,9 +312,7 @@ fn print_figures(figures: &Figures) {
             run.datagrams_dropped_by_injection,
             run.events_resent,
             run.replica_cpu_us_per_event,
-            run.failover_ms
-                .map(|ms| format!("; failover {ms:.0} ms"))
-                .unwrap_or_default()
+            failover_words(run)
         );
     }
     if let Some(fraction) = figures.loss_throughput_fraction {
@@ -319,6 +322,52 @@ fn print_figures(figures: &Figures) {
         );
     }
     print_curve(&figures.runs);
+    print_failovers(&figures.runs);
+}
+
+/// The failover time and its phases, for people.
+fn failover_words(run: &Run) -> String {
+    let Some(ms) = run.failover_ms else {
+        return String::new();
+    };
+    let phases = run.failover_phases.unwrap_or_default();
+    format!(
+        "; failover {ms:.0} ms (detection {:.0}, election {:.0}, epoch marker commit {:.0}, machine reconnect {:.0})",
+        phases.detection_ms, phases.election_ms, phases.epoch_commit_ms, phases.reconnect_ms
+    )
+}
+
+/// Over several failover runs: the failover time's p50, p99 and max, and
+/// the phases' medians.
+fn print_failovers(runs: &[Run]) {
+    let mut times: Vec<f64> = runs.iter().filter_map(|run| run.failover_ms).collect();
+    if times.len() < 2 {
+        return;
+    }
+    times.sort_by(f64::total_cmp);
+    let quantile =
+        |sorted: &[f64], p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+    let phases: Vec<FailoverPhases> = runs.iter().filter_map(|run| run.failover_phases).collect();
+    let median = |f: fn(&FailoverPhases) -> f64| {
+        let mut values: Vec<f64> = phases.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        if values.is_empty() {
+            0.0
+        } else {
+            quantile(&values, 0.5)
+        }
+    };
+    say!(
+        "failover over {} kills: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; medians: detection {:.0}, election {:.0}, epoch marker commit {:.0}, machine reconnect {:.0} ms",
+        times.len(),
+        quantile(&times, 0.5),
+        quantile(&times, 0.99),
+        quantile(&times, 1.0),
+        median(|p| p.detection_ms),
+        median(|p| p.election_ms),
+        median(|p| p.epoch_commit_ms),
+        median(|p| p.reconnect_ms)
+    );
 }
 
 /// The latency curve: ack p50/p99/max at each offered rate that ran, and
@@ -521,7 +570,7 @@ fn measure(
     let kill_after = plan
         .kill_primary
         .then(|| kill_delay(plan.load, plan.events));
-    let results = runtime.block_on(run_loads(&mut cluster, loads, kill_after, &killed_at));
+    let (results, watch) = runtime.block_on(run_loads(&mut cluster, loads, kill_after, &killed_at));
     let seconds = started.elapsed().as_secs_f64();
     let last_ack = Instant::now();
     let fleet_result = FleetResult::collect(results)?;
@@ -538,6 +587,10 @@ fn measure(
     if plan.kill_primary && failover_ms.is_none() {
         bail!("the primary was killed but no other replica acknowledged writes");
     }
+    let failover_phases = watch
+        .and_then(|watch| watch.join().ok())
+        .zip(failover_ms)
+        .map(|(moments, total_ms)| moments.phases(total_ms));
     let events = per_machine * machines;
     let run = Run {
         drop_received_percent: args.drop_received_percent,
@@ -555,6 +608,7 @@ fn measure(
         followers_caught_up_ms,
         events_resent: fleet_result.resent,
         failover_ms,
+        failover_phases,
         replica_cpu_us_per_event: cpu_seconds * 1e6 / events as f64,
         ..Run::default()
     };
@@ -644,8 +698,9 @@ async fn run_loads(
     loads: Vec<impl Future<Output = Result<MachineResult>> + Send + 'static>,
     kill_after: Option<Duration>,
     killed_at: &KilledAt,
-) -> Vec<Result<MachineResult>> {
+) -> (Vec<Result<MachineResult>>, Option<FailoverWatch>) {
     let tasks: Vec<_> = loads.into_iter().map(tokio::spawn).collect();
+    let mut watch = None;
     if let Some(after) = kill_after {
         tokio::time::sleep(after).await;
         let primary = tokio::task::block_in_place(|| cluster.primary(false));
@@ -656,15 +711,120 @@ async fn run_loads(
                 .iter()
                 .position(|r| r.dashboard == dashboard)
                 .expect("the primary is one of ours");
+            let survivors: Vec<String> = cluster
+                .file
+                .replicas
+                .iter()
+                .filter(|r| r.dashboard != dashboard)
+                .map(|r| r.dashboard.clone())
+                .collect();
+            let before = tokio::task::block_in_place(|| cluster.statuses());
             let _ = cluster.children[replica].kill();
-            *killed_at.lock().expect("not poisoned") = Some(Instant::now());
+            let killed = Instant::now();
+            *killed_at.lock().expect("not poisoned") = Some(killed);
+            watch = Some(watch_failover(survivors, &before, killed));
         }
     }
     let mut results = Vec::new();
     for task in tasks {
         results.push(task.await.map_err(anyhow::Error::from).and_then(|r| r));
     }
-    results
+    (results, watch)
+}
+
+/// How long each step of a failover took, in order: a survivor stood for
+/// election (detection), one became primary (election), its epoch marker
+/// was committed (epoch), and the first machine got a committed ack from
+/// it (reconnect). Seen by polling the survivors' status every
+/// `FAILOVER_POLL_MS`, so each moment is up to a poll late.
+#[derive(Serialize, Clone, Copy, Debug, Default)]
+struct FailoverPhases {
+    detection_ms: f64,
+    election_ms: f64,
+    epoch_commit_ms: f64,
+    reconnect_ms: f64,
+}
+
+/// How often the failover watch polls the survivors.
+const FAILOVER_POLL_MS: u64 = 5;
+/// The watch gives up after this long.
+const FAILOVER_WATCH_MS: u64 = 10_000;
+
+/// Moments of a failover after the kill (see [`FailoverPhases`]).
+#[derive(Default)]
+struct FailoverMoments {
+    killed: Option<Instant>,
+    stood: Option<Instant>,
+    elected: Option<Instant>,
+    epoch_open: Option<Instant>,
+}
+
+impl FailoverMoments {
+    /// The phases, the last one running to the first ack `total_ms` after
+    /// the kill. A moment not seen counts as the next one's.
+    fn phases(&self, total_ms: f64) -> FailoverPhases {
+        let Some(killed) = self.killed else {
+            return FailoverPhases::default();
+        };
+        let since =
+            |at: Option<Instant>| at.map(|at| at.duration_since(killed).as_secs_f64() * 1e3);
+        let open = since(self.epoch_open).unwrap_or(total_ms).min(total_ms);
+        let elected = since(self.elected).unwrap_or(open).min(open);
+        let stood = since(self.stood).unwrap_or(elected).min(elected);
+        FailoverPhases {
+            detection_ms: stood,
+            election_ms: elected - stood,
+            epoch_commit_ms: open - elected,
+            reconnect_ms: total_ms - open,
+        }
+    }
+}
+
+type FailoverWatch = std::thread::JoinHandle<FailoverMoments>;
+
+/// Polls the survivors after the kill until one has opened its epoch:
+/// the first to count an election it started (`elections_started` above
+/// what it was before the kill), the first primary of a newer epoch, and
+/// when that primary's commit reached its tip as it was when first seen
+/// (a new primary commits nothing before an entry of its own epoch, so
+/// this is its marker, or the first entry after it).
+fn watch_failover(
+    survivors: Vec<String>,
+    before: &[dashboard::ReplicaStatus],
+    killed: Instant,
+) -> FailoverWatch {
+    let old_epoch = before.iter().map(|s| s.epoch).max().unwrap_or(0);
+    let started: std::collections::HashMap<String, u64> = before
+        .iter()
+        .map(|s| (s.id.clone(), s.elections_started))
+        .collect();
+    std::thread::spawn(move || {
+        let mut moments = FailoverMoments {
+            killed: Some(killed),
+            ..FailoverMoments::default()
+        };
+        let mut open_at = None;
+        while killed.elapsed() < Duration::from_millis(FAILOVER_WATCH_MS) {
+            for status in survivors.iter().filter_map(|d| fetch_status(d).ok()) {
+                let now = Instant::now();
+                let stood =
+                    status.elections_started > started.get(&status.id).copied().unwrap_or(0);
+                if (stood || status.role == "candidate") && moments.stood.is_none() {
+                    moments.stood = Some(now);
+                }
+                if status.role == "primary" && status.epoch > old_epoch {
+                    moments.elected.get_or_insert(now);
+                    let open = *open_at.get_or_insert((status.tip, status.commit + 1));
+                    if status.commit >= open.0.max(open.1) {
+                        moments.epoch_open = Some(now);
+                        return moments;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(FAILOVER_POLL_MS));
+        }
+        moments
+    })
 }
 
 /// The machines' results taken together.
