@@ -28,6 +28,13 @@ pub use crate::window::IN_FLIGHT_EVENTS_MAX;
 /// First reconnect delay; doubled per failure up to the maximum.
 pub const RECONNECT_DELAY_MIN_MS: u64 = 50;
 pub const RECONNECT_DELAY_MAX_MS: u64 = 2_000;
+/// A live replica that knows no primary (an election is on) is asked
+/// again after `RECONNECT_DELAY_MIN_MS`, without backing off, this many
+/// times in a row: a failover is over in well under a second, and a
+/// doubling backoff would make machines wait up to its last doubling after
+/// it. Then the backoff resumes, so a cluster without a primary for long
+/// is not polled at this pace.
+pub const NO_PRIMARY_QUICK_RETRIES_MAX: u32 = 40;
 /// An open session with no frame for this long is considered dead.
 pub const SILENCE_TIMEOUT_MS: u64 = 3_000;
 /// Pings keep an idle session alive and refresh the committed mark.
@@ -169,6 +176,9 @@ pub struct Uplink {
     paused_until_ms: Option<u64>,
     /// The last refused handshake, until a replica's sealed frame opens.
     refused: Option<HandshakeRefused>,
+    /// Replicas that answered "no primary known" since the last welcome
+    /// (see [`NO_PRIMARY_QUICK_RETRIES_MAX`]).
+    no_primary_answers: u32,
     /// How many events may be in flight (adapts to the primary's pace).
     window: InFlightWindow,
     stats: UplinkStats,
@@ -199,6 +209,7 @@ impl Uplink {
             primary: None,
             paused_until_ms: None,
             refused: None,
+            no_primary_answers: 0,
             window: InFlightWindow::default(),
             stats: UplinkStats::default(),
         }
@@ -443,6 +454,7 @@ impl Uplink {
             Downstream::Welcome { committed_seq, .. } => {
                 self.stats.sessions += 1;
                 self.delay_ms = RECONNECT_DELAY_MIN_MS;
+                self.no_primary_answers = 0;
                 let here = self.addresses[address].clone();
                 if self.primary.as_ref().is_some_and(|p| *p != here) {
                     self.stats.failovers += 1;
@@ -485,10 +497,23 @@ impl Uplink {
                         self.sent = self.acked;
                         self.window.forget_sent();
                     }
-                    None => self.fail(now_ms, true),
+                    None => self.no_primary_known(now_ms),
                 }
             }
             Downstream::Remote(command) => out.push(UplinkAction::Remote(command)),
+        }
+    }
+
+    /// A live replica knows no primary yet: try the next one soon, without
+    /// backing off, a bounded number of times in a row.
+    fn no_primary_known(&mut self, now_ms: u64) {
+        self.fail(now_ms, true);
+        if self.no_primary_answers < NO_PRIMARY_QUICK_RETRIES_MAX {
+            self.no_primary_answers += 1;
+            self.delay_ms = RECONNECT_DELAY_MIN_MS;
+            self.state = State::Idle {
+                retry_at_ms: now_ms + RECONNECT_DELAY_MIN_MS,
+            };
         }
     }
 
@@ -733,5 +758,38 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(uplink.tick(now_ms + PING_INTERVAL_MS, &NoEvents).len(), 1);
+    }
+
+    #[test]
+    fn replicas_without_a_primary_are_asked_again_soon_then_with_backoff() {
+        let mut uplink = uplink();
+        let no_primary = |uplink: &mut Uplink, now_ms| {
+            uplink.on_frame(now_ms, &reply(), &NoEvents);
+            let redirect = replica_channel(&key()).seal(&Downstream::Redirect { primary: None });
+            assert_eq!(
+                uplink.on_frame(now_ms, &redirect, &NoEvents),
+                [UplinkAction::Close]
+            );
+        };
+        let mut connected_at = Vec::new();
+        let mut now_ms = 0;
+        for _ in 0..=NO_PRIMARY_QUICK_RETRIES_MAX + 2 {
+            now_ms = attempt(&mut uplink, now_ms);
+            connected_at.push(now_ms);
+            no_primary(&mut uplink, now_ms);
+        }
+        let gaps: Vec<u64> = connected_at.windows(2).map(|w| w[1] - w[0]).collect();
+        let quick = NO_PRIMARY_QUICK_RETRIES_MAX as usize;
+        assert!(
+            gaps[..quick]
+                .iter()
+                .all(|&gap| gap == RECONNECT_DELAY_MIN_MS),
+            "{gaps:?}"
+        );
+        assert_eq!(gaps[quick..], [50, 100], "then the delay doubles again");
+        assert_eq!(
+            uplink.stats().redirects,
+            u64::from(NO_PRIMARY_QUICK_RETRIES_MAX) + 3
+        );
     }
 }
