@@ -28,9 +28,9 @@ pub use crate::window::IN_FLIGHT_EVENTS_MAX;
 /// First reconnect delay; doubled per failure up to the maximum.
 pub const RECONNECT_DELAY_MIN_MS: u64 = 50;
 pub const RECONNECT_DELAY_MAX_MS: u64 = 2_000;
-/// A live replica that knows no primary (an election is on) is asked
-/// again after `RECONNECT_DELAY_MIN_MS`, without backing off, this many
-/// times in a row: a failover is over in well under a second, and a
+/// A live replica that knows no primary (an election is on), or that named
+/// a primary which is not there, is followed by the next replica after
+/// `RECONNECT_DELAY_MIN_MS`, without backing off, this many times in a row: a failover is over in well under a second, and a
 /// doubling backoff would make machines wait up to its last doubling after
 /// it. Then the backoff resumes, so a cluster without a primary for long
 /// is not polled at this pace.
@@ -176,9 +176,12 @@ pub struct Uplink {
     paused_until_ms: Option<u64>,
     /// The last refused handshake, until a replica's sealed frame opens.
     refused: Option<HandshakeRefused>,
-    /// Replicas that answered "no primary known" since the last welcome
-    /// (see [`NO_PRIMARY_QUICK_RETRIES_MAX`]).
+    /// Replicas that answered "no primary known" (or named one that was
+    /// not there) since the last welcome (see
+    /// [`NO_PRIMARY_QUICK_RETRIES_MAX`]).
     no_primary_answers: u32,
+    /// The current attempt follows a replica's redirect.
+    redirected: bool,
     /// How many events may be in flight (adapts to the primary's pace).
     window: InFlightWindow,
     stats: UplinkStats,
@@ -210,6 +213,7 @@ impl Uplink {
             paused_until_ms: None,
             refused: None,
             no_primary_answers: 0,
+            redirected: false,
             window: InFlightWindow::default(),
             stats: UplinkStats::default(),
         }
@@ -289,8 +293,15 @@ impl Uplink {
 
     /// The connection could not be made, or it ended.
     pub fn on_disconnected(&mut self, now_ms: u64) {
-        if !matches!(self.state, State::Idle { .. }) {
-            self.fail(now_ms, true);
+        let redirected = std::mem::take(&mut self.redirected);
+        match self.state {
+            State::Idle { .. } => {}
+            // The primary a live replica named is not there: most likely
+            // it has just died and the replica has not noticed yet.
+            State::Connecting { .. } | State::Handshaking { .. } if redirected => {
+                self.no_primary_known(now_ms);
+            }
+            _ => self.fail(now_ms, true),
         }
     }
 
@@ -308,6 +319,7 @@ impl Uplink {
             retry_at_ms: now_ms + self.delay_ms,
         };
         self.delay_ms = (self.delay_ms * 2).min(RECONNECT_DELAY_MAX_MS);
+        self.redirected = false;
         self.sent = self.acked;
         self.window.forget_sent();
         self.paused_until_ms = None;
@@ -496,6 +508,7 @@ impl Uplink {
                         };
                         self.sent = self.acked;
                         self.window.forget_sent();
+                        self.redirected = true;
                     }
                     None => self.no_primary_known(now_ms),
                 }
@@ -790,6 +803,39 @@ mod tests {
         assert_eq!(
             uplink.stats().redirects,
             u64::from(NO_PRIMARY_QUICK_RETRIES_MAX) + 3
+        );
+    }
+
+    #[test]
+    fn a_redirect_to_a_primary_that_is_gone_is_retried_soon() {
+        let mut uplink = uplink();
+        let mut now_ms = attempt(&mut uplink, 0);
+        let mut connected_at = Vec::new();
+        for _ in 0..3 {
+            uplink.on_frame(now_ms, &reply(), &NoEvents);
+            let redirect = replica_channel(&key()).seal(&Downstream::Redirect {
+                primary: Some("10.0.0.1:7101".into()),
+            });
+            uplink.on_frame(now_ms, &redirect, &NoEvents);
+            // Straight to the named primary, which refuses the connection.
+            now_ms = attempt(&mut uplink, now_ms);
+            uplink.on_disconnected(now_ms);
+            now_ms = attempt(&mut uplink, now_ms);
+            connected_at.push(now_ms);
+        }
+        let gaps: Vec<u64> = connected_at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(
+            gaps,
+            [RECONNECT_DELAY_MIN_MS, RECONNECT_DELAY_MIN_MS],
+            "no backoff"
+        );
+        // A connection that ends without a redirect before it backs off.
+        uplink.on_disconnected(now_ms);
+        let again = attempt(&mut uplink, now_ms);
+        uplink.on_disconnected(again);
+        assert_eq!(
+            attempt(&mut uplink, again) - again,
+            2 * RECONNECT_DELAY_MIN_MS
         );
     }
 }
