@@ -5,8 +5,12 @@
 //!
 //! The index holds committed entries only (8 bytes per entry): they are
 //! never truncated, so it never has to forget anything. Entries above the
-//! commit are few and read directly. A thread keeps the index current
-//! ([`keep_index_current`]); a request catches up whatever is left.
+//! commit are few and read directly. Reads of the log that continue the
+//! index feed it (the dashboard's chain check reads every committed entry
+//! in order, and each read of a record decrypts and decodes it, so the
+//! index should not read them all a second time); a thread keeps the index
+//! current when nothing else does ([`keep_index_current`]), and a request
+//! catches up whatever is left.
 
 use super::status::ReadableTip;
 use dashboard::format;
@@ -24,8 +28,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-/// How often the index thread looks for newly committed entries.
-const INDEX_EVERY: Duration = Duration::from_millis(500);
+/// How often the index thread looks for newly committed entries (the
+/// chain check's reads usually got there first: it runs every 2 s).
+const INDEX_EVERY: Duration = Duration::from_secs(5);
 
 /// Each machine's committed entries, by gseq (ascending).
 #[derive(Default)]
@@ -92,6 +97,31 @@ impl StoreLogReader {
         index.indexed_to = indexed_to;
         result.map_err(|e| ReadError::Storage(e.to_string()))?;
         Ok(indexed_to)
+    }
+
+    /// Adds the committed ones of `views` (read in gseq order) to the
+    /// index when they continue it.
+    fn index_views(&self, views: &[LogEntryView]) {
+        let commit = self.snapshot.borrow().status.commit;
+        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        let start = views.partition_point(|view| view.gseq <= index.indexed_to);
+        if views
+            .get(start)
+            .is_none_or(|view| view.gseq != index.indexed_to + 1)
+        {
+            return;
+        }
+        for view in views[start..].iter().take_while(|view| view.gseq <= commit) {
+            if let EntryKind::Event { machine, .. } = &view.kind {
+                match index.gseqs.get_mut(machine) {
+                    Some(list) => list.push(view.gseq),
+                    None => {
+                        index.gseqs.insert(machine.clone(), vec![view.gseq]);
+                    }
+                }
+            }
+            index.indexed_to = view.gseq;
+        }
     }
 
     /// The machine's indexed gseqs within `from..=to`.
@@ -176,6 +206,7 @@ impl LogReader for StoreLogReader {
                 Ok(true)
             })
             .map_err(|e| ReadError::Storage(e.to_string()))?;
+        self.index_views(&out);
         Ok(out)
     }
 
@@ -442,5 +473,39 @@ mod tests {
             unreadable.hash,
             hex::encode(blake3::hash(b"not a record").as_bytes())
         );
+    }
+
+    #[test]
+    fn reads_that_continue_the_index_feed_it_up_to_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = ledger::store::OpenOptions {
+            create: true,
+            ..Default::default()
+        };
+        let key = ledger::crypto::SecretKey::from_bytes([7; 32]);
+        let mut log = ledger::Ledger::open(dir.path(), &key, options).unwrap();
+        for epoch in 1..=6 {
+            log.append_marker(epoch, 0, "replica-1").unwrap();
+        }
+        let tip = Arc::new(ReadableTip::default());
+        tip.0.store(6, Ordering::Release);
+        let snapshot = |commit| {
+            let mut snapshot = dashboard::ports::Snapshot::default();
+            snapshot.status.commit = commit;
+            Arc::new(snapshot)
+        };
+        let (publish, published) = tokio::sync::watch::channel(snapshot(4));
+        let reader = StoreLogReader::new(log.store().backend().reader(), tip, published);
+        let indexed_to = || reader.index.lock().unwrap().indexed_to;
+        // A read that does not start where the index ends leaves it.
+        assert_eq!(reader.entries(2, 3).unwrap().len(), 2);
+        assert_eq!(indexed_to(), 0);
+        // One that does feeds it, but only with committed entries.
+        assert_eq!(reader.entries(1, 6).unwrap().len(), 6);
+        assert_eq!(indexed_to(), 4);
+        publish.send_replace(snapshot(6));
+        reader.entries(3, 6).unwrap();
+        assert_eq!(indexed_to(), 6);
+        assert_eq!(reader.catch_up().unwrap(), 6);
     }
 }
