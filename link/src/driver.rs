@@ -123,7 +123,7 @@ pub async fn run_uplink<L: LocalEvents>(
         let actions = tokio::select! {
             _ = stop.changed() => break,
             _ = ticker.tick() => driver.uplink.tick(driver.now_ms(), &driver.local),
-            () = appended.notified() => driver.uplink.on_local_append(&driver.local),
+            () = appended.notified() => driver.uplink.on_local_append(driver.now_ms(), &driver.local),
             result = async { driver.connecting.as_mut().expect("guarded").await },
                 if driver.connecting.is_some() => driver.on_connect_result(result),
             frame = async { driver.connection.as_mut().expect("guarded").next().await },

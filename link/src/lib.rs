@@ -8,6 +8,8 @@
 //! - [`uplink`]: the machine's side as a sans-I/O core ([`uplink::Uplink`]),
 //!   driven by the tokio shell in [`driver`] and by the deterministic
 //!   simulation in the `tests` crate alike.
+//! - [`window`]: how many events the uplink keeps in flight, adapting to
+//!   how fast the primary acknowledges ([`window::InFlightWindow`]).
 //!
 //! The replica's side (`replica::ingest`) uses [`codec`] and [`channel`];
 //! the machine app (`vm-iced`) uses this crate and never the replica, so it
@@ -18,3 +20,4 @@ pub mod channel;
 pub mod codec;
 pub mod driver;
 pub mod uplink;
+pub mod window;

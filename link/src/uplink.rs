@@ -18,16 +18,23 @@ use crate::channel::{
     Channel, Downstream, Hello, HelloReply, LINK_VERSION, LinkError, Refusal, RefusalReason,
     SUBMIT_EVENTS_MAX, Side, Upstream, decode_plain, encode_plain,
 };
+use crate::window::InFlightWindow;
 use ledger::MachineId;
 use ledger::crypto::{NONCE_BYTES, SecretKey};
 use ledger::rules::RemoteCommand;
 use ledger::store::record::SignedEvent;
 
-/// Events sent but not yet acknowledged, at most.
-pub const IN_FLIGHT_EVENTS_MAX: u64 = 2_048;
+pub use crate::window::IN_FLIGHT_EVENTS_MAX;
 /// First reconnect delay; doubled per failure up to the maximum.
 pub const RECONNECT_DELAY_MIN_MS: u64 = 50;
 pub const RECONNECT_DELAY_MAX_MS: u64 = 2_000;
+/// A live replica that knows no primary (an election is on), or that named
+/// a primary which is not there, is followed by the next replica after
+/// `RECONNECT_DELAY_MIN_MS`, without backing off, this many times in a row: a failover is over in well under a second, and a
+/// doubling backoff would make machines wait up to its last doubling after
+/// it. Then the backoff resumes, so a cluster without a primary for long
+/// is not polled at this pace.
+pub const NO_PRIMARY_QUICK_RETRIES_MAX: u32 = 40;
 /// An open session with no frame for this long is considered dead.
 pub const SILENCE_TIMEOUT_MS: u64 = 3_000;
 /// Pings keep an idle session alive and refresh the committed mark.
@@ -169,6 +176,14 @@ pub struct Uplink {
     paused_until_ms: Option<u64>,
     /// The last refused handshake, until a replica's sealed frame opens.
     refused: Option<HandshakeRefused>,
+    /// Replicas that answered "no primary known" (or named one that was
+    /// not there) since the last welcome (see
+    /// [`NO_PRIMARY_QUICK_RETRIES_MAX`]).
+    no_primary_answers: u32,
+    /// The current attempt follows a replica's redirect.
+    redirected: bool,
+    /// How many events may be in flight (adapts to the primary's pace).
+    window: InFlightWindow,
     stats: UplinkStats,
 }
 
@@ -197,6 +212,9 @@ impl Uplink {
             primary: None,
             paused_until_ms: None,
             refused: None,
+            no_primary_answers: 0,
+            redirected: false,
+            window: InFlightWindow::default(),
             stats: UplinkStats::default(),
         }
     }
@@ -233,7 +251,7 @@ impl Uplink {
         let mut out = Vec::new();
         if self.paused_until_ms.is_some_and(|until| now_ms >= until) {
             self.paused_until_ms = None;
-            self.pump(&mut out, local);
+            self.pump(&mut out, now_ms, local);
         }
         match &mut self.state {
             State::Idle { retry_at_ms } if now_ms >= *retry_at_ms => {
@@ -275,8 +293,15 @@ impl Uplink {
 
     /// The connection could not be made, or it ended.
     pub fn on_disconnected(&mut self, now_ms: u64) {
-        if !matches!(self.state, State::Idle { .. }) {
-            self.fail(now_ms, true);
+        let redirected = std::mem::take(&mut self.redirected);
+        match self.state {
+            State::Idle { .. } => {}
+            // The primary a live replica named is not there: most likely
+            // it has just died and the replica has not noticed yet.
+            State::Connecting { .. } | State::Handshaking { .. } if redirected => {
+                self.no_primary_known(now_ms);
+            }
+            _ => self.fail(now_ms, true),
         }
     }
 
@@ -294,7 +319,9 @@ impl Uplink {
             retry_at_ms: now_ms + self.delay_ms,
         };
         self.delay_ms = (self.delay_ms * 2).min(RECONNECT_DELAY_MAX_MS);
+        self.redirected = false;
         self.sent = self.acked;
+        self.window.forget_sent();
         self.paused_until_ms = None;
     }
 
@@ -439,16 +466,18 @@ impl Uplink {
             Downstream::Welcome { committed_seq, .. } => {
                 self.stats.sessions += 1;
                 self.delay_ms = RECONNECT_DELAY_MIN_MS;
+                self.no_primary_answers = 0;
                 let here = self.addresses[address].clone();
                 if self.primary.as_ref().is_some_and(|p| *p != here) {
                     self.stats.failovers += 1;
                 }
                 self.primary = Some(here);
                 self.next_address = address;
-                self.learn_acked(out, committed_seq);
+                self.learn_acked(out, now_ms, committed_seq);
                 self.sent = self.acked;
+                self.window.forget_sent();
                 let before = out.len();
-                self.pump(out, local);
+                self.pump(out, now_ms, local);
                 let submitted = out[before..]
                     .iter()
                     .any(|action| matches!(action, UplinkAction::Send(_)));
@@ -457,12 +486,13 @@ impl Uplink {
                 }
             }
             Downstream::Ack { committed_seq } => {
-                self.learn_acked(out, committed_seq);
+                self.learn_acked(out, now_ms, committed_seq);
                 self.paused_until_ms = None;
-                self.pump(out, local);
+                self.pump(out, now_ms, local);
             }
             Downstream::Resend { resend_from, .. } => {
                 self.sent = resend_from.saturating_sub(1).max(self.acked);
+                self.window.forget_sent();
                 self.stats.resend_requests += 1;
                 self.paused_until_ms = Some(now_ms + RESEND_PAUSE_MS);
             }
@@ -477,18 +507,35 @@ impl Uplink {
                             retry_at_ms: now_ms,
                         };
                         self.sent = self.acked;
+                        self.window.forget_sent();
+                        self.redirected = true;
                     }
-                    None => self.fail(now_ms, true),
+                    None => self.no_primary_known(now_ms),
                 }
             }
             Downstream::Remote(command) => out.push(UplinkAction::Remote(command)),
         }
     }
 
-    fn learn_acked(&mut self, out: &mut Vec<UplinkAction>, committed_seq: u64) {
+    /// A live replica knows no primary yet: try the next one soon, without
+    /// backing off, a bounded number of times in a row.
+    fn no_primary_known(&mut self, now_ms: u64) {
+        self.fail(now_ms, true);
+        if self.no_primary_answers < NO_PRIMARY_QUICK_RETRIES_MAX {
+            self.no_primary_answers += 1;
+            self.delay_ms = RECONNECT_DELAY_MIN_MS;
+            self.state = State::Idle {
+                retry_at_ms: now_ms + RECONNECT_DELAY_MIN_MS,
+            };
+        }
+    }
+
+    fn learn_acked(&mut self, out: &mut Vec<UplinkAction>, now_ms: u64, committed_seq: u64) {
         // A committed mark never moves back: what was committed stays
         // committed on every future primary.
         if committed_seq > self.acked {
+            self.window
+                .on_acked(committed_seq, committed_seq - self.acked, now_ms);
             self.acked = committed_seq;
             out.push(UplinkAction::Acknowledged(committed_seq));
         }
@@ -496,10 +543,15 @@ impl Uplink {
     }
 
     /// New local events were stored.
-    pub fn on_local_append(&mut self, local: &dyn LocalEvents) -> Vec<UplinkAction> {
+    pub fn on_local_append(&mut self, now_ms: u64, local: &dyn LocalEvents) -> Vec<UplinkAction> {
         let mut out = Vec::new();
-        self.pump(&mut out, local);
+        self.pump(&mut out, now_ms, local);
         out
+    }
+
+    /// Events that may be in flight now (see [`crate::window`]).
+    pub fn window_events(&self) -> u64 {
+        self.window.events()
     }
 
     /// Pings at once: the replica counts a connection as a machine's only
@@ -522,7 +574,7 @@ impl Uplink {
         }
     }
 
-    fn pump(&mut self, out: &mut Vec<UplinkAction>, local: &dyn LocalEvents) {
+    fn pump(&mut self, out: &mut Vec<UplinkAction>, now_ms: u64, local: &dyn LocalEvents) {
         let State::Open { channel, .. } = &mut self.state else {
             return;
         };
@@ -530,9 +582,9 @@ impl Uplink {
             return;
         }
         let tip = local.local_tip();
-        while self.sent < tip && self.sent - self.acked < IN_FLIGHT_EVENTS_MAX {
-            let room = usize::try_from(IN_FLIGHT_EVENTS_MAX - (self.sent - self.acked))
-                .unwrap_or(usize::MAX);
+        let window = self.window.events();
+        while self.sent < tip && self.sent - self.acked < window {
+            let room = usize::try_from(window - (self.sent - self.acked)).unwrap_or(usize::MAX);
             let events = local.events_from(self.sent + 1, SUBMIT_EVENTS_MAX.min(room));
             if events.is_empty() {
                 break;
@@ -543,6 +595,7 @@ impl Uplink {
             self.stats.events_sent += count;
             self.sent += count;
             self.sent_ever = self.sent_ever.max(self.sent);
+            self.window.on_sent(self.sent, now_ms);
             out.push(UplinkAction::Send(
                 channel.seal(&Upstream::Submit { events }),
             ));
@@ -718,5 +771,71 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(uplink.tick(now_ms + PING_INTERVAL_MS, &NoEvents).len(), 1);
+    }
+
+    #[test]
+    fn replicas_without_a_primary_are_asked_again_soon_then_with_backoff() {
+        let mut uplink = uplink();
+        let no_primary = |uplink: &mut Uplink, now_ms| {
+            uplink.on_frame(now_ms, &reply(), &NoEvents);
+            let redirect = replica_channel(&key()).seal(&Downstream::Redirect { primary: None });
+            assert_eq!(
+                uplink.on_frame(now_ms, &redirect, &NoEvents),
+                [UplinkAction::Close]
+            );
+        };
+        let mut connected_at = Vec::new();
+        let mut now_ms = 0;
+        for _ in 0..=NO_PRIMARY_QUICK_RETRIES_MAX + 2 {
+            now_ms = attempt(&mut uplink, now_ms);
+            connected_at.push(now_ms);
+            no_primary(&mut uplink, now_ms);
+        }
+        let gaps: Vec<u64> = connected_at.windows(2).map(|w| w[1] - w[0]).collect();
+        let quick = NO_PRIMARY_QUICK_RETRIES_MAX as usize;
+        assert!(
+            gaps[..quick]
+                .iter()
+                .all(|&gap| gap == RECONNECT_DELAY_MIN_MS),
+            "{gaps:?}"
+        );
+        assert_eq!(gaps[quick..], [50, 100], "then the delay doubles again");
+        assert_eq!(
+            uplink.stats().redirects,
+            u64::from(NO_PRIMARY_QUICK_RETRIES_MAX) + 3
+        );
+    }
+
+    #[test]
+    fn a_redirect_to_a_primary_that_is_gone_is_retried_soon() {
+        let mut uplink = uplink();
+        let mut now_ms = attempt(&mut uplink, 0);
+        let mut connected_at = Vec::new();
+        for _ in 0..3 {
+            uplink.on_frame(now_ms, &reply(), &NoEvents);
+            let redirect = replica_channel(&key()).seal(&Downstream::Redirect {
+                primary: Some("10.0.0.1:7101".into()),
+            });
+            uplink.on_frame(now_ms, &redirect, &NoEvents);
+            // Straight to the named primary, which refuses the connection.
+            now_ms = attempt(&mut uplink, now_ms);
+            uplink.on_disconnected(now_ms);
+            now_ms = attempt(&mut uplink, now_ms);
+            connected_at.push(now_ms);
+        }
+        let gaps: Vec<u64> = connected_at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(
+            gaps,
+            [RECONNECT_DELAY_MIN_MS, RECONNECT_DELAY_MIN_MS],
+            "no backoff"
+        );
+        // A connection that ends without a redirect before it backs off.
+        uplink.on_disconnected(now_ms);
+        let again = attempt(&mut uplink, now_ms);
+        uplink.on_disconnected(again);
+        assert_eq!(
+            attempt(&mut uplink, again) - again,
+            2 * RECONNECT_DELAY_MIN_MS
+        );
     }
 }

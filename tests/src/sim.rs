@@ -1284,9 +1284,10 @@ impl Simulation {
         let stored = (m.events.len() - stored_before) as u64;
         self.report.events += stored;
         self.report.commands_applied += applied.len() as u64;
+        let now_ms = self.now_ms;
         let actions = {
             let m = &mut self.machines[index];
-            m.uplink.on_local_append(&Local(&m.events))
+            m.uplink.on_local_append(now_ms, &Local(&m.events))
         };
         self.machine_actions(index, actions);
     }
@@ -1326,9 +1327,10 @@ impl Simulation {
             self.crash_machine(index);
             return;
         }
+        let now_ms = self.now_ms;
         let actions = {
             let m = &mut self.machines[index];
-            m.uplink.on_local_append(&Local(&m.events))
+            m.uplink.on_local_append(now_ms, &Local(&m.events))
         };
         self.machine_actions(index, actions);
     }

@@ -15,6 +15,10 @@
 //!   committed events/s as a fraction of the loss-free run;
 //! - paced, with the primary SIGKILLed halfway: time from the kill to the
 //!   first acknowledgement from the new primary.
+//!
+//! `--runs` chooses among them, and `curve` adds paced runs at
+//! `CURVE_RATES` (the latency curve, printed with the saturated run).
+//! Every run also reports the replicas' CPU time per committed event.
 
 use crate::cluster::{ClusterArgs, ClusterFile, fetch_status, init, replica_binary, spawn_replica};
 use crate::say;
@@ -68,6 +72,18 @@ pub struct Args {
     /// Keep the clusters' directories (replica logs, data) for inspection.
     #[arg(long)]
     keep: bool,
+    /// Which runs to make, in order (`curve`: paced at 4k, 10k, 20k, 50k
+    /// and 100k events/s for `--paced-seconds` each).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "saturated,paced,loss,failover"
+    )]
+    runs: Vec<RunKind>,
+    /// Failover runs to make (each on a fresh cluster, a SIGKILL each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    kills: u32,
     /// Print JSON instead of lines for people.
     #[arg(long)]
     json: bool,
@@ -92,6 +108,13 @@ struct Run {
     ack_latency_ms_p50: f64,
     ack_latency_ms_p99: f64,
     ack_latency_ms_max: f64,
+    /// From an event's first send by its uplink to its acknowledgement:
+    /// the time it spent in the link and the replicas' queues (in a
+    /// saturated run the release-to-ack latency above is mostly the
+    /// machine's own backlog, which the in-flight window keeps at home).
+    sent_to_ack_ms_p50: f64,
+    sent_to_ack_ms_p99: f64,
+    sent_to_ack_ms_max: f64,
     /// Entries the slower follower was behind the primary's tip, sampled
     /// every 100 ms while the run lasted.
     follower_lag_mean: f64,
@@ -103,6 +126,12 @@ struct Run {
     datagrams_dropped_by_injection: u64,
     events_resent: u64,
     failover_ms: Option<f64>,
+    /// The failover's phases, one after the other (see [`FailoverPhases`]).
+    failover_phases: Option<FailoverPhases>,
+    /// CPU time (user + system) of all the replica processes from the start
+    /// of the load until both followers held the tip, per committed event:
+    /// the figure that transfers between machines.
+    replica_cpu_us_per_event: f64,
 }
 
 #[derive(Serialize)]
@@ -111,12 +140,31 @@ struct Figures {
     machines: u32,
     transport: String,
     runs: Vec<Run>,
-    loss_throughput_fraction: f64,
+    /// Saturated throughput with loss over without (when both ran).
+    loss_throughput_fraction: Option<f64>,
 }
 
-/// One of the four runs of a benchmark.
+/// Which runs an invocation makes.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RunKind {
+    /// Every event available at once.
+    Saturated,
+    /// At `--rate`.
+    Paced,
+    /// Saturated, each replica dropping `--loss-percent` of what it receives.
+    Loss,
+    /// At `--rate`, the primary SIGKILLed halfway.
+    Failover,
+    /// Paced at each of `CURVE_RATES` (the latency curve).
+    Curve,
+}
+
+/// The offered rates of the latency curve, events/s over the fleet.
+const CURVE_RATES: [u64; 5] = [4_000, 10_000, 20_000, 50_000, 100_000];
+
+/// One run of a benchmark.
 struct RunPlan {
-    name: &'static str,
+    name: String,
     /// Share of received datagrams each replica drops.
     loss_percent: u8,
     load: Load,
@@ -124,28 +172,40 @@ struct RunPlan {
     kill_primary: bool,
 }
 
-fn plans(args: &Args) -> [RunPlan; 4] {
-    let paced = Load::Paced { rate: args.rate };
-    let paced_events = args.rate * args.paced_seconds;
-    let plan = |name, loss_percent, load, events, kill_primary| RunPlan {
-        name,
+fn plans(args: &Args) -> Vec<RunPlan> {
+    let paced = |rate| Load::Paced { rate };
+    let plan = |name: &str, loss_percent, load, kill_primary| RunPlan {
+        name: name.to_owned(),
         loss_percent,
         load,
-        events,
+        events: match load {
+            Load::Saturated => args.events,
+            Load::Paced { rate } => rate * args.paced_seconds,
+        },
         kill_primary,
     };
-    [
-        plan("saturated", 0, Load::Saturated, args.events, false),
-        plan("paced", 0, paced, paced_events, false),
-        plan(
-            "saturated with loss",
-            args.loss_percent,
-            Load::Saturated,
-            args.events,
-            false,
-        ),
-        plan("paced, primary killed", 0, paced, paced_events, true),
-    ]
+    let mut plans = Vec::new();
+    for kind in &args.runs {
+        match kind {
+            RunKind::Saturated => plans.push(plan("saturated", 0, Load::Saturated, false)),
+            RunKind::Paced => plans.push(plan("paced", 0, paced(args.rate), false)),
+            RunKind::Loss => plans.push(plan(
+                "saturated with loss",
+                args.loss_percent,
+                Load::Saturated,
+                false,
+            )),
+            RunKind::Failover => plans.extend(
+                (0..args.kills).map(|_| plan("paced, primary killed", 0, paced(args.rate), true)),
+            ),
+            RunKind::Curve => plans.extend(
+                CURVE_RATES
+                    .iter()
+                    .map(|&rate| plan(&format!("paced at {rate}/s"), 0, paced(rate), false)),
+            ),
+        }
+    }
+    plans
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -154,21 +214,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let (_guard, root) = scratch_root(&args)?;
     let binary = replica_binary()?;
-    let paced_events = args.rate * args.paced_seconds;
-    let per_machine = args
-        .events
-        .max(paced_events)
-        .div_ceil(u64::from(args.machines));
+    let plans = plans(&args);
+    let most = plans.iter().map(|plan| plan.events).max().unwrap_or(0);
+    let per_machine = most.div_ceil(u64::from(args.machines));
     eprintln!(
         "generating {} events per machine for {} machines...",
         per_machine, args.machines
     );
     let fleet = generate(args.machines, per_machine);
     let mut runs = Vec::new();
-    for (index, plan) in plans(&args).into_iter().enumerate() {
+    for (index, plan) in plans.into_iter().enumerate() {
         let dir = root.join(format!("run-{}", index + 1));
-        let (name, loss, events) = (plan.name, plan.loss_percent, plan.events);
-        eprintln!("{name}: {events} events, {loss}% datagrams dropped per receiver...");
+        let (loss, events) = (plan.loss_percent, plan.events);
+        eprintln!(
+            "{}: {events} events, {loss}% datagrams dropped per receiver...",
+            plan.name
+        );
         let cluster = ClusterArgs {
             dir: dir.clone(),
             transport: args.transport,
@@ -177,12 +238,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         };
         let timeout = Duration::from_secs(args.timeout_s);
         let mut run = measure(&cluster, &binary, &fleet, &plan, timeout)
-            .with_context(|| format!("run {name:?} (logs in {})", dir.display()))?;
-        run.name = name.to_owned();
+            .with_context(|| format!("run {:?} (logs in {})", plan.name, dir.display()))?;
+        run.name = plan.name;
         runs.push(run);
     }
-    let loss_throughput_fraction =
-        runs[2].committed_events_per_second / runs[0].committed_events_per_second;
+    let throughput = |name: &str| {
+        runs.iter()
+            .find(|run| run.name == name)
+            .map(|run| run.committed_events_per_second)
+    };
+    let loss_throughput_fraction = throughput("saturated with loss")
+        .zip(throughput("saturated"))
+        .map(|(lossy, clean)| lossy / clean);
     let figures = Figures {
         cores: std::thread::available_parallelism().map_or(1, usize::from),
         machines: args.machines,
@@ -225,7 +292,8 @@ fn print_figures(figures: &Figures) {
         say!(
             "{:<22} {:>7} events in {:>6.2}s: {:>10} committed events/s; ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
              follower lag mean {:.0}, max {}; followers complete {:.0} ms after the last ack; \
-             NAKs {}, retransmitted {}, injected drops {}, resent {}{}",
+             sent → ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+             NAKs {}, retransmitted {}, injected drops {}, resent {}; replica CPU {:.1} µs per event{}",
             run.name,
             run.events,
             run.seconds,
@@ -236,19 +304,98 @@ fn print_figures(figures: &Figures) {
             run.follower_lag_mean,
             run.follower_lag_max,
             run.followers_caught_up_ms,
+            run.sent_to_ack_ms_p50,
+            run.sent_to_ack_ms_p99,
+            run.sent_to_ack_ms_max,
             run.naks_sent,
             run.records_retransmitted,
             run.datagrams_dropped_by_injection,
             run.events_resent,
-            run.failover_ms
-                .map(|ms| format!("; failover {ms:.0} ms"))
-                .unwrap_or_default()
+            run.replica_cpu_us_per_event,
+            failover_words(run)
         );
     }
+    if let Some(fraction) = figures.loss_throughput_fraction {
+        say!(
+            "throughput with loss: {:.1}% of loss-free",
+            fraction * 100.0
+        );
+    }
+    print_curve(&figures.runs);
+    print_failovers(&figures.runs);
+}
+
+/// The failover time and its phases, for people.
+fn failover_words(run: &Run) -> String {
+    let Some(ms) = run.failover_ms else {
+        return String::new();
+    };
+    let phases = run.failover_phases.unwrap_or_default();
+    format!(
+        "; failover {ms:.0} ms (detection {:.0}, election {:.0}, epoch marker commit {:.0}, machine reconnect {:.0})",
+        phases.detection_ms, phases.election_ms, phases.epoch_commit_ms, phases.reconnect_ms
+    )
+}
+
+/// Over several failover runs: the failover time's p50, p99 and max, and
+/// the phases' medians.
+fn print_failovers(runs: &[Run]) {
+    let mut times: Vec<f64> = runs.iter().filter_map(|run| run.failover_ms).collect();
+    if times.len() < 2 {
+        return;
+    }
+    times.sort_by(f64::total_cmp);
+    let quantile =
+        |sorted: &[f64], p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+    let phases: Vec<FailoverPhases> = runs.iter().filter_map(|run| run.failover_phases).collect();
+    let median = |f: fn(&FailoverPhases) -> f64| {
+        let mut values: Vec<f64> = phases.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        if values.is_empty() {
+            0.0
+        } else {
+            quantile(&values, 0.5)
+        }
+    };
     say!(
-        "throughput with loss: {:.1}% of loss-free",
-        figures.loss_throughput_fraction * 100.0
+        "failover over {} kills: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; medians: detection {:.0}, election {:.0}, epoch marker commit {:.0}, machine reconnect {:.0} ms",
+        times.len(),
+        quantile(&times, 0.5),
+        quantile(&times, 0.99),
+        quantile(&times, 1.0),
+        median(|p| p.detection_ms),
+        median(|p| p.election_ms),
+        median(|p| p.epoch_commit_ms),
+        median(|p| p.reconnect_ms)
     );
+}
+
+/// The latency curve: ack p50/p99/max at each offered rate that ran, and
+/// saturated.
+fn print_curve(runs: &[Run]) {
+    let curve: Vec<&Run> = runs
+        .iter()
+        .filter(|run| run.name.starts_with("paced at ") || run.name == "saturated")
+        .collect();
+    if curve.len() < 2 {
+        return;
+    }
+    say!(
+        "latency curve (offered → committed events/s: ack p50 / p99 / max ms; sent → ack p50 / p99 / max ms)"
+    );
+    for run in curve {
+        say!(
+            "  {:<20} {:>10}: {:>8.1} / {:>8.1} / {:>8.1}; {:>7.1} / {:>7.1} / {:>7.1}",
+            run.name,
+            per_second(run.committed_events_per_second),
+            run.ack_latency_ms_p50,
+            run.ack_latency_ms_p99,
+            run.ack_latency_ms_max,
+            run.sent_to_ack_ms_p50,
+            run.sent_to_ack_ms_p99,
+            run.sent_to_ack_ms_max
+        );
+    }
 }
 
 /// Each machine's events, generated through the real rules.
@@ -273,11 +420,14 @@ fn generate(machines: u32, per_machine: u64) -> FleetEvents {
 }
 
 /// A machine's events held in memory; `released` of them are "stored
-/// locally" and may be shipped.
+/// locally" and may be shipped. The uplink sends what it reads at once, so
+/// a read notes each event's first send.
 #[derive(Clone)]
 struct MemoryEvents {
     events: Arc<Vec<SignedEvent>>,
     released: Arc<AtomicU64>,
+    /// When each event (index seq - 1) was first read for sending.
+    first_sent: Arc<Mutex<Vec<Option<Instant>>>>,
 }
 
 impl LocalEvents for MemoryEvents {
@@ -292,7 +442,13 @@ impl LocalEvents for MemoryEvents {
         if start >= end {
             return Vec::new();
         }
-        self.events[start..end.min(start + max)].to_vec()
+        let end = end.min(start + max).min(self.events.len());
+        let now = Instant::now();
+        let mut first_sent = self.first_sent.lock().expect("not poisoned");
+        for sent in first_sent.iter_mut().take(end).skip(start) {
+            sent.get_or_insert(now);
+        }
+        self.events[start..end].to_vec()
     }
 }
 
@@ -300,6 +456,7 @@ impl LocalEvents for MemoryEvents {
 #[derive(Default)]
 struct MachineResult {
     latencies_us: Vec<u64>,
+    sent_to_ack_us: Vec<u64>,
     resent: u64,
     /// First acknowledgement after the kill that came from another primary.
     failover_ack: Option<Instant>,
@@ -357,6 +514,20 @@ impl LocalCluster {
         })
     }
 
+    /// Each replica process's CPU time so far (user + system, in clock
+    /// ticks); `None` for one whose /proc entry cannot be read. A killed
+    /// replica is not reaped until the cluster is dropped, so its figures
+    /// stay readable.
+    fn cpu_ticks(&self) -> Vec<Option<u64>> {
+        self.children
+            .iter()
+            .map(|child| {
+                let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
+                stat_cpu_ticks(&stat)
+            })
+            .collect()
+    }
+
     fn statuses(&self) -> Vec<dashboard::ReplicaStatus> {
         self.file
             .replicas
@@ -385,6 +556,7 @@ fn measure(
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let cpu_before = cluster.cpu_ticks();
     let started = Instant::now();
     let deadline = started + timeout;
     let loads = machine_loads(
@@ -398,13 +570,14 @@ fn measure(
     let kill_after = plan
         .kill_primary
         .then(|| kill_delay(plan.load, plan.events));
-    let results = runtime.block_on(run_loads(&mut cluster, loads, kill_after, &killed_at));
+    let (results, watch) = runtime.block_on(run_loads(&mut cluster, loads, kill_after, &killed_at));
     let seconds = started.elapsed().as_secs_f64();
     let last_ack = Instant::now();
     let fleet_result = FleetResult::collect(results)?;
     let (lag_mean, lag_max) = lag.stop();
     wait_for_followers(&cluster, deadline)?;
     let followers_caught_up_ms = last_ack.elapsed().as_secs_f64() * 1_000.0;
+    let cpu_seconds = cpu_seconds(&cpu_before, &cluster.cpu_ticks());
     let failover_ms = killed_at
         .lock()
         .expect("not poisoned")
@@ -414,6 +587,10 @@ fn measure(
     if plan.kill_primary && failover_ms.is_none() {
         bail!("the primary was killed but no other replica acknowledged writes");
     }
+    let failover_phases = watch
+        .and_then(|watch| watch.join().ok())
+        .zip(failover_ms)
+        .map(|(moments, total_ms)| moments.phases(total_ms));
     let events = per_machine * machines;
     let run = Run {
         drop_received_percent: args.drop_received_percent,
@@ -423,14 +600,43 @@ fn measure(
         ack_latency_ms_p50: fleet_result.latency_ms(0.5),
         ack_latency_ms_p99: fleet_result.latency_ms(0.99),
         ack_latency_ms_max: fleet_result.latency_ms(1.0),
+        sent_to_ack_ms_p50: quantile_ms(&fleet_result.sent_to_ack_us, 0.5),
+        sent_to_ack_ms_p99: quantile_ms(&fleet_result.sent_to_ack_us, 0.99),
+        sent_to_ack_ms_max: quantile_ms(&fleet_result.sent_to_ack_us, 1.0),
         follower_lag_mean: lag_mean,
         follower_lag_max: lag_max,
         followers_caught_up_ms,
         events_resent: fleet_result.resent,
         failover_ms,
+        failover_phases,
+        replica_cpu_us_per_event: cpu_seconds * 1e6 / events as f64,
         ..Run::default()
     };
     Ok(with_cluster_counters(run, &cluster.statuses()))
+}
+
+/// utime + stime (clock ticks) from a /proc/PID/stat line. The command
+/// name in parentheses may hold spaces, so fields count from its `)`:
+/// utime and stime are the 14th and 15th fields of the line.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU seconds the replicas spent between two readings (a replica
+/// unreadable in either counts nothing).
+fn cpu_seconds(before: &[Option<u64>], after: &[Option<u64>]) -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks: u64 = before
+        .iter()
+        .zip(after)
+        .filter_map(|(b, a)| Some(a.as_ref()?.saturating_sub(*b.as_ref()?)))
+        .sum();
+    ticks as f64 / ticks_per_second
 }
 
 /// One load per machine: its real uplink over the real link, fed from
@@ -462,6 +668,7 @@ fn machine_loads(
             let local = MemoryEvents {
                 events: events.clone(),
                 released: Arc::new(AtomicU64::new(0)),
+                first_sent: Arc::new(Mutex::new(vec![None; events.len()])),
             };
             drive(
                 uplink,
@@ -491,8 +698,9 @@ async fn run_loads(
     loads: Vec<impl Future<Output = Result<MachineResult>> + Send + 'static>,
     kill_after: Option<Duration>,
     killed_at: &KilledAt,
-) -> Vec<Result<MachineResult>> {
+) -> (Vec<Result<MachineResult>>, Option<FailoverWatch>) {
     let tasks: Vec<_> = loads.into_iter().map(tokio::spawn).collect();
+    let mut watch = None;
     if let Some(after) = kill_after {
         tokio::time::sleep(after).await;
         let primary = tokio::task::block_in_place(|| cluster.primary(false));
@@ -503,21 +711,128 @@ async fn run_loads(
                 .iter()
                 .position(|r| r.dashboard == dashboard)
                 .expect("the primary is one of ours");
+            let survivors: Vec<String> = cluster
+                .file
+                .replicas
+                .iter()
+                .filter(|r| r.dashboard != dashboard)
+                .map(|r| r.dashboard.clone())
+                .collect();
+            let before = tokio::task::block_in_place(|| cluster.statuses());
             let _ = cluster.children[replica].kill();
-            *killed_at.lock().expect("not poisoned") = Some(Instant::now());
+            let killed = Instant::now();
+            *killed_at.lock().expect("not poisoned") = Some(killed);
+            watch = Some(watch_failover(survivors, &before, killed));
         }
     }
     let mut results = Vec::new();
     for task in tasks {
         results.push(task.await.map_err(anyhow::Error::from).and_then(|r| r));
     }
-    results
+    (results, watch)
+}
+
+/// How long each step of a failover took, in order: a survivor stood for
+/// election (detection), one became primary (election), its epoch marker
+/// was committed (epoch), and the first machine got a committed ack from
+/// it (reconnect). Seen by polling the survivors' status every
+/// `FAILOVER_POLL_MS`, so each moment is up to a poll late.
+#[derive(Serialize, Clone, Copy, Debug, Default)]
+struct FailoverPhases {
+    detection_ms: f64,
+    election_ms: f64,
+    epoch_commit_ms: f64,
+    reconnect_ms: f64,
+}
+
+/// How often the failover watch polls the survivors.
+const FAILOVER_POLL_MS: u64 = 5;
+/// The watch gives up after this long.
+const FAILOVER_WATCH_MS: u64 = 10_000;
+
+/// Moments of a failover after the kill (see [`FailoverPhases`]).
+#[derive(Default)]
+struct FailoverMoments {
+    killed: Option<Instant>,
+    stood: Option<Instant>,
+    elected: Option<Instant>,
+    epoch_open: Option<Instant>,
+}
+
+impl FailoverMoments {
+    /// The phases, the last one running to the first ack `total_ms` after
+    /// the kill. A moment not seen counts as the next one's.
+    fn phases(&self, total_ms: f64) -> FailoverPhases {
+        let Some(killed) = self.killed else {
+            return FailoverPhases::default();
+        };
+        let since =
+            |at: Option<Instant>| at.map(|at| at.duration_since(killed).as_secs_f64() * 1e3);
+        let open = since(self.epoch_open).unwrap_or(total_ms).min(total_ms);
+        let elected = since(self.elected).unwrap_or(open).min(open);
+        let stood = since(self.stood).unwrap_or(elected).min(elected);
+        FailoverPhases {
+            detection_ms: stood,
+            election_ms: elected - stood,
+            epoch_commit_ms: open - elected,
+            reconnect_ms: total_ms - open,
+        }
+    }
+}
+
+type FailoverWatch = std::thread::JoinHandle<FailoverMoments>;
+
+/// Polls the survivors after the kill until one has opened its epoch:
+/// the first to count an election it started (`elections_started` above
+/// what it was before the kill), the first primary of a newer epoch, and
+/// when that primary's commit reached its tip as it was when first seen
+/// (a new primary commits nothing before an entry of its own epoch, so
+/// this is its marker, or the first entry after it).
+fn watch_failover(
+    survivors: Vec<String>,
+    before: &[dashboard::ReplicaStatus],
+    killed: Instant,
+) -> FailoverWatch {
+    let old_epoch = before.iter().map(|s| s.epoch).max().unwrap_or(0);
+    let started: std::collections::HashMap<String, u64> = before
+        .iter()
+        .map(|s| (s.id.clone(), s.elections_started))
+        .collect();
+    std::thread::spawn(move || {
+        let mut moments = FailoverMoments {
+            killed: Some(killed),
+            ..FailoverMoments::default()
+        };
+        let mut open_at = None;
+        while killed.elapsed() < Duration::from_millis(FAILOVER_WATCH_MS) {
+            for status in survivors.iter().filter_map(|d| fetch_status(d).ok()) {
+                let now = Instant::now();
+                let stood =
+                    status.elections_started > started.get(&status.id).copied().unwrap_or(0);
+                if (stood || status.role == "candidate") && moments.stood.is_none() {
+                    moments.stood = Some(now);
+                }
+                if status.role == "primary" && status.epoch > old_epoch {
+                    moments.elected.get_or_insert(now);
+                    let open = *open_at.get_or_insert((status.tip, status.commit + 1));
+                    if status.commit >= open.0.max(open.1) {
+                        moments.epoch_open = Some(now);
+                        return moments;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(FAILOVER_POLL_MS));
+        }
+        moments
+    })
 }
 
 /// The machines' results taken together.
 struct FleetResult {
     /// Sorted, for percentiles.
     latencies_us: Vec<u64>,
+    /// Sorted, for percentiles.
+    sent_to_ack_us: Vec<u64>,
     resent: u64,
     /// The earliest acknowledgement from a new primary after the kill.
     failover_ack: Option<Instant>,
@@ -527,12 +842,14 @@ impl FleetResult {
     fn collect(results: Vec<Result<MachineResult>>) -> Result<FleetResult> {
         let mut fleet = FleetResult {
             latencies_us: Vec::new(),
+            sent_to_ack_us: Vec::new(),
             resent: 0,
             failover_ack: None,
         };
         for result in results {
             let result = result?;
             fleet.latencies_us.extend(result.latencies_us);
+            fleet.sent_to_ack_us.extend(result.sent_to_ack_us);
             fleet.resent += result.resent;
             fleet.failover_ack = match (fleet.failover_ack, result.failover_ack) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -540,17 +857,23 @@ impl FleetResult {
             };
         }
         fleet.latencies_us.sort_unstable();
+        fleet.sent_to_ack_us.sort_unstable();
         Ok(fleet)
     }
 
     /// The `p` quantile (0 to 1) of the acknowledgement latency, in ms.
     fn latency_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let index = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
-        self.latencies_us[index] as f64 / 1_000.0
+        quantile_ms(&self.latencies_us, p)
     }
+}
+
+/// The `p` quantile (0 to 1) of sorted microseconds, in ms.
+fn quantile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted_us.len() - 1) as f64 * p).round() as usize;
+    sorted_us[index] as f64 / 1_000.0
 }
 
 /// Waits until both followers hold everything (a killed primary does not
@@ -604,6 +927,7 @@ async fn drive(
     if rate_per_machine.is_none() {
         feed.release_to(total);
     }
+    let first_sent = local.first_sent.clone();
     let (control, task) = spawn_uplink(uplink, local, reports_tx);
     control.appended.notify_one();
     let mut acks = AckTracker::default();
@@ -622,7 +946,9 @@ async fn drive(
                     control.appended.notify_one();
                 }
             }
-            Some(report) = reports.recv() => acks.on_report(report, &feed.released_at, &killed_at),
+            Some(report) = reports.recv() => {
+                acks.on_report(report, &feed.released_at, &first_sent, &killed_at);
+            }
         }
     }
     let _ = control.stop.send(true);
@@ -677,14 +1003,26 @@ struct AckTracker {
 }
 
 impl AckTracker {
-    fn on_report(&mut self, report: UplinkReport, released_at: &[Instant], killed_at: &KilledAt) {
+    fn on_report(
+        &mut self,
+        report: UplinkReport,
+        released_at: &[Instant],
+        first_sent: &Mutex<Vec<Option<Instant>>>,
+        killed_at: &KilledAt,
+    ) {
         match report {
             UplinkReport::Acknowledged(seq) if seq > self.acked => {
                 let now = Instant::now();
                 let seq = seq.min(released_at.len() as u64);
-                for at in &released_at[self.acked as usize..seq as usize] {
+                let acked = self.acked as usize..seq as usize;
+                for at in &released_at[acked.clone()] {
                     let latency_us = now.duration_since(*at).as_micros() as u64;
                     self.result.latencies_us.push(latency_us);
+                }
+                let first_sent = first_sent.lock().expect("not poisoned");
+                for at in first_sent[acked].iter().flatten() {
+                    let latency_us = now.duration_since(*at).as_micros() as u64;
+                    self.result.sent_to_ack_us.push(latency_us);
                 }
                 self.acked = seq;
                 if self.reconnected_since_kill && self.result.failover_ack.is_none() {
@@ -740,5 +1078,19 @@ impl LagSampler {
             samples.iter().sum::<u64>() as f64 / samples.len() as f64
         };
         (mean, max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "4242 (vend replica) S 1 4242 4242 0 -1 4194560 1234 0 0 0 \
+                    731 96 0 0 20 0 9 0 100 0 0";
+        assert_eq!(stat_cpu_ticks(stat), Some(731 + 96));
+        assert_eq!(stat_cpu_ticks("4242 (cut"), None);
+        assert_eq!(stat_cpu_ticks("4242 (x) S 1 2"), None);
     }
 }
