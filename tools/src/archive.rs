@@ -34,6 +34,7 @@ pub struct Args {
 enum ArchiveCommand {
     /// Bring every archived segment back into the live log (the archive
     /// files stay where they are).
+    #[command(after_help = "Example: vendctl archive restore --data /tmp/fleet")]
     Restore(RestoreArgs),
 }
 
