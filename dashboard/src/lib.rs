@@ -109,6 +109,10 @@ pub struct ReplicaStatus {
     /// gseq it had promised. Until then it does not vote, stand or
     /// acknowledge.
     pub repairing_until: Option<u64>,
+    /// Entries through this gseq live in archive files, not in the live
+    /// log (`[archive]`, `vendctl archive`); `None` while nothing is.
+    #[serde(default)]
+    pub archived_through: Option<u64>,
     pub transport: String,
     pub pid: u32,
     pub uptime_ms: u64,

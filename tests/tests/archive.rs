@@ -299,6 +299,13 @@ fn a_replica_starting_from_nothing_catches_up_across_archived_segments() {
         Duration::from_secs(30),
         |_| archived.is_file(),
     );
+    let status = cluster.status();
+    let through = status[0]["archived_through"].as_u64();
+    assert!(
+        through.is_some_and(|gseq| gseq >= 8_192),
+        "the primary's status names what it archived: {}",
+        status[0]
+    );
     audit_pages_reach_into_the_archive(&dir, base);
     cluster.stop(2);
     std::fs::remove_dir_all(dir.join("replica-3")).unwrap();
@@ -348,4 +355,10 @@ fn audit_pages_reach_into_the_archive(dir: &Path, base: u16) {
         let html = auditor.get(&format!("/audit?{query}"));
         assert_eq!(html.status, 200, "{query}: {}", html.body);
     }
+    let replication = auditor.get("/replication");
+    assert!(
+        replication.body.contains("archived through"),
+        "the replication page says what is archived: {}",
+        replication.body
+    );
 }

@@ -658,6 +658,13 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
             {
                 say!("{:<10} ! {warning}", "");
             }
+            if let Some(through) = s.archived_through {
+                say!(
+                    "{:<10}   entries through {} are in archive files",
+                    "",
+                    grouped(through)
+                );
+            }
         }
     } else {
         say!("{}", serde_json::to_string_pretty(&lines)?);

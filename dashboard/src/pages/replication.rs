@@ -183,6 +183,11 @@ fn replica_table(rows: &[(String, Option<&ReplicaStatus>, Option<&str>)]) -> Mar
                                         (None, Some(until)) => span.pill.warn { "repairing to " (until) },
                                         (None, None) => span.pill.ok { "ok" },
                                     }
+                                    @if let Some(through) = s.archived_through {
+                                        " " span.muted title="older entries are read from the replica's archive files" {
+                                            "archived through " (format::count(through))
+                                        }
+                                    }
                                 }
                             }
                             None => {

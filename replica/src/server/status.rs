@@ -288,6 +288,12 @@ fn status(core: &Core) -> ReplicaStatus {
             + core.round.counters().sync_failures,
         storage_error: core.round.counters().storage_error.clone(),
         repairing_until: node.repairing_until(),
+        archived_through: core
+            .round
+            .ledger()
+            .store()
+            .archived()
+            .map(|mark| mark.through_gseq),
         transport: core.config.transport.to_string(),
         pid: std::process::id(),
         uptime_ms: core.now_ms(),
