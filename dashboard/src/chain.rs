@@ -4,7 +4,7 @@
 //! record bytes as they are read, so this is the whole fleet chain.
 
 use crate::app::{AppState, now_ms};
-use crate::ports::{EntryKind, READ_ENTRIES_MAX, ReadError};
+use crate::ports::{ChainLink, READ_ENTRIES_MAX, ReadError};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -24,36 +24,45 @@ pub struct ChainStatus {
     pub checked_at_ms: i64,
 }
 
-/// Checks `entries` (in gseq order, continuing `status`) and advances it.
-pub fn check(status: &mut ChainStatus, entries: &[crate::ports::LogEntryView]) {
-    let genesis = hex::encode(ledger::store::record::GENESIS_HASH);
-    for entry in entries {
-        if status.problem.is_some() {
-            return;
+/// Checks `links` (in gseq order, continuing `status`) and advances it.
+pub fn check(status: &mut ChainStatus, links: &[ChainLink]) {
+    if status.problem.is_some() {
+        return;
+    }
+    let mut last = [0u8; 32];
+    if status.verified_to > 0 && hex::decode_to_slice(&status.hash, &mut last).is_err() {
+        status.problem = Some(format!("the hash of entry {} is lost", status.verified_to));
+        return;
+    }
+    let mut verified_to = status.verified_to;
+    for link in links {
+        if link.gseq != verified_to + 1 {
+            status.problem = Some(format!("entry {} is missing", verified_to + 1));
+            break;
         }
-        if entry.gseq != status.verified_to + 1 {
-            status.problem = Some(format!("entry {} is missing", status.verified_to + 1));
-            return;
+        if let Some(problem) = &link.unreadable {
+            status.problem = Some(format!("entry {} is unreadable: {problem}", link.gseq));
+            break;
         }
-        if let EntryKind::Unreadable { problem } = &entry.kind {
-            status.problem = Some(format!("entry {} is unreadable: {problem}", entry.gseq));
-            return;
-        }
-        let expected = if entry.gseq == 1 {
-            &genesis
+        let expected = if link.gseq == 1 {
+            &ledger::store::record::GENESIS_HASH
         } else {
-            &status.hash
+            &last
         };
-        if entry.prev_hash != *expected {
+        if link.prev_hash != *expected {
             status.problem = Some(format!(
                 "entry {} does not link to entry {}",
-                entry.gseq,
-                entry.gseq - 1
+                link.gseq,
+                link.gseq - 1
             ));
-            return;
+            break;
         }
-        status.verified_to = entry.gseq;
-        status.hash.clone_from(&entry.hash);
+        verified_to = link.gseq;
+        last = link.hash;
+    }
+    if verified_to != status.verified_to {
+        status.verified_to = verified_to;
+        status.hash = hex::encode(last);
     }
 }
 
@@ -67,9 +76,9 @@ pub async fn keep_checking(app: AppState) {
             let from = status.verified_to + 1;
             let to = commit.min(from + STEP_ENTRIES - 1);
             let log = app.ports.log.clone();
-            let read = tokio::task::spawn_blocking(move || log.entries(from, to)).await;
+            let read = tokio::task::spawn_blocking(move || log.chain_links(from, to)).await;
             match read {
-                Ok(Ok(entries)) if !entries.is_empty() => check(&mut status, &entries),
+                Ok(Ok(links)) if !links.is_empty() => check(&mut status, &links),
                 Ok(Ok(_)) | Ok(Err(ReadError::BeyondTip { .. })) => break,
                 Ok(Err(error)) => {
                     tracing::warn!(error = %error, "the chain check could not read the log");
@@ -90,38 +99,43 @@ pub async fn keep_checking(app: AppState) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::LogEntryView;
 
-    fn entry(gseq: u64, prev: &str, hash: &str) -> LogEntryView {
-        LogEntryView {
+    /// A link whose hashes are named by one byte each (0 is genesis).
+    fn entry(gseq: u64, prev: u8, hash: u8) -> ChainLink {
+        ChainLink {
             gseq,
-            epoch: 1,
-            logged_ms: 0,
-            hash: hash.into(),
-            prev_hash: prev.into(),
-            kind: EntryKind::EpochStarted {
-                primary: "replica-1".into(),
-            },
+            hash: [hash; 32],
+            prev_hash: [prev; 32],
+            unreadable: None,
         }
     }
 
     #[test]
     fn a_chain_is_followed_and_the_first_break_named() {
-        let genesis = hex::encode([0u8; 32]);
         let mut status = ChainStatus::default();
-        check(&mut status, &[entry(1, &genesis, "a"), entry(2, "a", "b")]);
+        check(&mut status, &[entry(1, 0, 0xa), entry(2, 0xa, 0xb)]);
         assert_eq!((status.verified_to, status.problem.as_deref()), (2, None));
+        assert_eq!(status.hash, hex::encode([0xb; 32]));
         check(
             &mut status,
-            &[entry(3, "b", "c"), entry(4, "x", "d"), entry(5, "d", "e")],
+            &[entry(3, 0xb, 0xc), entry(4, 0xf, 0xd), entry(5, 0xd, 0xe)],
         );
         assert_eq!(status.verified_to, 3);
+        assert_eq!(status.hash, hex::encode([0xc; 32]));
         assert_eq!(
             status.problem.as_deref(),
             Some("entry 4 does not link to entry 3")
         );
         let mut status = ChainStatus::default();
-        check(&mut status, &[entry(2, &genesis, "a")]);
+        check(&mut status, &[entry(2, 0, 0xa)]);
         assert_eq!(status.problem.as_deref(), Some("entry 1 is missing"));
+        let mut status = ChainStatus::default();
+        let mut broken = entry(2, 0xa, 0xb);
+        broken.unreadable = Some("bad bytes".into());
+        check(&mut status, &[entry(1, 0, 0xa), broken]);
+        assert_eq!(
+            (status.verified_to, status.problem.as_deref()),
+            (1, Some("entry 2 is unreadable: bad bytes"))
+        );
     }
 }

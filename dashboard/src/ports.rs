@@ -137,6 +137,46 @@ pub struct LogEntryView {
     pub kind: EntryKind,
 }
 
+/// One entry's place in the fleet chain: what the chain check needs, and
+/// nothing a page shows (no event decoded for display, no hex).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainLink {
+    pub gseq: u64,
+    /// blake3 of the record.
+    pub hash: [u8; 32],
+    pub prev_hash: [u8; 32],
+    /// Why the entry cannot be read, when it cannot.
+    pub unreadable: Option<String>,
+}
+
+impl ChainLink {
+    /// The link of an entry as pages show it.
+    pub fn of_view(view: &LogEntryView) -> ChainLink {
+        let bytes = |text: &str| {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(text, &mut hash).ok().map(|()| hash)
+        };
+        let unreadable = match &view.kind {
+            EntryKind::Unreadable { problem } => Some(problem.clone()),
+            _ => None,
+        };
+        match (bytes(&view.hash), bytes(&view.prev_hash)) {
+            (Some(hash), Some(prev_hash)) => ChainLink {
+                gseq: view.gseq,
+                hash,
+                prev_hash,
+                unreadable,
+            },
+            _ => ChainLink {
+                gseq: view.gseq,
+                hash: [0; 32],
+                prev_hash: [0; 32],
+                unreadable: unreadable.or_else(|| Some("its hashes are not hex".into())),
+            },
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EntryKind {
@@ -189,6 +229,18 @@ pub const MACHINE_SCAN_ENTRIES_MAX: u64 = 100_000;
 pub trait LogReader: Send + Sync + 'static {
     /// Entries `from_gseq..=to_gseq`, at most [`READ_ENTRIES_MAX`].
     fn entries(&self, from_gseq: u64, to_gseq: u64) -> Result<Vec<LogEntryView>, ReadError>;
+
+    /// The chain links of entries `from_gseq..=to_gseq`, at most
+    /// [`READ_ENTRIES_MAX`], for the chain check. This default derives them
+    /// from [`LogReader::entries`]; a replica reads them without building
+    /// what pages show.
+    fn chain_links(&self, from_gseq: u64, to_gseq: u64) -> Result<Vec<ChainLink>, ReadError> {
+        Ok(self
+            .entries(from_gseq, to_gseq)?
+            .iter()
+            .map(ChainLink::of_view)
+            .collect())
+    }
 
     /// `machine`'s entries with a gseq in `from_gseq..=to_gseq`, newest
     /// first when `newest_first`, at most `limit` (and at most

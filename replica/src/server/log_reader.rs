@@ -15,8 +15,8 @@
 use super::status::ReadableTip;
 use dashboard::format;
 use dashboard::ports::{
-    EntryKind, LogEntryView, LogReader, MACHINE_SCAN_ENTRIES_MAX, READ_ENTRIES_MAX, ReadError,
-    SnapshotReceiver,
+    ChainLink, EntryKind, LogEntryView, LogReader, MACHINE_SCAN_ENTRIES_MAX, READ_ENTRIES_MAX,
+    ReadError, SnapshotReceiver,
 };
 use ledger::event::{Destination, Event, Source};
 use ledger::operator::{OperatorAction, OperatorRecord};
@@ -99,29 +99,46 @@ impl StoreLogReader {
         Ok(indexed_to)
     }
 
-    /// Adds the committed ones of `views` (read in gseq order) to the
-    /// index when they continue it.
-    fn index_views(&self, views: &[LogEntryView]) {
+    /// Adds the committed ones of `read` (gseq and the event's machine, in
+    /// gseq order) to the index when they continue it.
+    fn index_read(&self, read: &[(u64, Option<MachineId>)]) {
         let commit = self.snapshot.borrow().status.commit;
         let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        let start = views.partition_point(|view| view.gseq <= index.indexed_to);
-        if views
+        let start = read.partition_point(|(gseq, _)| *gseq <= index.indexed_to);
+        if read
             .get(start)
-            .is_none_or(|view| view.gseq != index.indexed_to + 1)
+            .is_none_or(|(gseq, _)| *gseq != index.indexed_to + 1)
         {
             return;
         }
-        for view in views[start..].iter().take_while(|view| view.gseq <= commit) {
-            if let EntryKind::Event { machine, .. } = &view.kind {
+        for (gseq, machine) in read[start..].iter().take_while(|(gseq, _)| *gseq <= commit) {
+            if let Some(machine) = machine {
                 match index.gseqs.get_mut(machine) {
-                    Some(list) => list.push(view.gseq),
+                    Some(list) => list.push(*gseq),
                     None => {
-                        index.gseqs.insert(machine.clone(), vec![view.gseq]);
+                        index.gseqs.insert(machine.clone(), vec![*gseq]);
                     }
                 }
             }
-            index.indexed_to = view.gseq;
+            index.indexed_to = *gseq;
         }
+    }
+
+    /// `from_gseq..=to_gseq` within what may be read: below the readable
+    /// tip and at most [`READ_ENTRIES_MAX`] entries.
+    fn readable(&self, from_gseq: u64, to_gseq: u64) -> Result<(u64, u64), ReadError> {
+        let tip = self.tip();
+        if from_gseq > tip {
+            return Err(ReadError::BeyondTip {
+                gseq: from_gseq,
+                tip,
+            });
+        }
+        let from = from_gseq.max(1);
+        let last = to_gseq
+            .min(tip)
+            .min(from.saturating_add(READ_ENTRIES_MAX as u64 - 1));
+        Ok((from, last))
     }
 
     /// The machine's indexed gseqs within `from..=to`.
@@ -188,17 +205,7 @@ impl StoreLogReader {
 
 impl LogReader for StoreLogReader {
     fn entries(&self, from_gseq: u64, to_gseq: u64) -> Result<Vec<LogEntryView>, ReadError> {
-        let tip = self.tip();
-        if from_gseq > tip {
-            return Err(ReadError::BeyondTip {
-                gseq: from_gseq,
-                tip,
-            });
-        }
-        let from = from_gseq.max(1);
-        let last = to_gseq
-            .min(tip)
-            .min(from.saturating_add(READ_ENTRIES_MAX as u64 - 1));
+        let (from, last) = self.readable(from_gseq, to_gseq)?;
         let mut out = Vec::new();
         self.reader
             .for_each_record(from, last, &mut |gseq, record| {
@@ -206,8 +213,34 @@ impl LogReader for StoreLogReader {
                 Ok(true)
             })
             .map_err(|e| ReadError::Storage(e.to_string()))?;
-        self.index_views(&out);
+        let read: Vec<(u64, Option<MachineId>)> = out
+            .iter()
+            .map(|view| match &view.kind {
+                EntryKind::Event { machine, .. } => (view.gseq, Some(machine.clone())),
+                _ => (view.gseq, None),
+            })
+            .collect();
+        self.index_read(&read);
         Ok(out)
+    }
+
+    /// Decodes each record once for its hashes and whether it reads (as
+    /// `entries` would show it), without describing events or writing hex;
+    /// the machines feed the index as `entries` does.
+    fn chain_links(&self, from_gseq: u64, to_gseq: u64) -> Result<Vec<ChainLink>, ReadError> {
+        let (from, last) = self.readable(from_gseq, to_gseq)?;
+        let mut links = Vec::new();
+        let mut read = Vec::new();
+        self.reader
+            .for_each_record(from, last, &mut |gseq, record| {
+                let (link, machine) = chain_link(gseq, record);
+                links.push(link);
+                read.push((gseq, machine));
+                Ok(true)
+            })
+            .map_err(|e| ReadError::Storage(e.to_string()))?;
+        self.index_read(&read);
+        Ok(links)
     }
 
     fn machine_entries(
@@ -263,6 +296,45 @@ pub(super) fn keep_index_current(reader: Weak<StoreLogReader>) {
     if let Err(error) = spawned {
         tracing::warn!(error = %error, "the dashboard's log index is built on demand only");
     }
+}
+
+/// An entry's chain link and, for an event, its machine. An entry is
+/// unreadable exactly when [`entry_view`] would show it so.
+fn chain_link(gseq: u64, record: &[u8]) -> (ChainLink, Option<MachineId>) {
+    let entry = match LogEntry::decode(record) {
+        Ok(entry) => entry,
+        Err(error) => {
+            let link = ChainLink {
+                gseq,
+                hash: *blake3::hash(record).as_bytes(),
+                prev_hash: [0; 32],
+                unreadable: Some(error.to_string()),
+            };
+            return (link, None);
+        }
+    };
+    let (unreadable, machine) = match &entry.body.payload {
+        Payload::EpochStarted { .. } => (None, None),
+        Payload::Event {
+            machine_id, event, ..
+        } => match event.envelope() {
+            Ok(_) => (None, Some(machine_id.clone())),
+            Err(error) => (Some(error.to_string()), None),
+        },
+        Payload::Operator { record } => (
+            OperatorRecord::decode(record)
+                .err()
+                .map(|error| format!("operator record: {error}")),
+            None,
+        ),
+    };
+    let link = ChainLink {
+        gseq,
+        hash: entry.hash,
+        prev_hash: entry.prev_hash,
+        unreadable,
+    };
+    (link, machine)
 }
 
 /// An entry as pages show it; a record that does not decode is shown as
@@ -507,5 +579,37 @@ mod tests {
         reader.entries(3, 6).unwrap();
         assert_eq!(indexed_to(), 6);
         assert_eq!(reader.catch_up().unwrap(), 6);
+    }
+
+    #[test]
+    fn chain_links_are_the_hashes_entries_show_and_feed_the_index_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = ledger::store::OpenOptions {
+            create: true,
+            ..Default::default()
+        };
+        let key = ledger::crypto::SecretKey::from_bytes([7; 32]);
+        let mut log = ledger::Ledger::open(dir.path(), &key, options).unwrap();
+        for epoch in 1..=5 {
+            log.append_marker(epoch, 0, "replica-1").unwrap();
+        }
+        let tip = Arc::new(ReadableTip::default());
+        tip.0.store(5, Ordering::Release);
+        let mut snapshot = dashboard::ports::Snapshot::default();
+        snapshot.status.commit = 5;
+        let (_publish, published) = tokio::sync::watch::channel(Arc::new(snapshot));
+        let reader = StoreLogReader::new(log.store().backend().reader(), tip, published);
+        let links = reader.chain_links(1, 9).unwrap();
+        assert_eq!(reader.index.lock().unwrap().indexed_to, 5);
+        let views = reader.entries(1, 9).unwrap();
+        assert_eq!(links.len(), 5);
+        for (link, view) in links.iter().zip(&views) {
+            assert_eq!(link, &ChainLink::of_view(view));
+            assert_eq!(link.unreadable, None);
+        }
+        assert!(matches!(
+            reader.chain_links(6, 9),
+            Err(ReadError::BeyondTip { gseq: 6, tip: 5 })
+        ));
     }
 }
