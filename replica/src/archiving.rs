@@ -43,8 +43,10 @@ pub fn plan(
         target = target.min((closed.len() as u64).saturating_sub(keep));
     }
     if let Some(days) = config.keep_days {
-        let horizon =
-            wall_ms.saturating_sub(i64::try_from(days).unwrap_or(i64::MAX / DAY_MS) * DAY_MS);
+        // A config may name any number of days; more than the clock can
+        // reach keeps everything.
+        let kept_ms = i64::try_from(days).map_or(i64::MAX, |days| days.saturating_mul(DAY_MS));
+        let horizon = wall_ms.saturating_sub(kept_ms);
         target = target.min(count(&|s| s.last_logged_ms >= horizon));
     }
     let target = target.min(archived + SEGMENTS_PER_STEP_MAX);
@@ -149,5 +151,14 @@ mod tests {
         let both = keep(Some(8), Some(4));
         assert_eq!(plan(&both, &segments(9), 0, 1_000, now), Some(1));
         assert_eq!(plan(&both, &segments(9), 1, 1_000, now), None);
+    }
+
+    #[test]
+    fn more_days_than_the_clock_reaches_keep_everything() {
+        let now = 10 * DAY_MS;
+        for days in [u64::MAX, 1 << 62, 200_000_000_000_000] {
+            let config = keep(None, Some(days));
+            assert_eq!(plan(&config, &segments(9), 0, 1_000, now), None, "{days}");
+        }
     }
 }
