@@ -11,7 +11,7 @@
 mod common;
 
 use common::{
-    Cluster, Topology, acked_per_machine, base_port, check_replica_holds, finish_fleet,
+    Cluster, Topology, base_port, check_every_replica_holds, converge_and_stop, finish_fleet,
     init_cluster, primaries, start_fleet, vendctl,
 };
 use replica::config::{LocalClusterPlan, PeerConfig, ReplicaConfig};
@@ -24,31 +24,6 @@ use std::time::{Duration, Instant};
 
 const MACHINES: u32 = 4;
 const EVENTS_PER_MACHINE: u64 = 1_500;
-
-/// Waits until every replica holds the same tip, all of it committed,
-/// then stops them.
-fn converge_and_stop(cluster: &mut Cluster) {
-    cluster.wait_for("all replicas to converge", Duration::from_secs(60), |s| {
-        s.len() == 3
-            && s.iter().all(|r| {
-                r["reachable"] == true && r["tip"] == s[0]["tip"] && r["commit"] == s[0]["tip"]
-            })
-    });
-    cluster.stop_all();
-}
-
-/// Every replica holds each event the fleet saw acknowledged, once and in
-/// order, and all three hash chains are the same.
-fn check_every_replica_holds(dir: &Path, summary: &Value) {
-    let acked = acked_per_machine(summary);
-    let heads: Vec<Option<String>> = (1..=3)
-        .map(|index| check_replica_holds(dir, index, &acked))
-        .collect();
-    assert!(
-        heads.windows(2).all(|w| w[0] == w[1]),
-        "identical hash chains: {heads:?}"
-    );
-}
 
 fn run_failover_scenario(dir: &Path, topology: Topology) {
     let mut cluster = Cluster::start(dir, topology);

@@ -13,9 +13,9 @@
 
 mod common;
 
+use common::web::user_add;
 use common::{Cluster, base_port, finish_fleet, init_cluster, primaries, start_fleet};
 use fantoccini::{Client, ClientBuilder, Locator};
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -73,26 +73,6 @@ impl Drop for Driver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn user_add(dir: &Path, name: &str, role: &str, password: &str) {
-    let mut child = Command::new(common::binary("vendctl"))
-        .args(["user", "add", name, "--role", role, "--password-stdin"])
-        .arg("--cluster")
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "vendctl user add {name}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 fn status_address(base: u16, index: usize) -> SocketAddr {

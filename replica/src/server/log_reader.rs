@@ -547,8 +547,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn reads_that_continue_the_index_feed_it_up_to_the_commit() {
+    /// A log of `entries` epoch markers, all readable.
+    fn markers_log(entries: u64) -> (tempfile::TempDir, ledger::Ledger, Arc<ReadableTip>) {
         let dir = tempfile::tempdir().unwrap();
         let options = ledger::store::OpenOptions {
             create: true,
@@ -556,11 +556,17 @@ mod tests {
         };
         let key = ledger::crypto::SecretKey::from_bytes([7; 32]);
         let mut log = ledger::Ledger::open(dir.path(), &key, options).unwrap();
-        for epoch in 1..=6 {
+        for epoch in 1..=entries {
             log.append_marker(epoch, 0, "replica-1").unwrap();
         }
         let tip = Arc::new(ReadableTip::default());
-        tip.0.store(6, Ordering::Release);
+        tip.0.store(entries, Ordering::Release);
+        (dir, log, tip)
+    }
+
+    #[test]
+    fn reads_that_continue_the_index_feed_it_up_to_the_commit() {
+        let (_dir, log, tip) = markers_log(6);
         let snapshot = |commit| {
             let mut snapshot = dashboard::ports::Snapshot::default();
             snapshot.status.commit = commit;
@@ -583,18 +589,7 @@ mod tests {
 
     #[test]
     fn chain_links_are_the_hashes_entries_show_and_feed_the_index_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = ledger::store::OpenOptions {
-            create: true,
-            ..Default::default()
-        };
-        let key = ledger::crypto::SecretKey::from_bytes([7; 32]);
-        let mut log = ledger::Ledger::open(dir.path(), &key, options).unwrap();
-        for epoch in 1..=5 {
-            log.append_marker(epoch, 0, "replica-1").unwrap();
-        }
-        let tip = Arc::new(ReadableTip::default());
-        tip.0.store(5, Ordering::Release);
+        let (_dir, log, tip) = markers_log(5);
         let mut snapshot = dashboard::ports::Snapshot::default();
         snapshot.status.commit = 5;
         let (_publish, published) = tokio::sync::watch::channel(Arc::new(snapshot));
