@@ -271,8 +271,8 @@ fn archive_refuses_what_it_cannot_do_and_says_why() {
     assert!(nothing.starts_with("nothing to restore"), "{nothing}");
 }
 
-/// The backup (replica-3) is wiped while stopped, after the primary has
-/// archived most of the log, and catches up from the first entry.
+/// A follower is wiped while stopped, after the primary has archived most
+/// of the log, and catches up from the first entry.
 #[test]
 fn a_replica_starting_from_nothing_catches_up_across_archived_segments() {
     let temp = tempfile::tempdir().unwrap();
@@ -286,30 +286,36 @@ fn a_replica_starting_from_nothing_catches_up_across_archived_segments() {
         std::fs::write(path, config.to_toml()).unwrap();
     }
     let mut cluster = Cluster::start(&dir, topology);
-    cluster.wait_for("replica-1 to lead", Duration::from_secs(20), |s| {
-        primaries(s).first().is_some_and(|&(i, _)| i == 0)
+    // Whichever replica leads archives; one of the others is wiped.
+    let status = cluster.wait_for("a primary", Duration::from_secs(20), |s| {
+        primaries(s).len() == 1
     });
+    let primary = primaries(&status)[0].0;
+    let wiped = (primary + 2) % 3;
     // About 16,000 entries: three closed segments of 4,096, two archived.
     let (machines, per_machine) = (8, 2_000);
     let fleet = start_fleet(&dir, machines, per_machine, 240);
     let summary = finish_fleet(fleet, u64::from(machines) * per_machine);
-    let archived = dir.join("replica-1/archive/segment-000000000001.vla");
+    let archived = dir.join(format!(
+        "replica-{}/archive/segment-000000000001.vla",
+        primary + 1
+    ));
     cluster.wait_for(
         "the primary to archive two segments",
         Duration::from_secs(30),
         |_| archived.is_file(),
     );
     let status = cluster.status();
-    let through = status[0]["archived_through"].as_u64();
+    let through = status[primary]["archived_through"].as_u64();
     assert!(
         through.is_some_and(|gseq| gseq >= 8_192),
         "the primary's status names what it archived: {}",
-        status[0]
+        status[primary]
     );
-    audit_pages_reach_into_the_archive(&dir, base);
-    cluster.stop(2);
-    std::fs::remove_dir_all(dir.join("replica-3")).unwrap();
-    cluster.spawn(2);
+    audit_pages_reach_into_the_archive(&dir, base, primary);
+    cluster.stop(wiped);
+    std::fs::remove_dir_all(dir.join(format!("replica-{}", wiped + 1))).unwrap();
+    cluster.spawn(wiped);
     cluster.wait_for(
         "the wiped replica to catch up",
         Duration::from_secs(90),
@@ -322,7 +328,8 @@ fn a_replica_starting_from_nothing_catches_up_across_archived_segments() {
     );
     cluster.stop_all();
     check_every_replica_holds(&dir, &summary);
-    let primary_log = std::fs::read_to_string(dir.join("replica-1.log")).unwrap_or_default();
+    let primary_log = std::fs::read_to_string(dir.join(format!("replica-{}.log", primary + 1)))
+        .unwrap_or_default();
     assert!(primary_log.contains("archived a segment"), "{primary_log}");
 }
 
@@ -330,9 +337,10 @@ fn a_replica_starting_from_nothing_catches_up_across_archived_segments() {
 /// range: the audit log's entries below gseq 101 (the first segment) and
 /// one machine's entries there (through its index) are read from the
 /// archive file, not shown as unreadable.
-fn audit_pages_reach_into_the_archive(dir: &Path, base: u16) {
+fn audit_pages_reach_into_the_archive(dir: &Path, base: u16, primary: usize) {
     user_add(dir, "lee", "auditor", "audit-pass-2!");
-    let primary = SocketAddr::from(([127, 0, 0, 1], base + 21));
+    let offset = u16::try_from(primary).unwrap();
+    let primary = SocketAddr::from(([127, 0, 0, 1], base + 21 + offset));
     let mut auditor = Browser::new(primary);
     log_in_when_ready(&mut auditor, "lee", "audit-pass-2!");
     for query in ["before=101", "machine=VM-001&before=3000"] {
