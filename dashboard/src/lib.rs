@@ -106,8 +106,8 @@ pub struct ReplicaStatus {
     /// disk); `None` once writes succeed again.
     pub storage_error: Option<String>,
     /// Set while the replica repairs a damaged log from its peers: the
-    /// gseq it had promised. Until then it does not vote, stand or
-    /// acknowledge.
+    /// gseq it had promised. Until then it does not stand or acknowledge,
+    /// and votes only for a candidate whose log holds what it promised.
     pub repairing_until: Option<u64>,
     /// Entries through this gseq live in archive files, not in the live
     /// log (`[archive]`, `vendctl archive`); `None` while nothing is.

@@ -837,6 +837,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
         let vote = self.node.vote();
         let mut promise = Promise {
             incarnation: self.incarnation,
+            tip_epoch: Some(head.epoch),
             ..Promise::new(head.gseq, head.hash, vote.epoch, vote.voted_for)
         };
         // While repairing, what was promised still stands: the log must
@@ -844,6 +845,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
         if let (Some(_), Some(kept)) = (self.node.repairing_until(), self.promised) {
             promise.tip_gseq = kept.tip_gseq;
             promise.tip_hash = kept.tip_hash;
+            promise.tip_epoch = kept.tip_epoch;
         }
         if self.promised.is_some_and(|p| p.same_as(&promise)) {
             return Ok(());
@@ -866,18 +868,19 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
         if promised.tip_gseq <= gseq || self.node.repairing_until().is_some() {
             return Ok(());
         }
-        let hash = match gseq {
-            0 => ledger::store::record::GENESIS_HASH,
+        let (hash, epoch) = match gseq {
+            0 => (ledger::store::record::GENESIS_HASH, 0),
             _ => self
                 .ledger
                 .store()
                 .get(gseq)?
-                .map(|entry| entry.hash)
+                .map(|entry| (entry.hash, entry.body.epoch))
                 .ok_or_else(|| StoreError::Io(format!("entry {gseq} is missing")))?,
         };
         let lowered = Promise {
             tip_gseq: gseq,
             tip_hash: hash,
+            tip_epoch: Some(epoch),
             ..promised
         };
         self.promises
@@ -1325,6 +1328,7 @@ fn restart_state<B: Backend>(
         vote,
         commit_hint,
         repair_until,
+        repair_epoch: promise.and_then(|p| p.tip_epoch),
     };
     Ok((restart, incarnation))
 }
@@ -1348,7 +1352,7 @@ fn short_of_promise<B: Backend>(name: &str, store: &LogStore<B>, promise: &Promi
         replica = %name,
         log_tip = tip,
         promised = promise.tip_gseq,
-        "this replica's log ends at gseq {tip} (or differs there) but it had promised up to gseq {}: its log was damaged or cut short; it repairs from its peers as a learner and does not vote, stand or acknowledge until then",
+        "this replica's log ends at gseq {tip} (or differs there) but it had promised up to gseq {}: its log was damaged or cut short; it repairs from its peers as a learner and does not stand or acknowledge until then (it votes only for a candidate holding all it promised)",
         promise.tip_gseq
     );
     Some(promise.tip_gseq)

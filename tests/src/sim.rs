@@ -772,8 +772,9 @@ impl Simulation {
         match self.drill {
             Drill::Waiting => {
                 // The drill needs every replica sound: a replica still
-                // repairing a damaged log does not vote, and with the
-                // primary killed no majority could elect.
+                // repairing a damaged log votes only for a candidate
+                // holding all it promised (which the survivor may not), and
+                // with the primary killed no majority might elect.
                 let all_alive = self.replicas.iter().all(ReplicaSim::alive)
                     && self.replicas.iter().all(|r| !r.damaged && !r.repairing);
                 let primary = self
@@ -1561,19 +1562,38 @@ impl Simulation {
         }
     }
 
-    /// A replica repairing a damaged log neither acknowledges nor grants a
-    /// vote: what it would promise rests on a log that lost entries.
+    /// A replica repairing a damaged log neither acknowledges nor stands:
+    /// what it would promise rests on a log that lost entries. It may grant
+    /// a vote or pre-vote, but only to a candidate whose log holds every
+    /// committed entry up to what the repairing replica had promised (Raft's
+    /// guarantee, judged here by the simulation's own record of what was
+    /// committed, not by the node's rule).
     fn check_repairing_promises_nothing(&mut self, index: usize, bytes: &[u8]) {
         let Some(round) = self.replicas[index].round() else {
             return;
         };
-        if round.node().repairing_until().is_none() {
+        let Some(promised) = round.node().repairing_until() else {
             return;
-        }
+        };
         let promise = match self.codec.decode(bytes).map(|d| d.message) {
             Ok(Message::Ack { tip_gseq, .. }) if tip_gseq > 0 => "acknowledges",
-            Ok(Message::VoteReply { granted: true, .. }) => "grants a vote",
-            Ok(Message::PreVoteReply { granted: true, .. }) => "grants a pre-vote",
+            Ok(
+                Message::VoteReply {
+                    granted: true,
+                    candidate,
+                    ..
+                }
+                | Message::PreVoteReply {
+                    granted: true,
+                    candidate,
+                    ..
+                },
+            ) => match self.candidate_lacks_committed(candidate, promised) {
+                Some(gseq) => &format!(
+                    "grants a vote to replica-{candidate}, which lacks committed gseq {gseq}"
+                ),
+                None => return,
+            },
             Ok(Message::PreVoteRequest { .. } | Message::VoteRequest { .. }) => "stands",
             _ => return,
         };
@@ -1582,6 +1602,31 @@ impl Simulation {
             "a damaged replica promises nothing until repaired",
             format!("{name} {promise} while repairing its log"),
         );
+    }
+
+    /// The highest committed gseq up to `promised` that `candidate`'s log
+    /// does not hold as committed (same record bytes), if any. Logs are
+    /// hash-chained, so holding that one entry means holding all before it.
+    fn candidate_lacks_committed(&self, candidate: NodeId, promised: u64) -> Option<u64> {
+        let committed = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        let gseq = promised.min(committed.len() as u64);
+        if gseq == 0 {
+            return None;
+        }
+        let expected = committed[usize::try_from(gseq - 1).expect("small")];
+        drop(committed);
+        let Process::Running(round) = &self.replicas[Self::replica_index(candidate)].process else {
+            return None;
+        };
+        let mut held = None;
+        let _ = round
+            .ledger()
+            .store()
+            .for_each_record(gseq, gseq, |_, record| {
+                held = Some(*blake3::hash(record).as_bytes());
+                Ok(false)
+            });
+        (held != Some(expected)).then_some(gseq)
     }
 
     fn check_one_primary_per_epoch(&mut self, id: NodeId, epoch: u64) {

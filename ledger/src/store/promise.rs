@@ -35,7 +35,8 @@ pub const PROMISE_FILE: &str = "promise";
 pub const SLOT_BYTES: usize = 256;
 const LENGTH_BYTES: usize = 2;
 const CHECKSUM_BYTES: usize = 32;
-const PROMISE_FORMAT_VERSION: u32 = 1;
+/// Version 2 added `tip_epoch`; a version 1 promise reads with it unknown.
+const PROMISE_FORMAT_VERSION: u32 = 2;
 
 /// What a replica has made durable and promised.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +54,12 @@ pub struct Promise {
     /// The replica process's incarnation, which peers' replay guards go
     /// by: it must never go back, even when the log is lost.
     pub incarnation: u64,
+    /// The epoch of the entry at `tip_gseq` (format 2; unknown in a
+    /// format 1 promise). A replica repairing its damaged log votes as if
+    /// its log still ended there, which needs the epoch for Raft's
+    /// up-to-date check.
+    #[serde(default)]
+    pub tip_epoch: Option<u64>,
 }
 
 impl Promise {
@@ -65,6 +72,7 @@ impl Promise {
             vote_epoch,
             voted_for,
             incarnation: 0,
+            tip_epoch: None,
         }
     }
 
@@ -245,6 +253,56 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let error = PromiseFile::read(dir.path()).unwrap_err();
         assert!(matches!(error, PromiseError::Damaged { .. }), "{error}");
+    }
+
+    /// A format 1 promise (no `tip_epoch`, the fields before it in the
+    /// same order) still reads, with the epoch unknown.
+    #[test]
+    fn a_format_1_promise_reads_with_its_tip_epoch_unknown() {
+        #[derive(Serialize)]
+        struct PromiseV1 {
+            format_version: u32,
+            sequence: u64,
+            tip_gseq: u64,
+            #[serde(with = "serde_bytes")]
+            tip_hash: Hash32,
+            vote_epoch: u64,
+            voted_for: Option<u8>,
+            incarnation: u64,
+        }
+        let old = PromiseV1 {
+            format_version: 1,
+            sequence: 7,
+            tip_gseq: 40,
+            tip_hash: [9; 32],
+            vote_epoch: 3,
+            voted_for: Some(2),
+            incarnation: 11,
+        };
+        let payload = rmp_serde::to_vec(&old).unwrap();
+        let mut slot = vec![0u8; SLOT_BYTES];
+        let end = LENGTH_BYTES + payload.len();
+        slot[..LENGTH_BYTES].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+        slot[LENGTH_BYTES..end].copy_from_slice(&payload);
+        let checksum = *blake3::hash(&slot[..end]).as_bytes();
+        slot[end..end + CHECKSUM_BYTES].copy_from_slice(&checksum);
+        let read = decode_slot(&slot).expect("a format 1 slot decodes");
+        assert_eq!(
+            (
+                read.format_version,
+                read.tip_gseq,
+                read.vote_epoch,
+                read.incarnation
+            ),
+            (1, 40, 3, 11)
+        );
+        assert_eq!(read.tip_epoch, None);
+        // And a format 2 promise keeps its epoch through a slot.
+        let new = Promise {
+            tip_epoch: Some(5),
+            ..Promise::new(40, [9; 32], 3, Some(2))
+        };
+        assert_eq!(decode_slot(&encode_slot(&new)).unwrap().tip_epoch, Some(5));
     }
 
     #[test]

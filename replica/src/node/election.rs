@@ -159,9 +159,22 @@ impl Node {
 
     /// Raft's rule: a log is at least as up to date when its last entry has
     /// a newer epoch, or the same epoch and at least as many entries.
+    ///
+    /// A replica repairing a damaged log judges by what it promised, not
+    /// by what is left: the promised entry's (epoch, gseq), or its tip if
+    /// that is later. Any candidate that passes holds every entry this
+    /// replica acknowledged that can have been committed (a newer epoch's
+    /// last entry follows everything its primary held, which includes
+    /// every committed entry; the same epoch's holds the same prefix), so
+    /// the vote is as safe as one from the undamaged log, and two damaged
+    /// replicas can no longer keep a cluster without a primary for good.
     fn candidate_is_up_to_date(&self, candidacy: &Candidacy, log: &dyn LogView) -> bool {
         let tip = log.tip();
-        (candidacy.last_epoch, candidacy.last_gseq) >= (tip.epoch, tip.gseq)
+        let own = match (self.repair_until, self.repair_epoch) {
+            (Some(until), Some(epoch)) => (epoch, until).max((tip.epoch, tip.gseq)),
+            _ => (tip.epoch, tip.gseq),
+        };
+        (candidacy.last_epoch, candidacy.last_gseq) >= own
     }
 
     pub(super) fn on_vote_request(
@@ -173,7 +186,7 @@ impl Node {
     ) {
         let free = self.voted_for.is_none_or(|v| v == sender);
         let up_to_date = self.candidate_is_up_to_date(&candidacy, log);
-        if !up_to_date {
+        if !up_to_date && self.repair_until.is_none() {
             self.send_catchup(out, sender, candidacy, log);
         }
         let leading = matches!(self.state, RoleState::Leading { .. });
@@ -230,7 +243,7 @@ impl Node {
         // followers from granting, which protects it from a returning node).
         let primary_alive = self.primary_alive();
         let up_to_date = self.candidate_is_up_to_date(&candidacy, log);
-        if !up_to_date {
+        if !up_to_date && self.repair_until.is_none() {
             self.send_catchup(out, sender, candidacy, log);
         }
         let granted = proposed_epoch > self.epoch && !primary_alive && up_to_date;

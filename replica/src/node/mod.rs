@@ -369,9 +369,13 @@ pub struct Node {
     /// After a failed write the node does not stand for election until then.
     stand_after_ms: u64,
     /// Set while the log is being repaired after damage (the gseq this
-    /// replica had promised): a learner takes records but does not vote,
-    /// stand or acknowledge.
+    /// replica had promised): a learner takes records but does not stand
+    /// or acknowledge, and votes only as its promise allows.
     repair_until: Option<u64>,
+    /// The epoch of the promised entry at `repair_until`, when the promise
+    /// names it: the replica then votes as if its log still ended there.
+    /// Unknown (an old promise, or none at all), it does not vote.
+    repair_epoch: Option<u64>,
     /// The last catch-up sent to each candidate (a rate limit, and where
     /// the next segment starts).
     catchup_sent: BTreeMap<NodeId, catchup::CatchupSent>,
@@ -385,9 +389,13 @@ pub struct Restart {
     /// A lower bound of the commit gseq saved before the restart.
     pub commit_hint: u64,
     /// The log ends before what this replica promised (it was damaged):
-    /// repair up to here from the primary before voting, standing or
+    /// repair up to here from the primary before standing or
     /// acknowledging.
     pub repair_until: Option<u64>,
+    /// The epoch of the promised entry, when the promise names it: while
+    /// repairing, votes are judged against (this epoch, `repair_until`)
+    /// instead of the damaged log's tip. `None`: no votes while repairing.
+    pub repair_epoch: Option<u64>,
 }
 
 impl Node {
@@ -414,6 +422,7 @@ impl Node {
             stand_after_ms: 0,
             catchup_sent: BTreeMap::new(),
             repair_until: restart.repair_until,
+            repair_epoch: restart.repair_until.and(restart.repair_epoch),
             counters: Counters::default(),
             config,
         };
@@ -473,7 +482,8 @@ impl Node {
     }
 
     /// The gseq this replica is repairing its damaged log up to, if it is:
-    /// until then it does not vote, stand or acknowledge.
+    /// until then it does not stand or acknowledge, and votes only for a
+    /// candidate whose log holds what it promised.
     pub fn repairing_until(&self) -> Option<u64> {
         self.repair_until
     }
@@ -487,6 +497,7 @@ impl Node {
         };
         if self.verified >= until || primary_tip.is_some_and(|tip| self.verified >= tip) {
             self.repair_until = None;
+            self.repair_epoch = None;
         }
     }
 
@@ -635,13 +646,16 @@ impl Node {
             return out;
         }
         if self.repair_until.is_some()
+            && self.repair_epoch.is_none()
             && matches!(
                 datagram.message,
                 Message::VoteRequest { .. } | Message::PreVoteRequest { .. }
             )
         {
             // A damaged log's vote could elect a candidate that lacks
-            // entries this replica promised: no answer while repairing.
+            // entries this replica promised, and without the promised
+            // entry's epoch there is nothing to judge a candidate by: no
+            // answer while repairing.
             self.counters.vote_requests_ignored_repairing += 1;
             return out;
         }

@@ -364,6 +364,7 @@ fn a_voter_grants_one_vote_per_epoch_and_only_to_an_up_to_date_log() {
             },
             commit_hint: 0,
             repair_until: None,
+            repair_epoch: None,
         },
         8,
         0,
@@ -646,6 +647,7 @@ fn a_failed_truncation_commits_nothing_it_concluded_from_it() {
         },
         commit_hint: 1,
         repair_until: None,
+        repair_epoch: None,
     };
     let mut node = Node::new(config(1), restart, 4, 0);
     let append = Message::Append {
@@ -695,6 +697,7 @@ fn a_returning_primary_truncates_its_uncommitted_suffix() {
             },
             commit_hint: 1,
             repair_until: None,
+            repair_epoch: None,
         },
         4,
         0,
@@ -740,6 +743,7 @@ fn older_epochs_are_fenced_and_told_about_the_newer_one() {
             },
             commit_hint: 0,
             repair_until: None,
+            repair_epoch: None,
         },
         4,
         0,
@@ -1203,6 +1207,7 @@ fn operator_records_are_fenced_like_events() {
             },
             commit_hint: 0,
             repair_until: None,
+            repair_epoch: None,
         },
         4,
         0,
@@ -1255,6 +1260,7 @@ fn uncommitted_operator_records_are_truncated() {
         },
         commit_hint: 1,
         repair_until: None,
+        repair_epoch: None,
     };
     let mut node = Node::new(config(1), restart, 4, 0);
     let append = Message::Append {
@@ -1274,4 +1280,74 @@ fn uncommitted_operator_records_are_truncated() {
     let operators = &stale.0.projection().operators;
     assert!(operators.users.is_empty());
     assert!(operators.commands.is_empty());
+}
+
+/// A replica repairing a damaged log (its log cut back to gseq 1, while it
+/// had promised gseq 3 of epoch 2) judges a candidate by its promise: a
+/// candidate whose log ends before the promise gets no vote, one that
+/// reaches it does. Without the promised entry's epoch it does not answer
+/// at all. (Found by the simulation: two damaged replicas that never vote
+/// kept a cluster without a primary for good.)
+#[test]
+fn a_repairing_replica_votes_by_what_it_promised() {
+    let mut damaged = TestLog::new();
+    damaged.append_marker(1, 0, "replica-1").unwrap();
+    let repairing = |repair_epoch| Restart {
+        vote: PersistedVote {
+            epoch: 2,
+            voted_for: None,
+        },
+        commit_hint: 1,
+        repair_until: Some(3),
+        repair_epoch,
+    };
+    let ask = |node: &mut Node, seq, last_epoch, last_gseq| {
+        let request = Message::VoteRequest {
+            last_gseq,
+            last_epoch,
+        };
+        node.receive(1_000, datagram(3, 3, seq, 1, request), &damaged)
+    };
+    let granted = |actions: &[Action]| {
+        actions.iter().find_map(|a| match a {
+            Action::Send {
+                message: Message::VoteReply { granted, .. },
+                ..
+            } => Some(*granted),
+            _ => None,
+        })
+    };
+    // The promise names its epoch: a candidate short of it is refused
+    // (though it is ahead of the damaged log), one holding it is granted.
+    let mut node = Node::new(config(2), repairing(Some(2)), 4, 0);
+    let behind = ask(&mut node, 1, 2, 2);
+    assert_eq!(granted(&behind), Some(false), "{behind:?}");
+    assert!(
+        !behind.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                message: Message::Catchup { .. },
+                ..
+            }
+        )),
+        "a damaged log sends no catch-up: {behind:?}"
+    );
+    let mut node = Node::new(config(2), repairing(Some(2)), 4, 0);
+    let holding = ask(&mut node, 1, 2, 3);
+    assert_eq!(granted(&holding), Some(true), "{holding:?}");
+    assert!(holding.contains(&Action::PersistVote {
+        epoch: 3,
+        voted_for: Some(3)
+    }));
+    assert_eq!(node.repairing_until(), Some(3), "a vote ends no repair");
+    let mut node = Node::new(config(2), repairing(Some(2)), 4, 0);
+    assert_eq!(
+        granted(&ask(&mut node, 1, 3, 2)),
+        Some(true),
+        "a newer epoch"
+    );
+    // An old promise without the epoch: no answer, counted.
+    let mut node = Node::new(config(2), repairing(None), 4, 0);
+    assert!(ask(&mut node, 1, 9, 99).is_empty());
+    assert_eq!(node.counters().vote_requests_ignored_repairing, 1);
 }

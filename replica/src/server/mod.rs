@@ -244,7 +244,7 @@ fn open_log(config: &ReplicaConfig, keyring: &Keyring) -> Result<(Ledger, bool),
         replica = %config.name,
         error = %error,
         moved_to = %aside.display(),
-        "this replica's log is damaged; it is moved aside and the replica rebuilds its log from its peers, without voting, standing or acknowledging until it holds what it had promised"
+        "this replica's log is damaged; it is moved aside and the replica rebuilds its log from its peers, without standing or acknowledging until it holds what it had promised (it votes only for a candidate holding all of that)"
     );
     std::fs::rename(config.log_dir(), &aside).map_err(io_error(format!(
         "moving the damaged log to {}",
