@@ -256,11 +256,14 @@ fn default_payload_bytes() -> usize {
 fn default_heartbeat_ms() -> u64 {
     50
 }
+/// Short enough for a failover under 500 ms (detection is most of it),
+/// three heartbeats at least, so one late heartbeat does not depose a
+/// primary (and pre-vote keeps a follower that merely stalled from doing so).
 fn default_election_min_ms() -> u64 {
-    300
+    150
 }
 fn default_election_max_ms() -> u64 {
-    600
+    300
 }
 fn default_nak_delay_ms() -> u64 {
     20

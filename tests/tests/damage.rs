@@ -2,9 +2,11 @@
 //! flipped in its WAL, its WAL cut in half, its MANIFEST cut in half, a
 //! byte flipped in a table file — must never serve the damage silently.
 //! Each time: `vendctl verify` reports the damaged log as a failure; the
-//! replica says so in its log and status, and neither stands nor votes
-//! while it repairs (with the primary stopped, the cluster has no primary
-//! rather than one elected by a log that lost entries); once the primary is
+//! replica says so in its log and status, and neither stands nor
+//! acknowledges while it repairs (with the primary stopped, the cluster has
+//! no primary rather than one elected by a log that lost entries: the sync
+//! never stands, and the damaged replica votes only for a candidate holding
+//! everything it promised); once the primary is
 //! back it repairs from its peers, and every acknowledged event is on all
 //! three replicas exactly once.
 
@@ -130,7 +132,7 @@ fn damage_and_repair(cluster: &mut Cluster, dir: &Path, damage: Damage) {
     let logged_before = replica_log(dir, DAMAGED).len();
     cluster.spawn(DAMAGED);
     // The damaged replica repairs, and while it does no primary appears:
-    // it neither stands nor votes for the sync (which never stands).
+    // it does not stand, and the sync never does.
     let status = cluster.wait_for(
         "the damaged replica to repair",
         Duration::from_secs(30),
@@ -174,7 +176,7 @@ fn damage_and_repair(cluster: &mut Cluster, dir: &Path, damage: Damage) {
 }
 
 #[test]
-fn a_damaged_replica_repairs_before_it_votes_and_loses_nothing() {
+fn a_damaged_replica_repairs_before_it_stands_and_loses_nothing() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("cluster");
     let topology = init_cluster(&dir, base_port());

@@ -39,8 +39,17 @@ fn thousands_of_seeds_keep_every_invariant() {
     let failures: Vec<&String> = reports.iter().filter_map(|r| r.as_ref().err()).collect();
     let ok: Vec<&SimReport> = reports.iter().filter_map(|r| r.as_ref().ok()).collect();
     let sum = |f: fn(&SimReport) -> u64| ok.iter().map(|r| f(r)).sum::<u64>();
+    let mut failovers: Vec<u64> = ok.iter().map(|r| r.failover_after_catchup_ms).collect();
+    failovers.sort_unstable();
+    let after_catchup = |q: f64| {
+        let last = failovers.len().saturating_sub(1);
+        failovers
+            .get((last as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     eprintln!(
-        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-round, {} damaging the disk, {} repairs, {} repairs without damage), {} failed writes, {} failed syncs, {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs, {} records caught up from a voter; {} operator requests ({} answered committed, {} failed), {} commands applied by machines; drill failover worst {} ms, mean {} ms",
+        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-round, {} damaging the disk, {} repairs, {} repairs without damage), {} failed writes, {} failed syncs, {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs, {} records caught up from a voter; {} operator requests ({} answered committed, {} failed), {} commands applied by machines; drill failover worst {} ms, mean {} ms; after the survivors agreed p50 {} ms, p99 {} ms, worst {} ms",
         reports.len(),
         started.elapsed().as_secs_f64(),
         sum(|r| r.events),
@@ -67,6 +76,9 @@ fn thousands_of_seeds_keep_every_invariant() {
         sum(|r| r.commands_applied),
         ok.iter().map(|r| r.failover_ms).max().unwrap_or(0),
         sum(|r| r.failover_ms) / (ok.len() as u64).max(1),
+        after_catchup(0.5),
+        after_catchup(0.99),
+        after_catchup(1.0),
     );
     for failure in failures.iter().take(20) {
         eprintln!("FAILED {failure}");

@@ -277,6 +277,17 @@ impl Node {
         if !answer.granted {
             if epoch > self.epoch {
                 self.adopt_epoch(out, epoch);
+            } else if self.pre_votes.is_some() {
+                // Refused, most often because the voter heard the primary
+                // within the shortest timeout (a primary that just died, or
+                // one this node is cut off from): ask again after a
+                // heartbeat rather than a whole timeout. A pre-vote changes
+                // nothing anywhere, so asking often costs only datagrams,
+                // and a dead primary is replaced as soon as its followers'
+                // memory of it expires.
+                self.election_due_ms = self
+                    .election_due_ms
+                    .min(self.now_ms + self.config.heartbeat_ms);
             }
             return;
         }

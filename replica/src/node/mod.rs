@@ -234,7 +234,7 @@ pub fn standard_priority(id: NodeId) -> u8 {
 
 impl NodeConfig {
     /// Replica `id` of the standard three-replica cluster with the default
-    /// timings (heartbeats every 50 ms, elections after 300-600 ms, first
+    /// timings (heartbeats every 50 ms, elections after 150-300 ms, first
     /// NAK after 20 ms backing off to 400 ms).
     pub fn standard(id: NodeId) -> NodeConfig {
         NodeConfig {
@@ -246,8 +246,8 @@ impl NodeConfig {
                 })
                 .collect(),
             heartbeat_ms: 50,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
             nak_delay_ms: 20,
             nak_backoff_max_ms: 400,
             repair_records_max: REPAIR_RECORDS_DEFAULT,

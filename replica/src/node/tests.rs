@@ -1351,3 +1351,37 @@ fn a_repairing_replica_votes_by_what_it_promised() {
     assert!(ask(&mut node, 1, 9, 99).is_empty());
     assert_eq!(node.counters().vote_requests_ignored_repairing, 1);
 }
+
+/// A refused pre-vote (the voter still remembers a primary that just died)
+/// is asked again after a heartbeat, not after a whole election timeout:
+/// the new primary comes as soon as the voters' memory of the old expires.
+#[test]
+fn a_refused_pre_vote_is_asked_again_after_a_heartbeat() {
+    let mut node = Node::new(config(1), Restart::default(), 7, 0);
+    let log = TestLog::new();
+    let ask = node.tick(1_000, &log);
+    assert!(matches!(
+        sends(&ask)[..],
+        [(Target::All, Message::PreVoteRequest { .. })]
+    ));
+    let refusal = Message::PreVoteReply {
+        granted: false,
+        candidate: 1,
+        proposed_epoch: 1,
+    };
+    node.receive(1_001, to(1, datagram(2, 0, 1, 0, refusal)), &log);
+    let heartbeat = node.config.heartbeat_ms;
+    assert!(node.tick(1_000 + heartbeat - 1, &log).is_empty());
+    let again = node.tick(1_001 + heartbeat, &log);
+    assert!(
+        matches!(
+            sends(&again)[..],
+            [(Target::All, Message::PreVoteRequest { .. })]
+        ),
+        "{again:?}"
+    );
+    assert!(
+        heartbeat < node.config.election_timeout_min_ms,
+        "sooner than a timeout"
+    );
+}
