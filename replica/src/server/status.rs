@@ -18,6 +18,51 @@ use tokio::sync::{broadcast, watch};
 /// A snapshot is rebuilt at most this often (building one walks every
 /// machine); a role change publishes at once.
 const SNAPSHOT_EVERY_MS: u64 = 50;
+/// What the status costs the core thread at most: after a snapshot or a
+/// projection copy that took T, the next waits at least this many times T.
+/// With 10,000 machines a snapshot takes milliseconds, and rebuilding it
+/// every 50 ms had the core spend most of its time on it while machines'
+/// acknowledgements waited.
+const PUBLISH_COST_FACTOR: u32 = 20;
+/// The longest wait between snapshots or projection copies, however large
+/// the fleet.
+const PUBLISH_EVERY_MAX_MS: u64 = 2_000;
+
+/// When something that costs a walk over the fleet is next due: no sooner
+/// than its base interval, nor than `PUBLISH_COST_FACTOR` times what the
+/// last one took.
+#[derive(Clone, Copy, Debug)]
+struct Cadence {
+    base_ms: u64,
+    last_at_ms: Option<u64>,
+    every_ms: u64,
+}
+
+impl Cadence {
+    fn new(base_ms: u64) -> Cadence {
+        Cadence {
+            base_ms,
+            last_at_ms: None,
+            every_ms: base_ms,
+        }
+    }
+
+    fn due(&self, now_ms: u64) -> bool {
+        self.last_at_ms
+            .is_none_or(|at| now_ms >= at.saturating_add(self.every_ms))
+    }
+
+    /// Runs `work` now and sets the next interval from what it took.
+    fn run<T>(&mut self, now_ms: u64, work: impl FnOnce() -> T) -> T {
+        let started = std::time::Instant::now();
+        let out = work();
+        let cost = started.elapsed() * PUBLISH_COST_FACTOR;
+        let cost_ms = u64::try_from(cost.as_millis()).unwrap_or(u64::MAX);
+        self.every_ms = cost_ms.clamp(self.base_ms, PUBLISH_EVERY_MAX_MS.max(self.base_ms));
+        self.last_at_ms = Some(now_ms);
+        out
+    }
+}
 
 /// The tip a [`StoreLogReader`](super::log_reader::StoreLogReader) may read up to: the core raises it after
 /// each round (a reader never sees a write its round has not finished).
@@ -28,12 +73,12 @@ pub(super) struct ReadableTip(pub(super) AtomicU64);
 pub(super) struct Publisher {
     snapshot: watch::Sender<Arc<Snapshot>>,
     projection: watch::Sender<Arc<Projection>>,
-    projection_at_ms: Option<u64>,
+    projection_cadence: Cadence,
     committed: broadcast::Sender<CommittedEntry>,
     readable_tip: Arc<ReadableTip>,
     /// The last committed gseq handed to the live feed.
     fed_commit: u64,
-    published_at_ms: Option<u64>,
+    snapshot_cadence: Cadence,
     published_role: (Role, u64),
 }
 
@@ -48,11 +93,11 @@ impl Publisher {
         Publisher {
             snapshot,
             projection,
-            projection_at_ms: None,
+            projection_cadence: Cadence::new(PROJECTION_EVERY_MS),
             committed,
             readable_tip,
             fed_commit: commit_gseq,
-            published_at_ms: None,
+            snapshot_cadence: Cadence::new(SNAPSHOT_EVERY_MS),
             published_role: (Role::Follower, 0),
         }
     }
@@ -65,28 +110,23 @@ impl Publisher {
         self.feed_committed(core);
         let now_ms = core.now_ms();
         let role = (role(core), core.round.node().epoch());
-        let due = self
-            .published_at_ms
-            .is_none_or(|at| now_ms >= at + SNAPSHOT_EVERY_MS);
-        if due || role != self.published_role {
-            self.published_at_ms = Some(now_ms);
+        if self.snapshot_cadence.due(now_ms) || role != self.published_role {
             self.published_role = role;
-            self.snapshot.send_replace(Arc::new(snapshot(core)));
+            let snapshot = self.snapshot_cadence.run(now_ms, || snapshot(core));
+            self.snapshot.send_replace(Arc::new(snapshot));
         }
         self.publish_projection(core, now_ms);
     }
 
     /// A copy of the projection for pages, when it changed and at most
-    /// every `PROJECTION_EVERY_MS`.
+    /// every `PROJECTION_EVERY_MS` (longer for a fleet whose copy costs
+    /// more, see [`Cadence`]).
     fn publish_projection(&mut self, core: &Core, now_ms: u64) {
         let projection = core.round.ledger().projection();
         let changed = self.projection.borrow().as_of_gseq != projection.as_of_gseq;
-        let due = self
-            .projection_at_ms
-            .is_none_or(|at| now_ms >= at + PROJECTION_EVERY_MS);
-        if changed && due {
-            self.projection_at_ms = Some(now_ms);
-            self.projection.send_replace(Arc::new(projection.clone()));
+        if changed && self.projection_cadence.due(now_ms) {
+            let copy = self.projection_cadence.run(now_ms, || projection.clone());
+            self.projection.send_replace(Arc::new(copy));
         }
     }
 
@@ -297,5 +337,32 @@ fn status(core: &Core) -> ReplicaStatus {
         transport: core.config.transport.to_string(),
         pid: std::process::id(),
         uptime_ms: core.now_ms(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_costly_walk_waits_twenty_times_its_cost_and_a_cheap_one_its_base() {
+        let mut cadence = Cadence::new(50);
+        assert!(cadence.due(0), "the first is due at once");
+        cadence.run(1_000, || ());
+        assert_eq!(cadence.every_ms, 50, "a cheap walk keeps the base");
+        assert!(!cadence.due(1_049) && cadence.due(1_050));
+        cadence.run(2_000, || {
+            std::thread::sleep(std::time::Duration::from_millis(10))
+        });
+        assert!(
+            (200..=PUBLISH_EVERY_MAX_MS).contains(&cadence.every_ms),
+            "{}",
+            cadence.every_ms
+        );
+        assert!(!cadence.due(2_199));
+        cadence.run(3_000, || {
+            std::thread::sleep(std::time::Duration::from_millis(150))
+        });
+        assert_eq!(cadence.every_ms, PUBLISH_EVERY_MAX_MS, "capped");
     }
 }
