@@ -199,6 +199,7 @@ fn open_core(
         replies: std::collections::HashMap::new(),
         next_request: 1,
         shutdown: false,
+        slow_rounds: self::core::SlowRounds::default(),
     };
     Ok((core, reader, skipped))
 }
