@@ -188,7 +188,7 @@ pub async fn keep_alerts(app: AppState) {
     loop {
         let projection_now = projection.borrow_and_update().clone();
         let snapshot = app.snapshot();
-        let thresholds = app.options.thresholds.clone();
+        let thresholds = app.options.thresholds;
         let started = tokio::time::Instant::now();
         let walk = tokio::task::spawn_blocking(move || {
             let conditions =

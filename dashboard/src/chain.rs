@@ -8,8 +8,11 @@ use crate::ports::{ChainLink, READ_ENTRIES_MAX, ReadError};
 use serde::Serialize;
 use std::time::Duration;
 
-/// How often the check looks for newly committed entries.
-const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How often the check looks for newly committed entries. A replica keeps
+/// the newest entries' links in memory for a while (an 8 MB window); a
+/// check that comes often takes them from there instead of reading every
+/// entry back from the log.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Entries checked per step (each step is one blocking read).
 const STEP_ENTRIES: u64 = READ_ENTRIES_MAX as u64;
 

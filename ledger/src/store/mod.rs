@@ -20,6 +20,7 @@
 pub mod archive;
 mod archiving;
 pub mod backend;
+pub mod links;
 pub mod memory;
 pub mod promise;
 pub mod record;
@@ -32,6 +33,7 @@ use crate::keys::ChainKeys;
 use crate::operator::{OPERATOR_RECORD_BYTES_MAX, OperatorRecord};
 use archive::{ArchiveDir, ArchiveMark};
 use backend::{Backend, Batch, IndexRow, StoredState, Truncation};
+use links::{RecentLink, RecentLinks};
 use record::{
     ChainError, Content, EntryBody, LogEntry, Payload, REPLICA_NAME_BYTES_MAX, ReplicatedRecord,
     SignedEvent, check_machine_chain,
@@ -295,6 +297,9 @@ pub struct LogStore<B: Backend = RocksBackend> {
     /// directory): an archive directory inside it is recorded relative to
     /// it, so a copied data directory reads its own archive.
     home: Option<std::path::PathBuf>,
+    /// The newest entries' links for other threads, when asked for
+    /// ([`LogStore::keep_recent_links`]).
+    recent_links: Option<RecentLinks>,
 }
 
 impl LogStore<RocksBackend> {
@@ -372,11 +377,21 @@ impl<B: Backend> LogStore<B> {
             archived: state.archived,
             archive: None,
             home: None,
+            recent_links: None,
         })
     }
 
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// From now on, keeps the links of the newest `entries_max` appended
+    /// entries in memory, in the returned window (shared with readers on
+    /// other threads).
+    pub fn keep_recent_links(&mut self, entries_max: usize) -> RecentLinks {
+        let links = RecentLinks::new(entries_max);
+        self.recent_links = Some(links.clone());
+        links
     }
 
     /// The backend, to reach what only it offers (tests' damage hooks).
@@ -554,6 +569,7 @@ impl<B: Backend> LogStore<B> {
             batch,
             head,
             machine_heads,
+            links,
             ..
         } = pending;
         debug_assert_eq!(batch.first_gseq, self.head.gseq + 1);
@@ -562,6 +578,9 @@ impl<B: Backend> LogStore<B> {
         self.head = head;
         self.open_segment = batch.open_segment;
         self.machine_heads.extend(machine_heads);
+        if let (Some(recent), Some(links)) = (&self.recent_links, links) {
+            recent.extend(links);
+        }
         Ok(())
     }
 
@@ -753,6 +772,9 @@ impl<B: Backend> LogStore<B> {
             open_segment: self.rebuild_open_segment(keep_segments, to_gseq)?,
         };
         self.backend.truncate(&cut)?;
+        if let Some(recent) = &self.recent_links {
+            recent.truncate_after(to_gseq);
+        }
         self.head = cut.head;
         self.open_segment = cut.open_segment;
         for (machine, head) in cut.machine_heads {
@@ -898,6 +920,8 @@ struct PendingBatch {
     machine_heads: HashMap<MachineId, MachineHead>,
     /// (machine, seq) -> (gseq, chain hash) appended in this batch.
     in_batch: HashMap<(MachineId, u64), (u64, Hash32)>,
+    /// The entries' links, when the store keeps recent ones.
+    links: Option<Vec<RecentLink>>,
 }
 
 impl PendingBatch {
@@ -911,6 +935,7 @@ impl PendingBatch {
             head: store.head,
             machine_heads: HashMap::new(),
             in_batch: HashMap::new(),
+            links: store.recent_links.as_ref().map(|_| Vec::new()),
         }
     }
 
@@ -1043,6 +1068,14 @@ impl PendingBatch {
                 gseq: body.gseq,
             };
             self.machine_heads.insert(machine.clone(), head);
+        }
+        if let Some(links) = &mut self.links {
+            links.push(RecentLink {
+                gseq: body.gseq,
+                hash: entry.hash,
+                prev_hash: entry.prev_hash,
+                machine: body.machine_event().map(|(machine, _, _)| machine.clone()),
+            });
         }
         self.head = Head {
             gseq: body.gseq,

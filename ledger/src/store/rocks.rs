@@ -795,11 +795,18 @@ impl Backend for RocksBackend {
             gseq_key(gseq),
             self.sealer.seal(&checkpoint_aad(gseq), bytes),
         );
-        let existing: Vec<Box<[u8]>> = self
-            .db
-            .iterator_cf(cf, IteratorMode::Start)
-            .map(|item| item.map(|(key, _)| key))
-            .collect::<Result<_, _>>()?;
+        // Only the keys: the iterator of `iterator_cf` copies every value,
+        // here every kept checkpoint (the whole projection each), at each
+        // checkpoint.
+        let mut existing: Vec<Vec<u8>> = Vec::new();
+        let mut raw = self.db.raw_iterator_cf(cf);
+        raw.seek_to_first();
+        while let Some(key) = raw.key() {
+            existing.push(key.to_vec());
+            raw.next();
+        }
+        raw.status()?;
+        drop(raw);
         let excess = (existing.len() + 1).saturating_sub(keep);
         for key in existing.iter().take(excess) {
             batch.delete_cf(cf, key);

@@ -27,6 +27,60 @@ pub const INPUT_QUEUE_MAX: usize = 16_384;
 pub const INPUTS_PER_ROUND_MAX: usize = 4_096;
 /// The core's clock resolution.
 const TICK_MS: u64 = 5;
+/// A round that takes longer than this is reported (with where its time
+/// went), so stalls under load can be told apart: handling inputs, the
+/// RocksDB writes of `seal`, the fsync, or sending.
+const ROUND_SLOW_MS: u128 = 25;
+/// At most one slow-round report per this many milliseconds; the rounds in
+/// between are counted in the next report.
+const SLOW_ROUND_REPORT_EVERY_MS: u64 = 1_000;
+
+/// Where a round's time went, in microseconds.
+#[derive(Default)]
+struct RoundTimes {
+    inputs: usize,
+    handle_us: u128,
+    seal_us: u128,
+    sync_us: u128,
+    deliver_us: u128,
+}
+
+/// Reports slow rounds, rate-limited.
+#[derive(Default)]
+pub(super) struct SlowRounds {
+    reported_at_ms: Option<u64>,
+    unreported: u64,
+}
+
+impl SlowRounds {
+    /// Counts the round if it was slow and reports when due; returns how
+    /// many slow rounds the report covered (0: none made).
+    fn observe(&mut self, times: &RoundTimes, now_ms: u64) -> u64 {
+        let total_us = times.handle_us + times.seal_us + times.sync_us + times.deliver_us;
+        if total_us < ROUND_SLOW_MS * 1_000 {
+            return 0;
+        }
+        self.unreported += 1;
+        if self
+            .reported_at_ms
+            .is_some_and(|at| now_ms < at + SLOW_ROUND_REPORT_EVERY_MS)
+        {
+            return 0;
+        }
+        tracing::info!(
+            total_ms = total_us / 1_000,
+            inputs = times.inputs,
+            handle_ms = times.handle_us / 1_000,
+            seal_ms = times.seal_us / 1_000,
+            sync_ms = times.sync_us / 1_000,
+            deliver_ms = times.deliver_us / 1_000,
+            slow_rounds_since_last_report = self.unreported,
+            "a slow round"
+        );
+        self.reported_at_ms = Some(now_ms);
+        std::mem::take(&mut self.unreported)
+    }
+}
 
 /// What reaches the core thread.
 pub enum CoreInput {
@@ -76,6 +130,7 @@ pub(super) struct Core {
     pub(super) replies: HashMap<RequestId, Reply>,
     pub(super) next_request: RequestId,
     pub(super) shutdown: bool,
+    pub(super) slow_rounds: SlowRounds,
 }
 
 impl Core {
@@ -94,18 +149,24 @@ impl Core {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let now_ms = self.now_ms();
+            let started = Instant::now();
+            let mut times = RoundTimes::default();
             self.round.begin(now_ms, wall_ms());
             if let Some(input) = first {
                 self.handle(input);
+                times.inputs = 1;
                 for input in inputs.try_iter().take(INPUTS_PER_ROUND_MAX) {
                     self.handle(input);
+                    times.inputs += 1;
                 }
             }
             if now_ms >= next_tick_ms {
                 self.round.tick();
                 next_tick_ms = now_ms + TICK_MS;
             }
-            self.end_round(publisher);
+            times.handle_us = started.elapsed().as_micros();
+            self.end_round(publisher, &mut times);
+            self.slow_rounds.observe(&times, now_ms);
             if self.config.archive.enabled() && now_ms >= next_archive_ms {
                 next_archive_ms = now_ms + self.config.archive.every_ms();
                 self.archive_step();
@@ -116,7 +177,7 @@ impl Core {
         if let Err(e) = self.round.checkpoint() {
             tracing::warn!(error = %e, "could not checkpoint the projection at shutdown");
         }
-        self.end_round(publisher);
+        self.end_round(publisher, &mut RoundTimes::default());
         for (_, reply) in self.replies.drain() {
             // The requester may have given up waiting; nothing to do then.
             let _ = reply.send(Err(ActionError::Stopped));
@@ -131,13 +192,19 @@ impl Core {
 
     /// Seals the round, makes it durable with one fsync, and only then
     /// sends what it produced.
-    fn end_round(&mut self, publisher: &mut Publisher) {
+    fn end_round(&mut self, publisher: &mut Publisher, times: &mut RoundTimes) {
+        let started = Instant::now();
         self.round.seal();
+        let sealed = Instant::now();
         let synced = self.round.sync();
+        let sync_done = Instant::now();
         for outgoing in self.round.finish(synced) {
             self.deliver(outgoing);
         }
         publisher.publish(self);
+        times.seal_us = sealed.duration_since(started).as_micros();
+        times.sync_us = sync_done.duration_since(sealed).as_micros();
+        times.deliver_us = sync_done.elapsed().as_micros();
     }
 
     /// Archives a closed segment between rounds when `[archive]` allows
@@ -294,5 +361,30 @@ impl Core {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_rounds_are_reported_at_most_once_a_second_and_counted_between() {
+        let mut slow = SlowRounds::default();
+        let quick = RoundTimes {
+            handle_us: 1_000,
+            sync_us: 2_000,
+            ..RoundTimes::default()
+        };
+        let stalled = RoundTimes {
+            sync_us: ROUND_SLOW_MS * 1_000,
+            ..RoundTimes::default()
+        };
+        assert_eq!(slow.observe(&quick, 0), 0);
+        assert_eq!(slow.observe(&stalled, 10), 1);
+        assert_eq!(slow.observe(&stalled, 20), 0);
+        assert_eq!(slow.observe(&quick, 30), 0);
+        assert_eq!(slow.observe(&stalled, 40), 0);
+        assert_eq!(slow.observe(&stalled, 10 + SLOW_ROUND_REPORT_EVERY_MS), 3);
     }
 }

@@ -11,6 +11,12 @@
 //! index should not read them all a second time); a thread keeps the index
 //! current when nothing else does ([`keep_index_current`]), and a request
 //! catches up whatever is left.
+//!
+//! The newest entries are not read back at all: the store keeps their
+//! chain links in memory as it writes them ([`RecentLinks`]), and the chain
+//! check and the index take them from there. Only what that window no
+//! longer holds (after a start, or a check that fell far behind) is read
+//! from RocksDB, so those hashes are computed from the bytes on disk.
 
 use super::status::ReadableTip;
 use dashboard::format;
@@ -20,6 +26,7 @@ use dashboard::ports::{
 };
 use ledger::event::{Destination, Event, Source};
 use ledger::operator::{OperatorAction, OperatorRecord};
+use ledger::store::links::{RecentLink, RecentLinks};
 use ledger::store::record::{LogEntry, Payload};
 use ledger::store::rocks::RocksReader;
 use ledger::{EventEnvelope, MachineId};
@@ -39,9 +46,22 @@ struct MachineIndex {
     gseqs: HashMap<MachineId, Vec<u64>>,
 }
 
+impl MachineIndex {
+    /// Indexes the entry after `indexed_to`.
+    fn add(&mut self, gseq: u64, machine: Option<MachineId>) {
+        debug_assert_eq!(gseq, self.indexed_to + 1, "the index grows in order");
+        if let Some(machine) = machine {
+            self.gseqs.entry(machine).or_default().push(gseq);
+        }
+        self.indexed_to = gseq;
+    }
+}
+
 /// Reads the replica's log for pages, from any thread.
 pub(super) struct StoreLogReader {
     reader: RocksReader,
+    /// The newest entries' links, as the core's store wrote them.
+    recent: RecentLinks,
     readable_tip: Arc<ReadableTip>,
     snapshot: SnapshotReceiver,
     index: Mutex<MachineIndex>,
@@ -49,12 +69,13 @@ pub(super) struct StoreLogReader {
 
 impl StoreLogReader {
     pub(super) fn new(
-        reader: RocksReader,
+        (reader, recent): (RocksReader, RecentLinks),
         readable_tip: Arc<ReadableTip>,
         snapshot: SnapshotReceiver,
     ) -> StoreLogReader {
         StoreLogReader {
             reader,
+            recent,
             readable_tip,
             snapshot,
             index: Mutex::new(MachineIndex::default()),
@@ -74,6 +95,12 @@ impl StoreLogReader {
             return Ok(index.indexed_to);
         }
         let from = index.indexed_to + 1;
+        if let Some(links) = self.recent.range(from, commit) {
+            for link in links {
+                index.add(link.gseq, link.machine);
+            }
+            return Ok(index.indexed_to);
+        }
         let mut indexed_to = index.indexed_to;
         let gseqs = &mut index.gseqs;
         let result = self
@@ -112,16 +139,27 @@ impl StoreLogReader {
             return;
         }
         for (gseq, machine) in read[start..].iter().take_while(|(gseq, _)| *gseq <= commit) {
-            if let Some(machine) = machine {
-                match index.gseqs.get_mut(machine) {
-                    Some(list) => list.push(*gseq),
-                    None => {
-                        index.gseqs.insert(machine.clone(), vec![*gseq]);
-                    }
-                }
-            }
-            index.indexed_to = *gseq;
+            index.add(*gseq, machine.clone());
         }
+    }
+
+    /// Chain links from the store's window of recent links (every entry
+    /// in it passed the store's rules, so each reads); the machines feed
+    /// the index as reads from RocksDB do.
+    fn recent_chain_links(&self, recent: Vec<RecentLink>) -> Vec<ChainLink> {
+        let mut links = Vec::with_capacity(recent.len());
+        let mut read = Vec::with_capacity(recent.len());
+        for link in recent {
+            links.push(ChainLink {
+                gseq: link.gseq,
+                hash: link.hash,
+                prev_hash: link.prev_hash,
+                unreadable: None,
+            });
+            read.push((link.gseq, link.machine));
+        }
+        self.index_read(&read);
+        links
     }
 
     /// `from_gseq..=to_gseq` within what may be read: below the readable
@@ -229,6 +267,9 @@ impl LogReader for StoreLogReader {
     /// the machines feed the index as `entries` does.
     fn chain_links(&self, from_gseq: u64, to_gseq: u64) -> Result<Vec<ChainLink>, ReadError> {
         let (from, last) = self.readable(from_gseq, to_gseq)?;
+        if let Some(recent) = self.recent.range(from, last) {
+            return Ok(self.recent_chain_links(recent));
+        }
         let mut links = Vec::new();
         let mut read = Vec::new();
         self.reader
@@ -547,8 +588,17 @@ mod tests {
         );
     }
 
-    /// A log of `entries` epoch markers, all readable.
-    fn markers_log(entries: u64) -> (tempfile::TempDir, ledger::Ledger, Arc<ReadableTip>) {
+    /// A log of `entries` epoch markers, all readable, and a reader of it
+    /// whose window of recent links holds the newest `recent` of them.
+    fn markers_log(
+        entries: u64,
+        recent: usize,
+    ) -> (
+        tempfile::TempDir,
+        ledger::Ledger,
+        Arc<ReadableTip>,
+        RecentLinks,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let options = ledger::store::OpenOptions {
             create: true,
@@ -556,24 +606,27 @@ mod tests {
         };
         let key = ledger::crypto::SecretKey::from_bytes([7; 32]);
         let mut log = ledger::Ledger::open(dir.path(), &key, options).unwrap();
+        let links = log.store_mut().keep_recent_links(recent);
         for epoch in 1..=entries {
             log.append_marker(epoch, 0, "replica-1").unwrap();
         }
         let tip = Arc::new(ReadableTip::default());
         tip.0.store(entries, Ordering::Release);
-        (dir, log, tip)
+        (dir, log, tip, links)
     }
 
     #[test]
     fn reads_that_continue_the_index_feed_it_up_to_the_commit() {
-        let (_dir, log, tip) = markers_log(6);
+        // No recent links: every read goes to RocksDB.
+        let (_dir, log, tip, _) = markers_log(6, 1);
+        let recent = RecentLinks::new(1);
         let snapshot = |commit| {
             let mut snapshot = dashboard::ports::Snapshot::default();
             snapshot.status.commit = commit;
             Arc::new(snapshot)
         };
         let (publish, published) = tokio::sync::watch::channel(snapshot(4));
-        let reader = StoreLogReader::new(log.store().backend().reader(), tip, published);
+        let reader = StoreLogReader::new((log.store().backend().reader(), recent), tip, published);
         let indexed_to = || reader.index.lock().unwrap().indexed_to;
         // A read that does not start where the index ends leaves it.
         assert_eq!(reader.entries(2, 3).unwrap().len(), 2);
@@ -589,11 +642,15 @@ mod tests {
 
     #[test]
     fn chain_links_are_the_hashes_entries_show_and_feed_the_index_too() {
-        let (_dir, log, tip) = markers_log(5);
+        // The window holds entries 3 to 5: links of 1 to 9 are read from
+        // RocksDB, links of 3 to 5 come from the window.
+        let (_dir, log, tip, recent) = markers_log(5, 3);
+        assert!(recent.range(2, 5).is_none());
+        assert!(recent.range(3, 5).is_some());
         let mut snapshot = dashboard::ports::Snapshot::default();
         snapshot.status.commit = 5;
         let (_publish, published) = tokio::sync::watch::channel(Arc::new(snapshot));
-        let reader = StoreLogReader::new(log.store().backend().reader(), tip, published);
+        let reader = StoreLogReader::new((log.store().backend().reader(), recent), tip, published);
         let links = reader.chain_links(1, 9).unwrap();
         assert_eq!(reader.index.lock().unwrap().indexed_to, 5);
         let views = reader.entries(1, 9).unwrap();
@@ -602,9 +659,42 @@ mod tests {
             assert_eq!(link, &ChainLink::of_view(view));
             assert_eq!(link.unreadable, None);
         }
+        assert_eq!(reader.chain_links(3, 5).unwrap(), links[2..]);
         assert!(matches!(
             reader.chain_links(6, 9),
             Err(ReadError::BeyondTip { gseq: 6, tip: 5 })
         ));
+    }
+
+    #[test]
+    fn the_window_of_recent_links_feeds_the_index_up_to_the_commit_only() {
+        let (_dir, mut log, tip, recent) = markers_log(4, 100);
+        let snapshot = |commit| {
+            let mut snapshot = dashboard::ports::Snapshot::default();
+            snapshot.status.commit = commit;
+            Arc::new(snapshot)
+        };
+        let (publish, published) = tokio::sync::watch::channel(snapshot(3));
+        let reader = StoreLogReader::new((log.store().backend().reader(), recent), tip, published);
+        let links = reader.chain_links(1, 4).unwrap();
+        assert_eq!(links.len(), 4);
+        assert_eq!(reader.index.lock().unwrap().indexed_to, 3);
+        // A truncation takes the links it removed out of the window, and
+        // what replaces them is what the chain check sees.
+        log.truncate_after(3).unwrap();
+        // (The readable tip has not come down yet: the core lowers it
+        // after its round, and this reads what the log lacks.)
+        assert!(matches!(
+            reader.chain_links(4, 4),
+            Err(ReadError::Storage(_))
+        ));
+        log.append_marker(9, 0, "replica-2").unwrap();
+        let replaced = reader.chain_links(4, 4).unwrap();
+        assert_ne!(replaced[0].hash, links[3].hash);
+        assert_eq!(replaced[0].prev_hash, links[2].hash);
+        publish.send_replace(snapshot(4));
+        assert_eq!(reader.catch_up().unwrap(), 4);
+        let views = reader.entries(4, 4).unwrap();
+        assert_eq!(replaced[0], ChainLink::of_view(&views[0]));
     }
 }
