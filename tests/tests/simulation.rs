@@ -40,7 +40,7 @@ fn thousands_of_seeds_keep_every_invariant() {
     let ok: Vec<&SimReport> = reports.iter().filter_map(|r| r.as_ref().ok()).collect();
     let sum = |f: fn(&SimReport) -> u64| ok.iter().map(|r| f(r)).sum::<u64>();
     eprintln!(
-        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-round, {} damaging the disk, {} repairs, {} repairs without damage), {} failed writes, {} failed syncs, {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs, {} records caught up from a voter; {} operator requests ({} answered committed, {} failed), {} commands applied by machines; drill failover worst {} ms, mean {} ms",
+        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-round, {} damaging the disk, {} repairs, {} repairs without damage), {} failed writes, {} failed syncs, {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs, {} records received twice, {} waits for the stream window, {} records caught up from a voter; {} operator requests ({} answered committed, {} failed), {} commands applied by machines; drill failover worst {} ms, mean {} ms",
         reports.len(),
         started.elapsed().as_secs_f64(),
         sum(|r| r.events),
@@ -60,6 +60,8 @@ fn thousands_of_seeds_keep_every_invariant() {
         sum(|r| r.datagrams_duplicated),
         sum(|r| r.truncated_records),
         sum(|r| r.naks),
+        sum(|r| r.records_received_twice),
+        sum(|r| r.window_waits),
         sum(|r| r.catchup_records),
         sum(|r| r.operator_requests),
         sum(|r| r.operator_committed),
@@ -90,6 +92,10 @@ fn thousands_of_seeds_keep_every_invariant() {
         assert!(sum(|r| r.datagrams_dropped) > 0);
         assert!(sum(|r| r.truncated_records) > 0);
         assert!(sum(|r| r.epochs) > count);
+        assert!(
+            ok.iter().filter(|r| r.window_waits > 0).count() as u64 > count / 10,
+            "the flow-control window must be reached in many seeds, or its logic goes untested"
+        );
         assert!(
             sum(|r| r.catchup_records) > 0,
             "the drill must exercise catch-up from a voter"
