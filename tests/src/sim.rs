@@ -466,11 +466,11 @@ fn short_of_promise(ledger: &SimLedger, promises: &MemPromises) -> bool {
     };
     let store = ledger.store();
     promise.tip_gseq > 0
-        && !store
+        && store
             .get(promise.tip_gseq)
             .ok()
             .flatten()
-            .is_some_and(|entry| entry.hash == promise.tip_hash)
+            .is_none_or(|entry| entry.hash != promise.tip_hash)
 }
 
 fn round_config(id: NodeId, config: &SimConfig) -> RoundConfig {
