@@ -78,10 +78,13 @@ impl NakTiming {
     }
 }
 
-/// A hole is never asked for again by its timer sooner than this.
-pub const NAK_RETRY_MS_MIN: u64 = 100;
-/// The timer after a hole's first NAK before any repair was timed.
-pub const NAK_RETRY_MS_INITIAL: u64 = 100;
+/// A hole is never asked for again by its timer sooner than this, nor
+/// before any repair was timed. The timer is the fallback for a lost
+/// repair that no later repair reveals (a lost tail), so it errs long: a
+/// repair still on its way when the timer fires is retransmitted twice,
+/// and the round trip's queueing tail reaches 100-200 ms on a loaded
+/// machine.
+pub const NAK_RETRY_MS_MIN: u64 = 200;
 
 /// What the follower learned from its repairs: how long one takes, and
 /// which NAK was answered last.
@@ -92,8 +95,9 @@ pub const NAK_RETRY_MS_INITIAL: u64 = 100;
 /// was answered, an earlier one still unanswered was lost, and its hole is
 /// asked again at once. The timer is only the fallback when no later
 /// repair arrives: the round trip smoothed as TCP smooths its own (RFC
-/// 6298: twice the mean, or the mean plus four deviations), timed only on
-/// holes asked for once (Karn's rule). A timer alone must choose between
+/// 6298), timed only on holes asked for once (Karn's rule), and the wait
+/// four times its mean, or the mean plus four deviations, and at least
+/// `NAK_RETRY_MS_MIN`. A timer alone must choose between
 /// asking twice for repairs that were only slow (the round trip is mostly
 /// queueing, a round and an fsync on each side, with a long tail: a fixed
 /// 20 ms asked for a third of the holes twice on a loaded machine) and
@@ -123,7 +127,7 @@ impl Repairs {
     }
 
     fn retry_ms(&self) -> u64 {
-        self.smoothed_ms.map_or(NAK_RETRY_MS_INITIAL, |smoothed| {
+        self.smoothed_ms.map_or(NAK_RETRY_MS_MIN, |smoothed| {
             (smoothed + 4 * self.variation_ms)
                 .max(4 * smoothed)
                 .max(NAK_RETRY_MS_MIN)

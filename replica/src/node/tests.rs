@@ -695,9 +695,11 @@ fn each_hole_is_naked_at_once_and_retried_on_its_own() {
     );
     assert_eq!(naks(&follower.tick(21, &log)), [(3, 4)]);
     assert!(naks(&follower.tick(60, &log)).is_empty());
-    // Nothing answers 11-12: its own timer (100 ms before any repair was
-    // timed) asks again, without waiting on the other holes.
-    let retried = naks(&follower.tick(113, &log));
+    assert_eq!(following::NAK_RETRY_MS_MIN, 200);
+    // Nothing answers 11-12: its own timer (`NAK_RETRY_MS_MIN` before any
+    // repair was timed) asks again, without waiting on the other holes.
+    assert!(naks(&follower.tick(212, &log)).is_empty());
+    let retried = naks(&follower.tick(213, &log));
     assert_eq!(retried, [(11, 12)]);
     assert_eq!(follower.counters().naks_sent, 5);
 }
