@@ -3,13 +3,14 @@
 //!
 //! NAK timing, per hole (as Aeron and NORM do): a hole is asked for
 //! `nak_delay_ms` after it is found (at once when that is 0; reordered
-//! datagrams may fill it by themselves), then again after
-//! `NakTiming::retry_ms`, doubling up to `nak_backoff_max_ms`. Each hole
-//! has its own timer, so a lost NAK or retransmission delays only its own
-//! hole: with one timer for all of them, every loss of a repair doubled
-//! the wait of every later hole, and under steady loss the stream stalled
-//! on 400 ms NAK rounds. This is where to change how eagerly followers
-//! repair.
+//! datagrams may fill it by themselves), again at once when a NAK sent
+//! after it was answered first (see [`Repairs`]), and otherwise after its
+//! own timer, `NakTiming::retry_ms`, doubling up to `nak_backoff_max_ms`.
+//! Each hole has its own timer, so a lost NAK or retransmission delays
+//! only its own hole: with one timer for all of them, every loss of a
+//! repair doubled the wait of every later hole, and under steady loss the
+//! stream stalled on 400 ms NAK rounds. This is where to change how
+//! eagerly followers repair.
 
 use super::catchup::Fit;
 use super::{Action, LogView, Message, Node, NodeId, RoleState, Target, Tip};
@@ -17,7 +18,8 @@ use ledger::crypto::Hash32;
 use ledger::store::record::ReplicatedRecord;
 use std::collections::BTreeMap;
 
-/// Most holes one NAK round asks for; the rest follow in the next round.
+/// Most holes a follower tracks and asks for at a time (counted from its
+/// tip); the rest are asked for as these fill.
 pub const NAK_HOLES_MAX: usize = 32;
 
 /// A gap this follower is asking to have filled.
@@ -216,9 +218,13 @@ fn note_filled(
         _ => u64::MAX,
     };
     for (&from, timer) in timers {
-        let filled = timer.to_gseq <= tip
-            || (timer.to_gseq < scanned_to
-                && !holes.iter().any(|&(f, t)| f <= timer.to_gseq && t >= from));
+        // `holes` rise and do not overlap: the first ending at or after
+        // `from` is the only one that can overlap the timer's range.
+        let next_hole = holes.partition_point(|&(_, to)| to < from);
+        let overlapped = holes
+            .get(next_hole)
+            .is_some_and(|&(hole_from, _)| hole_from <= timer.to_gseq);
+        let filled = timer.to_gseq <= tip || (timer.to_gseq < scanned_to && !overlapped);
         if filled {
             repairs.filled(timer, now_ms);
         }

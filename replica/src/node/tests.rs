@@ -1050,7 +1050,8 @@ fn a_nak_round_asks_for_each_hole_and_not_for_what_is_buffered() {
     let ranges = holes(&held(&every_other), 1, 400);
     assert_eq!(ranges.len(), NAK_HOLES_MAX);
     assert_eq!(ranges[0], (1, 1));
-    assert_eq!(ranges[NAK_HOLES_MAX - 1], (63, 63));
+    let last = 2 * NAK_HOLES_MAX as u64 - 1;
+    assert_eq!(ranges[NAK_HOLES_MAX - 1], (last, last));
 }
 
 /// A vote granted to candidate 1 and replayed to candidate 3 in the same
