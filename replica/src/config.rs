@@ -56,7 +56,10 @@ pub struct ReplicaConfig {
     pub election_timeout_min_ms: u64,
     #[serde(default = "default_election_max_ms")]
     pub election_timeout_max_ms: u64,
-    /// Wait before the first NAK of a gap, doubled per retry up to the max.
+    /// Wait before the first NAK of a hole (0, the default: at once, as
+    /// Aeron asks over unicast). Each hole is asked again when a later
+    /// NAK was answered first, or after the repair round trip, backing off
+    /// up to `nak_backoff_max_ms`.
     #[serde(default = "default_nak_delay_ms")]
     pub nak_delay_ms: u64,
     #[serde(default = "default_nak_backoff_max_ms")]
@@ -266,7 +269,7 @@ fn default_election_max_ms() -> u64 {
     300
 }
 fn default_nak_delay_ms() -> u64 {
-    20
+    0
 }
 fn default_nak_backoff_max_ms() -> u64 {
     400
@@ -386,6 +389,8 @@ impl ReplicaConfig {
             nak_delay_ms: self.nak_delay_ms,
             nak_backoff_max_ms: self.nak_backoff_max_ms,
             repair_records_max: crate::node::REPAIR_RECORDS_DEFAULT,
+            stream_window_records: crate::node::STREAM_WINDOW_RECORDS,
+            reorder_records_max: crate::node::REORDER_RECORDS_MAX,
         }
     }
 

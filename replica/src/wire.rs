@@ -464,6 +464,21 @@ impl DatagramCodec {
     }
 }
 
+/// The kind and record count a datagram's header claims, read without
+/// opening it: for the loss drill's statistics of what it dropped, never
+/// for deciding anything (the header is not authenticated until opened).
+pub fn peek_kind_and_count(bytes: &[u8]) -> Option<(MessageKind, u16)> {
+    const KIND_AT: usize = 5;
+    const COUNT_AT: usize = HEADER_BYTES - 8 - 2;
+    let header = bytes.get(..HEADER_BYTES)?;
+    if header[..4] != MAGIC {
+        return None;
+    }
+    let kind = MessageKind::try_from(header[KIND_AT]).ok()?;
+    let count = u16::from_be_bytes([header[COUNT_AT], header[COUNT_AT + 1]]);
+    Some((kind, count))
+}
+
 fn to_msgpack<T: Serialize>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec(value).expect("encoding to a Vec cannot fail")
 }

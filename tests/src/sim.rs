@@ -119,6 +119,10 @@ pub struct SimConfig {
     pub sync_fail_percent: u32,
     /// Most records one NAK, retransmission or catch-up carries.
     pub repair_records_max: u64,
+    /// The primary's flow-control window and the followers' reorder
+    /// buffer: mostly small, so these short loads reach both.
+    pub stream_window_records: u64,
+    pub reorder_records_max: usize,
     /// Chance that a replica's crash also damages its disk (lost synced
     /// writes, or a corrupt record).
     pub damage_percent: u32,
@@ -129,6 +133,11 @@ impl SimConfig {
     /// calm runs, lossy runs and runs that crash something every second.
     pub fn for_seed(seed: u64) -> SimConfig {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_CAFE);
+        // Drawn apart from the rest, so the other draws (the faults of
+        // every seed) stay what they were.
+        let mut window_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0F10_3C0D);
+        let window = [4, 8, 16, 64, 16_384][window_rng.random_range(0..5)];
+        let reorder_records_max = [4, 2 * window as usize][window_rng.random_range(0..2)];
         SimConfig {
             seed,
             machines: rng.random_range(1..=4),
@@ -149,6 +158,8 @@ impl SimConfig {
             // NAKs, retransmissions and catch-ups to repair a replica.
             repair_records_max: [8, 16, 32, 64, 4_096][rng.random_range(0..5)],
             damage_percent: rng.random_range(0..=20),
+            stream_window_records: window,
+            reorder_records_max,
         }
     }
 }
@@ -199,6 +210,11 @@ pub struct SimReport {
     pub datagrams_duplicated: u64,
     pub truncated_records: u64,
     pub naks: u64,
+    /// Times a primary held records back for the flow-control window.
+    pub window_waits: u64,
+    /// Records followers received twice (slow repairs asked again, and
+    /// duplicated datagrams).
+    pub records_received_twice: u64,
     pub catchup_records: u64,
     /// Operator requests the primary took, and how many were answered as
     /// committed or as failed (the rest were still waiting at the end).
@@ -458,10 +474,27 @@ pub struct Simulation {
     receipts: Vec<dashboard::ports::ActionReceipt>,
 }
 
+/// Whether a stopped replica's log lacks what it promised (the rule a
+/// round applies when it opens, so the replica will start repairing).
+fn short_of_promise(ledger: &SimLedger, promises: &MemPromises) -> bool {
+    let Ok(Some(promise)) = promises.clone().load() else {
+        return false;
+    };
+    let store = ledger.store();
+    promise.tip_gseq > 0
+        && store
+            .get(promise.tip_gseq)
+            .ok()
+            .flatten()
+            .is_none_or(|entry| entry.hash != promise.tip_hash)
+}
+
 fn round_config(id: NodeId, config: &SimConfig) -> RoundConfig {
     RoundConfig {
         node: NodeConfig {
             repair_records_max: config.repair_records_max,
+            stream_window_records: config.stream_window_records,
+            reorder_records_max: config.reorder_records_max,
             ..NodeConfig::standard(id)
         },
         name: replica_name(id),
@@ -922,7 +955,10 @@ impl Simulation {
         let damage = self.damage_for(index);
         let replica = &mut self.replicas[index];
         if let Process::Running(round) = &replica.process {
-            self.report.catchup_records += round.node().counters().catchup_records_taken;
+            let counters = round.node().counters();
+            self.report.catchup_records += counters.catchup_records_taken;
+            self.report.window_waits += counters.stream_window_waits;
+            self.report.records_received_twice += counters.records_received_twice;
         }
         // Drop the process first: nothing it held in memory survives.
         replica.process = Process::Down(Box::new(
@@ -958,11 +994,11 @@ impl Simulation {
         let others_sound = self.replicas.iter().enumerate().all(|(i, r)| {
             let repairing = match &r.process {
                 Process::Running(round) => round.node().repairing_until().is_some(),
-                Process::Down(ledger) => {
-                    let promised = r.promises.clone().load().ok().flatten();
-                    r.found_damaged
-                        || promised.is_some_and(|p| ledger.store().head().gseq < p.tip_gseq)
-                }
+                // A replica that went down while repairing (or whose log
+                // fell short of its promise in a crash) starts repairing
+                // again: damaging a second disk meanwhile would leave no
+                // sound majority, which no protocol survives.
+                Process::Down(ledger) => r.found_damaged || short_of_promise(ledger, &r.promises),
             };
             i == index || !(r.damaged || repairing)
         });
@@ -1771,6 +1807,9 @@ impl Simulation {
         self.report.catchup_records +=
             self.sum_counters(|r| r.node().counters().catchup_records_taken);
         self.report.naks = self.sum_counters(|r| r.node().counters().naks_sent);
+        self.report.window_waits += self.sum_counters(|r| r.node().counters().stream_window_waits);
+        self.report.records_received_twice +=
+            self.sum_counters(|r| r.node().counters().records_received_twice);
         for replica in &self.replicas {
             let plan = replica.faults.plan();
             self.report.writes_failed += plan.writes_failed;

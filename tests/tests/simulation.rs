@@ -49,7 +49,7 @@ fn thousands_of_seeds_keep_every_invariant() {
             .unwrap_or(0)
     };
     eprintln!(
-        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-round, {} damaging the disk, {} repairs, {} repairs without damage), {} failed writes, {} failed syncs, {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs, {} records caught up from a voter; {} operator requests ({} answered committed, {} failed), {} commands applied by machines; drill failover worst {} ms, mean {} ms; after the survivors agreed p50 {} ms, p99 {} ms, worst {} ms",
+        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-round, {} damaging the disk, {} repairs, {} repairs without damage), {} failed writes, {} failed syncs, {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs, {} records received twice, {} waits for the stream window, {} records caught up from a voter; {} operator requests ({} answered committed, {} failed), {} commands applied by machines; drill failover worst {} ms, mean {} ms; after the survivors agreed p50 {} ms, p99 {} ms, worst {} ms",
         reports.len(),
         started.elapsed().as_secs_f64(),
         sum(|r| r.events),
@@ -69,6 +69,8 @@ fn thousands_of_seeds_keep_every_invariant() {
         sum(|r| r.datagrams_duplicated),
         sum(|r| r.truncated_records),
         sum(|r| r.naks),
+        sum(|r| r.records_received_twice),
+        sum(|r| r.window_waits),
         sum(|r| r.catchup_records),
         sum(|r| r.operator_requests),
         sum(|r| r.operator_committed),
@@ -102,6 +104,10 @@ fn thousands_of_seeds_keep_every_invariant() {
         assert!(sum(|r| r.datagrams_dropped) > 0);
         assert!(sum(|r| r.truncated_records) > 0);
         assert!(sum(|r| r.epochs) > count);
+        assert!(
+            ok.iter().filter(|r| r.window_waits > 0).count() as u64 > count / 10,
+            "the flow-control window must be reached in many seeds, or its logic goes untested"
+        );
         assert!(
             sum(|r| r.catchup_records) > 0,
             "the drill must exercise catch-up from a voter"

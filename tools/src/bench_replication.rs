@@ -6,13 +6,14 @@
 //! measures the machines. Here the events are generated up front and held
 //! in memory: each machine's uplink (the real one, over the real link)
 //! ships them as fast as the primary acknowledges, or at a fixed rate.
-//! Four runs, each on a fresh cluster of `vend-replica` processes:
+//! Four kinds of run, each on a fresh cluster of `vend-replica` processes:
 //!
 //! - saturated, no loss: committed events/s, follower lag;
 //! - paced, no loss: ack latency (event released to the uplink → committed
 //!   acknowledgement back at the machine), p50/p99/max;
-//! - saturated, each replica dropping a share of received datagrams:
-//!   committed events/s as a fraction of the loss-free run;
+//! - saturated, each replica dropping a share of received datagrams (a
+//!   run per `--loss-percent`, 1% and 5% by default): committed events/s
+//!   as a fraction of the loss-free run;
 //! - paced, with the primary SIGKILLed halfway: time from the kill to the
 //!   first acknowledgement from the new primary.
 //!
@@ -54,9 +55,15 @@ pub struct Args {
     /// Length of each paced run.
     #[arg(long, default_value_t = 10)]
     paced_seconds: u64,
-    /// Share of received datagrams each replica drops in the loss run.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=50))]
-    loss_percent: u8,
+    /// Share of received datagrams each replica drops in the loss runs:
+    /// one run per value (`--loss-percent 1,5`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,5",
+        value_parser = clap::value_parser!(u8).range(1..=50)
+    )]
+    loss_percent: Vec<u8>,
     /// Replication transport of the clusters.
     #[arg(long, default_value = "udp")]
     transport: TransportKind,
@@ -140,8 +147,22 @@ struct Figures {
     machines: u32,
     transport: String,
     runs: Vec<Run>,
-    /// Saturated throughput with loss over without (when both ran).
+    /// Saturated throughput with the most loss over without (when both
+    /// ran).
     loss_throughput_fraction: Option<f64>,
+    /// Each loss run's throughput over the loss-free one.
+    loss_runs: Vec<LossFigures>,
+}
+
+#[derive(Serialize)]
+struct LossFigures {
+    loss_percent: u8,
+    throughput_fraction: f64,
+}
+
+/// The name of the saturated run at `percent` datagram loss.
+fn loss_run_name(percent: u8) -> String {
+    format!("saturated with {percent}% loss")
 }
 
 /// Which runs an invocation makes.
@@ -151,7 +172,8 @@ enum RunKind {
     Saturated,
     /// At `--rate`.
     Paced,
-    /// Saturated, each replica dropping `--loss-percent` of what it receives.
+    /// Saturated, each replica dropping `--loss-percent` of what it
+    /// receives (a run per value).
     Loss,
     /// At `--rate`, the primary SIGKILLed halfway.
     Failover,
@@ -189,12 +211,11 @@ fn plans(args: &Args) -> Vec<RunPlan> {
         match kind {
             RunKind::Saturated => plans.push(plan("saturated", 0, Load::Saturated, false)),
             RunKind::Paced => plans.push(plan("paced", 0, paced(args.rate), false)),
-            RunKind::Loss => plans.push(plan(
-                "saturated with loss",
-                args.loss_percent,
-                Load::Saturated,
-                false,
-            )),
+            RunKind::Loss => plans.extend(
+                args.loss_percent
+                    .iter()
+                    .map(|&percent| plan(&loss_run_name(percent), percent, Load::Saturated, false)),
+            ),
             RunKind::Failover => plans.extend(
                 (0..args.kills).map(|_| plan("paced, primary killed", 0, paced(args.rate), true)),
             ),
@@ -247,15 +268,29 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .find(|run| run.name == name)
             .map(|run| run.committed_events_per_second)
     };
-    let loss_throughput_fraction = throughput("saturated with loss")
-        .zip(throughput("saturated"))
-        .map(|(lossy, clean)| lossy / clean);
+    let loss_runs: Vec<LossFigures> = args
+        .loss_percent
+        .iter()
+        .filter_map(|&percent| {
+            let (lossy, clean) =
+                throughput(&loss_run_name(percent)).zip(throughput("saturated"))?;
+            Some(LossFigures {
+                loss_percent: percent,
+                throughput_fraction: lossy / clean,
+            })
+        })
+        .collect();
+    let loss_throughput_fraction = loss_runs
+        .iter()
+        .max_by_key(|run| run.loss_percent)
+        .map(|run| run.throughput_fraction);
     let figures = Figures {
         cores: std::thread::available_parallelism().map_or(1, usize::from),
         machines: args.machines,
         transport: args.transport.to_string(),
         runs,
         loss_throughput_fraction,
+        loss_runs,
     };
     if args.json {
         say!("{}", serde_json::to_string_pretty(&figures)?);
@@ -315,10 +350,11 @@ fn print_figures(figures: &Figures) {
             failover_words(run)
         );
     }
-    if let Some(fraction) = figures.loss_throughput_fraction {
+    for loss in &figures.loss_runs {
         say!(
-            "throughput with loss: {:.1}% of loss-free",
-            fraction * 100.0
+            "throughput with {}% loss: {:.1}% of loss-free",
+            loss.loss_percent,
+            loss.throughput_fraction * 100.0
         );
     }
     print_curve(&figures.runs);

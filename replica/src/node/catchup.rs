@@ -8,9 +8,7 @@
 //! it the records it lacks, and the candidate stands again as soon as it
 //! has caught up.
 
-use super::{
-    Action, Candidacy, CatchupSource, LogView, Node, NodeId, REORDER_RECORDS_MAX, Target, Tip,
-};
+use super::{Action, Candidacy, CatchupSource, LogView, Node, NodeId, Target, Tip};
 use ledger::store::record::{GENESIS_HASH, ReplicatedRecord};
 
 /// The last catch-up a voter sent a candidate.
@@ -103,7 +101,9 @@ impl Node {
     }
 
     pub(super) fn buffer(&mut self, gseq: u64, record: ReplicatedRecord) {
-        if self.reorder.len() >= REORDER_RECORDS_MAX && !self.reorder.contains_key(&gseq) {
+        if self.reorder.len() >= self.config.reorder_records_max
+            && !self.reorder.contains_key(&gseq)
+        {
             // Keep the records closest to the tip; a far one will be NAKed.
             match self.reorder.last_key_value() {
                 Some((&far, _)) if far > gseq => {

@@ -1,10 +1,7 @@
 //! The primary: group-committed proposals, streaming within the flow
 //! control window, acknowledgements, the commit rule and retransmission.
 
-use super::{
-    Action, LogView, Message, Node, NodeId, NotPrimary, REORDER_RECORDS_MAX, RoleState,
-    STREAM_WINDOW_RECORDS, Target,
-};
+use super::{Action, LogView, Message, Node, NodeId, NotPrimary, RoleState, Target};
 use ledger::crypto::Hash32;
 use ledger::store::Proposed;
 
@@ -113,6 +110,8 @@ impl Node {
     pub(super) fn stream(&mut self, out: &mut Vec<Action>, log: &dyn LogView) {
         let (epoch, commit, now_ms) = (self.epoch, self.commit, self.now_ms);
         let live_ms = self.config.election_timeout_min_ms;
+        let window = self.config.stream_window_records;
+        let lead = self.config.reorder_records_max as u64;
         let RoleState::Leading {
             progress, streamed, ..
         } = &mut self.state
@@ -121,18 +120,18 @@ impl Node {
         };
         let tip = log.tip().gseq;
         let acknowledged = progress.values().map(|p| p.match_gseq).max().unwrap_or(0);
-        let mut to = tip.min(acknowledged + STREAM_WINDOW_RECORDS);
+        let mut to = tip.min(acknowledged + window);
         // A live follower that keeps up is not left more than its reorder
         // buffer behind (it would drop what it cannot hold and fetch it
         // again record by record); one that is silent or catching up from
         // far behind never holds the stream back.
-        let lead = REORDER_RECORDS_MAX as u64;
         for follower in progress.values() {
             let live = now_ms.saturating_sub(follower.last_heard_ms) < live_ms;
             if live && streamed.saturating_sub(follower.match_gseq) <= lead {
                 to = to.min(follower.match_gseq + lead);
             }
         }
+        let held_back = to < tip;
         if to > *streamed {
             out.push(Action::Replicate {
                 to: Target::All,
@@ -143,6 +142,9 @@ impl Node {
                 catchup: None,
             });
             *streamed = to;
+        }
+        if held_back {
+            self.counters.stream_window_waits += 1;
         }
     }
 

@@ -41,7 +41,7 @@ mod following;
 mod leading;
 
 use crate::wire::{Message, NodeId, ReplayGuard};
-use following::Nak;
+use following::{Nak, Repairs};
 use leading::Progress;
 use ledger::crypto::Hash32;
 use ledger::store::Proposed;
@@ -54,19 +54,24 @@ use std::collections::{BTreeMap, BTreeSet};
 /// A primary whose write failed stays out of elections for this many
 /// (longest) election timeouts.
 pub const WRITE_FAILURE_STAND_DOWN_TIMEOUTS: u64 = 2;
-/// Most records a follower keeps waiting for a gap to fill.
-pub const REORDER_RECORDS_MAX: usize = 8_192;
+/// By default, most records a follower keeps waiting for a gap to fill
+/// (`NodeConfig::reorder_records_max`): twice the stream window, so what
+/// the primary streams past a hole is held, not dropped and fetched again.
+pub const REORDER_RECORDS_MAX: usize = 32_768;
 /// By default, most records one NAK asks for, one retransmission or one
 /// catch-up sends (one default segment): a replica far behind catches up
 /// segment by segment (`NodeConfig::repair_records_max`).
 pub const REPAIR_RECORDS_DEFAULT: u64 = 4_096;
-/// Most records the primary streams beyond what the most advanced follower
-/// acknowledged: flow control, so a burst of writes cannot overrun the
-/// followers' receive buffers (which would turn into a storm of NAKs and
+/// By default, most records the primary streams beyond what the most
+/// advanced follower acknowledged (`NodeConfig::stream_window_records`):
+/// flow control, so a burst of writes cannot overrun the followers'
+/// receive buffers (which would turn into a storm of NAKs and
 /// retransmissions, and lost heartbeats). The rest follows as acks return.
-/// A live follower that keeps up is also never left more than
-/// `REORDER_RECORDS_MAX` behind.
-pub const STREAM_WINDOW_RECORDS: u64 = 4_096;
+/// A live follower that keeps up is also never left more than its reorder
+/// buffer behind. Sized to cover a repair's round trip on a loaded
+/// machine (about 100 ms at 100,000 records/s; 4,096 stalled the stream
+/// at every hole).
+pub const STREAM_WINDOW_RECORDS: u64 = 16_384;
 
 /// The end of a log: its last entry's gseq, hash and epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +224,12 @@ pub struct NodeConfig {
     /// sends ([`REPAIR_RECORDS_DEFAULT`]; the simulation uses small ones so
     /// short logs still need many segments).
     pub repair_records_max: u64,
+    /// Most records streamed past the most advanced follower's ack
+    /// ([`STREAM_WINDOW_RECORDS`]; the simulation uses small ones so its
+    /// short loads reach the window).
+    pub stream_window_records: u64,
+    /// Most records a follower buffers past a hole ([`REORDER_RECORDS_MAX`]).
+    pub reorder_records_max: usize,
 }
 
 /// The standard cluster's priority of replica `id`: replica 1 is the
@@ -234,8 +245,8 @@ pub fn standard_priority(id: NodeId) -> u8 {
 
 impl NodeConfig {
     /// Replica `id` of the standard three-replica cluster with the default
-    /// timings (heartbeats every 50 ms, elections after 150-300 ms, first
-    /// NAK after 20 ms backing off to 400 ms).
+    /// timings (heartbeats every 50 ms, elections after 150-300 ms, a
+    /// hole NAKed as soon as it is found, retries backing off to 400 ms).
     pub fn standard(id: NodeId) -> NodeConfig {
         NodeConfig {
             id,
@@ -248,9 +259,11 @@ impl NodeConfig {
             heartbeat_ms: 50,
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
-            nak_delay_ms: 20,
+            nak_delay_ms: 0,
             nak_backoff_max_ms: 400,
             repair_records_max: REPAIR_RECORDS_DEFAULT,
+            stream_window_records: STREAM_WINDOW_RECORDS,
+            reorder_records_max: REORDER_RECORDS_MAX,
         }
     }
 
@@ -293,9 +306,16 @@ pub struct Counters {
     pub stale_epoch_dropped: u64,
     pub malformed_records_dropped: u64,
     pub reorder_overflow_dropped: u64,
+    /// Times the primary held records back for the flow-control window
+    /// (or a live follower's reorder buffer).
+    pub stream_window_waits: u64,
     pub naks_sent: u64,
     pub naks_received: u64,
     pub records_retransmitted: u64,
+    /// Records a follower received while it already held them (stored or
+    /// waiting to be): a NAK asked again for a repair that was only slow,
+    /// or a duplicated datagram.
+    pub records_received_twice: u64,
     pub truncations: u64,
     pub records_truncated: u64,
     pub conflicts_below_commit: u64,
@@ -379,6 +399,9 @@ pub struct Node {
     /// The last catch-up sent to each candidate (a rate limit, and where
     /// the next segment starts).
     catchup_sent: BTreeMap<NodeId, catchup::CatchupSent>,
+    /// How long a NAK takes to be answered, and which was answered last
+    /// (when to ask for a hole again).
+    repairs: Repairs,
     counters: Counters,
 }
 
@@ -423,6 +446,7 @@ impl Node {
             catchup_sent: BTreeMap::new(),
             repair_until: restart.repair_until,
             repair_epoch: restart.repair_until.and(restart.repair_epoch),
+            repairs: Repairs::default(),
             counters: Counters::default(),
             config,
         };

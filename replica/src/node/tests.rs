@@ -530,7 +530,12 @@ fn a_follower_appends_buffers_naks_and_acknowledges_after_writing() {
     primary_log.append_events(1, 0, &events, &keys);
     let records = primary_log.records(1, 7);
 
-    let mut follower = Node::new(config(2), Restart::default(), 9, 0);
+    // A NAK delay, as a network that reorders datagrams may want.
+    let delayed = NodeConfig {
+        nak_delay_ms: 20,
+        ..config(2)
+    };
+    let mut follower = Node::new(delayed, Restart::default(), 9, 0);
     let mut log = TestLog::new();
     // Records 1-2 arrive: written, then acknowledged.
     let actions = follower.receive(
@@ -626,6 +631,78 @@ fn a_follower_appends_buffers_naks_and_acknowledges_after_writing() {
         .unwrap();
     assert_eq!(written, decoded(&records[2..7]));
     assert!(actions.contains(&Action::CommitAdvanced { commit_gseq: 4 }));
+}
+
+/// What a follower sends in `actions`: its NAKs as (from, to).
+fn naks(actions: &[Action]) -> Vec<(u64, u64)> {
+    sends(actions)
+        .into_iter()
+        .filter_map(|(_, message)| match message {
+            Message::Nak { from_gseq, to_gseq } => Some((from_gseq, to_gseq)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A follower of node 1 in epoch 1 holding records 1-2 of `records`.
+fn follower_holding_two(records: &[Vec<u8>], keys: &SingleMachineKey) -> (Node, TestLog) {
+    let mut follower = Node::new(config(2), Restart::default(), 9, 0);
+    let mut log = TestLog::new();
+    let append = Message::Append {
+        first_gseq: 1,
+        records: records[0..2].to_vec(),
+    };
+    follower.receive(10, datagram(1, 1, 1, 0, append), &log);
+    log.append_replicated(&records[0..2], keys).unwrap();
+    (follower, log)
+}
+
+/// Issue 12: each hole is asked for the moment it is found, and has its
+/// own retry: a lost repair delays only its own hole. One timer for all
+/// holes (the old way) waited 20 ms before asking, and every repair that
+/// did not come back doubled the wait of every later hole.
+#[test]
+fn each_hole_is_naked_at_once_and_retried_on_its_own() {
+    let (mut primary, mut primary_log) = elected_primary();
+    let (events, keys) = machine_events(15);
+    primary.propose(proposed(&events)).unwrap();
+    primary_log.append_events(1, 0, &events, &keys);
+    let records = primary_log.records(1, 16);
+    let (mut follower, log) = follower_holding_two(&records, &keys);
+    let mut packet = 1;
+    let mut append = |follower: &mut Node, at_ms, first: u64, log: &TestLog| {
+        packet += 1;
+        let range = (first - 1) as usize..(first + 1) as usize;
+        let message = Message::Append {
+            first_gseq: first,
+            records: records[range].to_vec(),
+        };
+        follower.receive(at_ms, datagram(1, 1, packet, 0, message), log)
+    };
+    // 5-6, 9-10 and 13-14 arrive; 3-4, 7-8 and 11-12 were lost: each hole
+    // is asked for as it shows, not after a delay.
+    assert_eq!(naks(&append(&mut follower, 11, 5, &log)), [(3, 4)]);
+    assert_eq!(naks(&append(&mut follower, 12, 9, &log)), [(7, 8)]);
+    assert_eq!(naks(&append(&mut follower, 13, 13, &log)), [(11, 12)]);
+    assert!(naks(&follower.tick(15, &log)).is_empty(), "asked already");
+    // The repair of 7-8 arrives, that of 3-4 does not: the primary answers
+    // NAKs in order, so the one for 3-4 (or its answer) was lost, and it
+    // is asked again at once; 11-12 was asked later and is still awaited.
+    let actions = append(&mut follower, 20, 7, &log);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::AppendReplicated { .. }))
+    );
+    assert_eq!(naks(&follower.tick(21, &log)), [(3, 4)]);
+    assert!(naks(&follower.tick(60, &log)).is_empty());
+    assert_eq!(following::NAK_RETRY_MS_MIN, 200);
+    // Nothing answers 11-12: its own timer (`NAK_RETRY_MS_MIN` before any
+    // repair was timed) asks again, without waiting on the other holes.
+    assert!(naks(&follower.tick(212, &log)).is_empty());
+    let retried = naks(&follower.tick(213, &log));
+    assert_eq!(retried, [(11, 12)]);
+    assert_eq!(follower.counters().naks_sent, 5);
 }
 
 /// Found by the simulation's storage faults: a follower whose truncation
@@ -977,7 +1054,8 @@ fn a_nak_round_asks_for_each_hole_and_not_for_what_is_buffered() {
     let ranges = holes(&held(&every_other), 1, 400);
     assert_eq!(ranges.len(), NAK_HOLES_MAX);
     assert_eq!(ranges[0], (1, 1));
-    assert_eq!(ranges[NAK_HOLES_MAX - 1], (63, 63));
+    let last = 2 * NAK_HOLES_MAX as u64 - 1;
+    assert_eq!(ranges[NAK_HOLES_MAX - 1], (last, last));
 }
 
 /// A vote granted to candidate 1 and replayed to candidate 3 in the same

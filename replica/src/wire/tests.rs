@@ -256,3 +256,30 @@ fn a_captured_vote_cannot_be_readdressed_to_another_candidate() {
         Err(WireError::Authentication { sender: 2 })
     );
 }
+
+/// The loss drill counts what it drops by the header's kind and count,
+/// without opening the datagram; anything else is not a datagram of ours.
+#[test]
+fn the_drill_peeks_at_the_kind_and_record_count_of_a_header() {
+    let codec = codec();
+    for message in every_message() {
+        let records = match &message {
+            Message::Append { records, .. } | Message::Catchup { records, .. } => records.len(),
+            _ => 0,
+        };
+        let bytes = codec.encode(&datagram(message.clone()));
+        assert_eq!(
+            peek_kind_and_count(&bytes),
+            Some((message.kind(), records as u16)),
+            "{message:?}"
+        );
+    }
+    let append = codec.encode(&datagram(every_message().remove(0)));
+    assert_eq!(peek_kind_and_count(&append[..HEADER_BYTES - 1]), None);
+    let mut foreign = append.clone();
+    foreign[0] ^= 1;
+    assert_eq!(peek_kind_and_count(&foreign), None);
+    let mut unknown = append;
+    unknown[5] = 0xEE;
+    assert_eq!(peek_kind_and_count(&unknown), None);
+}

@@ -57,6 +57,8 @@ pub fn measure(
         .arg("bench-replication")
         .args(["--events", &args.replication_events.to_string()])
         .args(["--rate", &args.replication_rate.to_string()])
+        // One loss run (5%), the figure the standard table shows.
+        .args(["--loss-percent", "5"])
         .args([
             "--paced-seconds",
             &args.replication_paced_seconds.to_string(),
