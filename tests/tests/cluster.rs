@@ -306,6 +306,18 @@ fn the_replication_benchmark_runs_through_loss_and_a_killed_primary() {
     let figures: Value = serde_json::from_slice(&output.stdout).expect("JSON figures");
     let runs = figures["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 4, "{figures}");
+    // The names the side-by-side harness (`../shared/peers/vendledger/bench`)
+    // maps to its modes: one loss run keeps the plain name.
+    let names: Vec<&str> = runs.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "saturated",
+            "paced",
+            "saturated with loss",
+            "paced, primary killed"
+        ]
+    );
     for run in runs {
         assert!(run["events"].as_u64().unwrap() >= 600, "{run}");
         assert!(run["committed_events_per_second"].as_f64().unwrap() > 0.0);
