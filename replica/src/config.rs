@@ -259,14 +259,15 @@ fn default_payload_bytes() -> usize {
 fn default_heartbeat_ms() -> u64 {
     50
 }
-/// Short enough for a failover under 500 ms (detection is most of it),
-/// three heartbeats at least, so one late heartbeat does not depose a
-/// primary (and pre-vote keeps a follower that merely stalled from doing so).
+/// Short enough for a failover under 500 ms (detection is most of it: p99
+/// 460 ms over 20 kills), long enough that the core stalls of a
+/// 10,000-machine fleet (rounds of up to ~240 ms) depose no primary: with
+/// 150-300 ms both such runs had a needless election (BENCHMARKS.md).
 fn default_election_min_ms() -> u64 {
-    150
+    200
 }
 fn default_election_max_ms() -> u64 {
-    300
+    400
 }
 fn default_nak_delay_ms() -> u64 {
     0

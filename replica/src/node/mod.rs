@@ -245,7 +245,7 @@ pub fn standard_priority(id: NodeId) -> u8 {
 
 impl NodeConfig {
     /// Replica `id` of the standard three-replica cluster with the default
-    /// timings (heartbeats every 50 ms, elections after 150-300 ms, a
+    /// timings (heartbeats every 50 ms, elections after 200-400 ms, a
     /// hole NAKed as soon as it is found, retries backing off to 400 ms).
     pub fn standard(id: NodeId) -> NodeConfig {
         NodeConfig {
@@ -257,8 +257,8 @@ impl NodeConfig {
                 })
                 .collect(),
             heartbeat_ms: 50,
-            election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: 400,
             nak_delay_ms: 0,
             nak_backoff_max_ms: 400,
             repair_records_max: REPAIR_RECORDS_DEFAULT,
