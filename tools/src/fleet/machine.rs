@@ -338,6 +338,13 @@ impl MachineRun {
             Some(until) => pause.min(until.saturating_duration_since(Instant::now())),
             None => pause,
         };
+        // Nor does the pause outlast the selling time: at a slow rate a
+        // machine's installation alone is minutes' worth of its share, and
+        // it would sleep that long after `--duration` ended.
+        let pause = match self.sell_until {
+            Some(until) => pause.min(until.saturating_duration_since(Instant::now())),
+            None => pause,
+        };
         let pause = tokio::time::sleep(pause);
         tokio::pin!(pause);
         loop {
