@@ -615,17 +615,19 @@ mod tests {
         (dir, log, tip, links)
     }
 
+    /// A published status whose commit is `commit`.
+    fn snapshot_at(commit: u64) -> Arc<dashboard::ports::Snapshot> {
+        let mut snapshot = dashboard::ports::Snapshot::default();
+        snapshot.status.commit = commit;
+        Arc::new(snapshot)
+    }
+
     #[test]
     fn reads_that_continue_the_index_feed_it_up_to_the_commit() {
         // No recent links: every read goes to RocksDB.
         let (_dir, log, tip, _) = markers_log(6, 1);
         let recent = RecentLinks::new(1);
-        let snapshot = |commit| {
-            let mut snapshot = dashboard::ports::Snapshot::default();
-            snapshot.status.commit = commit;
-            Arc::new(snapshot)
-        };
-        let (publish, published) = tokio::sync::watch::channel(snapshot(4));
+        let (publish, published) = tokio::sync::watch::channel(snapshot_at(4));
         let reader = StoreLogReader::new((log.store().backend().reader(), recent), tip, published);
         let indexed_to = || reader.index.lock().unwrap().indexed_to;
         // A read that does not start where the index ends leaves it.
@@ -634,7 +636,7 @@ mod tests {
         // One that does feeds it, but only with committed entries.
         assert_eq!(reader.entries(1, 6).unwrap().len(), 6);
         assert_eq!(indexed_to(), 4);
-        publish.send_replace(snapshot(6));
+        publish.send_replace(snapshot_at(6));
         reader.entries(3, 6).unwrap();
         assert_eq!(indexed_to(), 6);
         assert_eq!(reader.catch_up().unwrap(), 6);
@@ -647,9 +649,7 @@ mod tests {
         let (_dir, log, tip, recent) = markers_log(5, 3);
         assert!(recent.range(2, 5).is_none());
         assert!(recent.range(3, 5).is_some());
-        let mut snapshot = dashboard::ports::Snapshot::default();
-        snapshot.status.commit = 5;
-        let (_publish, published) = tokio::sync::watch::channel(Arc::new(snapshot));
+        let (_publish, published) = tokio::sync::watch::channel(snapshot_at(5));
         let reader = StoreLogReader::new((log.store().backend().reader(), recent), tip, published);
         let links = reader.chain_links(1, 9).unwrap();
         assert_eq!(reader.index.lock().unwrap().indexed_to, 5);
@@ -669,12 +669,7 @@ mod tests {
     #[test]
     fn the_window_of_recent_links_feeds_the_index_up_to_the_commit_only() {
         let (_dir, mut log, tip, recent) = markers_log(4, 100);
-        let snapshot = |commit| {
-            let mut snapshot = dashboard::ports::Snapshot::default();
-            snapshot.status.commit = commit;
-            Arc::new(snapshot)
-        };
-        let (publish, published) = tokio::sync::watch::channel(snapshot(3));
+        let (publish, published) = tokio::sync::watch::channel(snapshot_at(3));
         let reader = StoreLogReader::new((log.store().backend().reader(), recent), tip, published);
         let links = reader.chain_links(1, 4).unwrap();
         assert_eq!(links.len(), 4);
@@ -692,7 +687,7 @@ mod tests {
         let replaced = reader.chain_links(4, 4).unwrap();
         assert_ne!(replaced[0].hash, links[3].hash);
         assert_eq!(replaced[0].prev_hash, links[2].hash);
-        publish.send_replace(snapshot(4));
+        publish.send_replace(snapshot_at(4));
         assert_eq!(reader.catch_up().unwrap(), 4);
         let views = reader.entries(4, 4).unwrap();
         assert_eq!(replaced[0], ChainLink::of_view(&views[0]));
