@@ -439,6 +439,9 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             .store_mut()
             .put_app_meta(META_INCARNATION, &incarnation)?;
         ledger.store_mut().sync_deferred()?;
+        // A round's appends reach the backend in one write, at its sync
+        // (`ledger::store::staged`): a follower appends per datagram.
+        ledger.store_mut().stage_writes();
         let node = Node::new(config.node.clone(), restart, seed ^ incarnation, 0);
         tracing::info!(
             replica = %config.name,

@@ -134,6 +134,8 @@ impl<B: Backend> LogStore<B> {
         codec: Codec,
         progress: &mut dyn FnMut(&SegmentSummary),
     ) -> Result<ArchiveReport, StoreError> {
+        // The segments are read from the backend: staged appends first.
+        self.write_staged()?;
         let dir = std::path::absolute(dir)
             .map_err(|e| StoreError::Io(format!("archive directory {}: {e}", dir.display())))?;
         let done = self.archived.as_ref().map_or(0, |mark| mark.segments);
@@ -217,6 +219,7 @@ impl<B: Backend> LogStore<B> {
         &mut self,
         progress: &mut dyn FnMut(&SegmentSummary),
     ) -> Result<u64, StoreError> {
+        self.write_staged()?;
         let Some(mut mark) = self.archived.clone() else {
             return Ok(0);
         };

@@ -25,6 +25,7 @@ pub mod memory;
 pub mod promise;
 pub mod record;
 pub mod rocks;
+pub mod staged;
 
 use crate::crypto::{Hash32, SecretKey};
 use crate::event::EventEnvelope;
@@ -41,6 +42,7 @@ use record::{
 use rocks::RocksBackend;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use staged::{STAGED_RECORDS_MAX, Staged};
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
@@ -300,6 +302,10 @@ pub struct LogStore<B: Backend = RocksBackend> {
     /// The newest entries' links for other threads, when asked for
     /// ([`LogStore::keep_recent_links`]).
     recent_links: Option<RecentLinks>,
+    /// Whether appends wait in `staged` for the next sync
+    /// ([`LogStore::stage_writes`]).
+    staging: bool,
+    staged: Option<Staged>,
 }
 
 impl LogStore<RocksBackend> {
@@ -378,6 +384,8 @@ impl<B: Backend> LogStore<B> {
             archive: None,
             home: None,
             recent_links: None,
+            staging: false,
+            staged: None,
         })
     }
 
@@ -419,10 +427,31 @@ impl<B: Backend> LogStore<B> {
         &self.machine_heads
     }
 
+    /// From now on, appends wait in memory and reach the backend in one
+    /// write at the next [`sync_deferred`](Self::sync_deferred) (see
+    /// [`staged`]). Only for a store opened with deferred sync, whose owner
+    /// lets nothing depend on a write before that sync.
+    pub fn stage_writes(&mut self) {
+        self.staging = true;
+    }
+
     /// Makes every write so far durable. With deferred sync this is the
-    /// one fsync of a round; otherwise every write was synced already.
+    /// one fsync of a round (after the one write of the staged appends);
+    /// otherwise every write was synced already.
     pub fn sync_deferred(&mut self) -> Result<(), StoreError> {
+        self.write_staged()?;
         self.backend.sync()
+    }
+
+    /// Writes the staged appends to the backend; on failure they stay
+    /// staged, to be written again.
+    fn write_staged(&mut self) -> Result<(), StoreError> {
+        let Some(staged) = &mut self.staged else {
+            return Ok(());
+        };
+        self.backend.write(staged.batch())?;
+        self.staged = None;
+        Ok(())
     }
 
     /// Appends events submitted by machines (the primary's path, and a
@@ -564,19 +593,37 @@ impl<B: Backend> LogStore<B> {
         if pending.batch.records.is_empty() {
             return Ok(());
         }
-        pending.finish_heads();
+        if self.staging {
+            let full = self.staged.as_ref().is_some_and(|staged| {
+                staged.records() + pending.batch.records.len() > STAGED_RECORDS_MAX
+            });
+            if full {
+                self.write_staged()?;
+            }
+        } else {
+            pending.finish_heads();
+        }
         let PendingBatch {
             batch,
             head,
             machine_heads,
+            in_batch,
             links,
-            ..
         } = pending;
         debug_assert_eq!(batch.first_gseq, self.head.gseq + 1);
         debug_assert_eq!(batch.last_gseq(), head.gseq);
-        self.backend.write(&batch)?;
+        let open_segment = batch.open_segment.clone();
+        if self.staging {
+            let heads = machine_heads.clone();
+            match &mut self.staged {
+                Some(staged) => staged.extend(batch, heads, in_batch),
+                None => self.staged = Some(Staged::new(batch, heads, in_batch)),
+            }
+        } else {
+            self.backend.write(&batch)?;
+        }
         self.head = head;
-        self.open_segment = batch.open_segment;
+        self.open_segment = open_segment;
         self.machine_heads.extend(machine_heads);
         if let (Some(recent), Some(links)) = (&self.recent_links, links) {
             recent.extend(links);
@@ -608,7 +655,51 @@ impl<B: Backend> LogStore<B> {
 
     /// The gseq at which a machine's event `seq` was logged.
     pub fn gseq_of(&self, machine: &MachineId, seq: u64) -> Result<Option<u64>, StoreError> {
-        Ok(self.backend.index_row(machine, seq)?.map(|(gseq, _)| gseq))
+        Ok(self.index_row(machine, seq)?.map(|(gseq, _)| gseq))
+    }
+
+    /// Where a machine's event `seq` was logged, and its chain hash.
+    fn index_row(
+        &self,
+        machine: &MachineId,
+        seq: u64,
+    ) -> Result<Option<(u64, Hash32)>, StoreError> {
+        if let Some(row) = self.staged.as_ref().and_then(|s| s.index_row(machine, seq)) {
+            return Ok(Some(row));
+        }
+        self.backend.index_row(machine, seq)
+    }
+
+    /// Calls `visit` with each live (not archived) record `from..=last`:
+    /// the backend's, then the staged ones.
+    fn for_each_live_record(
+        &self,
+        from: u64,
+        last: u64,
+        visit: &mut backend::RecordVisitor<'_>,
+    ) -> Result<(), StoreError> {
+        let Some(staged) = &self.staged else {
+            return self.backend.for_each_record(from, last, visit);
+        };
+        let first_staged = staged.first_gseq();
+        let mut going = true;
+        if from < first_staged {
+            let until = last.min(first_staged - 1);
+            self.backend
+                .for_each_record(from, until, &mut |gseq, record| {
+                    going = visit(gseq, record)?;
+                    Ok(going)
+                })?;
+        }
+        let mut gseq = from.max(first_staged);
+        while going && gseq <= last {
+            let record = staged
+                .record(gseq)
+                .ok_or_else(|| StoreError::entry(gseq, "missing from the log"))?;
+            going = visit(gseq, record)?;
+            gseq += 1;
+        }
+        Ok(())
     }
 
     /// Calls `visit` with each record `from..=last` in order, borrowing the
@@ -634,7 +725,7 @@ impl<B: Backend> LogStore<B> {
             }
             from = mark.through_gseq + 1;
         }
-        self.backend.for_each_record(from, last, &mut visit)
+        self.for_each_live_record(from, last, &mut visit)
     }
 
     /// Iterates plaintext records from `from_gseq` to the head, in order. A
@@ -670,18 +761,17 @@ impl<B: Backend> LogStore<B> {
             Some(mark) => (mark.through_hash, mark.through_gseq + 1),
             None => (record::GENESIS_HASH, 1),
         };
-        self.backend
-            .for_each_record(first, self.head.gseq, &mut |gseq, bytes| {
-                let entry = decode_entry(gseq, bytes)?;
-                if entry.prev_hash != previous {
-                    return Err(StoreError::entry(
-                        gseq,
-                        "does not link to the entry before it (the log was damaged or altered)",
-                    ));
-                }
-                previous = entry.hash;
-                Ok(true)
-            })?;
+        self.for_each_live_record(first, self.head.gseq, &mut |gseq, bytes| {
+            let entry = decode_entry(gseq, bytes)?;
+            if entry.prev_hash != previous {
+                return Err(StoreError::entry(
+                    gseq,
+                    "does not link to the entry before it (the log was damaged or altered)",
+                ));
+            }
+            previous = entry.hash;
+            Ok(true)
+        })?;
         if previous != self.head.hash {
             return Err(StoreError::entry(
                 self.head.gseq,
@@ -693,7 +783,11 @@ impl<B: Backend> LogStore<B> {
 
     /// Closed segments, oldest first.
     pub fn segments(&self) -> Result<Vec<SegmentSummary>, StoreError> {
-        self.backend.segments()
+        let mut segments = self.backend.segments()?;
+        if let Some(staged) = &self.staged {
+            segments.extend(staged.closed_segments().iter().cloned());
+        }
+        Ok(segments)
     }
 
     pub fn open_segment(&self) -> &SegmentSummary {
@@ -704,6 +798,7 @@ impl<B: Backend> LogStore<B> {
     /// durably (at the next sync with deferred sync).
     pub fn put_app_meta<T: Serialize>(&mut self, name: &str, value: &T) -> Result<(), StoreError> {
         let bytes = rmp_serde::to_vec(value).expect("encoding to a Vec cannot fail");
+        self.write_staged()?;
         self.backend.put_app_meta(name, &bytes)
     }
 
@@ -721,6 +816,7 @@ impl<B: Backend> LogStore<B> {
 
     /// Saves a checkpoint taken at `gseq` and prunes old ones.
     pub fn put_checkpoint(&mut self, gseq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.write_staged()?;
         self.backend.put_checkpoint(gseq, bytes, CHECKPOINTS_KEPT)
     }
 
@@ -736,6 +832,7 @@ impl<B: Backend> LogStore<B> {
         if to_gseq >= self.head.gseq {
             return Ok(0);
         }
+        self.write_staged()?;
         if let Some(mark) = self.archived.as_ref().filter(|m| to_gseq < m.through_gseq) {
             return Err(StoreError::Truncate {
                 to: to_gseq,
@@ -970,7 +1067,7 @@ impl PendingBatch {
         if seq <= head.seq {
             let logged = match self.in_batch.get(&(machine.clone(), seq)) {
                 Some(&found) => Some(found),
-                None => store.backend.index_row(machine, seq)?,
+                None => store.index_row(machine, seq)?,
             };
             return Ok(match logged {
                 Some((gseq, hash)) if hash == event.chain_hash => Admission::Duplicate(gseq),

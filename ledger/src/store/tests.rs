@@ -195,6 +195,59 @@ fn deferred_sync_commits_many_writes_with_one_sync() {
 }
 
 #[test]
+fn staged_appends_reach_the_backend_in_one_write_at_the_sync() {
+    let fx = Fixture::new();
+    let events = fx.events(12);
+    let disk = memory::MemDisk::new();
+    let mut store = LogStore::with_backend(memory::MemBackend::open(&disk, true), 4).unwrap();
+    store.sync_deferred().unwrap();
+    store.stage_writes();
+    for chunk in events[..9].chunks(3) {
+        store.append_events(1, 5, chunk, &fx.keys()).unwrap();
+    }
+    assert_eq!(disk.unsynced_writes(), 0, "the appends wait for the sync");
+    // Reads see them: records, index rows, closed segments, resends.
+    assert_eq!(store.head().gseq, 9);
+    assert_eq!(store.entries_from(1).count(), 9);
+    assert_eq!(store.gseq_of(&fx.machine, 8).unwrap(), Some(8));
+    assert_eq!(store.segments().unwrap().len(), 2);
+    let resent = store
+        .append_events(1, 5, &events[7..8], &fx.keys())
+        .unwrap();
+    assert_eq!(resent.results, [Appended::Duplicate { gseq: 8 }]);
+    // Another write goes after them, in order.
+    store.put_app_meta("vote", &7u64).unwrap();
+    assert_eq!(disk.unsynced_writes(), 2, "the staged batch, then the vote");
+    store.append_events(1, 5, &events[9..], &fx.keys()).unwrap();
+    store.sync_deferred().unwrap();
+    assert_eq!(disk.unsynced_writes(), 0);
+    // A crash after the sync keeps everything; reopened, the log is whole.
+    disk.crash(0);
+    let reopened = LogStore::with_backend(memory::MemBackend::open(&disk, true), 4).unwrap();
+    assert_eq!(reopened.head(), store.head());
+    assert_eq!(reopened.entries_from(1).count(), 12);
+    assert_eq!(reopened.app_meta::<u64>("vote").unwrap(), Some(7));
+}
+
+#[test]
+fn a_crash_before_the_sync_loses_the_staged_appends_whole() {
+    let fx = Fixture::new();
+    let events = fx.events(6);
+    let disk = memory::MemDisk::new();
+    let mut store = LogStore::with_backend(memory::MemBackend::open(&disk, true), 4).unwrap();
+    store.stage_writes();
+    store.append_events(1, 5, &events[..3], &fx.keys()).unwrap();
+    store.sync_deferred().unwrap();
+    store.append_events(1, 5, &events[3..], &fx.keys()).unwrap();
+    drop(store);
+    disk.crash(0);
+    let reopened = LogStore::with_backend(memory::MemBackend::open(&disk, true), 4).unwrap();
+    assert_eq!(reopened.head().gseq, 3);
+    assert_eq!(reopened.machine_head(&fx.machine).seq, 3);
+    assert_eq!(reopened.gseq_of(&fx.machine, 4).unwrap(), None);
+}
+
+#[test]
 fn resends_are_duplicates_and_gaps_conflicts_forgeries_are_rejected() {
     let fx = Fixture::new();
     let events = fx.events(6);
