@@ -501,7 +501,10 @@ impl<B: Backend> LogStore<B> {
             return Err(StoreError::BatchTooLarge(count));
         }
         let mut pending = PendingBatch::new(self);
-        let mut outcome = AppendOutcome::default();
+        let mut outcome = AppendOutcome {
+            results: Vec::with_capacity(count),
+            new_entries: Vec::with_capacity(count),
+        };
         for item in items {
             let admitted = match item {
                 ProposedRef::Event(event) => match pending.admit(self, event, keys)? {
