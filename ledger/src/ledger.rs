@@ -314,7 +314,7 @@ impl<B: Backend> Ledger<B> {
     /// Takes the machine id's state from the projection (a machine's own
     /// ledger holds a single machine).
     pub fn machine_state(&self, machine: &MachineId) -> Option<&crate::state::MachineState> {
-        self.projection.machines.get(machine)
+        self.projection.machines.get(machine).map(|state| &**state)
     }
 
     pub fn into_store(self) -> LogStore<B> {

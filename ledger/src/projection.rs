@@ -14,6 +14,7 @@ use crate::posting::Balances;
 use crate::state::{ApplyError, MachineState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Sales are bucketed by Korean calendar days (KST, UTC+9, no daylight
 /// saving time).
@@ -98,18 +99,27 @@ pub struct SalesRow {
     pub won: Won,
 }
 
+/// One machine's net sales per KST day and product.
+pub type MachineSales = BTreeMap<i32, BTreeMap<String, Tally>>;
+
 /// Net sales per machine, KST day and product. Weeks, months and years are
 /// rolled up from days when asked, so applying an event touches one tally.
+///
+/// Each machine's days are shared (`Arc`) so that copying the whole
+/// projection for readers costs a reference count per machine, not its
+/// history; the next sale of a machine whose days a copy still holds
+/// copies that machine's days only (see [`Projection`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sales {
-    pub days: BTreeMap<MachineId, BTreeMap<i32, BTreeMap<String, Tally>>>,
+    #[serde(with = "shared_values")]
+    pub days: BTreeMap<MachineId, Arc<MachineSales>>,
 }
 
 impl Sales {
     fn record(&mut self, machine: &MachineId, at_ms: i64, product: &str, delta: Tally) {
         let days = match self.days.get_mut(machine) {
-            Some(days) => days,
-            None => self.days.entry(machine.clone()).or_default(),
+            Some(days) => Arc::make_mut(days),
+            None => Arc::make_mut(self.days.entry(machine.clone()).or_default()),
         };
         let products = days.entry(kst_day(at_ms)).or_default();
         match products.get_mut(product) {
@@ -128,7 +138,7 @@ impl Sales {
                 continue;
             }
             let mut label_cache: Option<(i32, String)> = None;
-            for (&day, products) in days {
+            for (&day, products) in days.iter() {
                 let label = match &label_cache {
                     Some((cached, label)) if *cached == day => label.clone(),
                     _ => {
@@ -210,11 +220,50 @@ impl Collection {
     }
 }
 
+/// Values shared behind `Arc` are stored as the values themselves: a
+/// checkpointed projection's bytes are the same as when the maps held them
+/// directly (MessagePack maps, key then value).
+mod shared_values {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    pub fn serialize<K, V, S>(map: &BTreeMap<K, Arc<V>>, serializer: S) -> Result<S::Ok, S::Error>
+    where
+        K: Serialize,
+        V: Serialize,
+        S: Serializer,
+    {
+        serializer.collect_map(map.iter().map(|(key, value)| (key, &**value)))
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, Arc<V>>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        let plain = BTreeMap::<K, V>::deserialize(deserializer)?;
+        Ok(plain
+            .into_iter()
+            .map(|(key, value)| (key, Arc::new(value)))
+            .collect())
+    }
+}
+
+/// The fleet as the log says it is.
+///
+/// Readers (the dashboard's pages) get a copy after rounds, and a fleet of
+/// 10,000 machines made that copy the core thread's longest stall. So each
+/// machine's state is shared (`Arc`): a copy costs a reference count per
+/// machine, and applying an event copies only that machine's state, and
+/// only while a published copy still holds it (`Arc::make_mut`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Projection {
     /// The last gseq applied (0 for an empty projection).
     pub as_of_gseq: u64,
-    pub machines: BTreeMap<MachineId, MachineState>,
+    #[serde(with = "shared_values")]
+    pub machines: BTreeMap<MachineId, Arc<MachineState>>,
     pub sales: Sales,
     pub entries_applied: u64,
     pub issue_count: u64,
@@ -245,11 +294,12 @@ impl Projection {
         debug_assert!(gseq > self.as_of_gseq, "entries are applied in gseq order");
         self.as_of_gseq = gseq;
         let state = match self.machines.get_mut(&envelope.machine_id) {
-            Some(state) => state,
-            None => self
-                .machines
-                .entry(envelope.machine_id.clone())
-                .or_default(),
+            Some(state) => Arc::make_mut(state),
+            None => Arc::make_mut(
+                self.machines
+                    .entry(envelope.machine_id.clone())
+                    .or_default(),
+            ),
         };
         if let Err(error) = state.apply(envelope) {
             self.issue_count += 1;
@@ -374,6 +424,98 @@ impl Projection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the maps held before they shared their values: a checkpoint
+    /// written either way must read back either way.
+    #[derive(Serialize, Deserialize)]
+    struct PlainMaps {
+        machines: BTreeMap<MachineId, MachineState>,
+        days: BTreeMap<MachineId, MachineSales>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct SharedMaps {
+        #[serde(with = "shared_values")]
+        machines: BTreeMap<MachineId, Arc<MachineState>>,
+        #[serde(with = "shared_values")]
+        days: BTreeMap<MachineId, Arc<MachineSales>>,
+    }
+
+    #[test]
+    fn shared_maps_are_stored_as_the_plain_maps_were() {
+        let vm = MachineId::numbered(7);
+        let state = MachineState {
+            last_seq: 12,
+            cash_box: 4_500,
+            ..MachineState::default()
+        };
+        let mut sales = Sales::default();
+        sales.record(
+            &vm,
+            1_795_359_600_000,
+            "Water",
+            Tally { count: 2, won: 900 },
+        );
+        let plain = PlainMaps {
+            machines: BTreeMap::from([(vm.clone(), state.clone())]),
+            days: BTreeMap::from([(vm.clone(), (*sales.days[&vm]).clone())]),
+        };
+        let shared = SharedMaps {
+            machines: BTreeMap::from([(vm.clone(), Arc::new(state.clone()))]),
+            days: sales.days.clone(),
+        };
+        let plain_bytes = rmp_serde::to_vec(&plain).unwrap();
+        assert_eq!(rmp_serde::to_vec(&shared).unwrap(), plain_bytes);
+        let read: SharedMaps = rmp_serde::from_slice(&plain_bytes).unwrap();
+        assert_eq!(*read.machines[&vm], state);
+        assert_eq!(read.days, sales.days);
+    }
+
+    #[test]
+    fn a_copy_shares_each_machine_until_the_original_changes_it() {
+        let (one, two) = (MachineId::numbered(1), MachineId::numbered(2));
+        let mut projection = Projection::default();
+        for vm in [&one, &two] {
+            projection
+                .machines
+                .insert(vm.clone(), Arc::new(MachineState::default()));
+            projection
+                .sales
+                .record(vm, 1_795_359_600_000, "Water", Tally { count: 1, won: 450 });
+        }
+        let copy = projection.clone();
+        assert!(Arc::ptr_eq(
+            &copy.machines[&one],
+            &projection.machines[&one]
+        ));
+        projection.sales.record(
+            &one,
+            1_795_359_600_000,
+            "Water",
+            Tally { count: 1, won: 450 },
+        );
+        Arc::make_mut(projection.machines.get_mut(&one).unwrap()).cash_box = 500;
+        assert_eq!(
+            copy.machines[&one].cash_box, 0,
+            "the copy keeps what it had"
+        );
+        assert_eq!(copy.sales.total(), Tally { count: 2, won: 900 });
+        assert_eq!(
+            projection.sales.total(),
+            Tally {
+                count: 3,
+                won: 1_350
+            }
+        );
+        assert!(Arc::ptr_eq(
+            &copy.machines[&two],
+            &projection.machines[&two]
+        ));
+        assert!(Arc::ptr_eq(
+            &copy.sales.days[&two],
+            &projection.sales.days[&two]
+        ));
+    }
 
     #[test]
     fn kst_days_roll_over_at_kst_midnight() {

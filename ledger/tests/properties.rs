@@ -177,7 +177,7 @@ proptest! {
             projection.apply(gseq, &decoded).unwrap();
         }
         prop_assert_eq!(&replayed, &live);
-        prop_assert_eq!(projection.machines.values().next(), Some(&live));
+        prop_assert_eq!(projection.machines.values().next().map(|state| &**state), Some(&live));
         prop_assert_eq!(projection.sales.total().won, live.stats.sales_won);
         // Buttons are enabled exactly when a purchase would be accepted.
         for slot in live.slots.keys() {

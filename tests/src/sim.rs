@@ -1970,7 +1970,7 @@ impl Simulation {
             return;
         }
         for machine in &self.machines {
-            if live.machines.get(&machine.id) != Some(machine.sim.state()) {
+            if live.machines.get(&machine.id).map(|state| &**state) != Some(machine.sim.state()) {
                 let id = machine.id.clone();
                 let name = self.replicas[index].name.clone();
                 self.violate(

@@ -114,6 +114,57 @@ fn a_timed_paced_fleet_with_dark_spells_is_all_acknowledged() {
     check_every_replica_holds(&dir, &summary);
 }
 
+/// `--idle`, for measuring what idle connections cost: every machine
+/// installs itself and sells nothing more, holds its connection until the
+/// duration is over, and its installation is acknowledged.
+#[test]
+fn an_idle_fleet_installs_and_then_only_holds_its_connections() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("cluster");
+    let topology = init_cluster(&dir, base_port());
+    let mut cluster = Cluster::start(&dir, topology);
+    cluster.wait_for("a primary", Duration::from_secs(20), |s| {
+        primaries(s).len() == 1
+    });
+    let fleet = vendctl(&[
+        "simulate",
+        "--cluster",
+        dir.to_str().unwrap(),
+        "--machines",
+        "40",
+        "--memory-ledgers",
+        "--idle",
+        "--duration",
+        "3",
+        "--timeout-s",
+        "120",
+    ]);
+    let stderr = String::from_utf8_lossy(&fleet.stderr);
+    assert!(fleet.status.success(), "{stderr}");
+    let summary: Value = serde_json::from_slice(&fleet.stdout).unwrap();
+    let per_machine: Vec<u64> = summary["per_machine"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["events"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per_machine.len(), 40, "{stderr}");
+    // Every machine's installation is the same decision, and nothing else
+    // was sold.
+    assert!(per_machine[0] > 0, "{stderr}");
+    assert!(
+        per_machine.iter().all(|&events| events == per_machine[0]),
+        "{per_machine:?}"
+    );
+    assert_eq!(summary["events"], per_machine[0] * 40, "{stderr}");
+    assert_eq!(summary["events_acked"], summary["events"], "{stderr}");
+    assert_eq!(summary["offline_periods"], 0, "{stderr}");
+    // Held until the duration was over, not ended at the acknowledgement.
+    assert!(summary["seconds"].as_f64().unwrap() >= 3.0, "{stderr}");
+    converge_and_stop(&mut cluster);
+    check_every_replica_holds(&dir, &summary);
+}
+
 #[test]
 fn udp_on_loopback_survives_a_killed_primary() {
     let temp = tempfile::tempdir().unwrap();

@@ -22,7 +22,7 @@ const MACHINES_MAX: u32 = 10_000;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  vendctl simulate --offline --data /tmp/fleet --machines 10 --events-per-machine 10000\n  vendctl simulate --cluster /tmp/c --machines 10000 --memory-ledgers --rate 5000 --duration 60 --dark-percent 5 --json"
+    after_help = "Examples:\n  vendctl simulate --offline --data /tmp/fleet --machines 10 --events-per-machine 10000\n  vendctl simulate --cluster /tmp/c --machines 10000 --memory-ledgers --rate 5000 --duration 60 --dark-percent 5 --json\n  vendctl simulate --cluster /tmp/c --machines 10000 --memory-ledgers --idle --duration 60"
 )]
 pub struct Args {
     /// Write the log directly (no replicas, no network), into --data.
@@ -75,6 +75,12 @@ pub struct Args {
     /// load; a crashed load generator cannot resend).
     #[arg(long, requires = "cluster")]
     memory_ledgers: bool,
+    /// With --cluster and --duration: each machine installs itself (its
+    /// first decision) and then sells nothing, holding its connection open
+    /// (the link's pings only) until the duration is over; for measuring
+    /// what idle connections cost the replicas.
+    #[arg(long, requires = "duration", conflicts_with_all = ["rate", "dark_percent"])]
+    idle: bool,
 }
 
 #[derive(Serialize)]
@@ -110,6 +116,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             duration: args.duration.map(std::time::Duration::from_secs),
             dark_percent: args.dark_percent,
             memory_ledgers: args.memory_ledgers,
+            idle: args.idle,
         });
     }
     let data = offline_data(&args)?;

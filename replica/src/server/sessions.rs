@@ -7,7 +7,7 @@ use super::SessionWriter;
 use super::core::CoreInput;
 use crate::ingest::SessionId;
 use crate::round::Input;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use dashboard::admission::{Admission, AdmissionLimits, Slot};
 use futures_util::{SinkExt, StreamExt};
 use ledger::keys::Keyring;
@@ -32,6 +32,17 @@ pub const MACHINE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// is set when a frame ends, bytes trickling in cannot move it: a partial
 /// frame is held at most this long.
 pub const SESSION_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// A session's read and write buffers start this small. Most of a fleet's
+/// connections are idle (a ping a second, an acknowledgement now and then:
+/// frames of tens of bytes), and tokio-util's default of 8 KiB each was
+/// most of what an idle connection cost the replica (see BENCHMARKS.md,
+/// "10,000 machines, stop 20"). A larger frame grows its buffer as needed.
+pub const SESSION_BUFFER_BYTES_INITIAL: usize = 512;
+/// A buffer grown beyond this by a large frame (a machine resending its
+/// backlog) is given back once it is empty, so a connection that goes idle
+/// after a burst returns to the small size instead of keeping its largest
+/// frame's buffer for as long as it stays connected.
+pub const SESSION_BUFFER_BYTES_KEPT_MAX: usize = 16 * 1024;
 
 /// Accepts machine connections until `stopped`, within `limits`: at most
 /// `connections_max` at once, of which at most `exposed_max` have not
@@ -89,11 +100,15 @@ async fn serve_session(
         return;
     }
     let write = tokio::spawn(async move {
-        let mut writer = FramedWrite::new(writer, frame_codec());
+        let mut writer =
+            FramedWrite::with_capacity(writer, frame_codec(), SESSION_BUFFER_BYTES_INITIAL);
         while let Some(payload) = outgoing.recv().await {
             if writer.send(Bytes::from(payload)).await.is_err() {
                 return;
             }
+            // `send` flushed, so the buffer is empty unless the socket is
+            // still taking it.
+            shrink_when_empty(writer.write_buffer_mut());
         }
         // Flushes what is queued, then shuts the write side down.
         let _ = SinkExt::<Bytes>::close(&mut writer).await;
@@ -116,7 +131,7 @@ async fn read_frames(
     slot: &Slot,
     heard: tokio::sync::oneshot::Receiver<()>,
 ) -> Input<Keyring> {
-    let mut reader = FramedRead::new(reader, frame_codec());
+    let mut reader = FramedRead::with_capacity(reader, frame_codec(), SESSION_BUFFER_BYTES_INITIAL);
     let handshake_deadline = Instant::now() + MACHINE_HANDSHAKE_TIMEOUT;
     let mut frame_deadline = Instant::now() + SESSION_FRAME_TIMEOUT;
     let mut heard = Some(heard);
@@ -150,11 +165,42 @@ async fn read_frames(
                     }
                 };
                 frame_deadline = Instant::now() + SESSION_FRAME_TIMEOUT;
+                shrink_when_empty(reader.read_buffer_mut());
                 let frame = CoreInput::Round(Input::SessionFrame { session, payload });
                 if inputs.try_send(frame).is_err() {
                     return Input::SessionClosed(session);
                 }
             }
         }
+    }
+}
+
+/// Gives back a session buffer that a large frame grew, once nothing is
+/// left in it (see [`SESSION_BUFFER_BYTES_KEPT_MAX`]).
+fn shrink_when_empty(buffer: &mut BytesMut) {
+    if buffer.is_empty() && buffer.capacity() > SESSION_BUFFER_BYTES_KEPT_MAX {
+        *buffer = BytesMut::with_capacity(SESSION_BUFFER_BYTES_INITIAL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_buffer_grown_by_a_large_frame_is_given_back_and_a_busy_one_kept() {
+        let mut grown = BytesMut::with_capacity(SESSION_BUFFER_BYTES_KEPT_MAX * 4);
+        shrink_when_empty(&mut grown);
+        assert_eq!(grown.capacity(), SESSION_BUFFER_BYTES_INITIAL);
+
+        let mut busy = BytesMut::with_capacity(SESSION_BUFFER_BYTES_KEPT_MAX * 4);
+        busy.extend_from_slice(b"part of the next frame");
+        shrink_when_empty(&mut busy);
+        assert!(busy.capacity() >= SESSION_BUFFER_BYTES_KEPT_MAX * 4);
+        assert_eq!(&busy[..], b"part of the next frame");
+
+        let mut small = BytesMut::with_capacity(SESSION_BUFFER_BYTES_KEPT_MAX);
+        shrink_when_empty(&mut small);
+        assert_eq!(small.capacity(), SESSION_BUFFER_BYTES_KEPT_MAX);
     }
 }

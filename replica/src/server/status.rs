@@ -27,6 +27,10 @@ const PUBLISH_COST_FACTOR: u32 = 20;
 /// The longest wait between snapshots or projection copies, however large
 /// the fleet.
 const PUBLISH_EVERY_MAX_MS: u64 = 2_000;
+/// A snapshot or projection copy that takes this long is logged with its
+/// cost, so a slow round's `deliver_ms` (which includes publishing) can be
+/// told apart from sending. The cadence keeps these at most a few a second.
+const PUBLISH_SLOW_MS: u64 = 25;
 
 /// When something that costs a walk over the fleet is next due: no sooner
 /// than its base interval, nor than `PUBLISH_COST_FACTOR` times what the
@@ -53,10 +57,15 @@ impl Cadence {
     }
 
     /// Runs `work` now and sets the next interval from what it took.
-    fn run<T>(&mut self, now_ms: u64, work: impl FnOnce() -> T) -> T {
+    fn run<T>(&mut self, now_ms: u64, what: &str, work: impl FnOnce() -> T) -> T {
         let started = std::time::Instant::now();
         let out = work();
-        let cost = started.elapsed() * PUBLISH_COST_FACTOR;
+        let took = started.elapsed();
+        let took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        if took_ms >= PUBLISH_SLOW_MS {
+            tracing::info!(took_ms, what, "a slow status publish");
+        }
+        let cost = took * PUBLISH_COST_FACTOR;
         let cost_ms = u64::try_from(cost.as_millis()).unwrap_or(u64::MAX);
         self.every_ms = cost_ms.clamp(self.base_ms, PUBLISH_EVERY_MAX_MS.max(self.base_ms));
         self.last_at_ms = Some(now_ms);
@@ -112,7 +121,9 @@ impl Publisher {
         let role = (role(core), core.round.node().epoch());
         if self.snapshot_cadence.due(now_ms) || role != self.published_role {
             self.published_role = role;
-            let snapshot = self.snapshot_cadence.run(now_ms, || snapshot(core));
+            let snapshot = self
+                .snapshot_cadence
+                .run(now_ms, "snapshot", || snapshot(core));
             self.snapshot.send_replace(Arc::new(snapshot));
         }
         self.publish_projection(core, now_ms);
@@ -125,7 +136,11 @@ impl Publisher {
         let projection = core.round.ledger().projection();
         let changed = self.projection.borrow().as_of_gseq != projection.as_of_gseq;
         if changed && self.projection_cadence.due(now_ms) {
-            let copy = self.projection_cadence.run(now_ms, || projection.clone());
+            // Cheap: each machine's state is shared, not copied (see
+            // `Projection`).
+            let copy = self
+                .projection_cadence
+                .run(now_ms, "projection copy", || projection.clone());
             self.projection.send_replace(Arc::new(copy));
         }
     }
@@ -348,10 +363,10 @@ mod tests {
     fn a_costly_walk_waits_twenty_times_its_cost_and_a_cheap_one_its_base() {
         let mut cadence = Cadence::new(50);
         assert!(cadence.due(0), "the first is due at once");
-        cadence.run(1_000, || ());
+        cadence.run(1_000, "test", || ());
         assert_eq!(cadence.every_ms, 50, "a cheap walk keeps the base");
         assert!(!cadence.due(1_049) && cadence.due(1_050));
-        cadence.run(2_000, || {
+        cadence.run(2_000, "test", || {
             std::thread::sleep(std::time::Duration::from_millis(10))
         });
         assert!(
@@ -360,7 +375,7 @@ mod tests {
             cadence.every_ms
         );
         assert!(!cadence.due(2_199));
-        cadence.run(3_000, || {
+        cadence.run(3_000, "test", || {
             std::thread::sleep(std::time::Duration::from_millis(150))
         });
         assert_eq!(cadence.every_ms, PUBLISH_EVERY_MAX_MS, "capped");

@@ -101,6 +101,7 @@ pub fn measure(args: &PagesArgs, scratch: &Path, base_port: u16) -> Result<Figur
         duration: None,
         dark_percent: 0,
         memory_ledgers: true,
+        idle: false,
     })?;
     fleet::all_finished(failures)?;
     let password = crate::user::generated_password("Bench");

@@ -173,6 +173,9 @@ pub struct MachineRun {
     target: u64,
     /// Selling stops here (a timed run), or at `target` events.
     sell_until: Option<Instant>,
+    /// An idle machine installs itself and then sells nothing, holding its
+    /// connection (the link's pings only) until `sell_until`.
+    idle: bool,
     pace: Pace,
     rng: ChaCha8Rng,
     link: LinkStarter,
@@ -223,6 +226,7 @@ impl MachineRun {
             setup,
             target,
             sell_until: None,
+            idle: false,
             pace,
             rng: ChaCha8Rng::seed_from_u64(seed),
             link,
@@ -242,9 +246,24 @@ impl MachineRun {
         self.sell_until = Some(at);
     }
 
+    /// Makes the machine idle: once installed (its first decision) it
+    /// sells nothing more and holds its connection until the selling time
+    /// set by [`MachineRun::sell_until`] is over, so what an idle
+    /// connection costs a replica can be measured.
+    pub fn hold_idle(&mut self) {
+        self.idle = true;
+    }
+
     /// Whether the machine still has customers.
     pub fn selling(&self) -> bool {
-        self.summary.events < self.target && self.sell_until.is_none_or(|at| Instant::now() < at)
+        self.summary.events < self.target
+            && self.sell_until.is_none_or(|at| Instant::now() < at)
+            && !(self.idle && self.setup.sim.state().installed)
+    }
+
+    /// Whether the selling time (if any) is over.
+    fn time_is_up(&self) -> bool {
+        self.sell_until.is_some_and(|at| Instant::now() >= at)
     }
 
     /// A burst of customers. Each decision is stored in the machine's own
@@ -326,6 +345,9 @@ impl MachineRun {
     /// uplink's reports meanwhile.
     pub async fn pause_taking_reports(&mut self) {
         let pause = match self.pace.rate {
+            // An idle machine has no customers to wait for: it sleeps until
+            // its time is up (or its acknowledgement comes, below).
+            _ if self.idle && !self.selling() => Duration::MAX,
             // Due when the events so far fit the rate.
             Some(_) => self.rate_due().map_or(Duration::ZERO, |due| {
                 due.saturating_duration_since(Instant::now())
@@ -400,7 +422,10 @@ impl MachineRun {
     /// Everything sold is acknowledged, and the machine is online (so the
     /// last acknowledgement came over a live link).
     pub fn finished(&self) -> bool {
-        !self.selling() && self.summary.acked >= self.recorded() && self.running.is_some()
+        !self.selling()
+            && self.summary.acked >= self.recorded()
+            && self.running.is_some()
+            && (!self.idle || self.time_is_up())
     }
 
     /// The machine's own count of the events it has recorded, over every

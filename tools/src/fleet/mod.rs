@@ -46,6 +46,9 @@ pub struct FleetArgs {
     pub dark_percent: u8,
     /// Keep the machines' own events in memory instead of RocksDB.
     pub memory_ledgers: bool,
+    /// Machines install themselves, then hold their connections idle until
+    /// `duration` is over (see `MachineRun::hold_idle`).
+    pub idle: bool,
 }
 
 #[derive(Serialize, Default)]
@@ -202,6 +205,7 @@ fn drive_fleet(
         .build()?;
     let pace = load_pace(args);
     let sell_until = args.duration.map(|d| Instant::now() + d);
+    let idle = args.idle;
     let results = runtime.block_on(async {
         let tasks: Vec<_> = setups
             .into_iter()
@@ -221,6 +225,9 @@ fn drive_fleet(
                     let mut machine = MachineRun::start(setup, target, addresses, seed, pace);
                     if let Some(at) = sell_until {
                         machine.sell_until(at);
+                    }
+                    if idle {
+                        machine.hold_idle();
                     }
                     drive_machine(machine, deadline).await
                 })
