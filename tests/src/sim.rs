@@ -1626,8 +1626,14 @@ impl Simulation {
             .filter(|r| r.ledger().store().machine_head(&id).seq >= seq)
             .count();
         // A replica whose disk was damaged may have lost it since the
-        // commit; the other holder must still have it.
-        let damaged = self.replicas.iter().any(|r| r.damaged);
+        // commit; the other holder must still have it. So may one that is
+        // down short of its promise: its repair ended in a round whose
+        // writes the crash took before they were synced (it repairs again
+        // when it restarts, as `damage_for` counts it).
+        let damaged = self.replicas.iter().any(|r| {
+            r.damaged
+                || matches!(&r.process, Process::Down(ledger) if short_of_promise(ledger, &r.promises))
+        });
         if holders < 2 - usize::from(damaged) {
             self.violate(
                 "no acknowledged event is lost",
