@@ -110,6 +110,14 @@ fn a_timed_paced_fleet_with_dark_spells_is_all_acknowledged() {
         summary["ack_p99_ms"].as_f64().unwrap(),
     );
     assert!(p50 > 0.0 && p99 >= p50, "{stderr}");
+    // The decisions of the second half of the 12 s are measured apart.
+    let (late_p50, late_p99, late_max) = (
+        summary["second_half_ack_p50_ms"].as_f64().unwrap(),
+        summary["second_half_ack_p99_ms"].as_f64().unwrap(),
+        summary["second_half_ack_max_ms"].as_f64().unwrap(),
+    );
+    assert!(late_p50 > 0.0 && late_p99 >= late_p50, "{stderr}");
+    assert!(late_max <= summary["ack_max_ms"].as_f64().unwrap());
     converge_and_stop(&mut cluster);
     check_every_replica_holds(&dir, &summary);
 }

@@ -41,6 +41,11 @@ pub struct MachineSummary {
     /// How long each decision waited for its acknowledgement, in µs.
     #[serde(skip)]
     pub latencies_us: Vec<u32>,
+    /// The same, for the decisions made in the second half of the selling
+    /// time (after the first connections and installations of a large
+    /// fleet: its steady state).
+    #[serde(skip)]
+    pub second_half_latencies_us: Vec<u32>,
 }
 
 /// Where a machine keeps its own events: a real RocksDB ledger (as vend-vm
@@ -191,6 +196,8 @@ pub struct MachineRun {
     refused: Option<HandshakeRefused>,
     /// Decisions waiting for their acknowledgement: last seq, stored at.
     waiting: VecDeque<(u64, Instant)>,
+    /// Halfway through the selling time, when there is one.
+    second_half_from: Option<Instant>,
     /// When the rate's clock started and the events sold by then: after
     /// the first burst (an installation is a dozen events at once, not
     /// customers), so a slow rate paces customers, not the setup.
@@ -236,6 +243,7 @@ impl MachineRun {
             last_primary: None,
             refused: None,
             waiting: VecDeque::new(),
+            second_half_from: None,
             rate_since: None,
         }
     }
@@ -244,6 +252,8 @@ impl MachineRun {
     /// acknowledgements).
     pub fn sell_until(&mut self, at: Instant) {
         self.sell_until = Some(at);
+        let now = Instant::now();
+        self.second_half_from = Some(now + at.saturating_duration_since(now) / 2);
     }
 
     /// Makes the machine idle: once installed (its first decision) it
@@ -387,11 +397,16 @@ impl MachineRun {
                         break;
                     }
                     self.waiting.pop_front();
+                    let waited = now.duration_since(at).as_micros();
+                    let waited = u32::try_from(waited).unwrap_or(u32::MAX);
                     if self.summary.latencies_us.len() < LATENCIES_KEPT_MAX {
-                        let waited = now.duration_since(at).as_micros();
-                        self.summary
-                            .latencies_us
-                            .push(u32::try_from(waited).unwrap_or(u32::MAX));
+                        self.summary.latencies_us.push(waited);
+                    }
+                    let late = &mut self.summary.second_half_latencies_us;
+                    if self.second_half_from.is_some_and(|from| at >= from)
+                        && late.len() < LATENCIES_KEPT_MAX
+                    {
+                        late.push(waited);
                     }
                 }
             }

@@ -67,6 +67,12 @@ pub struct Summary {
     pub ack_p50_ms: f64,
     pub ack_p99_ms: f64,
     pub ack_max_ms: f64,
+    /// The same for the decisions made in the second half of `--duration`
+    /// (0 without one): a large fleet's steady state, after its machines
+    /// connected and installed themselves.
+    pub second_half_ack_p50_ms: f64,
+    pub second_half_ack_p99_ms: f64,
+    pub second_half_ack_max_ms: f64,
     /// Where the machines kept their own events: "rocksdb" or "memory".
     pub machine_ledgers: &'static str,
     pub per_machine: Vec<MachineSummary>,
@@ -275,10 +281,12 @@ fn summarize(
     };
     let mut failures = Vec::new();
     let mut latencies_us: Vec<u32> = Vec::new();
+    let mut second_half_us: Vec<u32> = Vec::new();
     for result in results {
         match result {
             Ok(mut machine) => {
                 latencies_us.append(&mut machine.latencies_us);
+                second_half_us.append(&mut machine.second_half_latencies_us);
                 summary.events += machine.events;
                 summary.events_acked += machine.acked;
                 summary.events_resent += machine.resent;
@@ -289,6 +297,18 @@ fn summarize(
             Err(error) => failures.push(format!("{error:#}")),
         }
     }
+    (summary.ack_p50_ms, summary.ack_p99_ms, summary.ack_max_ms) = quantiles_ms(latencies_us);
+    (
+        summary.second_half_ack_p50_ms,
+        summary.second_half_ack_p99_ms,
+        summary.second_half_ack_max_ms,
+    ) = quantiles_ms(second_half_us);
+    summary.events_per_second = crate::util::rate(summary.events, elapsed);
+    (summary, failures)
+}
+
+/// p50, p99 and max of latencies in µs, in ms (0 for none).
+fn quantiles_ms(mut latencies_us: Vec<u32>) -> (f64, f64, f64) {
     latencies_us.sort_unstable();
     let quantile = |p: f64| {
         let index = ((latencies_us.len().saturating_sub(1)) as f64 * p).round() as usize;
@@ -296,11 +316,7 @@ fn summarize(
             .get(index)
             .map_or(0.0, |us| f64::from(*us) / 1_000.0)
     };
-    summary.ack_p50_ms = quantile(0.5);
-    summary.ack_p99_ms = quantile(0.99);
-    summary.ack_max_ms = quantile(1.0);
-    summary.events_per_second = crate::util::rate(summary.events, elapsed);
-    (summary, failures)
+    (quantile(0.5), quantile(0.99), quantile(1.0))
 }
 
 /// One line for the operator on stderr, the whole summary as JSON on
