@@ -64,6 +64,25 @@ fn run_failover_scenario(dir: &Path, topology: Topology) {
     check_every_replica_holds(dir, &summary);
 }
 
+/// Starts a cluster in `dir`, waits for its primary, and runs a fleet of
+/// machines with their events in memory against it (`args` added to
+/// `simulate`); returns the cluster, the fleet's summary and its stderr.
+fn fleet_on_a_new_cluster(dir: &Path, args: &[&str]) -> (Cluster, Value, String) {
+    let topology = init_cluster(dir, base_port());
+    let cluster = Cluster::start(dir, topology);
+    cluster.wait_for("a primary", Duration::from_secs(20), |s| {
+        primaries(s).len() == 1
+    });
+    let mut command = vec!["simulate", "--cluster", dir.to_str().unwrap()];
+    command.extend(["--memory-ledgers", "--timeout-s", "120"]);
+    command.extend(args);
+    let fleet = vendctl(&command);
+    let stderr = String::from_utf8_lossy(&fleet.stderr).into_owned();
+    assert!(fleet.status.success(), "{stderr}");
+    let summary: Value = serde_json::from_slice(&fleet.stdout).unwrap();
+    (cluster, summary, stderr)
+}
+
 /// The load generator's fleet-scale mode: hundreds of machines with their
 /// events in memory, paced to a fleet-wide rate for a fixed time, a share
 /// of them going dark together; every event is still acknowledged and
@@ -72,30 +91,19 @@ fn run_failover_scenario(dir: &Path, topology: Topology) {
 fn a_timed_paced_fleet_with_dark_spells_is_all_acknowledged() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("cluster");
-    let topology = init_cluster(&dir, base_port());
-    let mut cluster = Cluster::start(&dir, topology);
-    cluster.wait_for("a primary", Duration::from_secs(20), |s| {
-        primaries(s).len() == 1
-    });
-    let fleet = vendctl(&[
-        "simulate",
-        "--cluster",
-        dir.to_str().unwrap(),
-        "--machines",
-        "300",
-        "--memory-ledgers",
-        "--rate",
-        "1500",
-        "--duration",
-        "12",
-        "--dark-percent",
-        "20",
-        "--timeout-s",
-        "120",
-    ]);
-    let stderr = String::from_utf8_lossy(&fleet.stderr);
-    assert!(fleet.status.success(), "{stderr}");
-    let summary: Value = serde_json::from_slice(&fleet.stdout).unwrap();
+    let (mut cluster, summary, stderr) = fleet_on_a_new_cluster(
+        &dir,
+        &[
+            "--machines",
+            "300",
+            "--rate",
+            "1500",
+            "--duration",
+            "12",
+            "--dark-percent",
+            "20",
+        ],
+    );
     assert_eq!(summary["machines"], 300, "{stderr}");
     assert_eq!(summary["machine_ledgers"], "memory");
     assert_eq!(summary["events_acked"], summary["events"], "{stderr}");
@@ -129,27 +137,8 @@ fn a_timed_paced_fleet_with_dark_spells_is_all_acknowledged() {
 fn an_idle_fleet_installs_and_then_only_holds_its_connections() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("cluster");
-    let topology = init_cluster(&dir, base_port());
-    let mut cluster = Cluster::start(&dir, topology);
-    cluster.wait_for("a primary", Duration::from_secs(20), |s| {
-        primaries(s).len() == 1
-    });
-    let fleet = vendctl(&[
-        "simulate",
-        "--cluster",
-        dir.to_str().unwrap(),
-        "--machines",
-        "40",
-        "--memory-ledgers",
-        "--idle",
-        "--duration",
-        "3",
-        "--timeout-s",
-        "120",
-    ]);
-    let stderr = String::from_utf8_lossy(&fleet.stderr);
-    assert!(fleet.status.success(), "{stderr}");
-    let summary: Value = serde_json::from_slice(&fleet.stdout).unwrap();
+    let (mut cluster, summary, stderr) =
+        fleet_on_a_new_cluster(&dir, &["--machines", "40", "--idle", "--duration", "3"]);
     let per_machine: Vec<u64> = summary["per_machine"]
         .as_array()
         .unwrap()

@@ -1198,14 +1198,17 @@ impl PendingBatch {
     /// Moves the machine heads into the batch (sorted, so every backend
     /// sees the same write).
     fn finish_heads(&mut self) {
-        let mut heads: Vec<(MachineId, MachineHead)> = self
-            .machine_heads
-            .iter()
-            .map(|(m, h)| (m.clone(), *h))
-            .collect();
-        heads.sort_by(|a, b| a.0.cmp(&b.0));
-        self.batch.machine_heads = heads;
+        self.batch.machine_heads = sorted_heads(&self.machine_heads);
     }
+}
+
+/// Machine heads in machine order, as a [`Batch`] carries them (so every
+/// backend sees the same write).
+fn sorted_heads(heads: &HashMap<MachineId, MachineHead>) -> Vec<(MachineId, MachineHead)> {
+    let mut sorted: Vec<(MachineId, MachineHead)> =
+        heads.iter().map(|(m, h)| (m.clone(), *h)).collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    sorted
 }
 
 /// Iterates `(gseq, plaintext record)` pairs in order up to the head,

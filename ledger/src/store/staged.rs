@@ -107,13 +107,7 @@ impl Staged {
     /// The one batch to write: everything staged, with the machines'
     /// newest heads (sorted, so every backend sees the same write).
     pub(super) fn batch(&mut self) -> &Batch {
-        let mut heads: Vec<(MachineId, MachineHead)> = self
-            .machine_heads
-            .iter()
-            .map(|(m, h)| (m.clone(), *h))
-            .collect();
-        heads.sort_by(|a, b| a.0.cmp(&b.0));
-        self.batch.machine_heads = heads;
+        self.batch.machine_heads = super::sorted_heads(&self.machine_heads);
         &self.batch
     }
 }
