@@ -23,7 +23,7 @@ use link::channel::{
     Channel, Downstream, Hello, HelloReply, LINK_VERSION, LINK_VERSION_MIN, LinkError, Refusal,
     RefusalReason, SUBMIT_EVENTS_MAX, Side, Upstream, UpstreamV1, decode_plain, encode_plain,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub type SessionId = u64;
 
@@ -36,6 +36,12 @@ pub const PENDING_EVENTS_MAX: usize = APPEND_BATCH_MAX / 2;
 /// (the primary refuses to queue more than this for one machine, see
 /// `crate::operators::COMMANDS_PENDING_MAX`, so all of them fit).
 pub const COMMANDS_PER_SESSION_MAX: usize = 64;
+
+/// Marks of appended events a session keeps for its acknowledgements
+/// (`SessionState::Open::appended`): a machine has at most 2,048 events in
+/// flight and submits up to 128 at a time, so this is never reached in
+/// practice, and reaching it only delays an acknowledgement.
+pub const APPENDED_MARKS_MAX: usize = 1_024;
 /// Machines whose last contact is remembered; beyond it the one heard
 /// from longest ago is forgotten.
 pub const MACHINES_SEEN_MAX: usize = 65_536;
@@ -65,20 +71,27 @@ pub trait MachineIndex {
     ) -> Vec<RemoteCommand>;
 }
 
-/// The highest seq of `machine` whose entry is at or below `commit`.
+/// The highest seq of `machine` whose entry is at or below `commit`,
+/// given a seq `known` to be committed already (0 for none).
 ///
 /// A machine's entries are logged in seq order, so their gseqs increase
-/// with seq: a binary search over the stream finds the mark in about 20
-/// index reads even with thousands of uncommitted events (this runs for
-/// every open session whenever the commit advances). A seq missing from
-/// the index counts as uncommitted, which can only delay an ack.
-pub fn committed_seq(index: &dyn MachineIndex, machine: &MachineId, commit: u64) -> u64 {
+/// with seq: a binary search over the stream between `known` and the head
+/// finds the mark in about 20 index reads at most (a commit acknowledges
+/// from the sessions' marks instead, see [`Ingest::on_commit`]). A seq
+/// missing from the index counts as uncommitted, which can only delay an
+/// ack.
+pub fn committed_seq(
+    index: &dyn MachineIndex,
+    machine: &MachineId,
+    commit: u64,
+    known: u64,
+) -> u64 {
     let (head_seq, head_gseq) = index.machine_head(machine);
     if head_gseq <= commit {
         return head_seq;
     }
     // Invariant: `low` is committed (0 stands for none), `high` is not.
-    let (mut low, mut high) = (0u64, head_seq);
+    let (mut low, mut high) = (known.min(head_seq), head_seq);
     while high - low > 1 {
         let middle = low + (high - low) / 2;
         match index.gseq_of(machine, middle) {
@@ -90,8 +103,41 @@ pub fn committed_seq(index: &dyn MachineIndex, machine: &MachineId, commit: u64)
 }
 
 /// Whether `session` has events queued for the next proposal.
-fn pending_from(pending: &[(SessionId, Vec<SignedEvent>)], session: SessionId) -> bool {
-    pending.iter().any(|(s, _)| *s == session)
+fn pending_from(pending: &[Submission], session: SessionId) -> bool {
+    pending.iter().any(|s| s.session == session)
+}
+
+/// The highest seq among a session's marks at or below `commit`, which
+/// leave the marks: a machine's entries are logged in seq order, so an
+/// entry at or below the commit has every earlier one of its machine
+/// committed with it. `None` when no mark has been committed yet (events
+/// of the machine's earlier sessions are then acknowledged by the next
+/// mark, or when its head is committed).
+fn committed_mark(appended: &mut VecDeque<(u64, u64)>, commit: u64) -> Option<u64> {
+    let mut committed = None;
+    while let Some(&(gseq, seq)) = appended.front() {
+        if gseq > commit {
+            break;
+        }
+        committed = committed.max(Some(seq));
+        appended.pop_front();
+    }
+    committed
+}
+
+/// A machine's batch of events waiting for the next proposal, with each
+/// event's seq.
+struct Submission {
+    session: SessionId,
+    events: Vec<SignedEvent>,
+    seqs: Vec<u64>,
+}
+
+/// Where an event of a proposal came from: its session and its seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub session: SessionId,
+    pub seq: u64,
 }
 
 /// Where the node stands, as the link needs to know it.
@@ -153,6 +199,12 @@ enum SessionState {
         acked: u64,
         /// Whether a sealed frame from the machine has opened yet.
         authenticated: bool,
+        /// Where this session's events went, oldest first: the (gseq,
+        /// seq) of its last event in each proposal, so a commit finds the
+        /// machine's committed mark without reading the log's index. At
+        /// most `APPENDED_MARKS_MAX`; the oldest go first, which only makes
+        /// an acknowledgement wait for a later mark.
+        appended: VecDeque<(u64, u64)>,
     },
     Closing,
 }
@@ -195,7 +247,7 @@ pub struct Ingest {
     /// sessions made each commit walk them all).
     awaiting: BTreeSet<SessionId>,
     /// Submissions since the last proposal, oldest first.
-    pending: Vec<(SessionId, Vec<SignedEvent>)>,
+    pending: Vec<Submission>,
     pending_events: usize,
     /// When each machine was last heard, and its reported tip.
     seen: BTreeMap<MachineId, LinkSeen>,
@@ -282,8 +334,8 @@ impl Ingest {
 
     pub fn disconnected(&mut self, session: SessionId) {
         self.sessions.remove(&session);
-        self.pending.retain(|(s, _)| *s != session);
-        self.pending_events = self.pending.iter().map(|(_, e)| e.len()).sum();
+        self.pending.retain(|s| s.session != session);
+        self.pending_events = self.pending.iter().map(|s| s.events.len()).sum();
     }
 
     /// A frame payload arrived on `session`.
@@ -334,8 +386,8 @@ impl Ingest {
 
     fn close(&mut self, out: &mut Vec<IngestAction>, session: SessionId, reason: String) {
         self.sessions.insert(session, SessionState::Closing);
-        self.pending.retain(|(s, _)| *s != session);
-        self.pending_events = self.pending.iter().map(|(_, e)| e.len()).sum();
+        self.pending.retain(|s| s.session != session);
+        self.pending_events = self.pending.iter().map(|s| s.events.len()).sum();
         out.push(IngestAction::Close {
             session,
             reason,
@@ -393,7 +445,7 @@ impl Ingest {
             self.close(out, session, "not the primary".into());
             return Ok(());
         }
-        let acked = committed_seq(index, &hello.machine_id, standing.commit_gseq);
+        let acked = committed_seq(index, &hello.machine_id, standing.commit_gseq, 0);
         let payload = channel.seal(&Downstream::Welcome {
             committed_seq: acked,
             epoch: standing.epoch,
@@ -411,6 +463,7 @@ impl Ingest {
                 version: hello.version,
                 acked,
                 authenticated: false,
+                appended: VecDeque::new(),
             },
         );
         Ok(())
@@ -430,6 +483,7 @@ impl Ingest {
             version,
             acked,
             authenticated,
+            ..
         }) = self.sessions.get_mut(&session)
         else {
             return Ok(());
@@ -449,7 +503,7 @@ impl Ingest {
         }
         match message {
             Heard::Ping { local_tip } => {
-                *acked = committed_seq(index, &machine, standing.commit_gseq);
+                *acked = committed_seq(index, &machine, standing.commit_gseq, *acked);
                 let payload = channel.seal(&Downstream::Ack {
                     committed_seq: *acked,
                 });
@@ -483,6 +537,7 @@ impl Ingest {
         if events.is_empty() || events.len() > SUBMIT_EVENTS_MAX {
             return Err(LinkError::Protocol("a submit carries 1 to 128 events"));
         }
+        let mut seqs = Vec::with_capacity(events.len());
         for event in &events {
             let envelope = event
                 .envelope()
@@ -490,6 +545,7 @@ impl Ingest {
             if &envelope.machine_id != machine {
                 return Err(LinkError::Protocol("event of another machine"));
             }
+            seqs.push(envelope.machine_seq);
         }
         if self.pending_events + events.len() > PENDING_EVENTS_MAX {
             // Group commit is behind; let the machine come back.
@@ -497,10 +553,7 @@ impl Ingest {
             else {
                 return Ok(());
             };
-            let first = events[0]
-                .envelope()
-                .map(|e| e.machine_seq)
-                .unwrap_or(*acked + 1);
+            let first = seqs.first().copied().unwrap_or(*acked + 1);
             let payload = channel.seal(&Downstream::Resend {
                 resend_from: first,
                 reason: "primary busy".into(),
@@ -510,7 +563,11 @@ impl Ingest {
         }
         self.counters.events_submitted += events.len() as u64;
         self.pending_events += events.len();
-        self.pending.push((session, events));
+        self.pending.push(Submission {
+            session,
+            events,
+            seqs,
+        });
         self.awaiting.insert(session);
         Ok(())
     }
@@ -534,15 +591,21 @@ impl Ingest {
 
     /// Everything submitted since the last call, for one group commit, with
     /// the session each event came from.
-    pub fn take_proposal(&mut self) -> Option<(Vec<SignedEvent>, Vec<SessionId>)> {
+    pub fn take_proposal(&mut self) -> Option<(Vec<SignedEvent>, Vec<Origin>)> {
         if self.pending.is_empty() {
             return None;
         }
         let mut events = Vec::with_capacity(self.pending_events);
         let mut origins = Vec::with_capacity(self.pending_events);
-        for (session, batch) in self.pending.drain(..) {
-            origins.extend(std::iter::repeat_n(session, batch.len()));
-            events.extend(batch);
+        for submission in self.pending.drain(..) {
+            let session = submission.session;
+            origins.extend(
+                submission
+                    .seqs
+                    .into_iter()
+                    .map(|seq| Origin { session, seq }),
+            );
+            events.extend(submission.events);
         }
         self.pending_events = 0;
         Some((events, origins))
@@ -550,21 +613,22 @@ impl Ingest {
 
     /// The outcome of appending a proposal: sessions whose events were
     /// refused are told where to resume; forgeries close the session.
-    pub fn on_appended(
-        &mut self,
-        results: &[Appended],
-        origins: &[SessionId],
-    ) -> Vec<IngestAction> {
+    pub fn on_appended(&mut self, results: &[Appended], origins: &[Origin]) -> Vec<IngestAction> {
         let mut out = Vec::new();
         let mut resume: BTreeMap<SessionId, u64> = BTreeMap::new();
         let mut closing: BTreeMap<SessionId, String> = BTreeMap::new();
-        for (result, &session) in results.iter().zip(origins) {
+        // Each session's last logged event of this proposal.
+        let mut logged: BTreeMap<SessionId, (u64, u64)> = BTreeMap::new();
+        for (result, origin) in results.iter().zip(origins) {
+            let session = origin.session;
             match result {
-                Appended::New { .. } => {
+                Appended::New { gseq } => {
+                    logged.insert(session, (*gseq, origin.seq));
                     self.awaiting.insert(session);
                 }
-                Appended::Duplicate { .. } => {
+                Appended::Duplicate { gseq } => {
                     self.counters.events_duplicate += 1;
+                    logged.insert(session, (*gseq, origin.seq));
                     self.awaiting.insert(session);
                 }
                 Appended::Rejected(EventRejection::Gap { expected, .. }) => {
@@ -575,6 +639,14 @@ impl Ingest {
                     self.counters.events_rejected += 1;
                     closing.entry(session).or_insert_with(|| other.to_string());
                 }
+            }
+        }
+        for (session, mark) in logged {
+            if let Some(SessionState::Open { appended, .. }) = self.sessions.get_mut(&session) {
+                if appended.len() >= APPENDED_MARKS_MAX {
+                    appended.pop_front();
+                }
+                appended.push_back(mark);
             }
         }
         for (session, reason) in closing {
@@ -603,12 +675,18 @@ impl Ingest {
                 machine,
                 channel,
                 acked,
+                appended,
                 ..
             }) = sessions.get_mut(&session)
             else {
                 return false;
             };
-            let committed = committed_seq(index, machine, commit_gseq);
+            let (head_seq, head_gseq) = index.machine_head(machine);
+            let committed = if head_gseq <= commit_gseq {
+                head_seq
+            } else {
+                committed_mark(appended, commit_gseq).unwrap_or(*acked)
+            };
             if committed > *acked {
                 *acked = committed;
                 let payload = channel.seal(&Downstream::Ack {
@@ -618,7 +696,6 @@ impl Ingest {
             }
             // Still waiting while its machine has appended events beyond
             // the commit, or has events queued for the next proposal.
-            let (head_seq, _) = index.machine_head(machine);
             committed < head_seq || pending_from(&self.pending, session)
         });
         out
@@ -801,14 +878,88 @@ mod tests {
     fn the_committed_mark_is_the_last_seq_at_or_below_the_commit() {
         let machine = MachineId::numbered(1);
         let index = Interleaved(10_000);
-        assert_eq!(committed_seq(&index, &machine, 0), 0);
-        assert_eq!(committed_seq(&index, &machine, 2), 0);
-        assert_eq!(committed_seq(&index, &machine, 3), 1);
-        assert_eq!(committed_seq(&index, &machine, 3_001), 1_000);
-        assert_eq!(committed_seq(&index, &machine, 29_999), 9_999);
-        assert_eq!(committed_seq(&index, &machine, 30_000), 10_000);
-        assert_eq!(committed_seq(&index, &machine, u64::MAX), 10_000);
-        assert_eq!(committed_seq(&Interleaved(0), &machine, 5), 0);
+        assert_eq!(committed_seq(&index, &machine, 0, 0), 0);
+        assert_eq!(committed_seq(&index, &machine, 2, 0), 0);
+        assert_eq!(committed_seq(&index, &machine, 3, 0), 1);
+        assert_eq!(committed_seq(&index, &machine, 3_001, 0), 1_000);
+        assert_eq!(committed_seq(&index, &machine, 29_999, 0), 9_999);
+        assert_eq!(committed_seq(&index, &machine, 30_000, 0), 10_000);
+        assert_eq!(committed_seq(&index, &machine, u64::MAX, 0), 10_000);
+        assert_eq!(committed_seq(&Interleaved(0), &machine, 5, 0), 0);
+        // From a seq known to be committed: the same mark.
+        assert_eq!(committed_seq(&index, &machine, 29_999, 9_000), 9_999);
+        assert_eq!(committed_seq(&index, &machine, 29_999, 9_999), 9_999);
+    }
+
+    /// A machine whose head is set by the test, and whose index must not
+    /// be read: acknowledgements come from where its events went.
+    struct Unread(std::cell::Cell<(u64, u64)>);
+
+    impl MachineIndex for Unread {
+        fn machine_head(&self, _: &MachineId) -> (u64, u64) {
+            self.0.get()
+        }
+        fn gseq_of(&self, _: &MachineId, seq: u64) -> Option<u64> {
+            panic!("the index was read for seq {seq}")
+        }
+        fn pending_commands(&self, _: &MachineId, _: u64, _: usize) -> Vec<RemoteCommand> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn a_commit_acknowledges_from_where_the_sessions_events_were_appended() {
+        let standing = standing(0);
+        let index = Unread(std::cell::Cell::new((0, 0)));
+        let mut ingest = Ingest::new();
+        let (mut channel, welcome) = handshake(&mut ingest, LINK_VERSION, &standing, &index);
+        read(&mut channel, &welcome[1..]);
+        let mut signer = ledger::StreamSigner::new(
+            &SecretKey::from_bytes([9; 32]),
+            ledger::store::record::GENESIS_HASH,
+        );
+        let mut submit = |ingest: &mut Ingest, seqs: std::ops::RangeInclusive<u64>| {
+            let events = seqs
+                .map(|machine_seq| {
+                    signer.sign(&ledger::event::EventEnvelope {
+                        machine_id: MachineId::numbered(1),
+                        machine_seq,
+                        at_ms: 1_700_000_000_000,
+                        event: ledger::event::Event::MoneyInserted {
+                            denomination: ledger::money::Denomination::Coin100,
+                            destination: ledger::event::Destination::Tube,
+                        },
+                    })
+                })
+                .collect();
+            let payload = channel.seal(&Upstream::Submit { events });
+            assert!(frame(ingest, &payload, &standing, &index).len() <= 1);
+            ingest.take_proposal().unwrap()
+        };
+        // Two proposals: seqs 1-3 at gseqs 10-12, seqs 4-5 at 20-21 (one a
+        // resend already in the log).
+        let (_, origins) = submit(&mut ingest, 1..=3);
+        let seqs: Vec<u64> = origins.iter().map(|o| o.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        let appended = [10, 11, 12].map(|gseq| Appended::New { gseq });
+        assert!(ingest.on_appended(&appended, &origins).is_empty());
+        let (_, origins) = submit(&mut ingest, 4..=5);
+        let appended = [Appended::Duplicate { gseq: 20 }, Appended::New { gseq: 21 }];
+        assert!(ingest.on_appended(&appended, &origins).is_empty());
+        index.0.set((5, 21));
+        let mut acks = |commit: u64| {
+            let frames = ingest.on_commit(commit, &index);
+            read(&mut channel, &frames)
+        };
+        assert_eq!(acks(11), [], "seq 3 (gseq 12) is not committed yet");
+        assert_eq!(acks(12), [Downstream::Ack { committed_seq: 3 }]);
+        assert_eq!(
+            acks(20),
+            [],
+            "gseq 20 is seq 4, but only seq 5's mark is kept"
+        );
+        assert_eq!(acks(21), [Downstream::Ack { committed_seq: 5 }]);
+        assert_eq!(acks(30), [], "told already, and no longer awaited");
     }
 
     struct OneKey(SecretKey);

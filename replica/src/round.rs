@@ -343,7 +343,7 @@ pub struct Round<B: Backend, K: FleetKeys> {
     /// outbox: acks are cumulative, so a newer one replaces it.
     acks_queued: BTreeMap<NodeId, usize>,
     /// The sessions each event of the proposal being appended came from.
-    proposal_origins: Vec<SessionId>,
+    proposal_origins: Vec<crate::ingest::Origin>,
     /// Set while an operator request's records are being appended (the
     /// proposal then holds only those).
     proposing: Option<Proposing>,
@@ -517,9 +517,10 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
         self.primary_tip
     }
 
-    /// The highest seq of `machine` whose entry is at or below `commit_gseq`.
-    pub fn committed_seq(&self, machine: &MachineId, commit_gseq: u64) -> u64 {
-        crate::ingest::committed_seq(&view!(self), machine, commit_gseq)
+    /// The highest seq of `machine` whose entry is at or below
+    /// `commit_gseq`, given a seq `known` to be committed (0 for none).
+    pub fn committed_seq(&self, machine: &MachineId, commit_gseq: u64, known: u64) -> u64 {
+        crate::ingest::committed_seq(&view!(self), machine, commit_gseq, known)
     }
 
     /// Gives the ledger back (the round is over for good).

@@ -10,6 +10,7 @@ use dashboard::ports::{
     Role, Snapshot,
 };
 use dashboard::{CLUSTER_KEY_WARNING_MS, FollowerStatus, ReplicaStatus};
+use ledger::MachineId;
 use ledger::projection::Projection;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,9 +122,10 @@ impl Publisher {
         let role = (role(core), core.round.node().epoch());
         if self.snapshot_cadence.due(now_ms) || role != self.published_role {
             self.published_role = role;
+            let previous = Arc::clone(&self.snapshot.borrow());
             let snapshot = self
                 .snapshot_cadence
-                .run(now_ms, "snapshot", || snapshot(core));
+                .run(now_ms, "snapshot", || snapshot(core, &previous));
             self.snapshot.send_replace(Arc::new(snapshot));
         }
         self.publish_projection(core, now_ms);
@@ -188,18 +190,24 @@ fn role(core: &Core) -> Role {
     }
 }
 
-fn snapshot(core: &Core) -> Snapshot {
+/// The fleet as it stands, walked from `previous` (the last snapshot):
+/// what was committed then still is, so each machine's committed mark is
+/// searched for only past it.
+fn snapshot(core: &Core, previous: &Snapshot) -> Snapshot {
     let status = status(core);
     let projection = core.round.ledger().projection();
     let store = core.round.ledger().store();
     let connected = core.round.ingest().connected_machines();
     let commit = core.round.node().commit_gseq();
+    // Both lists are in machine order.
+    let mut before = previous.machines.iter().peekable();
     let machines = projection
         .machines
         .iter()
         .map(|(machine, state)| {
             let head = store.machine_head(machine);
-            let committed = core.round.committed_seq(machine, commit);
+            let known = committed_before(&mut before, machine);
+            let committed = core.round.committed_seq(machine, commit, known);
             let seen = core.round.ingest().seen(machine);
             MachineSummary {
                 machine: machine.clone(),
@@ -236,6 +244,18 @@ fn snapshot(core: &Core) -> Snapshot {
         },
         status,
     }
+}
+
+/// The seq `machine` had committed in the last snapshot (0 if it was not
+/// there), walking that snapshot's machines in order.
+fn committed_before<'a>(
+    before: &mut std::iter::Peekable<impl Iterator<Item = &'a MachineSummary>>,
+    machine: &MachineId,
+) -> u64 {
+    while before.next_if(|s| &s.machine < machine).is_some() {}
+    before
+        .next_if(|s| &s.machine == machine)
+        .map_or(0, |s| s.last_seq.saturating_sub(s.uncommitted))
 }
 
 fn member_name(core: &Core, id: crate::wire::NodeId) -> String {
@@ -358,6 +378,35 @@ fn status(core: &Core) -> ReplicaStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_machine_starts_from_what_the_last_snapshot_saw_committed() {
+        let summary = |n: u32, last_seq: u64, uncommitted: u64| MachineSummary {
+            machine: MachineId::numbered(n),
+            last_seq,
+            last_gseq: 0,
+            last_event_ms: 0,
+            connected: false,
+            last_seen_ms: None,
+            backlog: None,
+            uncommitted,
+            cash_held_won: 0,
+            stock_units: 0,
+        };
+        // The last snapshot knew machines 1, 3 and 4 (and a 6 no longer
+        // listed); machines 2 and 5 are new.
+        let last = [
+            summary(1, 10, 4),
+            summary(3, 30, 0),
+            summary(4, 40, 40),
+            summary(6, 60, 1),
+        ];
+        let mut before = last.iter().peekable();
+        let known: Vec<u64> = (1..=5)
+            .map(|n| committed_before(&mut before, &MachineId::numbered(n)))
+            .collect();
+        assert_eq!(known, [6, 0, 30, 0, 0]);
+    }
 
     #[test]
     fn a_costly_walk_waits_twenty_times_its_cost_and_a_cheap_one_its_base() {
