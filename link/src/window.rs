@@ -11,8 +11,9 @@
 //! [`ACK_DELAY_TARGET_MS`], the window grows by a quarter of what was
 //! acknowledged; when it came back later, the window shrinks by a quarter,
 //! at most once per target period (one queue is not punished twice).
-//! A new window starts at its minimum and grows from there, as TCP's slow
-//! start does: starting at the maximum, a fleet connecting at once put
+//! A new window starts at its minimum and, until it first shrinks, grows
+//! by all that was acknowledged (doubling each round trip, as TCP's slow
+//! start does): starting at the maximum, a fleet connecting at once put
 //! 40,000 events in front of the primary before the first acknowledgement
 //! could say the queue was long, and a saturated run's acknowledgements
 //! waited 340-590 ms at p99 while the windows shrank (63-70 ms from the
@@ -38,6 +39,8 @@ pub struct InFlightWindow {
     /// one entry per event in flight, so never more than
     /// [`IN_FLIGHT_EVENTS_MAX`].
     sent: VecDeque<(u64, u64)>,
+    /// When the window last shrank; `None` until it first does, and until
+    /// then it grows by all that was acknowledged (slow start).
     shrunk_at_ms: Option<u64>,
 }
 
@@ -91,7 +94,11 @@ impl InFlightWindow {
         };
         let delay_ms = now_ms.saturating_sub(sent_ms);
         if delay_ms <= ACK_DELAY_TARGET_MS {
-            self.events = (self.events + (newly / 4).max(1)).min(IN_FLIGHT_EVENTS_MAX);
+            let growth = match self.shrunk_at_ms {
+                None => newly,
+                Some(_) => newly / 4,
+            };
+            self.events = (self.events + growth.max(1)).min(IN_FLIGHT_EVENTS_MAX);
         } else if self
             .shrunk_at_ms
             .is_none_or(|at| now_ms >= at + ACK_DELAY_TARGET_MS)
@@ -127,12 +134,19 @@ mod tests {
     }
 
     #[test]
-    fn a_new_window_starts_at_its_minimum_and_grows_by_a_quarter_of_each_prompt_ack() {
+    fn a_new_window_starts_at_its_minimum_and_doubles_until_it_first_shrinks() {
         let mut window = InFlightWindow::default();
         assert_eq!(window.events(), IN_FLIGHT_EVENTS_MIN);
         let sent = send(&mut window, 0, 2, 128, 0);
         window.on_acked(sent, 256, ACK_DELAY_TARGET_MS);
-        assert_eq!(window.events(), IN_FLIGHT_EVENTS_MIN + 64);
+        assert_eq!(window.events(), 2 * IN_FLIGHT_EVENTS_MIN);
+        // A slow acknowledgement ends the slow start.
+        let sent = send(&mut window, sent, 4, 128, 100);
+        window.on_acked(sent, 512, 100 + ACK_DELAY_TARGET_MS + 1);
+        assert_eq!(window.events(), 2 * IN_FLIGHT_EVENTS_MIN * 3 / 4);
+        let sent = send(&mut window, sent, 2, 128, 200);
+        window.on_acked(sent, 256, 210);
+        assert_eq!(window.events(), 2 * IN_FLIGHT_EVENTS_MIN * 3 / 4 + 64);
     }
 
     #[test]
