@@ -11,10 +11,9 @@
 //! the two against each other.
 
 use super::archive::ArchiveMark;
-use super::{Head, MachineHead, SegmentSummary, StoreConfig, StoreError};
+use super::{Head, MachineHead, MachineHeads, SegmentSummary, StoreConfig, StoreError};
 use crate::crypto::Hash32;
 use crate::ids::MachineId;
-use std::collections::HashMap;
 
 /// What a store persisted about itself, loaded at open.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -22,7 +21,7 @@ pub struct StoredState {
     pub config: StoreConfig,
     pub head: Head,
     pub open_segment: SegmentSummary,
-    pub machine_heads: HashMap<MachineId, MachineHead>,
+    pub machine_heads: MachineHeads,
     /// What was moved into archive files, if anything.
     pub archived: Option<ArchiveMark>,
 }

@@ -44,6 +44,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use staged::{STAGED_RECORDS_MAX, Staged};
 use std::collections::{HashMap, VecDeque};
+
+/// A hash map for the store's per-event work, with FxHash instead of
+/// SipHash: its keys are machine ids from the key directory and seqs a
+/// machine must number consecutively, which nobody can choose to collide.
+pub type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+
+/// Each machine's last logged event.
+pub type MachineHeads = FastMap<MachineId, MachineHead>;
 use std::path::Path;
 
 pub use archiving::{ArchiveReport, Cutoff};
@@ -289,7 +297,7 @@ pub struct LogStore<B: Backend = RocksBackend> {
     backend: B,
     config: StoreConfig,
     head: Head,
-    machine_heads: HashMap<MachineId, MachineHead>,
+    machine_heads: MachineHeads,
     open_segment: SegmentSummary,
     /// What the live log no longer holds (in archive files), if anything.
     archived: Option<ArchiveMark>,
@@ -423,7 +431,7 @@ impl<B: Backend> LogStore<B> {
         self.machine_heads.get(machine).copied().unwrap_or_default()
     }
 
-    pub fn machine_heads(&self) -> &HashMap<MachineId, MachineHead> {
+    pub fn machine_heads(&self) -> &MachineHeads {
         &self.machine_heads
     }
 
@@ -1017,9 +1025,9 @@ fn operator_entry(record: &OperatorRecord) -> NewEntry {
 struct PendingBatch {
     batch: Batch,
     head: Head,
-    machine_heads: HashMap<MachineId, MachineHead>,
+    machine_heads: MachineHeads,
     /// (machine, seq) -> (gseq, chain hash) appended in this batch.
-    in_batch: HashMap<(MachineId, u64), (u64, Hash32)>,
+    in_batch: FastMap<(MachineId, u64), (u64, Hash32)>,
     /// The entries' links, when the store keeps recent ones.
     links: Option<Vec<RecentLink>>,
 }
@@ -1033,8 +1041,8 @@ impl PendingBatch {
                 ..Batch::default()
             },
             head: store.head,
-            machine_heads: HashMap::new(),
-            in_batch: HashMap::new(),
+            machine_heads: MachineHeads::default(),
+            in_batch: FastMap::default(),
             links: store.recent_links.as_ref().map(|_| Vec::new()),
         }
     }
@@ -1204,7 +1212,7 @@ impl PendingBatch {
 
 /// Machine heads in machine order, as a [`Batch`] carries them (so every
 /// backend sees the same write).
-fn sorted_heads(heads: &HashMap<MachineId, MachineHead>) -> Vec<(MachineId, MachineHead)> {
+fn sorted_heads(heads: &MachineHeads) -> Vec<(MachineId, MachineHead)> {
     let mut sorted: Vec<(MachineId, MachineHead)> =
         heads.iter().map(|(m, h)| (m.clone(), *h)).collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));

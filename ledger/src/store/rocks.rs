@@ -22,7 +22,7 @@
 
 use super::archive::{ArchiveDir, ArchiveMark, resolve_dir};
 use super::backend::{Backend, Batch, RecordVisitor, Restoration, StoredState, Truncation};
-use super::{MachineHead, OpenOptions, SegmentSummary, StoreConfig, StoreError};
+use super::{MachineHead, MachineHeads, OpenOptions, SegmentSummary, StoreConfig, StoreError};
 use crate::crypto::{Hash32, SealError, Sealer, SecretKey};
 use crate::ids::MachineId;
 use rocksdb::{
@@ -31,7 +31,6 @@ use rocksdb::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -489,8 +488,8 @@ impl RocksBackend {
         Ok(())
     }
 
-    fn load_machine_heads(&self) -> Result<HashMap<MachineId, MachineHead>, StoreError> {
-        let mut heads = HashMap::new();
+    fn load_machine_heads(&self) -> Result<MachineHeads, StoreError> {
+        let mut heads = MachineHeads::default();
         let iter = self.db.iterator_cf(
             self.cf(CF_META),
             IteratorMode::From(META_MACHINE_HEAD_PREFIX, Direction::Forward),

@@ -22,10 +22,9 @@
 
 use super::Seq;
 use super::backend::Batch;
-use super::{MachineHead, SegmentSummary};
+use super::{FastMap, MachineHeads, SegmentSummary};
 use crate::crypto::Hash32;
 use crate::ids::MachineId;
-use std::collections::HashMap;
 
 /// Records staged at most; an append beyond it writes what is staged
 /// first (bounds the memory a round's appends hold).
@@ -35,16 +34,16 @@ pub const STAGED_RECORDS_MAX: usize = 16_384;
 #[derive(Debug)]
 pub(super) struct Staged {
     batch: Batch,
-    machine_heads: HashMap<MachineId, MachineHead>,
+    machine_heads: MachineHeads,
     /// (machine, seq) -> (gseq, chain hash) of the staged events.
-    index: HashMap<Seq, (u64, Hash32)>,
+    index: FastMap<Seq, (u64, Hash32)>,
 }
 
 impl Staged {
     pub(super) fn new(
         batch: Batch,
-        machine_heads: HashMap<MachineId, MachineHead>,
-        index: HashMap<Seq, (u64, Hash32)>,
+        machine_heads: MachineHeads,
+        index: FastMap<Seq, (u64, Hash32)>,
     ) -> Staged {
         Staged {
             batch,
@@ -57,8 +56,8 @@ impl Staged {
     pub(super) fn extend(
         &mut self,
         batch: Batch,
-        machine_heads: HashMap<MachineId, MachineHead>,
-        index: HashMap<Seq, (u64, Hash32)>,
+        machine_heads: MachineHeads,
+        index: FastMap<Seq, (u64, Hash32)>,
     ) {
         debug_assert_eq!(batch.first_gseq, self.batch.last_gseq() + 1);
         let Batch {
