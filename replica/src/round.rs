@@ -236,6 +236,7 @@ macro_rules! view {
         View {
             ledger: &$round.ledger,
             cache: &$round.cache,
+            synced_gseq: $round.synced_gseq,
         }
     };
 }
@@ -244,6 +245,7 @@ macro_rules! view {
 struct View<'a, B: Backend> {
     ledger: &'a Ledger<B>,
     cache: &'a MetaCache,
+    synced_gseq: u64,
 }
 
 impl<B: Backend> LogView for View<'_, B> {
@@ -264,6 +266,10 @@ impl<B: Backend> LogView for View<'_, B> {
             let entry = self.ledger.store().get(gseq).ok().flatten()?;
             Some((entry.hash, entry.body.epoch))
         })
+    }
+
+    fn synced_gseq(&self) -> u64 {
+        self.synced_gseq
     }
 }
 
@@ -336,6 +342,14 @@ pub struct Round<B: Backend, K: FleetKeys> {
     /// Everything to send this round, held until the round's writes are
     /// synced (`None`: an acknowledgement a newer one replaced).
     outbox: Vec<Option<Outgoing>>,
+    /// Datagrams of records (streamed, retransmitted, served for a catch
+    /// up), which may leave before the round's sync (`take_early`): holding
+    /// records promises nothing about this replica's disk, and the commit
+    /// counts this replica only up to `synced_gseq`.
+    early: Vec<Outgoing>,
+    /// The last gseq of the log known durable here: the tip at open and at
+    /// each successful sync, lowered by truncations.
+    synced_gseq: u64,
     /// Handshake nonces (seeded from the OS by a server, from the seed by
     /// the simulation, so a seed replays exactly).
     nonces: ChaCha20Rng,
@@ -452,6 +466,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             "replica opened its log"
         );
         let commit_hint = restart.commit_hint;
+        let synced_gseq = ledger.store().head().gseq;
         Ok(Round {
             config,
             node,
@@ -465,6 +480,8 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             now_ms: 0,
             wall_ms: 0,
             outbox: Vec::new(),
+            early: Vec::new(),
+            synced_gseq,
             nonces: ChaCha20Rng::seed_from_u64(seed),
             acks_queued: BTreeMap::new(),
             proposal_origins: Vec::new(),
@@ -575,13 +592,26 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
                 self.proposal_origins.clear();
             }
         }
+        self.announce_commit();
+        self.save_commit_hint(false);
+    }
+
+    /// Machines hear of a new commit (once per round: under load it
+    /// advances with every follower ack), and what waited for it goes.
+    fn announce_commit(&mut self) {
         if let Some(commit_gseq) = self.commit_to_announce.take() {
             let actions = self.ingest.on_commit(commit_gseq, &view!(self));
             self.ingest_actions(actions);
         }
         self.deliver_commands();
         self.answer_operators();
-        self.save_commit_hint(false);
+    }
+
+    /// The datagrams of records this round produced so far, to send before
+    /// its sync: a follower then stores them while this replica syncs.
+    /// Whatever a shell does not take leaves with the rest at `finish`.
+    pub fn take_early(&mut self) -> Vec<Outgoing> {
+        std::mem::take(&mut self.early)
     }
 
     /// An operator asks for `action`: it is planned against the projection
@@ -779,6 +809,9 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
                 "syncing the round's writes failed; nothing of the round is sent",
                 &error,
             );
+            // Records streamed before the sync have left; the rest of
+            // them waits for a retransmission.
+            self.early.clear();
             let answers = self.take_operator_answers();
             self.write_failed();
             // What the failure produced (a role change, redirects) waits
@@ -791,6 +824,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
                 "the promise file could not be written; nothing of the round is sent",
                 &error,
             );
+            self.early.clear();
             return self.take_operator_answers();
         }
         if std::mem::take(&mut self.wrote_this_round)
@@ -798,7 +832,15 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
         {
             tracing::info!(replica = %self.config.name, "the log can be written again");
         }
-        self.outbox.drain(..).flatten().collect()
+        // What followers acknowledged before this sync may commit now, and
+        // machines hear of it in this round.
+        self.synced_gseq = self.ledger.store().head().gseq;
+        let actions = self.node.on_synced(&view!(self));
+        self.execute(actions);
+        self.announce_commit();
+        let mut outgoing = std::mem::take(&mut self.early);
+        outgoing.extend(self.outbox.drain(..).flatten());
+        outgoing
     }
 
     /// Empties the outbox of a round whose writes may be lost, keeping only
@@ -1065,6 +1107,17 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
         }
     }
 
+    /// After a failed write, the appends still held in memory are written
+    /// before any more are taken: a replica whose disk is full would
+    /// otherwise keep appending in memory (up to `STAGED_RECORDS_MAX`)
+    /// what it can neither store nor acknowledge.
+    fn write_pending_after_failure(&mut self) -> Result<(), StoreError> {
+        if self.counters.storage_error.is_none() {
+            return Ok(());
+        }
+        self.ledger.store_mut().write_pending()
+    }
+
     fn write_failed(&mut self) {
         let actions = self.write_failed_actions();
         self.execute(actions);
@@ -1098,11 +1151,19 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
                 .store_mut()
                 .put_app_meta(META_VOTE, &PersistedVote { epoch, voted_for })?,
             Action::Append { epoch, entries } => {
+                self.write_pending_after_failure()?;
                 return Ok(self.append(epoch, &entries)?);
             }
-            Action::AppendMarker { epoch } => return Ok(self.append_marker(epoch)?),
-            Action::AppendReplicated { records } => self.append_replicated(&records)?,
+            Action::AppendMarker { epoch } => {
+                self.write_pending_after_failure()?;
+                return Ok(self.append_marker(epoch)?);
+            }
+            Action::AppendReplicated { records } => {
+                self.write_pending_after_failure()?;
+                self.append_replicated(&records)?;
+            }
             Action::TruncateAfter { gseq } => {
+                self.synced_gseq = self.synced_gseq.min(gseq);
                 self.lower_promise_to(gseq)?;
                 let removed = self.ledger.truncate_after(gseq)?;
                 self.cache.truncate_after(gseq);
@@ -1143,7 +1204,8 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
         for message in
             replication_messages(from_gseq, records, self.config.payload_bytes_max, catchup)
         {
-            self.send(to, epoch, commit_gseq, message);
+            let bytes = self.seal_datagram(to, epoch, commit_gseq, message);
+            self.early.push(Outgoing::Datagram { to, bytes });
         }
         Ok(())
     }
@@ -1236,8 +1298,26 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
     }
 
     fn send(&mut self, to: Target, epoch: u64, commit_gseq: u64, message: Message) {
-        self.packet_seq += 1;
         let is_ack = matches!(message, Message::Ack { .. });
+        let bytes = self.seal_datagram(to, epoch, commit_gseq, message);
+        if is_ack
+            && let Target::Node(peer) = to
+            && let Some(earlier) = self.acks_queued.insert(peer, self.outbox.len())
+        {
+            // Acks are cumulative: the newer one goes, last, in its place.
+            self.outbox[earlier] = None;
+        }
+        self.outbox.push(Some(Outgoing::Datagram { to, bytes }));
+    }
+
+    fn seal_datagram(
+        &mut self,
+        to: Target,
+        epoch: u64,
+        commit_gseq: u64,
+        message: Message,
+    ) -> Vec<u8> {
+        self.packet_seq += 1;
         let receiver = match to {
             Target::All => crate::wire::RECEIVER_ALL,
             Target::Node(id) => id,
@@ -1252,26 +1332,18 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             commit_gseq,
             message,
         };
-        let bytes = self.codec.encode(&datagram);
-        if is_ack
-            && let Target::Node(peer) = to
-            && let Some(earlier) = self.acks_queued.insert(peer, self.outbox.len())
-        {
-            // Acks are cumulative: the newer one goes, last, in its place.
-            self.outbox[earlier] = None;
-        }
-        self.outbox.push(Some(Outgoing::Datagram { to, bytes }));
+        self.codec.encode(&datagram)
     }
 
     fn save_commit_hint(&mut self, force: bool) {
         let commit = self.node.commit_gseq();
         let due = force || self.now_ms >= self.commit_saved_at_ms + COMMIT_HINT_EVERY_MS;
         if commit > self.commit_saved && due {
+            // Tried again after the same period when it fails: a full disk
+            // would otherwise log this every round.
+            self.commit_saved_at_ms = self.now_ms;
             match self.ledger.store_mut().put_app_meta(META_COMMIT, &commit) {
-                Ok(()) => {
-                    self.commit_saved = commit;
-                    self.commit_saved_at_ms = self.now_ms;
-                }
+                Ok(()) => self.commit_saved = commit,
                 Err(e) => tracing::warn!(error = %e, "could not save the commit hint"),
             }
         }

@@ -1499,10 +1499,24 @@ impl Simulation {
             };
             round.tick();
             round.seal();
+            let early = round.take_early();
+            if self.replicas[index].faults.plan().crashed {
+                // Crashed while sealing: nothing left the process.
+                self.after_round_step(index);
+                continue;
+            }
+            // The records streamed before the sync leave first, even when
+            // the sync then crashes the process.
+            for outgoing in early {
+                self.release(index, outgoing);
+            }
+            let Some(round) = self.replicas[index].round() else {
+                continue;
+            };
             let synced = round.sync();
             let outgoing = round.finish(synced);
             if self.after_round_step(index) {
-                // Crashed at the sync: nothing left the process.
+                // Crashed at the sync: nothing else left the process.
                 continue;
             }
             self.check_committed_prefix(index);

@@ -451,6 +451,13 @@ impl<B: Backend> LogStore<B> {
         self.backend.sync()
     }
 
+    /// Writes the staged appends to the backend now (not synced): a
+    /// replica whose last write failed tries this before it takes more in
+    /// memory, so it stops appending while its disk stays full.
+    pub fn write_pending(&mut self) -> Result<(), StoreError> {
+        self.write_staged()
+    }
+
     /// Writes the staged appends to the backend; on failure they stay
     /// staged, to be written again.
     fn write_staged(&mut self) -> Result<(), StoreError> {

@@ -207,9 +207,11 @@ impl Node {
     }
 
     /// With three members, the majority is this node and one follower: the
-    /// highest gseq stored on some follower (and here) is committed,
+    /// highest gseq stored on some follower and synced here is committed,
     /// provided it is of this epoch (at or after the epoch's marker).
-    fn advance_commit(&mut self, out: &mut Vec<Action>, log: &dyn LogView) {
+    /// Records are streamed before this node's own sync, so a follower may
+    /// hold more than is durable here: that waits for `on_synced`.
+    pub(super) fn advance_commit(&mut self, out: &mut Vec<Action>, log: &dyn LogView) {
         let RoleState::Leading {
             progress,
             epoch_start_gseq: Some(epoch_start),
@@ -218,8 +220,11 @@ impl Node {
         else {
             return;
         };
-        let tip = log.tip().gseq;
-        let mut matched: Vec<u64> = progress.values().map(|p| p.match_gseq.min(tip)).collect();
+        let synced = log.synced_gseq().min(log.tip().gseq);
+        let mut matched: Vec<u64> = progress
+            .values()
+            .map(|p| p.match_gseq.min(synced))
+            .collect();
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let needed = self.config.majority() - 1;
         let Some(&candidate) = matched.get(needed.saturating_sub(1)) else {

@@ -87,6 +87,13 @@ pub trait LogView {
     fn tip(&self) -> Tip;
     /// Hash and epoch of the entry at `gseq`, if the log holds it.
     fn entry_meta(&self, gseq: u64) -> Option<(Hash32, u64)>;
+    /// The last gseq of the log that is durable here (synced). A primary
+    /// streams records before its own sync, so it counts itself towards a
+    /// commit only up to this. A log whose every write is durable at once
+    /// has it at its tip.
+    fn synced_gseq(&self) -> u64 {
+        self.tip().gseq
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -614,6 +621,14 @@ impl Node {
             }
             self.maybe_nak(&mut out, log);
         }
+        out
+    }
+
+    /// The shell synced the log up to `log.synced_gseq()`: as primary, the
+    /// commit may now count this replica's copy of what followers hold.
+    pub fn on_synced(&mut self, log: &dyn LogView) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.advance_commit(&mut out, log);
         out
     }
 

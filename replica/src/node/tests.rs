@@ -1463,3 +1463,55 @@ fn a_refused_pre_vote_is_asked_again_after_a_heartbeat() {
         "sooner than a timeout"
     );
 }
+
+/// `TestLog` with only its first `synced` entries durable, as a primary's
+/// log is between streaming a round's records and syncing them.
+struct SyncedTo<'a>(&'a TestLog, u64);
+
+impl LogView for SyncedTo<'_> {
+    fn tip(&self) -> Tip {
+        self.0.tip()
+    }
+
+    fn entry_meta(&self, gseq: u64) -> Option<(Hash32, u64)> {
+        self.0.entry_meta(gseq)
+    }
+
+    fn synced_gseq(&self) -> u64 {
+        self.1
+    }
+}
+
+#[test]
+fn the_primary_counts_itself_towards_a_commit_only_as_far_as_it_synced() {
+    let (mut primary, mut log) = elected_primary();
+    let (events, keys) = machine_events(3);
+    primary.propose(proposed(&events)).unwrap();
+    log.append_events(1, 0, &events, &keys);
+    let streamed = primary.on_local_append(&SyncedTo(&log, 1));
+    assert!(matches!(
+        streamed[..],
+        [Action::Replicate { to_gseq: 4, .. }]
+    ));
+    // The follower stored and acknowledged all of it before the primary's
+    // own sync of 2..=4 finished.
+    let (hash_4, _) = log.entry_meta(4).unwrap();
+    let ack = Message::Ack {
+        tip_gseq: 4,
+        tip_hash: hash_4,
+    };
+    let actions = primary.receive(2_000, to(1, datagram(2, 1, 5, 0, ack)), &SyncedTo(&log, 1));
+    assert_eq!(
+        actions,
+        [Action::CommitAdvanced { commit_gseq: 1 }],
+        "only the epoch's marker is durable here"
+    );
+    assert_eq!(
+        primary.on_synced(&SyncedTo(&log, 3)),
+        [Action::CommitAdvanced { commit_gseq: 3 }]
+    );
+    assert_eq!(
+        primary.on_synced(&log),
+        [Action::CommitAdvanced { commit_gseq: 4 }]
+    );
+}

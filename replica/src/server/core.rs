@@ -190,11 +190,14 @@ impl Core {
         tracing::info!(replica = %self.config.name, "replica stopped");
     }
 
-    /// Seals the round, makes it durable with one fsync, and only then
-    /// sends what it produced.
+    /// Seals the round, sends the records it streams, makes it durable
+    /// with one fsync, and only then sends the rest of what it produced.
     fn end_round(&mut self, publisher: &mut Publisher, times: &mut RoundTimes) {
         let started = Instant::now();
         self.round.seal();
+        for outgoing in self.round.take_early() {
+            self.deliver(outgoing);
+        }
         let sealed = Instant::now();
         let synced = self.round.sync();
         let sync_done = Instant::now();
