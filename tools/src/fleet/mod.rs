@@ -101,15 +101,25 @@ pub fn load(args: &FleetArgs) -> Result<(Summary, Vec<String>)> {
     Ok((summary, failures))
 }
 
-/// An error naming the machines that did not finish, if any did not.
+/// How many of the machines that did not finish an error names (a fleet
+/// of 10,000 that could not reach its cluster named them all, 570 KB).
+const FAILURES_NAMED_MAX: usize = 10;
+
+/// An error naming the machines that did not finish (the first
+/// `FAILURES_NAMED_MAX`), if any did not.
 pub fn all_finished(failures: Vec<String>) -> Result<()> {
     if failures.is_empty() {
         return Ok(());
     }
+    let named = failures.len().min(FAILURES_NAMED_MAX);
+    let more = match failures.len() - named {
+        0 => String::new(),
+        more => format!("; and {more} more"),
+    };
     bail!(
-        "{} machines did not finish: {}",
+        "{} machines did not finish: {}{more}",
         failures.len(),
-        failures.join("; ")
+        failures[..named].join("; ")
     )
 }
 
@@ -370,5 +380,22 @@ async fn drive_machine(mut machine: MachineRun, deadline: Instant) -> Result<Mac
         if machine.finished() {
             return machine.stop().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod failures_tests {
+    use super::*;
+
+    #[test]
+    fn a_large_fleet_that_did_not_finish_is_summed_up_not_listed() {
+        assert!(all_finished(Vec::new()).is_ok());
+        let few: Vec<String> = (1..=2).map(|n| format!("VM-{n}: stuck")).collect();
+        let error = all_finished(few).unwrap_err().to_string();
+        assert_eq!(error, "2 machines did not finish: VM-1: stuck; VM-2: stuck");
+        let many: Vec<String> = (1..=10_000).map(|n| format!("VM-{n}: stuck")).collect();
+        let error = all_finished(many).unwrap_err().to_string();
+        assert!(error.starts_with("10000 machines did not finish: VM-1: stuck;"));
+        assert!(error.ends_with("VM-10: stuck; and 9990 more"), "{error}");
     }
 }
