@@ -610,6 +610,10 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
     /// The datagrams of records this round produced so far, to send before
     /// its sync: a follower then stores them while this replica syncs.
     /// Whatever a shell does not take leaves with the rest at `finish`.
+    /// They overtake datagrams sealed before them (a heartbeat of `tick`),
+    /// which the receivers' replay window (`REPLAY_WINDOW_PACKETS`) takes
+    /// out of order; one overtaken by more than that many is dropped as
+    /// old, and heartbeats repeat.
     pub fn take_early(&mut self) -> Vec<Outgoing> {
         std::mem::take(&mut self.early)
     }
