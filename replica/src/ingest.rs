@@ -272,6 +272,18 @@ impl Ingest {
         }
     }
 
+    /// Marks of appended events held over all sessions, for tests.
+    #[cfg(test)]
+    fn marks_held(&self) -> usize {
+        self.sessions
+            .values()
+            .map(|state| match state {
+                SessionState::Open { appended, .. } => appended.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// What this replica last heard from `machine` over its link, if it
     /// has since it started.
     pub fn seen(&self, machine: &MachineId) -> Option<LinkSeen> {
@@ -683,6 +695,8 @@ impl Ingest {
             };
             let (head_seq, head_gseq) = index.machine_head(machine);
             let committed = if head_gseq <= commit_gseq {
+                // Every mark is at or below the head: none is needed again.
+                appended.clear();
                 head_seq
             } else {
                 committed_mark(appended, commit_gseq).unwrap_or(*acked)
@@ -918,32 +932,33 @@ mod tests {
             &SecretKey::from_bytes([9; 32]),
             ledger::store::record::GENESIS_HASH,
         );
-        let mut submit = |ingest: &mut Ingest, seqs: std::ops::RangeInclusive<u64>| {
-            let events = seqs
-                .map(|machine_seq| {
-                    signer.sign(&ledger::event::EventEnvelope {
-                        machine_id: MachineId::numbered(1),
-                        machine_seq,
-                        at_ms: 1_700_000_000_000,
-                        event: ledger::event::Event::MoneyInserted {
-                            denomination: ledger::money::Denomination::Coin100,
-                            destination: ledger::event::Destination::Tube,
-                        },
+        let mut submit =
+            |ingest: &mut Ingest, channel: &mut Channel, seqs: std::ops::RangeInclusive<u64>| {
+                let events = seqs
+                    .map(|machine_seq| {
+                        signer.sign(&ledger::event::EventEnvelope {
+                            machine_id: MachineId::numbered(1),
+                            machine_seq,
+                            at_ms: 1_700_000_000_000,
+                            event: ledger::event::Event::MoneyInserted {
+                                denomination: ledger::money::Denomination::Coin100,
+                                destination: ledger::event::Destination::Tube,
+                            },
+                        })
                     })
-                })
-                .collect();
-            let payload = channel.seal(&Upstream::Submit { events });
-            assert!(frame(ingest, &payload, &standing, &index).len() <= 1);
-            ingest.take_proposal().unwrap()
-        };
+                    .collect();
+                let payload = channel.seal(&Upstream::Submit { events });
+                assert!(frame(ingest, &payload, &standing, &index).len() <= 1);
+                ingest.take_proposal().unwrap()
+            };
         // Two proposals: seqs 1-3 at gseqs 10-12, seqs 4-5 at 20-21 (one a
         // resend already in the log).
-        let (_, origins) = submit(&mut ingest, 1..=3);
+        let (_, origins) = submit(&mut ingest, &mut channel, 1..=3);
         let seqs: Vec<u64> = origins.iter().map(|o| o.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
         let appended = [10, 11, 12].map(|gseq| Appended::New { gseq });
         assert!(ingest.on_appended(&appended, &origins).is_empty());
-        let (_, origins) = submit(&mut ingest, 4..=5);
+        let (_, origins) = submit(&mut ingest, &mut channel, 4..=5);
         let appended = [Appended::Duplicate { gseq: 20 }, Appended::New { gseq: 21 }];
         assert!(ingest.on_appended(&appended, &origins).is_empty());
         index.0.set((5, 21));
@@ -960,6 +975,27 @@ mod tests {
         );
         assert_eq!(acks(21), [Downstream::Ack { committed_seq: 5 }]);
         assert_eq!(acks(30), [], "told already, and no longer awaited");
+        // A commit of the whole head leaves no marks behind (an idle
+        // machine's session would otherwise keep one per proposal).
+        let (_, origins) = submit(&mut ingest, &mut channel, 6..=6);
+        assert!(
+            ingest
+                .on_appended(&[Appended::New { gseq: 40 }], &origins)
+                .is_empty()
+        );
+        let (_, origins) = submit(&mut ingest, &mut channel, 7..=7);
+        assert!(
+            ingest
+                .on_appended(&[Appended::New { gseq: 41 }], &origins)
+                .is_empty()
+        );
+        index.0.set((7, 41));
+        let frames = ingest.on_commit(41, &index);
+        assert_eq!(
+            read(&mut channel, &frames),
+            [Downstream::Ack { committed_seq: 7 }]
+        );
+        assert_eq!(ingest.marks_held(), 0);
     }
 
     struct OneKey(SecretKey);
