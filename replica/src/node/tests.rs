@@ -413,6 +413,17 @@ fn proposed(events: &[SignedEvent]) -> Vec<Proposed> {
     events.iter().cloned().map(Proposed::Event).collect()
 }
 
+/// An elected primary that proposed `count` events of one machine and
+/// appended them (gseqs 2 onwards, after its epoch's marker), with the
+/// machine's keys.
+fn primary_with_events(count: usize) -> (Node, TestLog, SingleMachineKey) {
+    let (mut primary, mut log) = elected_primary();
+    let (events, keys) = machine_events(count);
+    primary.propose(proposed(&events)).unwrap();
+    log.append_events(1, 0, &events, &keys);
+    (primary, log, keys)
+}
+
 /// An account and a command for machine 1, as operators' records.
 fn operator_records() -> Vec<Proposed> {
     let password_hash = ledger::admin::hash_password(
@@ -524,10 +535,7 @@ fn commit_needs_one_follower_and_an_entry_of_this_epoch() {
 
 #[test]
 fn a_follower_appends_buffers_naks_and_acknowledges_after_writing() {
-    let (mut primary, mut primary_log) = elected_primary();
-    let (events, keys) = machine_events(6);
-    primary.propose(proposed(&events)).unwrap();
-    primary_log.append_events(1, 0, &events, &keys);
+    let (_, primary_log, keys) = primary_with_events(6);
     let records = primary_log.records(1, 7);
 
     // A NAK delay, as a network that reorders datagrams may want.
@@ -663,10 +671,7 @@ fn follower_holding_two(records: &[Vec<u8>], keys: &SingleMachineKey) -> (Node, 
 /// did not come back doubled the wait of every later hole.
 #[test]
 fn each_hole_is_naked_at_once_and_retried_on_its_own() {
-    let (mut primary, mut primary_log) = elected_primary();
-    let (events, keys) = machine_events(15);
-    primary.propose(proposed(&events)).unwrap();
-    primary_log.append_events(1, 0, &events, &keys);
+    let (_, primary_log, keys) = primary_with_events(15);
     let records = primary_log.records(1, 16);
     let (mut follower, log) = follower_holding_two(&records, &keys);
     let mut packet = 1;
@@ -899,10 +904,7 @@ fn a_primary_that_hears_nobody_steps_down() {
 /// the missing records, and then the backup is up to date and can win.
 #[test]
 fn a_voter_with_more_entries_catches_a_lagging_candidate_up() {
-    let (mut primary, mut full) = elected_primary();
-    let (events, keys) = machine_events(6);
-    primary.propose(proposed(&events)).unwrap();
-    full.append_events(1, 0, &events, &keys);
+    let (_, full, keys) = primary_with_events(6);
     // The sync (node 2) has all 7 records; the backup (node 3) only 1-3.
     let mut sync = Node::new(config(2), Restart::default(), 11, 0);
     let sync_log = full.copy();
@@ -996,10 +998,7 @@ fn a_voter_with_more_entries_catches_a_lagging_candidate_up() {
 
 #[test]
 fn a_catchup_is_ignored_while_a_primary_is_alive_or_from_a_shorter_log() {
-    let (mut primary, mut full) = elected_primary();
-    let (events, keys) = machine_events(4);
-    primary.propose(proposed(&events)).unwrap();
-    full.append_events(1, 0, &events, &keys);
+    let (_, full, keys) = primary_with_events(4);
     let mut node = Node::new(config(3), Restart::default(), 13, 0);
     let mut log = TestLog::new();
     log.append_replicated(&full.records(1, 2), &keys).unwrap();
@@ -1114,10 +1113,7 @@ fn a_granted_vote_replayed_to_another_candidate_elects_no_one() {
 /// what the candidate holds, so it crosses any distance segment by segment.
 #[test]
 fn a_candidate_far_behind_catches_up_segment_by_segment() {
-    let (mut primary, mut full) = elected_primary();
-    let (events, keys) = machine_events(20);
-    primary.propose(proposed(&events)).unwrap();
-    full.append_events(1, 0, &events, &keys);
+    let (_, full, keys) = primary_with_events(20);
     let tip = full.tip().gseq;
     let small = |id| NodeConfig {
         repair_records_max: 4,
@@ -1484,10 +1480,7 @@ impl LogView for SyncedTo<'_> {
 
 #[test]
 fn the_primary_counts_itself_towards_a_commit_only_as_far_as_it_synced() {
-    let (mut primary, mut log) = elected_primary();
-    let (events, keys) = machine_events(3);
-    primary.propose(proposed(&events)).unwrap();
-    log.append_events(1, 0, &events, &keys);
+    let (mut primary, log, _) = primary_with_events(3);
     let streamed = primary.on_local_append(&SyncedTo(&log, 1));
     assert!(matches!(
         streamed[..],
