@@ -44,7 +44,9 @@ pub struct ReplicaConfig {
     /// instead of once per peer (peers must listen on its port).
     #[serde(default)]
     pub broadcast: Option<SocketAddrV4>,
-    /// Largest datagram payload (1,400 to 60,000 bytes).
+    /// Largest datagram payload (1,400 to 60,000 bytes). A replica sends
+    /// smaller ones where the path MTU to its peers is smaller (1,472 on
+    /// Ethernet), never below 1,400.
     #[serde(default = "default_payload_bytes")]
     pub payload_bytes_max: usize,
     /// How often the primary sends heartbeats (50 to 100 ms is right).

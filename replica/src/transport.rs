@@ -17,7 +17,7 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::str::FromStr;
 
 use pnet_packet::ip::IpNextHeaderProtocols;
@@ -448,6 +448,54 @@ pub fn sender(
     })
 }
 
+/// The path MTU the kernel knows from `source` to `destination` (`IP_MTU`
+/// of a UDP socket connected there: the route's device MTU, or a smaller
+/// one learnt from ICMP). Sends nothing.
+pub fn path_mtu(source: Ipv4Addr, destination: SocketAddrV4) -> Result<usize, TransportError> {
+    let context = || format!("probing the path MTU to {destination}");
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+        .and_then(|socket| socket.set_broadcast(true).map(|()| socket))
+        .and_then(|socket| {
+            socket
+                .bind(&SockAddr::from(SocketAddrV4::new(source, 0)))
+                .map(|()| socket)
+        })
+        .and_then(|socket| {
+            socket
+                .connect(&SockAddr::from(destination))
+                .map(|()| socket)
+        })
+        .map_err(|error| TransportError::io(context(), error))?;
+    let mut mtu: libc::c_int = 0;
+    let mut length = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `IP_MTU` writes one `c_int` to `mtu`, whose size `length` gives,
+    // and the descriptor is the socket opened above.
+    let result = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            (&raw mut mtu).cast(),
+            &mut length,
+        )
+    };
+    if result != 0 {
+        return Err(TransportError::io(context(), io::Error::last_os_error()));
+    }
+    usize::try_from(mtu)
+        .map_err(|_| TransportError::io(context(), io::Error::other(format!("MTU {mtu}"))))
+}
+
+/// The datagram payload to use on a path of `mtu` bytes: as large as the
+/// configured `configured` allows without IP fragmentation (a raw
+/// `IP_HDRINCL` datagram over the MTU is refused outright), but never below
+/// `floor`, which one largest record needs.
+pub fn payload_bytes_for_mtu(configured: usize, mtu: usize, floor: usize) -> usize {
+    configured
+        .min(mtu.saturating_sub(IPV4_HEADER_BYTES + UDP_HEADER_BYTES))
+        .max(floor)
+}
+
 /// True when this process may open raw sockets (tries to open one and closes it).
 pub fn raw_sockets_permitted() -> bool {
     open_raw_socket().is_ok()
@@ -455,7 +503,6 @@ pub fn raw_sockets_permitted() -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
     use std::time::{Duration, Instant};
 
     use pnet_packet::Packet;
@@ -547,6 +594,33 @@ mod tests {
             ones_complement_sum(&[&pseudo_header, &datagram[IPV4_HEADER_BYTES..]]),
             0xFFFF
         );
+    }
+
+    #[test]
+    fn the_payload_fits_the_path_and_never_drops_below_a_record() {
+        // Ethernet: 1,500 - 20 - 8.
+        assert_eq!(payload_bytes_for_mtu(8_192, 1_500, 1_400), 1_472);
+        // Jumbo frames and loopback: the configured budget.
+        assert_eq!(payload_bytes_for_mtu(8_192, 9_000, 1_400), 8_192);
+        assert_eq!(payload_bytes_for_mtu(8_192, 65_536, 1_400), 8_192);
+        // A tunnel's small MTU: fragments rather than records that cannot be sent.
+        assert_eq!(payload_bytes_for_mtu(8_192, 1_280, 1_400), 1_400);
+        assert_eq!(payload_bytes_for_mtu(8_192, 0, 1_400), 1_400);
+    }
+
+    #[test]
+    fn the_path_mtu_over_loopback_is_the_devices() {
+        let receiver = UdpSocket::bind(SocketAddrV4::new(LOOPBACK, 0)).expect("bind");
+        let SocketAddr::V4(to) = receiver.local_addr().expect("address") else {
+            panic!("bound to IPv4");
+        };
+        let device: usize = std::fs::read_to_string("/sys/class/net/lo/mtu")
+            .expect("loopback's MTU")
+            .trim()
+            .parse()
+            .expect("a number");
+        // IPv4 reports at most 65,535 (loopback's device says 65,536).
+        assert_eq!(path_mtu(LOOPBACK, to).expect("probe"), device.min(65_535));
     }
 
     #[test]

@@ -48,7 +48,7 @@ use rand_chacha::ChaCha8Rng;
 use replica::ingest::LinkKeys;
 use replica::node::{NodeConfig, Role, Target};
 use replica::round::{Input, Outgoing, Round, RoundConfig, Start};
-use replica::wire::{DatagramCodec, Message, NodeId, PAYLOAD_BYTES_DEFAULT};
+use replica::wire::{DatagramCodec, Message, NodeId, PAYLOAD_BYTES_DEFAULT, PAYLOAD_BYTES_MIN};
 use std::collections::BTreeSet;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -127,6 +127,8 @@ pub struct SimConfig {
     /// buffer: mostly small, so these short loads reach both.
     pub stream_window_records: u64,
     pub reorder_records_max: usize,
+    /// The replicas' datagram payload budget.
+    pub payload_bytes_max: usize,
     /// Chance that a replica's crash also damages its disk (lost synced
     /// writes, or a corrupt record).
     pub damage_percent: u32,
@@ -142,6 +144,9 @@ impl SimConfig {
         let mut window_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0F10_3C0D);
         let window = [4, 8, 16, 64, 16_384][window_rng.random_range(0..5)];
         let reorder_records_max = [4, 2 * window as usize][window_rng.random_range(0..2)];
+        // Ethernet-sized datagrams (~6 records) or loopback-sized (~37).
+        let payload_bytes_max =
+            [PAYLOAD_BYTES_MIN, PAYLOAD_BYTES_DEFAULT][window_rng.random_range(0..2)];
         SimConfig {
             seed,
             machines: rng.random_range(1..=4),
@@ -164,6 +169,7 @@ impl SimConfig {
             damage_percent: rng.random_range(0..=20),
             stream_window_records: window,
             reorder_records_max,
+            payload_bytes_max,
         }
     }
 }
@@ -503,7 +509,7 @@ fn round_config(id: NodeId, config: &SimConfig) -> RoundConfig {
         },
         name: replica_name(id),
         cluster_id: CLUSTER_ID,
-        payload_bytes_max: PAYLOAD_BYTES_DEFAULT,
+        payload_bytes_max: config.payload_bytes_max,
         machine_addresses: REPLICAS.iter().map(|&r| (r, replica_name(r))).collect(),
     }
 }

@@ -209,7 +209,7 @@ fn round_config(config: &ReplicaConfig) -> RoundConfig {
         node: config.node_config(),
         name: config.name.clone(),
         cluster_id: config.cluster_id,
-        payload_bytes_max: config.payload_bytes_max,
+        payload_bytes_max: payload_bytes(config),
         machine_addresses: std::iter::once((config.id, config.machine_listen.to_string()))
             .chain(
                 config
@@ -219,6 +219,37 @@ fn round_config(config: &ReplicaConfig) -> RoundConfig {
             )
             .collect(),
     }
+}
+
+/// The datagram payload this replica sends: `payload_bytes_max`, cut to
+/// the smallest path MTU to where its datagrams go (its peers, or the
+/// broadcast address). Loopback (65,535) and jumbo frames take the whole
+/// budget; Ethernet takes 1,472. A path that cannot be probed gets 1,400,
+/// which fits any Ethernet.
+fn payload_bytes(config: &ReplicaConfig) -> usize {
+    use crate::transport::{path_mtu, payload_bytes_for_mtu};
+    use crate::wire::PAYLOAD_BYTES_MIN;
+    let source = match config.transport {
+        crate::transport::TransportKind::Udp => *config.replication_listen.ip(),
+        crate::transport::TransportKind::Raw => *config.raw_source().ip(),
+    };
+    let destinations: Vec<SocketAddrV4> = match config.broadcast {
+        Some(broadcast) => vec![broadcast],
+        None => config.peers.iter().map(|p| p.replication_addr).collect(),
+    };
+    let mut payload = config.payload_bytes_max;
+    for destination in destinations {
+        let fits = match path_mtu(source, destination) {
+            Ok(mtu) => payload_bytes_for_mtu(config.payload_bytes_max, mtu, PAYLOAD_BYTES_MIN),
+            Err(error) => {
+                tracing::warn!(%error, "datagrams to {destination} carry {PAYLOAD_BYTES_MIN} bytes");
+                PAYLOAD_BYTES_MIN
+            }
+        };
+        payload = payload.min(fits);
+    }
+    tracing::info!(payload_bytes = payload, "replication datagram payload");
+    payload
 }
 
 fn datagram_sender(config: &ReplicaConfig) -> Result<Box<dyn DatagramSender>, ServerError> {
