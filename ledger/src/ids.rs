@@ -55,15 +55,22 @@ impl MachineId {
         MachineId::from_text(&format!("VM-{n:03}")).expect("VM- and at most 10 digits is an id")
     }
 
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)])
-            .expect("only ASCII is ever stored")
+        std::str::from_utf8(self.as_bytes()).expect("only ASCII is ever stored")
     }
 }
 
+// Equality, order and hashing read the bytes: `as_str` checks UTF-8, and
+// these run on every map lookup (3.6% of a saturated profile when they
+// went through it).
 impl PartialEq for MachineId {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        // The bytes after `len` are always zero.
+        self.len == other.len && self.bytes == other.bytes
     }
 }
 
@@ -77,13 +84,15 @@ impl PartialOrd for MachineId {
 
 impl Ord for MachineId {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
 impl std::hash::Hash for MachineId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        // What `str`'s `Hash` writes.
+        state.write(self.as_bytes());
+        state.write_u8(0xff);
     }
 }
 
