@@ -38,9 +38,16 @@ pub struct MachineSummary {
     pub resent: u64,
     pub failovers_seen: u64,
     pub offline_periods: u64,
-    /// How long each decision waited for its acknowledgement, in µs.
+    /// How long each decision waited for its acknowledgement, in µs, of
+    /// those the machine stayed online for (stored to acknowledged): the
+    /// cluster's commit latency as a machine sees it.
     #[serde(skip)]
     pub latencies_us: Vec<u32>,
+    /// The same for decisions stored while the machine was offline, or
+    /// waiting when it went offline: they wait out the outage (300 to
+    /// 1,500 ms by default), which says nothing of the cluster.
+    #[serde(skip)]
+    pub outage_latencies_us: Vec<u32>,
     /// The same, for the decisions made in the second half of the selling
     /// time (after the first connections and installations of a large
     /// fleet: its steady state).
@@ -194,8 +201,9 @@ pub struct MachineRun {
     /// Why the replicas last refused this machine's handshake, until one
     /// takes a session (see `link::uplink::HandshakeRefused`).
     refused: Option<HandshakeRefused>,
-    /// Decisions waiting for their acknowledgement: last seq, stored at.
-    waiting: VecDeque<(u64, Instant)>,
+    /// Decisions waiting for their acknowledgement: last seq, stored at,
+    /// and whether an outage came between (see `outage_latencies_us`).
+    waiting: VecDeque<(u64, Instant, bool)>,
     /// Halfway through the selling time, when there is one.
     second_half_from: Option<Instant>,
     /// When the rate's clock started and the events sold by then: after
@@ -290,8 +298,9 @@ impl MachineRun {
                 .sim
                 .step(|prepared| local.append(chain, prepared))?;
             self.summary.events += applied.len() as u64;
+            let offline = self.running.is_none();
             self.waiting
-                .push_back((self.setup.sim.state().last_seq, Instant::now()));
+                .push_back((self.setup.sim.state().last_seq, Instant::now(), offline));
             if !self.selling() {
                 break;
             }
@@ -312,6 +321,9 @@ impl MachineRun {
         match (self.running.is_some(), self.offline_until) {
             (true, _) if self.selling() && self.goes_dark() => {
                 let running = self.running.take().expect("matched Some");
+                for (_, _, through_outage) in &mut self.waiting {
+                    *through_outage = true;
+                }
                 self.summary.resent += stop_uplink(running).await?.events_resent;
                 self.summary.offline_periods += 1;
                 let offline_ms = self.rng.random_range(self.pace.offline_ms.clone());
@@ -392,13 +404,20 @@ impl MachineRun {
             UplinkReport::Acknowledged(seq) => {
                 self.summary.acked = self.summary.acked.max(seq);
                 let now = Instant::now();
-                while let Some(&(last, at)) = self.waiting.front() {
+                while let Some(&(last, at, through_outage)) = self.waiting.front() {
                     if last > seq {
                         break;
                     }
                     self.waiting.pop_front();
                     let waited = now.duration_since(at).as_micros();
                     let waited = u32::try_from(waited).unwrap_or(u32::MAX);
+                    if through_outage {
+                        let outage = &mut self.summary.outage_latencies_us;
+                        if outage.len() < LATENCIES_KEPT_MAX {
+                            outage.push(waited);
+                        }
+                        continue;
+                    }
                     if self.summary.latencies_us.len() < LATENCIES_KEPT_MAX {
                         self.summary.latencies_us.push(waited);
                     }

@@ -63,7 +63,8 @@ pub struct Summary {
     /// Events per second recorded by the machines (all acknowledged).
     pub events_per_second: f64,
     /// Acknowledgement latency of a decision: stored on the machine →
-    /// committed by the cluster, in ms.
+    /// committed by the cluster, in ms, over the decisions whose machine
+    /// stayed online from storing to acknowledgement.
     pub ack_p50_ms: f64,
     pub ack_p99_ms: f64,
     pub ack_max_ms: f64,
@@ -73,6 +74,13 @@ pub struct Summary {
     pub second_half_ack_p50_ms: f64,
     pub second_half_ack_p99_ms: f64,
     pub second_half_ack_max_ms: f64,
+    /// Decisions that waited out an outage of their machine (stored while
+    /// offline, or waiting when it went offline), and how long they waited
+    /// for their acknowledgement: mostly the outage itself.
+    pub outage_events: u64,
+    pub outage_ack_p50_ms: f64,
+    pub outage_ack_p99_ms: f64,
+    pub outage_ack_max_ms: f64,
     /// Where the machines kept their own events: "rocksdb" or "memory".
     pub machine_ledgers: &'static str,
     pub per_machine: Vec<MachineSummary>,
@@ -292,11 +300,13 @@ fn summarize(
     let mut failures = Vec::new();
     let mut latencies_us: Vec<u32> = Vec::new();
     let mut second_half_us: Vec<u32> = Vec::new();
+    let mut outage_us: Vec<u32> = Vec::new();
     for result in results {
         match result {
             Ok(mut machine) => {
                 latencies_us.append(&mut machine.latencies_us);
                 second_half_us.append(&mut machine.second_half_latencies_us);
+                outage_us.append(&mut machine.outage_latencies_us);
                 summary.events += machine.events;
                 summary.events_acked += machine.acked;
                 summary.events_resent += machine.resent;
@@ -313,6 +323,12 @@ fn summarize(
         summary.second_half_ack_p99_ms,
         summary.second_half_ack_max_ms,
     ) = quantiles_ms(second_half_us);
+    summary.outage_events = outage_us.len() as u64;
+    (
+        summary.outage_ack_p50_ms,
+        summary.outage_ack_p99_ms,
+        summary.outage_ack_max_ms,
+    ) = quantiles_ms(outage_us);
     summary.events_per_second = crate::util::rate(summary.events, elapsed);
     (summary, failures)
 }
@@ -333,7 +349,7 @@ fn quantiles_ms(mut latencies_us: Vec<u32>) -> (f64, f64, f64) {
 /// stdout for scripts.
 fn print_summary(summary: &Summary) -> Result<()> {
     eprintln!(
-        "fleet: {} machines, {} events, {} acknowledged ({:.0}/s; ack p50 {:.1} ms, p99 {:.1} ms), {} resent after reconnects, {} failovers seen, {} offline periods, {:.1}s",
+        "fleet: {} machines, {} events, {} acknowledged ({:.0}/s; ack p50 {:.1} ms, p99 {:.1} ms online), {} resent after reconnects, {} failovers seen, {} offline periods ({} events waited them out, p99 {:.1} ms), {:.1}s",
         grouped(u64::from(summary.machines)),
         grouped(summary.events),
         grouped(summary.events_acked),
@@ -343,6 +359,8 @@ fn print_summary(summary: &Summary) -> Result<()> {
         grouped(summary.events_resent),
         summary.failovers_seen,
         summary.offline_periods,
+        grouped(summary.outage_events),
+        summary.outage_ack_p99_ms,
         summary.seconds
     );
     say!("{}", serde_json::to_string_pretty(summary)?);
