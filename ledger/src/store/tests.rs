@@ -842,6 +842,62 @@ fn the_projection_follows_operators_and_the_machines_answers() {
     assert_eq!(before.operators.pending_count(&fx.machine), 2);
 }
 
+/// Checkpoints encoded in the background are stored at a later append, as
+/// of where they were started; after a truncation, the next one is of the
+/// log as it now is.
+#[test]
+fn checkpoints_encoded_in_the_background_are_stored_at_a_later_append() {
+    let fx = Fixture::new();
+    let events = fx.events(30);
+    let mut ledger = crate::Ledger::with_store(fx.open()).unwrap();
+    ledger.set_checkpoint_every(8);
+    ledger.set_checkpoint_in_background(true);
+    let newest = |ledger: &crate::Ledger| {
+        let found = ledger.store().checkpoint_at_or_before(u64::MAX).unwrap();
+        found.map(|(gseq, _)| gseq)
+    };
+    // Due at gseq 10, encoded meanwhile, stored at the next append.
+    ledger
+        .append_events(1, 10, &events[..10], &fx.keys())
+        .unwrap();
+    assert_eq!(newest(&ledger), None);
+    ledger.wait_for_encoding();
+    ledger
+        .append_events(1, 11, &events[10..11], &fx.keys())
+        .unwrap();
+    assert_eq!(newest(&ledger), Some(10));
+    let live = ledger.projection().clone();
+    let store = ledger.into_store();
+    let mut ledger = crate::Ledger::with_store(store).unwrap();
+    assert_eq!(*ledger.projection(), live, "checkpoint 10 and entry 11");
+    ledger.set_checkpoint_every(8);
+    ledger.set_checkpoint_in_background(true);
+
+    // Due at 19; the log is cut to 15 and continues differently.
+    ledger
+        .append_events(1, 12, &events[11..19], &fx.keys())
+        .unwrap();
+    ledger.wait_for_encoding();
+    ledger.truncate_after(15).unwrap();
+    ledger.append_marker(2, 13, "replica-2").unwrap();
+    ledger
+        .append_events(2, 14, &events[15..17], &fx.keys())
+        .unwrap();
+    assert_eq!(
+        newest(&ledger),
+        Some(10),
+        "not the checkpoint of the old 19"
+    );
+    ledger.wait_for_encoding();
+    ledger
+        .append_events(2, 15, &events[17..18], &fx.keys())
+        .unwrap();
+    assert_eq!(newest(&ledger), Some(18), "the new 18, never the old 19");
+    let live = ledger.projection().clone();
+    let reopened = crate::Ledger::with_store(ledger.into_store()).unwrap();
+    assert_eq!(*reopened.projection(), live);
+}
+
 /// A record that does not apply (an account disabled twice) is an issue of
 /// the projection and a failure of `verify`, which names its entry.
 #[test]

@@ -176,6 +176,7 @@ fn open_core(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io_error(format!("creating {}", config.data_dir.display())))?;
     let (mut ledger, damaged) = open_log(config, &keyring)?;
+    ledger.set_checkpoint_in_background(true);
     let recent = ledger.store_mut().keep_recent_links(RECENT_LINKS_MAX);
     let reader = (ledger.store().backend().reader(), recent);
     let start = Start {
