@@ -13,9 +13,9 @@ pub const MACHINE_ID_BYTES_MAX: usize = 32;
 ///
 /// Held inline (33 bytes, no heap): every event carries one, and the store
 /// clones it into its index, its batch maps and its recent links, so a
-/// `String` here cost an allocation per clone and per decode (about 4% of a
-/// saturated cluster's CPU, see BENCHMARKS.md). Equality, order, hashing,
-/// `Debug` and the encoding are those of the id's text.
+/// `String` here cost an allocation per clone and per decode (BENCHMARKS.md,
+/// stop 22). Equality, order, hashing, `Debug` and the encoding are those
+/// of the id's text; the bytes after `len` are always zero.
 #[derive(Clone)]
 pub struct MachineId {
     len: u8,

@@ -43,16 +43,17 @@ pub struct MachineSummary {
     /// cluster's commit latency as a machine sees it.
     #[serde(skip)]
     pub latencies_us: Vec<u32>,
-    /// The same for decisions stored while the machine was offline, or
-    /// waiting when it went offline: they wait out the outage (300 to
-    /// 1,500 ms by default), which says nothing of the cluster.
-    #[serde(skip)]
-    pub outage_latencies_us: Vec<u32>,
     /// The same, for the decisions made in the second half of the selling
     /// time (after the first connections and installations of a large
     /// fleet: its steady state).
     #[serde(skip)]
     pub second_half_latencies_us: Vec<u32>,
+    /// How long the decisions stored while the machine was offline, or
+    /// waiting when it went offline, waited: the outage (300 to 1,500 ms
+    /// by default), which says nothing of the cluster. Not in the two
+    /// above.
+    #[serde(skip)]
+    pub outage_latencies_us: Vec<u32>,
 }
 
 /// Where a machine keeps its own events: a real RocksDB ledger (as vend-vm
