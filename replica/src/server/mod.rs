@@ -154,9 +154,9 @@ async fn until_stopped(stopped: &mut tokio::sync::watch::Receiver<bool>) {
 type LogReadHandles = (ledger::store::rocks::RocksReader, RecentLinks);
 
 /// The newest entries whose chain links the store keeps for the dashboard
-/// (about 120 bytes each: 8 MB). The chain check, every 250 ms, stays
-/// within it up to about 250,000 committed entries/s; beyond, it reads
-/// RocksDB.
+/// (about 120 bytes each: 8 MB). The chain check, every 50 ms while the
+/// log grows, stays within it with a wide margin (~11,000 entries between
+/// passes at 220,000 committed entries/s); behind it, it reads RocksDB.
 const RECENT_LINKS_MAX: usize = 65_536;
 
 /// Opens the replica's log and builds its core.
