@@ -142,11 +142,25 @@ impl Sealer {
     }
 
     pub fn seal(&self, associated_data: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(SEAL_OVERHEAD_BYTES + plaintext.len());
+        self.seal_written(associated_data, plaintext.len(), |out| {
+            out.extend_from_slice(plaintext);
+        })
+    }
+
+    /// Like [`seal`](Self::seal), for a plaintext `write` appends to the
+    /// value being built (about `plaintext_bytes` long), so it is written
+    /// once, in place, instead of built apart and copied in.
+    pub fn seal_written(
+        &self,
+        associated_data: &[u8],
+        plaintext_bytes: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(SEAL_OVERHEAD_BYTES + plaintext_bytes);
         let mut nonce = [0u8; NONCE_BYTES];
         rand::rng().fill_bytes(&mut nonce);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
+        write(&mut out);
         let tag = self
             .cipher
             .encrypt_in_place_detached(

@@ -154,6 +154,20 @@ pub(super) fn push_chunk_record(chunk: &mut Vec<u8>, record: &[u8]) {
     chunk.extend_from_slice(record);
 }
 
+/// The records at the front of `records` that make one chunk: up to
+/// [`CHUNK_ENTRIES_MAX`], closed by the one that brings it to
+/// [`CHUNK_BYTES_MAX`] (at least one record if there is any).
+fn chunk_records(records: &[Vec<u8>]) -> &[Vec<u8>] {
+    let mut bytes = 0;
+    for (index, record) in records.iter().take(CHUNK_ENTRIES_MAX).enumerate() {
+        bytes += CHUNK_LENGTH_BYTES + record.len();
+        if bytes >= CHUNK_BYTES_MAX {
+            return &records[..=index];
+        }
+    }
+    &records[..records.len().min(CHUNK_ENTRIES_MAX)]
+}
+
 /// Splits the next record off a chunk's plaintext. Lengths come from disk,
 /// so every one is bounds-checked.
 fn next_chunk_record(gseq: u64, plaintext: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
@@ -530,34 +544,24 @@ impl RocksBackend {
     }
 
     fn seal_chunk(&self, first_gseq: u64, records: &[Vec<u8>]) -> Vec<u8> {
-        let mut plaintext = Vec::new();
-        for record in records {
-            push_chunk_record(&mut plaintext, record);
-        }
-        self.sealer.seal(&log_aad(first_gseq), &plaintext)
+        let bytes = records.iter().map(|r| CHUNK_LENGTH_BYTES + r.len()).sum();
+        self.sealer
+            .seal_written(&log_aad(first_gseq), bytes, |plaintext| {
+                for record in records {
+                    push_chunk_record(plaintext, record);
+                }
+            })
     }
 
     /// Adds the batch's records to `rocks` as sealed chunks.
     fn put_chunks(&self, rocks: &mut WriteBatch, batch: &Batch) {
-        let mut chunk = Vec::new();
-        let mut chunk_first = batch.first_gseq;
-        let mut chunk_records = 0;
-        for (gseq, record) in (batch.first_gseq..).zip(&batch.records) {
-            if chunk_records == 0 {
-                chunk_first = gseq;
-            }
-            push_chunk_record(&mut chunk, record);
-            chunk_records += 1;
-            if chunk_records >= CHUNK_ENTRIES_MAX || chunk.len() >= CHUNK_BYTES_MAX {
-                let sealed = self.sealer.seal(&log_aad(chunk_first), &chunk);
-                rocks.put_cf(self.cf(CF_LOG), gseq_key(chunk_first), sealed);
-                chunk.clear();
-                chunk_records = 0;
-            }
-        }
-        if chunk_records > 0 {
-            let sealed = self.sealer.seal(&log_aad(chunk_first), &chunk);
-            rocks.put_cf(self.cf(CF_LOG), gseq_key(chunk_first), sealed);
+        let mut first = 0;
+        while first < batch.records.len() {
+            let records = chunk_records(&batch.records[first..]);
+            let first_gseq = batch.first_gseq + first as u64;
+            let sealed = self.seal_chunk(first_gseq, records);
+            rocks.put_cf(self.cf(CF_LOG), gseq_key(first_gseq), sealed);
+            first += records.len();
         }
     }
 
@@ -931,5 +935,45 @@ impl RocksBackend {
         *slot = record.to_vec();
         let value = self.seal_chunk(first, &records);
         self.testing_overwrite_raw_chunk(first, Some(&value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_close_at_the_entry_count_or_at_the_record_that_fills_them() {
+        let small = vec![vec![7u8; 100]; CHUNK_ENTRIES_MAX + 3];
+        assert_eq!(chunk_records(&small).len(), CHUNK_ENTRIES_MAX);
+        assert_eq!(chunk_records(&small[CHUNK_ENTRIES_MAX..]).len(), 3);
+        assert!(chunk_records(&[]).is_empty());
+        // 4 + 30,000 bytes each: the third record brings it past 64 KiB.
+        let large = vec![vec![7u8; 30_000]; 5];
+        assert_eq!(chunk_records(&large).len(), 3);
+        let huge = vec![vec![7u8; CHUNK_BYTES_MAX]; 2];
+        assert_eq!(chunk_records(&huge).len(), 1);
+    }
+
+    #[test]
+    fn a_chunk_sealed_in_place_opens_to_its_records() {
+        let sealer = Sealer::new(&SecretKey::generate());
+        let records = vec![b"first".to_vec(), Vec::new(), vec![9u8; 300]];
+        let sealed = sealer.seal_written(&log_aad(41), 0, |plaintext| {
+            for record in &records {
+                push_chunk_record(plaintext, record);
+            }
+        });
+        let mut plaintext = Vec::new();
+        open_chunk_plaintext(&sealer, 41, &sealed, &mut plaintext).unwrap();
+        let mut rest = plaintext.as_slice();
+        let mut opened = Vec::new();
+        while !rest.is_empty() {
+            let (record, after) = next_chunk_record(41, rest).unwrap();
+            opened.push(record.to_vec());
+            rest = after;
+        }
+        assert_eq!(opened, records);
+        assert!(open_chunk_plaintext(&sealer, 42, &sealed, &mut plaintext).is_err());
     }
 }
