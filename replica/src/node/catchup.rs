@@ -116,7 +116,7 @@ impl Node {
             }
             self.counters.reorder_overflow_dropped += 1;
         }
-        self.reorder.insert(gseq, record);
+        self.reorder.insert(gseq, Box::new(record));
     }
 
     /// Moves the buffered records that now continue the log to `to_write`.
@@ -136,7 +136,7 @@ impl Node {
                 break;
             }
             *tip = Tip::of(record.entry());
-            to_write.push(record);
+            to_write.push(*record);
         }
     }
 

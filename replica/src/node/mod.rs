@@ -390,8 +390,10 @@ pub struct Node {
     /// A pre-vote round under way: who would vote for this node.
     pre_votes: Option<BTreeSet<NodeId>>,
     /// Records received ahead of a gap (following, or catching up from a
-    /// voter), waiting for it to fill.
-    reorder: BTreeMap<u64, ReplicatedRecord>,
+    /// voter), waiting for it to fill. Boxed: a decoded record is 216
+    /// bytes, and the map's nodes shift their values on every
+    /// insert and removal (1.8% of the replicas' samples under 5% loss).
+    reorder: BTreeMap<u64, Box<ReplicatedRecord>>,
     replay: ReplayGuard,
     /// After a failed write the node does not stand for election until then.
     stand_after_ms: u64,
