@@ -12,8 +12,10 @@ use dashboard::ports::{
 use dashboard::{CLUSTER_KEY_WARNING_MS, FollowerStatus, ReplicaStatus};
 use ledger::MachineId;
 use ledger::projection::Projection;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
 /// A snapshot is rebuilt at most this often (building one walks every
@@ -28,6 +30,11 @@ const PUBLISH_COST_FACTOR: u32 = 20;
 /// The longest wait between snapshots or projection copies, however large
 /// the fleet.
 const PUBLISH_EVERY_MAX_MS: u64 = 2_000;
+/// A snapshot walks at most this many machines per round, so a large
+/// fleet's snapshot is built over several rounds instead of holding one
+/// round (and every acknowledgement waiting on it) for all of it: with
+/// 10,000 machines one walk took 10–14 ms of CPU and 25–50 ms of a round.
+const SNAPSHOT_MACHINES_PER_ROUND: usize = 1_000;
 /// A snapshot or projection copy that takes this long is logged with its
 /// cost, so a slow round's `deliver_ms` (which includes publishing) can be
 /// told apart from sending. The cadence keeps these at most a few a second.
@@ -59,19 +66,36 @@ impl Cadence {
 
     /// Runs `work` now and sets the next interval from what it took.
     fn run<T>(&mut self, now_ms: u64, what: &str, work: impl FnOnce() -> T) -> T {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let out = work();
         let took = started.elapsed();
         let took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
         if took_ms >= PUBLISH_SLOW_MS {
             tracing::info!(took_ms, what, "a slow status publish");
         }
+        self.done(now_ms, took);
+        out
+    }
+
+    /// Work that took `took` in all (in one piece or over several rounds)
+    /// finished at `now_ms`: sets the next interval from it.
+    fn done(&mut self, now_ms: u64, took: Duration) {
         let cost = took * PUBLISH_COST_FACTOR;
         let cost_ms = u64::try_from(cost.as_millis()).unwrap_or(u64::MAX);
         self.every_ms = cost_ms.clamp(self.base_ms, PUBLISH_EVERY_MAX_MS.max(self.base_ms));
         self.last_at_ms = Some(now_ms);
-        out
     }
+}
+
+/// A snapshot being built [`SNAPSHOT_MACHINES_PER_ROUND`] machines a round.
+struct SnapshotBuild {
+    machines: Vec<MachineSummary>,
+    /// The last machine walked (the walk goes on after it).
+    walked_to: Option<MachineId>,
+    /// Machines with an open session when the walk began.
+    connected: Vec<MachineId>,
+    /// Time spent on it so far, over its rounds.
+    took: Duration,
 }
 
 /// The tip a [`StoreLogReader`](super::log_reader::StoreLogReader) may read up to: the core raises it after
@@ -89,6 +113,7 @@ pub(super) struct Publisher {
     /// The last committed gseq handed to the live feed.
     fed_commit: u64,
     snapshot_cadence: Cadence,
+    snapshot_build: Option<SnapshotBuild>,
     published_role: (Role, u64),
 }
 
@@ -108,6 +133,7 @@ impl Publisher {
             readable_tip,
             fed_commit: commit_gseq,
             snapshot_cadence: Cadence::new(SNAPSHOT_EVERY_MS),
+            snapshot_build: None,
             published_role: (Role::Follower, 0),
         }
     }
@@ -120,15 +146,43 @@ impl Publisher {
         self.feed_committed(core);
         let now_ms = core.now_ms();
         let role = (role(core), core.round.node().epoch());
-        if self.snapshot_cadence.due(now_ms) || role != self.published_role {
+        if role != self.published_role {
+            // At once and whole: pages must not show the old role.
             self.published_role = role;
+            self.snapshot_build = None;
             let previous = Arc::clone(&self.snapshot.borrow());
-            let snapshot = self
-                .snapshot_cadence
-                .run(now_ms, "snapshot", || snapshot(core, &previous));
+            let snapshot = self.snapshot_cadence.run(now_ms, "snapshot", || {
+                let mut build = SnapshotBuild::new(core);
+                while !build.walk(core, &previous, usize::MAX) {}
+                build.finish(core)
+            });
             self.snapshot.send_replace(Arc::new(snapshot));
+        } else if self.snapshot_build.is_some() || self.snapshot_cadence.due(now_ms) {
+            self.build_snapshot(core, now_ms);
         }
         self.publish_projection(core, now_ms);
+    }
+
+    /// Walks the next machines of the snapshot being built (beginning one
+    /// if none is), and publishes it once every machine is walked.
+    fn build_snapshot(&mut self, core: &Core, now_ms: u64) {
+        let started = Instant::now();
+        let previous = Arc::clone(&self.snapshot.borrow());
+        let build = self
+            .snapshot_build
+            .get_or_insert_with(|| SnapshotBuild::new(core));
+        if !build.walk(core, &previous, SNAPSHOT_MACHINES_PER_ROUND) {
+            build.took += started.elapsed();
+            return;
+        }
+        let Some(build) = self.snapshot_build.take() else {
+            return;
+        };
+        let took_before = build.took;
+        let snapshot = build.finish(core);
+        self.snapshot.send_replace(Arc::new(snapshot));
+        self.snapshot_cadence
+            .done(now_ms, took_before + started.elapsed());
     }
 
     /// A copy of the projection for pages, when it changed and at most
@@ -190,31 +244,43 @@ fn role(core: &Core) -> Role {
     }
 }
 
-/// The fleet as it stands, walked from `previous` (the last snapshot):
-/// what was committed then still is, so each machine's committed mark is
-/// searched for only past it.
-fn snapshot(core: &Core, previous: &Snapshot) -> Snapshot {
-    let status = status(core);
-    let projection = core.round.ledger().projection();
-    let store = core.round.ledger().store();
-    let connected = core.round.ingest().connected_machines();
-    let commit = core.round.node().commit_gseq();
-    // Both lists are in machine order.
-    let mut before = previous.machines.iter().peekable();
-    let machines = projection
-        .machines
-        .iter()
-        .map(|(machine, state)| {
+impl SnapshotBuild {
+    fn new(core: &Core) -> SnapshotBuild {
+        SnapshotBuild {
+            machines: Vec::with_capacity(core.round.ledger().projection().machines.len()),
+            walked_to: None,
+            connected: core.round.ingest().connected_machines(),
+            took: Duration::ZERO,
+        }
+    }
+
+    /// Summarizes up to `count` more machines, in machine order, each
+    /// from `previous` (the last snapshot): what was committed then still
+    /// is, so its committed mark is searched for only past it. `true` when
+    /// every machine has been walked.
+    fn walk(&mut self, core: &Core, previous: &Snapshot, count: usize) -> bool {
+        let projection = core.round.ledger().projection();
+        let store = core.round.ledger().store();
+        let ingest = core.round.ingest();
+        let commit = core.round.node().commit_gseq();
+        let after = match &self.walked_to {
+            Some(machine) => Bound::Excluded(machine),
+            None => Bound::Unbounded,
+        };
+        let mut machines = projection
+            .machines
+            .range::<MachineId, _>((after, Bound::Unbounded));
+        for (machine, state) in machines.by_ref().take(count) {
             let head = store.machine_head(machine);
-            let known = committed_before(&mut before, machine);
+            let known = committed_before(previous, machine);
             let committed = core.round.committed_seq(machine, commit, known);
-            let seen = core.round.ingest().seen(machine);
-            MachineSummary {
+            let seen = ingest.seen(machine);
+            self.machines.push(MachineSummary {
                 machine: machine.clone(),
                 last_seq: head.seq,
                 last_gseq: head.gseq,
                 last_event_ms: state.last_at_ms,
-                connected: connected.binary_search(machine).is_ok(),
+                connected: self.connected.binary_search(machine).is_ok(),
                 last_seen_ms: seen.map(|seen| seen.last_seen_ms),
                 // What the machine holds beyond what the fleet committed,
                 // by the tip it last reported (machines of link version 1
@@ -225,37 +291,45 @@ fn snapshot(core: &Core, previous: &Snapshot) -> Snapshot {
                 uncommitted: head.seq.saturating_sub(committed),
                 cash_held_won: state.balances.physical_total(),
                 stock_units: state.slots.values().map(|s| u64::from(s.stock)).sum(),
-            }
-        })
-        .collect();
-    let totals = projection.totals();
-    Snapshot {
-        role: role(core),
-        machines,
-        totals: FleetTotals {
-            machines: totals.machines,
-            entries_applied: projection.entries_applied,
-            projection_issues: projection.issue_count,
-            purchases: totals.purchases,
-            sales_won: totals.sales_won,
-            cash_held_won: totals.cash_in_machines_won,
-            change_owed_won: totals.change_owed_won,
-            items_in_stock: totals.items_in_stock,
-        },
-        status,
+            });
+            self.walked_to = Some(machine.clone());
+        }
+        machines.next().is_none()
+    }
+
+    /// The snapshot: the machines walked, with the totals and status as
+    /// they stand now.
+    fn finish(self, core: &Core) -> Snapshot {
+        let projection = core.round.ledger().projection();
+        let totals = projection.totals();
+        Snapshot {
+            role: role(core),
+            machines: self.machines,
+            totals: FleetTotals {
+                machines: totals.machines,
+                entries_applied: projection.entries_applied,
+                projection_issues: projection.issue_count,
+                purchases: totals.purchases,
+                sales_won: totals.sales_won,
+                cash_held_won: totals.cash_in_machines_won,
+                change_owed_won: totals.change_owed_won,
+                items_in_stock: totals.items_in_stock,
+            },
+            status: status(core),
+        }
     }
 }
 
 /// The seq `machine` had committed in the last snapshot (0 if it was not
-/// there), walking that snapshot's machines in order.
-fn committed_before<'a>(
-    before: &mut std::iter::Peekable<impl Iterator<Item = &'a MachineSummary>>,
-    machine: &MachineId,
-) -> u64 {
-    while before.next_if(|s| &s.machine < machine).is_some() {}
-    before
-        .next_if(|s| &s.machine == machine)
-        .map_or(0, |s| s.last_seq.saturating_sub(s.uncommitted))
+/// there; its machines are in order).
+fn committed_before(previous: &Snapshot, machine: &MachineId) -> u64 {
+    previous
+        .machines
+        .binary_search_by(|s| s.machine.cmp(machine))
+        .map_or(0, |at| {
+            let s = &previous.machines[at];
+            s.last_seq.saturating_sub(s.uncommitted)
+        })
 }
 
 fn member_name(core: &Core, id: crate::wire::NodeId) -> String {
@@ -401,9 +475,12 @@ mod tests {
             summary(4, 40, 40),
             summary(6, 60, 1),
         ];
-        let mut before = last.iter().peekable();
+        let last = Snapshot {
+            machines: last.to_vec(),
+            ..Snapshot::default()
+        };
         let known: Vec<u64> = (1..=5)
-            .map(|n| committed_before(&mut before, &MachineId::numbered(n)))
+            .map(|n| committed_before(&last, &MachineId::numbered(n)))
             .collect();
         assert_eq!(known, [6, 0, 30, 0, 0]);
     }
