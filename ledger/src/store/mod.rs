@@ -314,6 +314,10 @@ pub struct LogStore<B: Backend = RocksBackend> {
     /// ([`LogStore::stage_writes`]).
     staging: bool,
     staged: Option<Staged>,
+    /// The last round's staged appends, written and emptied: their vectors
+    /// and maps keep their capacity for the next round's, which would
+    /// otherwise grow them again from fresh (zeroed) pages every round.
+    spare_staged: Option<Staged>,
 }
 
 impl LogStore<RocksBackend> {
@@ -394,6 +398,7 @@ impl<B: Backend> LogStore<B> {
             recent_links: None,
             staging: false,
             staged: None,
+            spare_staged: None,
         })
     }
 
@@ -465,7 +470,10 @@ impl<B: Backend> LogStore<B> {
             return Ok(());
         };
         self.backend.write(staged.batch())?;
-        self.staged = None;
+        if let Some(mut written) = self.staged.take() {
+            written.clear();
+            self.spare_staged = Some(written);
+        }
         Ok(())
     }
 
@@ -635,7 +643,15 @@ impl<B: Backend> LogStore<B> {
             let heads = machine_heads.clone();
             match &mut self.staged {
                 Some(staged) => staged.extend(batch, heads, in_batch),
-                None => self.staged = Some(Staged::new(batch, heads, in_batch)),
+                None => {
+                    self.staged = Some(match self.spare_staged.take() {
+                        Some(mut spare) => {
+                            spare.restart(batch, heads, in_batch);
+                            spare
+                        }
+                        None => Staged::new(batch, heads, in_batch),
+                    });
+                }
             }
         } else {
             self.backend.write(&batch)?;

@@ -77,6 +77,29 @@ impl Staged {
         self.index.extend(index);
     }
 
+    /// Empties it for reuse, keeping what its vectors and maps hold room
+    /// for.
+    pub(super) fn clear(&mut self) {
+        self.batch.records.clear();
+        self.batch.index.clear();
+        self.batch.machine_heads.clear();
+        self.batch.closed_segments.clear();
+        self.machine_heads.clear();
+        self.index.clear();
+    }
+
+    /// Like [`Staged::new`], into a [`clear`](Self::clear)ed one.
+    pub(super) fn restart(
+        &mut self,
+        batch: Batch,
+        machine_heads: MachineHeads,
+        index: FastMap<Seq, (u64, Hash32)>,
+    ) {
+        debug_assert!(self.batch.records.is_empty() && self.index.is_empty());
+        self.batch.first_gseq = batch.first_gseq;
+        self.extend(batch, machine_heads, index);
+    }
+
     pub(super) fn records(&self) -> usize {
         self.batch.records.len()
     }

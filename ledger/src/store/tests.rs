@@ -218,7 +218,17 @@ fn staged_appends_reach_the_backend_in_one_write_at_the_sync() {
     // Another write goes after them, in order.
     store.put_app_meta("vote", &7u64).unwrap();
     assert_eq!(disk.unsynced_writes(), 2, "the staged batch, then the vote");
+    // Staged again in the emptied stage of the first write: nothing of
+    // that write is read from it any more.
     store.append_events(1, 5, &events[9..], &fx.keys()).unwrap();
+    assert_eq!(store.gseq_of(&fx.machine, 3).unwrap(), Some(3));
+    assert_eq!(store.gseq_of(&fx.machine, 11).unwrap(), Some(11));
+    let staged: Vec<Vec<u8>> = (1..=12)
+        .map(|gseq| store.record_bytes(gseq).unwrap().unwrap())
+        .collect();
+    for (gseq, record) in (1..=12).zip(&staged) {
+        assert_eq!(LogEntry::decode(record).unwrap().body.gseq, gseq);
+    }
     store.sync_deferred().unwrap();
     assert_eq!(disk.unsynced_writes(), 0);
     // A crash after the sync keeps everything; reopened, the log is whole.
@@ -226,6 +236,9 @@ fn staged_appends_reach_the_backend_in_one_write_at_the_sync() {
     let reopened = LogStore::with_backend(memory::MemBackend::open(&disk, true), 4).unwrap();
     assert_eq!(reopened.head(), store.head());
     assert_eq!(reopened.entries_from(1).count(), 12);
+    for (gseq, record) in (1..=12).zip(&staged) {
+        assert_eq!(reopened.record_bytes(gseq).unwrap().as_ref(), Some(record));
+    }
     assert_eq!(reopened.app_meta::<u64>("vote").unwrap(), Some(7));
 }
 
