@@ -89,9 +89,9 @@ impl Cadence {
 
 /// A snapshot being built [`SNAPSHOT_MACHINES_PER_ROUND`] machines a round.
 struct SnapshotBuild {
+    /// The machines walked so far, in order (the walk goes on after the
+    /// last).
     machines: Vec<MachineSummary>,
-    /// The last machine walked (the walk goes on after it).
-    walked_to: Option<MachineId>,
     /// Machines with an open session when the walk began.
     connected: Vec<MachineId>,
     /// Time spent on it so far, over its rounds.
@@ -153,7 +153,7 @@ impl Publisher {
             let previous = Arc::clone(&self.snapshot.borrow());
             let snapshot = self.snapshot_cadence.run(now_ms, "snapshot", || {
                 let mut build = SnapshotBuild::new(core);
-                while !build.walk(core, &previous, usize::MAX) {}
+                build.walk(core, &previous, usize::MAX);
                 build.finish(core)
             });
             self.snapshot.send_replace(Arc::new(snapshot));
@@ -248,7 +248,6 @@ impl SnapshotBuild {
     fn new(core: &Core) -> SnapshotBuild {
         SnapshotBuild {
             machines: Vec::with_capacity(core.round.ledger().projection().machines.len()),
-            walked_to: None,
             connected: core.round.ingest().connected_machines(),
             took: Duration::ZERO,
         }
@@ -263,13 +262,11 @@ impl SnapshotBuild {
         let store = core.round.ledger().store();
         let ingest = core.round.ingest();
         let commit = core.round.node().commit_gseq();
-        let after = match &self.walked_to {
-            Some(machine) => Bound::Excluded(machine),
+        let after = match self.machines.last() {
+            Some(last) => Bound::Excluded(last.machine.clone()),
             None => Bound::Unbounded,
         };
-        let mut machines = projection
-            .machines
-            .range::<MachineId, _>((after, Bound::Unbounded));
+        let mut machines = projection.machines.range((after, Bound::Unbounded));
         for (machine, state) in machines.by_ref().take(count) {
             let head = store.machine_head(machine);
             let known = committed_before(previous, machine);
@@ -292,7 +289,6 @@ impl SnapshotBuild {
                 cash_held_won: state.balances.physical_total(),
                 stock_units: state.slots.values().map(|s| u64::from(s.stock)).sum(),
             });
-            self.walked_to = Some(machine.clone());
         }
         machines.next().is_none()
     }
