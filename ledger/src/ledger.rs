@@ -8,7 +8,7 @@ use crate::ids::MachineId;
 use crate::keys::ChainKeys;
 use crate::projection::Projection;
 use crate::store::archive::Codec;
-use crate::store::backend::Backend;
+use crate::store::backend::{Backend, CheckpointSealer, SealedCheckpoint};
 use crate::store::record::{Content, GENESIS_HASH, LogEntry, ReplicatedRecord, SignedEvent};
 use crate::store::rocks::RocksBackend;
 use crate::store::{
@@ -98,14 +98,17 @@ pub struct Ledger<B: Backend = RocksBackend> {
     checkpoint_in_background: bool,
     /// The checkpoint being encoded there, at most one.
     encoding: Option<Encoding>,
+    /// How long the last checkpoint stored was, to size the next one's
+    /// buffer once.
+    checkpoint_bytes: usize,
 }
 
 /// A checkpoint of the projection as of `gseq` (whose record hash is
-/// `hash`), being encoded on its own thread.
+/// `hash`), being encoded and sealed on its own thread.
 struct Encoding {
     gseq: u64,
     hash: Hash32,
-    bytes: std::thread::JoinHandle<Vec<u8>>,
+    sealed: std::thread::JoinHandle<SealedCheckpoint>,
 }
 
 impl Ledger<RocksBackend> {
@@ -134,6 +137,7 @@ impl<B: Backend> Ledger<B> {
             last_checkpoint_gseq,
             checkpoint_in_background: false,
             encoding: None,
+            checkpoint_bytes: 0,
         };
         ledger.catch_up()?;
         Ok(ledger)
@@ -256,7 +260,7 @@ impl<B: Backend> Ledger<B> {
     }
 
     fn maybe_checkpoint(&mut self) -> Result<(), StoreError> {
-        if let Some(encoding) = self.encoding.take_if(|e| e.bytes.is_finished()) {
+        if let Some(encoding) = self.encoding.take_if(|e| e.sealed.is_finished()) {
             self.store_encoded(encoding)?;
         }
         let due = self.projection.as_of_gseq >= self.last_checkpoint_gseq + self.checkpoint_every;
@@ -278,7 +282,7 @@ impl<B: Backend> Ledger<B> {
         while self
             .encoding
             .as_ref()
-            .is_some_and(|e| !e.bytes.is_finished())
+            .is_some_and(|e| !e.sealed.is_finished())
         {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -288,8 +292,9 @@ impl<B: Backend> Ledger<B> {
         }
     }
 
-    /// Encodes a checkpoint at the head on a new thread, from a copy of
-    /// the projection (machine states are shared, so the copy is cheap).
+    /// Encodes and seals a checkpoint at the head on a new thread, from a
+    /// copy of the projection (machine states are shared, so the copy is
+    /// cheap: ~0.5 ms for 10,000 machines).
     fn start_encoding(&mut self) -> Result<(), StoreError> {
         let head = self.store.head();
         let checkpoint = Checkpoint {
@@ -297,15 +302,17 @@ impl<B: Backend> Ledger<B> {
             hash: head.hash,
             projection: self.projection.clone(),
         };
+        let sealer = self.store.checkpoint_sealer();
+        let bytes_hint = self.checkpoint_bytes;
         let spawned = std::thread::Builder::new()
             .name("checkpoint".into())
-            .spawn(move || encode_checkpoint(&checkpoint));
+            .spawn(move || seal_checkpoint(&sealer, &checkpoint, bytes_hint));
         match spawned {
-            Ok(bytes) => {
+            Ok(sealed) => {
                 self.encoding = Some(Encoding {
                     gseq: head.gseq,
                     hash: head.hash,
-                    bytes,
+                    sealed,
                 });
                 Ok(())
             }
@@ -318,15 +325,21 @@ impl<B: Backend> Ledger<B> {
     /// this log and newer than the last one stored.
     fn store_encoded(&mut self, encoding: Encoding) -> Result<(), StoreError> {
         // An encoder that panicked stored nothing; the next one is due now.
-        let Ok(bytes) = encoding.bytes.join() else {
+        let Ok(sealed) = encoding.sealed.join() else {
             return Ok(());
         };
         let current = self.store.entry_hash(encoding.gseq)? == Some(encoding.hash);
         if !current || encoding.gseq <= self.last_checkpoint_gseq {
             return Ok(());
         }
-        self.store.put_checkpoint(encoding.gseq, &bytes)?;
-        self.last_checkpoint_gseq = encoding.gseq;
+        self.put_checkpoint(sealed)
+    }
+
+    fn put_checkpoint(&mut self, sealed: SealedCheckpoint) -> Result<(), StoreError> {
+        let (gseq, bytes) = (sealed.gseq, sealed.value.len());
+        self.store.put_checkpoint(sealed)?;
+        self.last_checkpoint_gseq = gseq;
+        self.checkpoint_bytes = bytes;
         Ok(())
     }
 
@@ -342,10 +355,8 @@ impl<B: Backend> Ledger<B> {
             hash: head.hash,
             projection: self.projection.clone(),
         };
-        self.store
-            .put_checkpoint(head.gseq, &encode_checkpoint(&checkpoint))?;
-        self.last_checkpoint_gseq = head.gseq;
-        Ok(())
+        let sealer = self.store.checkpoint_sealer();
+        self.put_checkpoint(seal_checkpoint(&sealer, &checkpoint, self.checkpoint_bytes))
     }
 
     /// The projection as of `until`, starting from the nearest checkpoint
@@ -401,8 +412,8 @@ impl<B: Backend> Ledger<B> {
             hash,
             projection,
         };
-        self.store
-            .put_checkpoint(gseq, &encode_checkpoint(&checkpoint))
+        let sealed = seal_checkpoint(&self.store.checkpoint_sealer(), &checkpoint, 0);
+        self.store.put_checkpoint(sealed)
     }
 
     /// Takes the machine id's state from the projection (a machine's own
@@ -430,8 +441,15 @@ fn apply_content(projection: &mut Projection, gseq: u64, content: &Content) {
     }
 }
 
-fn encode_checkpoint(checkpoint: &Checkpoint) -> Vec<u8> {
-    rmp_serde::to_vec(checkpoint).expect("encoding to a Vec cannot fail")
+/// Encodes `checkpoint` straight into the value `sealer` seals.
+fn seal_checkpoint(
+    sealer: &CheckpointSealer,
+    checkpoint: &Checkpoint,
+    bytes_hint: usize,
+) -> SealedCheckpoint {
+    sealer.seal(checkpoint.gseq, bytes_hint, |out| {
+        rmp_serde::encode::write(out, checkpoint).expect("encoding to a Vec cannot fail");
+    })
 }
 
 fn load_checkpoint<B: Backend>(

@@ -6,7 +6,10 @@
 use ledger::crypto::Hash32;
 use ledger::ids::MachineId;
 use ledger::store::archive::ArchiveMark;
-use ledger::store::backend::{Backend, Batch, RecordVisitor, Restoration, StoredState, Truncation};
+use ledger::store::backend::{
+    Backend, Batch, CheckpointSealer, RecordVisitor, Restoration, SealedCheckpoint, StoredState,
+    Truncation,
+};
 use ledger::store::memory::MemBackend;
 use ledger::store::promise::{Promise, PromiseError, PromiseStore};
 use ledger::store::{SegmentSummary, StoreConfig, StoreError};
@@ -235,9 +238,17 @@ impl Backend for FaultyBackend {
         self.inner.put_app_meta(name, value)
     }
 
-    fn put_checkpoint(&mut self, gseq: u64, bytes: &[u8], keep: usize) -> Result<(), StoreError> {
+    fn checkpoint_sealer(&self) -> CheckpointSealer {
+        self.inner.checkpoint_sealer()
+    }
+
+    fn put_checkpoint(
+        &mut self,
+        checkpoint: SealedCheckpoint,
+        keep: usize,
+    ) -> Result<(), StoreError> {
         self.faults.plan().before_write()?;
-        self.inner.put_checkpoint(gseq, bytes, keep)
+        self.inner.put_checkpoint(checkpoint, keep)
     }
 
     fn checkpoint_at_or_before(&self, gseq: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {

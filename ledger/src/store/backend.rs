@@ -12,8 +12,81 @@
 
 use super::archive::ArchiveMark;
 use super::{Head, MachineHead, MachineHeads, SegmentSummary, StoreConfig, StoreError};
-use crate::crypto::Hash32;
+use crate::crypto::{Hash32, Sealer};
 use crate::ids::MachineId;
+
+/// Turns an encoded checkpoint into the value its backend stores:
+/// XChaCha20-Poly1305 for RocksDB, the bytes as they are for memory. It
+/// can be taken to another thread, so a large projection is encoded and
+/// sealed off the thread that appends (10,000 machines make ~5 MB, whose
+/// sealing took 3–50 ms of a round).
+#[derive(Clone)]
+pub struct CheckpointSealer {
+    sealer: Option<Sealer>,
+}
+
+/// A checkpoint in the form its backend stores, from a
+/// [`CheckpointSealer`].
+pub struct SealedCheckpoint {
+    pub gseq: u64,
+    pub value: Vec<u8>,
+}
+
+impl CheckpointSealer {
+    /// Seals checkpoints at rest under `sealer`.
+    pub fn at_rest(sealer: Sealer) -> CheckpointSealer {
+        CheckpointSealer {
+            sealer: Some(sealer),
+        }
+    }
+
+    /// Keeps checkpoints as encoded.
+    pub fn plain() -> CheckpointSealer {
+        CheckpointSealer { sealer: None }
+    }
+
+    /// Seals the checkpoint taken at `gseq` that `write` encodes (about
+    /// `bytes_hint` long), written straight into the sealed value.
+    pub fn seal(
+        &self,
+        gseq: u64,
+        bytes_hint: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> SealedCheckpoint {
+        let value = match &self.sealer {
+            Some(sealer) => sealer.seal_written(&checkpoint_aad(gseq), bytes_hint, write),
+            None => {
+                let mut value = Vec::with_capacity(bytes_hint);
+                write(&mut value);
+                value
+            }
+        };
+        SealedCheckpoint { gseq, value }
+    }
+
+    /// The encoded checkpoint taken at `gseq`, from its stored `value`.
+    pub fn open(&self, gseq: u64, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        match &self.sealer {
+            Some(sealer) => {
+                sealer
+                    .open(&checkpoint_aad(gseq), &value)
+                    .map_err(|_| StoreError::Meta {
+                        name: format!("checkpoint {gseq}"),
+                        problem: "cannot be decrypted".into(),
+                    })
+            }
+            None => Ok(value),
+        }
+    }
+}
+
+/// What a sealed checkpoint's authentication binds it to: its gseq.
+fn checkpoint_aad(gseq: u64) -> [u8; 19] {
+    let mut aad = [0u8; 19];
+    aad[..11].copy_from_slice(b"checkpoint/");
+    aad[11..].copy_from_slice(&gseq.to_be_bytes());
+    aad
+}
 
 /// What a store persisted about itself, loaded at open.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -117,9 +190,16 @@ pub trait Backend: Send + Sync {
     fn segments(&self) -> Result<Vec<SegmentSummary>, StoreError>;
     fn app_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_app_meta(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError>;
-    /// Saves a checkpoint taken at `gseq`, keeping at most `keep` of them.
-    fn put_checkpoint(&mut self, gseq: u64, bytes: &[u8], keep: usize) -> Result<(), StoreError>;
-    /// The newest checkpoint taken at or before `gseq`.
+    /// How this backend seals the checkpoints it is given.
+    fn checkpoint_sealer(&self) -> CheckpointSealer;
+    /// Saves a checkpoint sealed by [`Backend::checkpoint_sealer`], keeping
+    /// at most `keep` of them.
+    fn put_checkpoint(
+        &mut self,
+        checkpoint: SealedCheckpoint,
+        keep: usize,
+    ) -> Result<(), StoreError>;
+    /// The newest checkpoint taken at or before `gseq`, opened.
     fn checkpoint_at_or_before(&self, gseq: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
     /// Removes the records up to `mark.through_gseq` (the store wrote them
     /// to archive files first) and records the mark, in one durable write.

@@ -11,7 +11,8 @@
 
 use super::archive::ArchiveMark;
 use super::backend::{
-    Backend, Batch, IndexRow, RecordVisitor, Restoration, StoredState, Truncation,
+    Backend, Batch, CheckpointSealer, IndexRow, RecordVisitor, Restoration, SealedCheckpoint,
+    StoredState, Truncation,
 };
 use super::{SegmentSummary, StoreConfig, StoreError};
 use crate::crypto::Hash32;
@@ -337,10 +338,18 @@ impl Backend for MemBackend {
         Ok(())
     }
 
-    fn put_checkpoint(&mut self, gseq: u64, bytes: &[u8], keep: usize) -> Result<(), StoreError> {
+    fn checkpoint_sealer(&self) -> CheckpointSealer {
+        CheckpointSealer::plain()
+    }
+
+    fn put_checkpoint(
+        &mut self,
+        checkpoint: SealedCheckpoint,
+        keep: usize,
+    ) -> Result<(), StoreError> {
         self.record(Write::Checkpoint {
-            gseq,
-            bytes: bytes.to_vec(),
+            gseq: checkpoint.gseq,
+            bytes: checkpoint.value,
             keep,
         });
         Ok(())

@@ -33,7 +33,9 @@ use crate::ids::MachineId;
 use crate::keys::ChainKeys;
 use crate::operator::{OPERATOR_RECORD_BYTES_MAX, OperatorRecord};
 use archive::{ArchiveDir, ArchiveMark};
-use backend::{Backend, Batch, IndexRow, StoredState, Truncation};
+use backend::{
+    Backend, Batch, CheckpointSealer, IndexRow, SealedCheckpoint, StoredState, Truncation,
+};
 use links::{RecentLink, RecentLinks};
 use record::{
     ChainError, Content, EntryBody, LogEntry, Payload, REPLICA_NAME_BYTES_MAX, ReplicatedRecord,
@@ -848,10 +850,17 @@ impl<B: Backend> LogStore<B> {
             })
     }
 
-    /// Saves a checkpoint taken at `gseq` and prunes old ones.
-    pub fn put_checkpoint(&mut self, gseq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+    /// How checkpoints are sealed for this store (it can be moved to
+    /// another thread, to seal one there).
+    pub fn checkpoint_sealer(&self) -> CheckpointSealer {
+        self.backend.checkpoint_sealer()
+    }
+
+    /// Saves a checkpoint sealed by [`LogStore::checkpoint_sealer`] and
+    /// prunes old ones.
+    pub fn put_checkpoint(&mut self, checkpoint: SealedCheckpoint) -> Result<(), StoreError> {
         self.write_staged()?;
-        self.backend.put_checkpoint(gseq, bytes, CHECKPOINTS_KEPT)
+        self.backend.put_checkpoint(checkpoint, CHECKPOINTS_KEPT)
     }
 
     /// The newest checkpoint taken at or before `gseq`.

@@ -21,7 +21,10 @@
 //! encrypting a whole small record (see BENCHMARKS.md).
 
 use super::archive::{ArchiveDir, ArchiveMark, resolve_dir};
-use super::backend::{Backend, Batch, RecordVisitor, Restoration, StoredState, Truncation};
+use super::backend::{
+    Backend, Batch, CheckpointSealer, RecordVisitor, Restoration, SealedCheckpoint, StoredState,
+    Truncation,
+};
 use super::{MachineHead, MachineHeads, OpenOptions, SegmentSummary, StoreConfig, StoreError};
 use crate::crypto::{Hash32, SealError, Sealer, SecretKey};
 use crate::ids::MachineId;
@@ -118,13 +121,6 @@ fn log_aad(gseq: u64) -> [u8; 12] {
     let mut aad = [0u8; 12];
     aad[..4].copy_from_slice(b"log/");
     aad[4..].copy_from_slice(&gseq.to_be_bytes());
-    aad
-}
-
-fn checkpoint_aad(gseq: u64) -> [u8; 19] {
-    let mut aad = [0u8; 19];
-    aad[..11].copy_from_slice(b"checkpoint/");
-    aad[11..].copy_from_slice(&gseq.to_be_bytes());
     aad
 }
 
@@ -805,14 +801,18 @@ impl Backend for RocksBackend {
         self.write_batch(batch, false)
     }
 
-    fn put_checkpoint(&mut self, gseq: u64, bytes: &[u8], keep: usize) -> Result<(), StoreError> {
+    fn checkpoint_sealer(&self) -> CheckpointSealer {
+        CheckpointSealer::at_rest(self.sealer.clone())
+    }
+
+    fn put_checkpoint(
+        &mut self,
+        checkpoint: SealedCheckpoint,
+        keep: usize,
+    ) -> Result<(), StoreError> {
         let cf = self.cf(CF_CHECKPOINTS);
         let mut batch = WriteBatch::default();
-        batch.put_cf(
-            cf,
-            gseq_key(gseq),
-            self.sealer.seal(&checkpoint_aad(gseq), bytes),
-        );
+        batch.put_cf(cf, gseq_key(checkpoint.gseq), checkpoint.value);
         // Only the keys: the iterator of `iterator_cf` copies every value,
         // here every kept checkpoint (the whole projection each), at each
         // checkpoint.
@@ -887,13 +887,7 @@ impl Backend for RocksBackend {
             name: "checkpoint".into(),
             problem: "bad key".into(),
         })?;
-        let plaintext =
-            self.sealer
-                .open(&checkpoint_aad(at), &value)
-                .map_err(|_| StoreError::Meta {
-                    name: format!("checkpoint {at}"),
-                    problem: "cannot be decrypted".into(),
-                })?;
+        let plaintext = self.checkpoint_sealer().open(at, value.into_vec())?;
         Ok(Some((at, plaintext)))
     }
 }

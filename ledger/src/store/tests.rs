@@ -573,9 +573,10 @@ fn app_metadata_and_checkpoints_round_trip() {
     );
     assert_eq!(store.app_meta::<u64>("absent").unwrap(), None);
     for gseq in 1..=(CHECKPOINTS_KEPT as u64 + 3) {
-        store
-            .put_checkpoint(gseq * 10, &gseq.to_be_bytes())
-            .unwrap();
+        let sealed = store.checkpoint_sealer().seal(gseq * 10, 8, |out| {
+            out.extend_from_slice(&gseq.to_be_bytes());
+        });
+        store.put_checkpoint(sealed).unwrap();
     }
     let (at, bytes) = store.checkpoint_at_or_before(55).unwrap().unwrap();
     assert_eq!((at, bytes), (50, 5u64.to_be_bytes().to_vec()));
