@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-/// How often the uplink core is given the time.
-const TICK_INTERVAL_MS: u64 = 10;
+/// A deadline past any the core sets, should one not fit an `Instant`.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400);
 
 /// A machine's own ledger, shared between the machine (which appends) and
 /// its uplink (which reads). In a machine's ledger every entry is one of
@@ -114,15 +114,16 @@ pub async fn run_uplink<L: LocalEvents>(
     reports: tokio::sync::mpsc::Sender<UplinkReport>,
 ) -> UplinkStats {
     let mut driver = Driver::new(uplink, local, reports);
-    let mut ticker = tokio::time::interval(Duration::from_millis(TICK_INTERVAL_MS));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let wake = tokio::time::sleep_until(driver.tick_at());
+    tokio::pin!(wake);
     loop {
+        wake.as_mut().reset(driver.tick_at());
         // A read or a connection attempt that loses the race to another
         // branch loses nothing: the framed reader keeps a partial frame in
         // its buffer, and the attempt lives on in the driver.
         let actions = tokio::select! {
             _ = stop.changed() => break,
-            _ = ticker.tick() => driver.uplink.tick(driver.now_ms(), &driver.local),
+            () = &mut wake => driver.uplink.tick(driver.now_ms(), &driver.local),
             () = appended.notified() => driver.uplink.on_local_append(driver.now_ms(), &driver.local),
             result = async { driver.connecting.as_mut().expect("guarded").await },
                 if driver.connecting.is_some() => driver.on_connect_result(result),
@@ -166,6 +167,16 @@ impl<L: LocalEvents> Driver<L> {
             connecting: None,
             reported,
         }
+    }
+
+    /// When the core next has something to do on its own.
+    fn tick_at(&self) -> tokio::time::Instant {
+        let next = Duration::from_millis(self.uplink.next_tick_ms());
+        let at = self
+            .started
+            .checked_add(next)
+            .unwrap_or(self.started + FAR_FUTURE);
+        tokio::time::Instant::from_std(at)
     }
 
     fn now_ms(&self) -> u64 {

@@ -746,7 +746,19 @@ impl Simulation {
             if self.machines[index].alive {
                 let actions = {
                     let m = &mut self.machines[index];
-                    m.uplink.tick(self.now_ms, &Local(&m.events))
+                    // Shipped drivers sleep until the core's next tick;
+                    // here it is ticked every step, and a tick before that
+                    // time must do nothing, or they would miss it.
+                    let next = m.uplink.next_tick_ms();
+                    let early = self.now_ms < next;
+                    let actions = m.uplink.tick(self.now_ms, &Local(&m.events));
+                    assert!(
+                        !early || actions.is_empty(),
+                        "{} acted at {} ms, before its next tick at {next} ms: {actions:?}",
+                        m.id,
+                        self.now_ms,
+                    );
+                    actions
                 };
                 self.machine_actions(index, actions);
             }
