@@ -53,6 +53,8 @@ use std::collections::{BTreeMap, VecDeque};
 pub const COMMIT_HINT_EVERY_MS: u64 = 250;
 /// Recent entries whose hash and epoch are kept in memory.
 pub const META_CACHE_ENTRIES: usize = 65_536;
+/// Past this many entries the cache is given its whole window at once.
+const META_CACHE_GROWN: usize = 4_096;
 /// Storage failures are logged at most this often (with a count).
 pub const STORAGE_ERROR_LOG_EVERY_MS: u64 = 5_000;
 /// Datagrams that fail authentication are warned about at most this often
@@ -210,11 +212,19 @@ impl MetaCache {
             self.metas.clear();
             self.first_gseq = gseq;
         }
-        self.metas.push_back((hash, epoch));
-        if self.metas.len() > META_CACHE_ENTRIES {
+        if self.metas.len() == META_CACHE_ENTRIES {
             self.metas.pop_front();
             self.first_gseq += 1;
         }
+        // Doubling to 4,096, then the whole window at once: each doubling
+        // of a large ring copied it and faulted in fresh pages inside one
+        // round. (Not all at first: the simulation opens many rounds that
+        // each hold a few entries.)
+        if self.metas.len() == self.metas.capacity() && self.metas.len() >= META_CACHE_GROWN {
+            self.metas
+                .reserve_exact(META_CACHE_ENTRIES - self.metas.len());
+        }
+        self.metas.push_back((hash, epoch));
     }
 
     fn truncate_after(&mut self, gseq: u64) {
@@ -1455,5 +1465,32 @@ mod throttle_tests {
             "then once a minute, counted"
         );
         assert_eq!(throttle.note(61_500), None);
+    }
+}
+
+#[cfg(test)]
+mod meta_cache_tests {
+    use super::{META_CACHE_ENTRIES, MetaCache};
+
+    #[test]
+    fn the_cache_keeps_the_newest_window_and_never_outgrows_it() {
+        let mut cache = MetaCache::default();
+        let total = META_CACHE_ENTRIES as u64 + 1_000;
+        for gseq in 1..=total {
+            cache.push(gseq, [gseq as u8; 32], 1);
+        }
+        assert_eq!(cache.metas.len(), META_CACHE_ENTRIES);
+        assert!(
+            cache.metas.capacity() < 2 * META_CACHE_ENTRIES,
+            "not doubled past it"
+        );
+        assert_eq!(cache.get(1_000), None, "the oldest fell out");
+        assert_eq!(cache.get(1_001), Some(([1_001u64 as u8; 32], 1)));
+        assert_eq!(cache.get(total), Some(([total as u8; 32], 1)));
+        assert_eq!(cache.get(total + 1), None);
+        // A gseq that does not continue the window starts a new one.
+        cache.push(total + 5, [9; 32], 2);
+        assert_eq!(cache.get(total), None);
+        assert_eq!(cache.get(total + 5), Some(([9; 32], 2)));
     }
 }
