@@ -55,9 +55,10 @@ impl RecentLinks {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds the links of a successful write (consecutive gseqs). Links that
-    /// do not continue the window replace it.
-    pub(super) fn extend(&self, links: Vec<RecentLink>) {
+    /// Moves in the links of a successful write (consecutive gseqs),
+    /// leaving `links` empty. Links that do not continue the window
+    /// replace it.
+    pub(super) fn extend(&self, links: &mut Vec<RecentLink>) {
         let Some(first) = links.first() else {
             return;
         };
@@ -73,7 +74,7 @@ impl RecentLinks {
         let skip = links.len().saturating_sub(ring.entries_max);
         let excess = (ring.links.len() + links.len() - skip).saturating_sub(ring.entries_max);
         ring.links.drain(..excess);
-        ring.links.extend(links.into_iter().skip(skip));
+        ring.links.extend(links.drain(..).skip(skip));
     }
 
     /// Forgets every link after `to_gseq` (the store truncated them).
@@ -121,22 +122,22 @@ mod tests {
     fn the_window_keeps_the_newest_consecutive_links() {
         let recent = RecentLinks::new(4);
         assert_eq!(recent.range(1, 1), None);
-        recent.extend(links(1..=3));
+        recent.extend(&mut links(1..=3));
         assert_eq!(recent.range(1, 3), Some(links(1..=3)));
-        recent.extend(links(4..=6));
+        recent.extend(&mut links(4..=6));
         // Bounded: 1 and 2 are gone.
         assert_eq!(recent.range(2, 6), None);
         assert_eq!(recent.range(3, 6), Some(links(3..=6)));
         assert_eq!(recent.range(4, 7), None);
         assert_eq!(recent.range(5, 4), None);
         // What does not continue the window (a gap) replaces it.
-        recent.extend(links(9..=9));
+        recent.extend(&mut links(9..=9));
         assert_eq!(recent.range(6, 6), None);
         assert_eq!(recent.range(9, 9), Some(links(9..=9)));
         // A write longer than the window leaves its newest links, in the
         // room the window was given.
         let room = recent.ring().links.capacity();
-        recent.extend(links(10..=17));
+        recent.extend(&mut links(10..=17));
         assert_eq!(recent.range(13, 17), None);
         assert_eq!(recent.range(14, 17), Some(links(14..=17)));
         assert_eq!(recent.ring().links.capacity(), room);
@@ -145,16 +146,16 @@ mod tests {
     #[test]
     fn a_truncation_forgets_what_it_removed_and_a_different_entry_replaces_the_window() {
         let recent = RecentLinks::new(10);
-        recent.extend(links(1..=5));
+        recent.extend(&mut links(1..=5));
         recent.truncate_after(3);
         assert_eq!(recent.range(3, 4), None);
         assert_eq!(recent.range(1, 3), Some(links(1..=3)));
-        recent.extend(links(4..=4));
+        recent.extend(&mut links(4..=4));
         assert_eq!(recent.range(1, 4), Some(links(1..=4)));
         // Entry 5 of another history (its link is not entry 4's hash).
         let mut other = link(5);
         other.prev_hash = [0xee; 32];
-        recent.extend(vec![other.clone()]);
+        recent.extend(&mut vec![other.clone()]);
         assert_eq!(recent.range(4, 4), None);
         assert_eq!(recent.range(5, 5), Some(vec![other]));
     }

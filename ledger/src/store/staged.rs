@@ -31,7 +31,7 @@ use crate::ids::MachineId;
 pub const STAGED_RECORDS_MAX: usize = 16_384;
 
 /// The appends staged since the last backend write.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct Staged {
     batch: Batch,
     machine_heads: MachineHeads,
@@ -40,41 +40,26 @@ pub(super) struct Staged {
 }
 
 impl Staged {
-    pub(super) fn new(
-        batch: Batch,
-        machine_heads: MachineHeads,
-        index: FastMap<Seq, (u64, Hash32)>,
-    ) -> Staged {
-        Staged {
-            batch,
-            machine_heads,
-            index,
-        }
-    }
-
-    /// Adds the next append (its first record follows the last staged).
+    /// Moves in the next append (its first record follows the last
+    /// staged), leaving the append's vectors and map empty with their room,
+    /// for the store to build the next append in.
     pub(super) fn extend(
         &mut self,
-        batch: Batch,
-        machine_heads: MachineHeads,
-        index: FastMap<Seq, (u64, Hash32)>,
+        batch: &mut Batch,
+        machine_heads: &MachineHeads,
+        index: &mut FastMap<Seq, (u64, Hash32)>,
     ) {
         debug_assert_eq!(batch.first_gseq, self.batch.last_gseq() + 1);
-        let Batch {
-            records,
-            index: rows,
-            head,
-            open_segment,
-            closed_segments,
-            ..
-        } = batch;
-        self.batch.records.extend(records);
-        self.batch.index.extend(rows);
-        self.batch.head = head;
-        self.batch.open_segment = open_segment;
-        self.batch.closed_segments.extend(closed_segments);
-        self.machine_heads.extend(machine_heads);
-        self.index.extend(index);
+        self.batch.records.append(&mut batch.records);
+        self.batch.index.append(&mut batch.index);
+        self.batch.head = batch.head;
+        self.batch.open_segment = batch.open_segment.clone();
+        self.batch
+            .closed_segments
+            .append(&mut batch.closed_segments);
+        self.machine_heads
+            .extend(machine_heads.iter().map(|(m, h)| (m.clone(), *h)));
+        self.index.extend(index.drain());
     }
 
     /// Empties it for reuse, keeping what its vectors and maps hold room
@@ -88,12 +73,13 @@ impl Staged {
         self.index.clear();
     }
 
-    /// Like [`Staged::new`], into a [`clear`](Self::clear)ed one.
+    /// Starts a new (or [`clear`](Self::clear)ed) stage with its first
+    /// append, as [`extend`](Self::extend) does.
     pub(super) fn restart(
         &mut self,
-        batch: Batch,
-        machine_heads: MachineHeads,
-        index: FastMap<Seq, (u64, Hash32)>,
+        batch: &mut Batch,
+        machine_heads: &MachineHeads,
+        index: &mut FastMap<Seq, (u64, Hash32)>,
     ) {
         debug_assert!(self.batch.records.is_empty() && self.index.is_empty());
         self.batch.first_gseq = batch.first_gseq;
