@@ -21,7 +21,9 @@
 //! `CURVE_RATES` (the latency curve, printed with the saturated run).
 //! Every run also reports the replicas' CPU time per committed event.
 
-use crate::cluster::{ClusterArgs, ClusterFile, fetch_status, init, replica_binary, spawn_replica};
+use crate::cluster::{
+    ClusterArgs, ClusterFile, check_ports_free, fetch_status, init, replica_binary, spawn_replica,
+};
 use crate::say;
 use crate::util::per_second;
 use anyhow::{Context, Result, bail};
@@ -526,6 +528,7 @@ impl Drop for LocalCluster {
 impl LocalCluster {
     fn start(args: &ClusterArgs, binary: &Path, fleet: &FleetEvents) -> Result<LocalCluster> {
         let file = init(args)?;
+        check_ports_free(&file)?;
         let keyring = Keyring::open(&file.keys_dir)?;
         for (id, key, _) in &fleet.machines {
             key.save_new(&keyring.machine_key_path(id))?;
@@ -534,20 +537,43 @@ impl LocalCluster {
             children: Vec::new(),
             file,
         };
-        for replica in &cluster.file.replicas {
-            let log = args.dir.join(format!("{}.log", replica.id));
+        let logs: Vec<PathBuf> = cluster
+            .file
+            .replicas
+            .iter()
+            .map(|replica| args.dir.join(format!("{}.log", replica.id)))
+            .collect();
+        for (replica, log) in cluster.file.replicas.iter().zip(&logs) {
             cluster
                 .children
-                .push(spawn_replica(binary, &replica.config, &log)?);
+                .push(spawn_replica(binary, &replica.config, log)?);
         }
+        // Every replica up and a primary's epoch open: a run measured on
+        // two replicas (one that could not bind its port, say) would
+        // report a cluster that is not the one described.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while cluster.primary(true).is_none() {
+        loop {
+            for (child, log) in cluster.children.iter_mut().zip(&logs) {
+                if let Some(exit) = child.try_wait()? {
+                    bail!(
+                        "a replica exited at start ({exit}): {}",
+                        last_line(log).unwrap_or_else(|| format!("see {}", log.display()))
+                    );
+                }
+            }
+            let up = cluster.statuses().len() == cluster.file.replicas.len();
+            if up && cluster.primary(true).is_some() {
+                return Ok(cluster);
+            }
             if Instant::now() > deadline {
-                bail!("no primary was elected within 20 s");
+                bail!(
+                    "the cluster was not up within 20 s (every replica answering, one primary \
+                     with its epoch open): see {}",
+                    args.dir.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(cluster)
     }
 
     /// The dashboard address of the replica that is primary now; with
@@ -933,6 +959,13 @@ fn wait_for_followers(cluster: &LocalCluster, deadline: Instant) -> Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
+}
+
+/// The last line a replica wrote to its log, if it can be read.
+fn last_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().rev().find(|line| !line.trim().is_empty())?;
+    Some(line.chars().take(300).collect())
 }
 
 /// Adds the replicas' protocol counters, summed over the cluster.

@@ -337,7 +337,7 @@ fn up(args: &ClusterArgs) -> Result<ExitCode> {
 /// Every port of the cluster is free, or `up` stops before starting
 /// anything, naming the port and the flag that moves the cluster (a
 /// replica that cannot bind would otherwise exit and be restarted forever).
-fn check_ports_free(file: &ClusterFile) -> Result<()> {
+pub fn check_ports_free(file: &ClusterFile) -> Result<()> {
     for replica in &file.replicas {
         let tcp = [
             (&replica.machine_addr, "machine link"),
