@@ -1064,6 +1064,7 @@ fn operator_entry(record: &OperatorRecord) -> NewEntry {
 }
 
 /// A batch being built, with the heads it will leave behind.
+#[derive(Default)]
 struct PendingBatch {
     batch: Batch,
     head: Head,
@@ -1075,46 +1076,29 @@ struct PendingBatch {
 }
 
 impl PendingBatch {
-    /// A batch sized for `entries` entries: a saturated round appends
+    /// A batch sized for `entries` entries, built in `spare` (the last
+    /// append's, emptied) when there is one: a saturated round appends
     /// thousands, and growing these by doubling showed in profiles (the
     /// copies, and fresh pages faulted in for each larger buffer).
-    /// Built in `spare` (an emptied batch) when there is one.
     fn new<B: Backend>(
         store: &LogStore<B>,
         spare: Option<PendingBatch>,
         entries: usize,
     ) -> PendingBatch {
-        if let Some(mut pending) = spare {
-            debug_assert!(pending.batch.records.is_empty() && pending.in_batch.is_empty());
-            pending.batch.first_gseq = store.head.gseq + 1;
-            pending.batch.open_segment = store.open_segment.clone();
-            pending.batch.records.reserve(entries);
-            pending.batch.index.reserve(entries);
-            pending.head = store.head;
-            pending.in_batch.reserve(entries);
-            pending.links = store.recent_links.as_ref().map(|_| {
-                let mut links = pending.links.take().unwrap_or_default();
-                links.reserve(entries);
-                links
-            });
-            return pending;
-        }
-        PendingBatch {
-            batch: Batch {
-                first_gseq: store.head.gseq + 1,
-                open_segment: store.open_segment.clone(),
-                records: Vec::with_capacity(entries),
-                index: Vec::with_capacity(entries),
-                ..Batch::default()
-            },
-            head: store.head,
-            machine_heads: MachineHeads::default(),
-            in_batch: FastMap::with_capacity_and_hasher(entries, Default::default()),
-            links: store
-                .recent_links
-                .as_ref()
-                .map(|_| Vec::with_capacity(entries)),
-        }
+        let mut pending = spare.unwrap_or_default();
+        debug_assert!(pending.batch.records.is_empty() && pending.in_batch.is_empty());
+        pending.batch.first_gseq = store.head.gseq + 1;
+        pending.batch.open_segment = store.open_segment.clone();
+        pending.batch.records.reserve(entries);
+        pending.batch.index.reserve(entries);
+        pending.head = store.head;
+        pending.in_batch.reserve(entries);
+        pending.links = store.recent_links.as_ref().map(|_| {
+            let mut links = pending.links.take().unwrap_or_default();
+            links.reserve(entries);
+            links
+        });
+        pending
     }
 
     fn machine_head<B: Backend>(&self, store: &LogStore<B>, machine: &MachineId) -> MachineHead {
