@@ -758,6 +758,15 @@ impl Simulation {
                         m.id,
                         self.now_ms,
                     );
+                    // And a tick moves it past now, or a driver sleeping
+                    // until it would spin.
+                    assert!(
+                        m.uplink.next_tick_ms() > self.now_ms,
+                        "{} ticked at {} ms and its next tick is at {} ms",
+                        m.id,
+                        self.now_ms,
+                        m.uplink.next_tick_ms()
+                    );
                     actions
                 };
                 self.machine_actions(index, actions);
