@@ -25,11 +25,12 @@ pub struct CheckpointSealer {
     sealer: Option<Sealer>,
 }
 
-/// A checkpoint in the form its backend stores, from a
-/// [`CheckpointSealer`].
+/// A checkpoint in the form its backend stores. Only a
+/// [`CheckpointSealer`] makes one, so a backend is never handed a
+/// checkpoint its own sealer did not seal.
 pub struct SealedCheckpoint {
-    pub gseq: u64,
-    pub value: Vec<u8>,
+    pub(crate) gseq: u64,
+    pub(crate) value: Vec<u8>,
 }
 
 impl CheckpointSealer {
