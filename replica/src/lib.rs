@@ -12,6 +12,7 @@
 
 pub mod archiving;
 pub mod config;
+pub mod heap;
 pub mod ingest;
 pub mod node;
 pub mod operators;

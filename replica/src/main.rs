@@ -44,6 +44,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    // Before the heap grows: see `replica::heap` for why.
+    if let Err(error) = replica::heap::disable_transparent_huge_pages() {
+        tracing::warn!(%error, "could not turn transparent huge pages off; running with them");
+    }
     let config = ReplicaConfig::load(&args.config)?;
     let handle = replica::server::start(config).context("starting the replica")?;
     let signals = tokio::runtime::Builder::new_current_thread()

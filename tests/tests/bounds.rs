@@ -369,6 +369,16 @@ fn a_replica_with_1024_descriptors_serves_machines_and_status_under_a_flood() {
             == 2,
         "{limit_line}"
     );
+    // And without transparent huge pages (`replica::heap`), where the
+    // kernel says.
+    let thp = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|line| line.starts_with("THP_enabled:"))
+        .map(str::to_owned);
+    if let Some(line) = thp {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
     let file: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json")).unwrap()).unwrap();
     let address = |index: usize, field: &str| -> SocketAddr {
