@@ -10,7 +10,7 @@
 //! rounds that met them took 30 to 160 ms. `vend-replica` turns THP off
 //! for itself at start (`PR_SET_THP_DISABLE`, which covers every mapping
 //! of the process, mimalloc's and RocksDB's alike). Alternated pairs
-//! (BENCHMARKS.md, stop 25): at 20,000 events/s the ack p99 of a fresh
+//! (BENCHMARKS.md, stop 26): at 20,000 events/s the ack p99 of a fresh
 //! cluster went from 17–89 ms to 5–8 ms (four pairs of five; the fifth met
 //! a 95 ms fsync on all three replicas at once), and saturated throughput
 //! rose by a fifth at 16% less CPU per event.
