@@ -17,11 +17,14 @@
 //!
 //! The node's actions run here and nowhere else, in order and iteratively
 //! (follow-up actions go to the front of the queue). Nothing the round
-//! produces — acknowledgements, votes, records, machine frames — leaves
-//! before `finish` is handed a successful sync: nothing outside ever
-//! depends on a write that a crash could take back. If the sync fails the
-//! round sends nothing. The tokio server and the deterministic simulation
-//! both drive this type; neither executes an action itself.
+//! produces that rests on its own writes — acknowledgements to peers,
+//! votes, machine frames — leaves before `finish` is handed a successful
+//! sync: nothing outside ever depends on a write that a crash could take
+//! back. If the sync fails the round sends none of it. Two things may leave
+//! before the sync (`take_early`): records, which promise nothing about
+//! this replica's disk, and machines' acknowledgements of a commit, which
+//! rest on earlier rounds' syncs. The tokio server and the deterministic
+//! simulation both drive this type; neither executes an action itself.
 //!
 //! Operators' requests take the machine events' path: planned against the
 //! projection ([`crate::operators`]), proposed to the node, appended,
@@ -47,7 +50,7 @@ use ledger::store::{Appended, LogStore, Proposed, StoreError};
 use ledger::{Ledger, MachineId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The commit hint is saved at most this often.
 pub const COMMIT_HINT_EVERY_MS: u64 = 250;
@@ -352,10 +355,15 @@ pub struct Round<B: Backend, K: FleetKeys> {
     /// Everything to send this round, held until the round's writes are
     /// synced (`None`: an acknowledgement a newer one replaced).
     outbox: Vec<Option<Outgoing>>,
+    /// The machine sessions something in the outbox is for: a session's
+    /// frames are sealed in order and must leave in it, so a commit's
+    /// acknowledgement to one of them waits in the outbox behind them.
+    outbox_sessions: BTreeSet<SessionId>,
     /// Datagrams of records (streamed, retransmitted, served for a catch
-    /// up), which may leave before the round's sync (`take_early`): holding
-    /// records promises nothing about this replica's disk, and the commit
-    /// counts this replica only up to `synced_gseq`.
+    /// up) and machines' acknowledgements of a commit, which may leave
+    /// before the round's sync (`take_early`): holding records promises
+    /// nothing about this replica's disk, and the commit counts this
+    /// replica only up to `synced_gseq`, durable since an earlier round.
     early: Vec<Outgoing>,
     /// The last gseq of the log known durable here: the tip at open and at
     /// each successful sync, lowered by truncations.
@@ -490,6 +498,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             now_ms: 0,
             wall_ms: 0,
             outbox: Vec::new(),
+            outbox_sessions: BTreeSet::new(),
             early: Vec::new(),
             synced_gseq,
             nonces: ChaCha20Rng::seed_from_u64(seed),
@@ -568,7 +577,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
             Input::Datagram(bytes) => self.on_datagram(&bytes),
             Input::SessionOpened(session) => {
                 if !self.ingest.accept(session) {
-                    self.outbox.push(Some(Outgoing::Close { session }));
+                    self.queue_for_session(session, Outgoing::Close { session });
                 }
             }
             Input::SessionFrame { session, payload } => self.on_session_frame(session, &payload),
@@ -611,15 +620,17 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
     fn announce_commit(&mut self) {
         if let Some(commit_gseq) = self.commit_to_announce.take() {
             let actions = self.ingest.on_commit(commit_gseq, &view!(self));
-            self.ingest_actions(actions);
+            self.acknowledge(actions);
         }
         self.deliver_commands();
         self.answer_operators();
     }
 
     /// The datagrams of records this round produced so far, to send before
-    /// its sync: a follower then stores them while this replica syncs.
-    /// Whatever a shell does not take leaves with the rest at `finish`.
+    /// its sync (a follower then stores them while this replica syncs), and
+    /// the acknowledgements of what committed before it (a machine need not
+    /// wait for a sync its events do not depend on). Whatever a shell does
+    /// not take leaves with the rest at `finish`.
     /// They overtake datagrams sealed before them (a heartbeat of `tick`),
     /// which the receivers' replay window (`REPLAY_WINDOW_PACKETS`) takes
     /// out of order; one overtaken by more than that many is dropped as
@@ -823,10 +834,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
                 "syncing the round's writes failed; nothing of the round is sent",
                 &error,
             );
-            // Records streamed before the sync have left; the rest of
-            // them waits for a retransmission.
-            self.early.clear();
-            let answers = self.take_operator_answers();
+            let answers = self.take_after_failure();
             self.write_failed();
             // What the failure produced (a role change, redirects) waits
             // for the next round's sync.
@@ -838,8 +846,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
                 "the promise file could not be written; nothing of the round is sent",
                 &error,
             );
-            self.early.clear();
-            return self.take_operator_answers();
+            return self.take_after_failure();
         }
         if std::mem::take(&mut self.wrote_this_round)
             && self.counters.storage_error.take().is_some()
@@ -854,20 +861,29 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
         self.announce_commit();
         let mut outgoing = std::mem::take(&mut self.early);
         outgoing.extend(self.outbox.drain(..).flatten());
+        self.outbox_sessions.clear();
         outgoing
     }
 
     /// Empties the outbox of a round whose writes may be lost, keeping only
-    /// the answers to operators: each rests on a commit (entries durable on
-    /// two replicas since earlier rounds) or says that nothing is, so none
-    /// depends on this round's writes, and an operator is never left
-    /// waiting on a disk that keeps failing.
-    fn take_operator_answers(&mut self) -> Vec<Outgoing> {
-        self.outbox
+    /// what rests on commits (entries durable on two replicas since earlier
+    /// rounds): the answers to operators, each of which says so or that
+    /// nothing is, so an operator is never left waiting on a disk that
+    /// keeps failing; and the acknowledgements of commits a shell did not
+    /// take before the sync. Records not taken wait for a retransmission.
+    fn take_after_failure(&mut self) -> Vec<Outgoing> {
+        let acknowledgements = self
+            .early
+            .drain(..)
+            .filter(|outgoing| matches!(outgoing, Outgoing::Frame { .. }));
+        let answers = self
+            .outbox
             .drain(..)
             .flatten()
-            .filter(|outgoing| matches!(outgoing, Outgoing::OperatorAnswer { .. }))
-            .collect()
+            .filter(|outgoing| matches!(outgoing, Outgoing::OperatorAnswer { .. }));
+        let kept = acknowledgements.chain(answers).collect();
+        self.outbox_sessions.clear();
+        kept
     }
 
     /// Checkpoints the projection (at shutdown), durably at the next sync.
@@ -1029,7 +1045,7 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
         for action in actions {
             match action {
                 IngestAction::Send { session, payload } => {
-                    self.outbox.push(Some(Outgoing::Frame { session, payload }))
+                    self.queue_for_session(session, Outgoing::Frame { session, payload })
                 }
                 IngestAction::Close {
                     session,
@@ -1046,12 +1062,36 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
                              backoff; check its id, key and version)"
                         );
                     }
-                    self.outbox.push(Some(Outgoing::Close { session }));
+                    self.queue_for_session(session, Outgoing::Close { session });
                 }
                 IngestAction::UnknownMachine(machine) => self.request_keys(&machine),
                 IngestAction::Authenticated { session } => {
-                    self.outbox.push(Some(Outgoing::Authenticated { session }))
+                    self.queue_for_session(session, Outgoing::Authenticated { session })
                 }
+            }
+        }
+    }
+
+    /// Queues what goes to a machine session for the end of the round.
+    fn queue_for_session(&mut self, session: SessionId, outgoing: Outgoing) {
+        self.outbox_sessions.insert(session);
+        self.outbox.push(Some(outgoing));
+    }
+
+    /// Acknowledgements of a commit leave with the round's records, before
+    /// its sync: the commit counts this replica only up to `synced_gseq`,
+    /// made durable and promised (`keep_promises`) by an earlier round, so
+    /// nothing they say rests on this round's writes. One for a session
+    /// with a frame already in the outbox goes behind that frame instead.
+    fn acknowledge(&mut self, actions: Vec<IngestAction>) {
+        for action in actions {
+            match action {
+                IngestAction::Send { session, payload }
+                    if !self.outbox_sessions.contains(&session) =>
+                {
+                    self.early.push(Outgoing::Frame { session, payload });
+                }
+                other => self.ingest_actions(vec![other]),
             }
         }
     }

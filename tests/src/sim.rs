@@ -222,6 +222,11 @@ pub struct SimReport {
     pub naks: u64,
     /// Times a primary held records back for the flow-control window.
     pub window_waits: u64,
+    /// Machines' acknowledgements of a commit that left a primary before
+    /// its round's sync, and those of them whose sync then crashed the
+    /// primary (what they acknowledged must survive all the same).
+    pub acks_before_sync: u64,
+    pub acks_before_crashed_sync: u64,
     /// Records followers received twice (slow repairs asked again, and
     /// duplicated datagrams).
     pub records_received_twice: u64,
@@ -1527,6 +1532,10 @@ impl Simulation {
             round.tick();
             round.seal();
             let early = round.take_early();
+            let acks = early
+                .iter()
+                .filter(|outgoing| matches!(outgoing, Outgoing::Frame { .. }))
+                .count() as u64;
             if self.replicas[index].faults.plan().crashed {
                 // Crashed while sealing: nothing left the process.
                 self.after_round_step(index);
@@ -1537,6 +1546,7 @@ impl Simulation {
             for outgoing in early {
                 self.release(index, outgoing);
             }
+            self.report.acks_before_sync += acks;
             let Some(round) = self.replicas[index].round() else {
                 continue;
             };
@@ -1544,6 +1554,7 @@ impl Simulation {
             let outgoing = round.finish(synced);
             if self.after_round_step(index) {
                 // Crashed at the sync: nothing else left the process.
+                self.report.acks_before_crashed_sync += acks;
                 continue;
             }
             self.check_committed_prefix(index);
