@@ -911,9 +911,9 @@ impl Simulation {
                 primary,
                 caught_up_ms,
             } => {
-                // Since when the survivors hold the same log; records still
-                // in flight from the killed primary can part them again,
-                // which counts until one of them stands.
+                // Since when the survivor that may stand holds the sync's
+                // log; records still in flight from the killed primary can
+                // part them again, which counts until one of them stands.
                 let caught_up_ms = if self.survivors_agree(primary) {
                     caught_up_ms.or(Some(self.now_ms))
                 } else if self.survivors_follow(primary) {
@@ -931,8 +931,8 @@ impl Simulation {
                     self.report.failover_after_catchup_ms = after;
                     if after > FAILOVER_AFTER_CATCHUP_MS {
                         self.violate(
-                            "a failover takes under 600 ms once the survivors agree",
-                            format!("{after} ms from the survivors holding the same log to an open epoch (killed at {at_ms} ms)"),
+                            "a failover takes under 600 ms once the survivor that may stand caught up",
+                            format!("{after} ms from the survivor that may stand holding the sync's tip to an open epoch (killed at {at_ms} ms)"),
                         );
                     }
                     self.restart_replica(Self::replica_index(primary));
@@ -966,21 +966,35 @@ impl Simulation {
             })
     }
 
-    /// Whether the two replicas other than `killed` run and end their logs
-    /// at the same entry.
+    /// Whether the survivor that may stand holds the sync replica's tip:
+    /// then it is at least as up to date as the only voter it needs, and
+    /// nothing is left to catch up. It may hold more than the sync (records
+    /// still in flight from the killed primary), which the sync then takes
+    /// from it; a record the sync gets that it lacks parts them again.
     fn survivors_agree(&self, killed: NodeId) -> bool {
-        let mut tips = self
-            .replicas
-            .iter()
-            .filter(|r| r.id != killed)
-            .map(|r| match &r.process {
-                Process::Running(round) => Some(round.ledger().store().head()),
-                Process::Down(_) => None,
-            });
-        match (tips.next().flatten(), tips.next().flatten()) {
-            (Some(a), Some(b)) => a == b,
-            _ => false,
+        let running = |id: NodeId| match &self.replicas[Self::replica_index(id)].process {
+            Process::Running(round) => Some(round.ledger().store()),
+            Process::Down(_) => None,
+        };
+        let mut survivors = REPLICAS.iter().copied().filter(|&id| id != killed);
+        let (Some(a), Some(b)) = (survivors.next(), survivors.next()) else {
+            return false;
+        };
+        let (candidate, sync) = if replica::node::standard_priority(a) > 0 {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let (Some(candidate), Some(sync)) = (running(candidate), running(sync)) else {
+            return false;
+        };
+        let tip = sync.head();
+        let candidate_head = candidate.head();
+        if candidate_head.gseq == tip.gseq {
+            return candidate_head.hash == tip.hash;
         }
+        tip.gseq < candidate_head.gseq
+            && matches!(candidate.get(tip.gseq), Ok(Some(entry)) if entry.hash == tip.hash)
     }
 
     /// The replica's process dies: its disk keeps what was synced and the

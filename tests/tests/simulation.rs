@@ -49,7 +49,7 @@ fn thousands_of_seeds_keep_every_invariant() {
             .unwrap_or(0)
     };
     eprintln!(
-        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-round, {} damaging the disk, {} repairs, {} repairs without damage), {} failed writes, {} failed syncs, {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs, {} records received twice, {} waits for the stream window, {} machine acknowledgements before the primary's sync ({} before a sync that crashed it), {} records caught up from a voter; {} operator requests ({} answered committed, {} failed), {} commands applied by machines; drill failover worst {} ms, mean {} ms; after the survivors agreed p50 {} ms, p99 {} ms, worst {} ms",
+        "{} seeds in {:.1}s: {} events, {} acknowledged, {} epochs, {} replica crashes ({} mid-round, {} damaging the disk, {} repairs, {} repairs without damage), {} failed writes, {} failed syncs, {} machine crashes, {} partitions, {} of {} datagrams dropped, {} duplicated, {} records truncated, {} NAKs, {} records received twice, {} waits for the stream window, {} machine acknowledgements before the primary's sync ({} before a sync that crashed it), {} records caught up from a voter; {} operator requests ({} answered committed, {} failed), {} commands applied by machines; drill failover worst {} ms, mean {} ms; after the survivor that may stand caught up with the sync p50 {} ms, p99 {} ms, worst {} ms",
         reports.len(),
         started.elapsed().as_secs_f64(),
         sum(|r| r.events),
