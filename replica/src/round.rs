@@ -9,8 +9,10 @@
 //! round.input(..); round.input(..); ...   // datagrams, machine frames, sessions
 //! round.operator_request(..);             // what an operator asks (appended at once)
 //! round.tick();                            // timers
+//! for outgoing in round.take_early() { .. send it .. }  // retransmissions, NAKs
 //! round.seal();                            // propose what machines sent, announce commits,
 //!                                          // deliver committed commands, answer operators
+//! for outgoing in round.take_early() { .. send it .. }  // the new records, commit acks
 //! let synced = round.sync();               // one fsync for every write of the round
 //! for outgoing in round.finish(synced) { .. send it .. }
 //! ```
@@ -20,10 +22,11 @@
 //! produces that rests on its own writes — acknowledgements to peers,
 //! votes, machine frames — leaves before `finish` is handed a successful
 //! sync: nothing outside ever depends on a write that a crash could take
-//! back. If the sync fails the round sends none of it. Two things may leave
-//! before the sync (`take_early`): records, which promise nothing about
-//! this replica's disk, and machines' acknowledgements of a commit, which
-//! rest on earlier rounds' syncs. The tokio server and the deterministic
+//! back. If the sync fails the round sends none of it. Three things may
+//! leave before the sync (`take_early`): records, which promise nothing
+//! about this replica's disk, a follower's NAKs, which only ask for
+//! records, and machines' acknowledgements of a commit, which rest on
+//! earlier rounds' syncs. The tokio server and the deterministic
 //! simulation both drive this type; neither executes an action itself.
 //!
 //! Operators' requests take the machine events' path: planned against the
@@ -360,10 +363,11 @@ pub struct Round<B: Backend, K: FleetKeys> {
     /// acknowledgement to one of them waits in the outbox behind them.
     outbox_sessions: BTreeSet<SessionId>,
     /// Datagrams of records (streamed, retransmitted, served for a catch
-    /// up) and machines' acknowledgements of a commit, which may leave
-    /// before the round's sync (`take_early`): holding records promises
-    /// nothing about this replica's disk, and the commit counts this
-    /// replica only up to `synced_gseq`, durable since an earlier round.
+    /// up), NAKs, and machines' acknowledgements of a commit, which may
+    /// leave before the round's sync (`take_early`): holding records
+    /// promises nothing about this replica's disk, a NAK only asks for
+    /// records, and the commit counts this replica only up to
+    /// `synced_gseq`, durable since an earlier round.
     early: Vec<Outgoing>,
     /// The last gseq of the log known durable here: the tip at open and at
     /// each successful sync, lowered by truncations.
@@ -1353,7 +1357,16 @@ impl<B: Backend, K: FleetKeys> Round<B, K> {
 
     fn send(&mut self, to: Target, epoch: u64, commit_gseq: u64, message: Message) {
         let is_ack = matches!(message, Message::Ack { .. });
+        let is_nak = matches!(message, Message::Nak { .. });
         let bytes = self.seal_datagram(to, epoch, commit_gseq, message);
+        if is_nak {
+            // A NAK asks for records and promises nothing about this
+            // replica's disk: it leaves before the sync, so a repair does
+            // not wait for the fsync of the round that found the hole
+            // (Aeron NAKs a unicast gap at once).
+            self.early.push(Outgoing::Datagram { to, bytes });
+            return;
+        }
         if is_ack
             && let Target::Node(peer) = to
             && let Some(earlier) = self.acks_queued.insert(peer, self.outbox.len())

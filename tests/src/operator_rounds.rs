@@ -1,6 +1,7 @@
 //! Operators' requests through three replicas' rounds, step by step: the
 //! same `Round` the server and the simulation drive, over memory logs and
-//! a scripted network, to pin what each request is answered and when.
+//! a scripted network, to pin what each request is answered and when (and
+//! what of a round leaves before its sync).
 
 use crate::faults::MemPromises;
 use dashboard::ports::{ActionError, ActionReceipt, OperatorAction};
@@ -16,7 +17,9 @@ use replica::node::{NodeConfig, Target};
 use replica::round::{
     Input, OPERATOR_COMMIT_TIMEOUT_MS, Outgoing, Refusal, RequestId, Round, RoundConfig, Start,
 };
-use replica::wire::{DatagramCodec, NodeId, PAYLOAD_BYTES_DEFAULT};
+use replica::wire::{
+    DatagramCodec, MessageKind, NodeId, PAYLOAD_BYTES_DEFAULT, peek_kind_and_count,
+};
 use std::collections::BTreeSet;
 
 const CLUSTER_ID: u32 = 5;
@@ -49,6 +52,10 @@ struct Trio {
     cut: BTreeSet<NodeId>,
     answers: Vec<(NodeId, RequestId, Answer)>,
     next_request: RequestId,
+    /// The kinds of the datagrams each replica sent in the last step,
+    /// before its sync (`take_early`) and after it.
+    sent_before_sync: Vec<(NodeId, MessageKind)>,
+    sent_after_sync: Vec<(NodeId, MessageKind)>,
 }
 
 impl Trio {
@@ -83,6 +90,8 @@ impl Trio {
             cut: BTreeSet::new(),
             answers: Vec::new(),
             next_request: 1,
+            sent_before_sync: Vec::new(),
+            sent_after_sync: Vec::new(),
         }
     }
 
@@ -102,15 +111,34 @@ impl Trio {
                 self.round(to).input(Input::Datagram(bytes));
             }
         }
+        self.sent_before_sync.clear();
+        self.sent_after_sync.clear();
         for id in 1..=3 {
             let round = self.round(id);
             round.tick();
             round.seal();
+            for outgoing in round.take_early() {
+                note_kind(&mut self.sent_before_sync, id, &outgoing);
+                self.release(id, outgoing);
+            }
+            let round = self.round(id);
             let synced = round.sync();
             for outgoing in round.finish(synced) {
+                note_kind(&mut self.sent_after_sync, id, &outgoing);
                 self.release(id, outgoing);
             }
         }
+    }
+
+    /// Drops the records `from` put on the wire to `to` (a lost datagram).
+    fn lose_records(&mut self, from: NodeId, to: NodeId) -> usize {
+        let before = self.wire.len();
+        self.wire.retain(|(f, t, bytes)| {
+            let records =
+                peek_kind_and_count(bytes).is_some_and(|(kind, _)| kind == MessageKind::Append);
+            !(*f == from && *t == to && records)
+        });
+        before - self.wire.len()
     }
 
     fn release(&mut self, from: NodeId, outgoing: Outgoing) {
@@ -185,6 +213,63 @@ impl Trio {
             .users
             .contains_key(name)
     }
+}
+
+/// Notes the kind of a datagram `from` sends.
+fn note_kind(sent: &mut Vec<(NodeId, MessageKind)>, from: NodeId, outgoing: &Outgoing) {
+    if let Outgoing::Datagram { bytes, .. } = outgoing
+        && let Some((kind, _)) = peek_kind_and_count(bytes)
+    {
+        sent.push((from, kind));
+    }
+}
+
+#[test]
+fn a_follower_asks_for_a_hole_before_its_sync_and_acknowledges_after_it() {
+    let mut trio = Trio::new();
+    let primary = trio.elected();
+    let follower = (1..=3).find(|&id| id != primary).unwrap();
+    trio.run_until("the marker to commit everywhere", 2_000, |trio| {
+        let marker = trio.rounds[usize::from(primary - 1)].node().commit_gseq();
+        marker >= 1
+            && trio.rounds[usize::from(follower - 1)]
+                .ledger()
+                .store()
+                .head()
+                .gseq
+                >= marker
+    });
+    trio.ask(primary, "kim").unwrap();
+    trio.step();
+    assert_eq!(
+        trio.lose_records(primary, follower),
+        1,
+        "the first records are lost"
+    );
+    trio.ask(primary, "lee").unwrap();
+    // The follower gets the second records, past a hole.
+    trio.step();
+    trio.step();
+    let asked_early = trio
+        .sent_before_sync
+        .contains(&(follower, MessageKind::Nak));
+    let asked_late = trio.sent_after_sync.contains(&(follower, MessageKind::Nak));
+    assert!(
+        asked_early && !asked_late,
+        "the NAK leaves before the follower's sync: before {:?}, after {:?}",
+        trio.sent_before_sync,
+        trio.sent_after_sync
+    );
+    assert!(
+        !trio
+            .sent_before_sync
+            .contains(&(follower, MessageKind::Ack)),
+        "an acknowledgement waits for the sync: {:?}",
+        trio.sent_before_sync
+    );
+    trio.run_until("the hole to be repaired", 2_000, |trio| {
+        trio.has_user(follower, "kim") && trio.has_user(follower, "lee")
+    });
 }
 
 #[test]

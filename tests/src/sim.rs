@@ -1544,6 +1544,20 @@ impl Simulation {
                 continue;
             };
             round.tick();
+            // As the server does: what the inputs produced to send early
+            // leaves before the seal, then what the seal produced.
+            let before_seal = round.take_early();
+            if self.replicas[index].faults.plan().crashed {
+                // Crashed at a write of the tick: nothing left the process.
+                self.after_round_step(index);
+                continue;
+            }
+            for outgoing in before_seal {
+                self.release(index, outgoing);
+            }
+            let Some(round) = self.replicas[index].round() else {
+                continue;
+            };
             round.seal();
             let early = round.take_early();
             let acks = early

@@ -214,8 +214,14 @@ impl Core {
 
     /// Seals the round, sends the records it streams, makes it durable
     /// with one fsync, and only then sends the rest of what it produced.
+    /// What the inputs already produced to send early (retransmissions a
+    /// NAK asked for, a follower's NAKs) leaves before the seal, which
+    /// appends the round's events and may take milliseconds.
     fn end_round(&mut self, publisher: &mut Publisher, times: &mut RoundTimes) {
         let started = Instant::now();
+        for outgoing in self.round.take_early() {
+            self.deliver(outgoing);
+        }
         self.round.seal();
         for outgoing in self.round.take_early() {
             self.deliver(outgoing);
