@@ -99,6 +99,10 @@ impl Trio {
         &mut self.rounds[usize::from(id - 1)]
     }
 
+    fn at(&self, id: NodeId) -> &Round<MemBackend, NoMachines> {
+        &self.rounds[usize::from(id - 1)]
+    }
+
     /// One round on every replica.
     fn step(&mut self) {
         self.now_ms += STEP_MS;
@@ -114,19 +118,25 @@ impl Trio {
         self.sent_before_sync.clear();
         self.sent_after_sync.clear();
         for id in 1..=3 {
-            let round = self.round(id);
-            round.tick();
-            round.seal();
-            for outgoing in round.take_early() {
-                note_kind(&mut self.sent_before_sync, id, &outgoing);
-                self.release(id, outgoing);
-            }
+            // As the server drives a round: what the inputs produced to
+            // send early leaves before the seal, then what the seal made.
+            self.round(id).tick();
+            self.send_early(id);
+            self.round(id).seal();
+            self.send_early(id);
             let round = self.round(id);
             let synced = round.sync();
             for outgoing in round.finish(synced) {
                 note_kind(&mut self.sent_after_sync, id, &outgoing);
                 self.release(id, outgoing);
             }
+        }
+    }
+
+    fn send_early(&mut self, id: NodeId) {
+        for outgoing in self.round(id).take_early() {
+            note_kind(&mut self.sent_before_sync, id, &outgoing);
+            self.release(id, outgoing);
         }
     }
 
@@ -170,7 +180,7 @@ impl Trio {
 
     /// The replica whose epoch is open, if one is.
     fn primary(&self) -> Option<NodeId> {
-        (1..=3).find(|&id| self.rounds[usize::from(id - 1)].node().accepts_writes())
+        (1..=3).find(|&id| self.at(id).node().accepts_writes())
     }
 
     fn elected(&mut self) -> NodeId {
@@ -205,7 +215,7 @@ impl Trio {
     }
 
     fn has_user(&self, id: NodeId, name: &str) -> bool {
-        let round = &self.rounds[usize::from(id - 1)];
+        let round = self.at(id);
         round
             .ledger()
             .projection()
@@ -230,14 +240,8 @@ fn a_follower_asks_for_a_hole_before_its_sync_and_acknowledges_after_it() {
     let primary = trio.elected();
     let follower = (1..=3).find(|&id| id != primary).unwrap();
     trio.run_until("the marker to commit everywhere", 2_000, |trio| {
-        let marker = trio.rounds[usize::from(primary - 1)].node().commit_gseq();
-        marker >= 1
-            && trio.rounds[usize::from(follower - 1)]
-                .ledger()
-                .store()
-                .head()
-                .gseq
-                >= marker
+        let marker = trio.at(primary).node().commit_gseq();
+        marker >= 1 && trio.at(follower).ledger().store().head().gseq >= marker
     });
     trio.ask(primary, "kim").unwrap();
     trio.step();
@@ -278,7 +282,7 @@ fn a_request_is_answered_once_committed_and_a_follower_names_the_primary() {
     let primary = trio.elected();
     let follower = (1..=3).find(|&id| id != primary).unwrap();
     trio.run_until("follower to know the primary", 2_000, |trio| {
-        trio.rounds[usize::from(follower - 1)].node().leader() == Some(primary)
+        trio.at(follower).node().leader() == Some(primary)
     });
     assert_eq!(
         trio.ask(follower, "kim"),
@@ -317,7 +321,7 @@ fn a_request_a_failover_takes_back_fails_clearly() {
     let mut trio = Trio::new();
     let old = trio.elected();
     trio.run_until("the marker to commit", 2_000, |trio| {
-        trio.rounds[usize::from(old - 1)].node().commit_gseq() >= 1
+        trio.at(old).node().commit_gseq() >= 1
     });
     trio.cut.insert(old);
     let request = trio.ask(old, "kim").unwrap();
@@ -348,7 +352,7 @@ fn a_request_without_a_majority_is_answered_when_its_time_is_up() {
     let mut trio = Trio::new();
     let primary = trio.elected();
     trio.run_until("the marker to commit", 2_000, |trio| {
-        trio.rounds[usize::from(primary - 1)].node().commit_gseq() >= 1
+        trio.at(primary).node().commit_gseq() >= 1
     });
     trio.cut.insert(primary);
     let request = trio.ask(primary, "kim").unwrap();

@@ -914,7 +914,7 @@ impl Simulation {
                 // Since when the survivor that may stand holds the sync's
                 // log; records still in flight from the killed primary can
                 // part them again, which counts until one of them stands.
-                let caught_up_ms = if self.survivors_agree(primary) {
+                let caught_up_ms = if self.candidate_caught_up(primary) {
                     caught_up_ms.or(Some(self.now_ms))
                 } else if self.survivors_follow(primary) {
                     None
@@ -971,7 +971,7 @@ impl Simulation {
     /// nothing is left to catch up. It may hold more than the sync (records
     /// still in flight from the killed primary), which the sync then takes
     /// from it; a record the sync gets that it lacks parts them again.
-    fn survivors_agree(&self, killed: NodeId) -> bool {
+    fn candidate_caught_up(&self, killed: NodeId) -> bool {
         let running = |id: NodeId| match &self.replicas[Self::replica_index(id)].process {
             Process::Running(round) => Some(round.ledger().store()),
             Process::Down(_) => None,
